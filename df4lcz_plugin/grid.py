@@ -1,0 +1,79 @@
+"""The LCZ output grid over a Sentinel-2 raster, and the 32×32-pixel (320 m) patch centred on each cell.
+
+The grid is aligned to the raster's pixel grid: cells are ``RESOLUTION`` metres (a whole number of pixels),
+and each cell's patch is the 32×32 pixels around the cell centre (for an odd number of pixels per cell, the
+patch sits half a pixel up-left of the centre). Units are those of the raster CRS, which must be projected
+(metres).
+"""
+
+import math
+from dataclasses import dataclass
+
+PATCH_PX = 32
+
+
+class GridError(ValueError):
+    """The extent or resolution cannot define an LCZ grid on this raster."""
+
+
+@dataclass(frozen=True)
+class OutputGrid:
+    """``rows × cols`` cells of ``cell_px`` raster pixels; ``row0_px, col0_px`` = raster pixel of the top-left corner."""
+
+    row0_px: int
+    col0_px: int
+    rows: int
+    cols: int
+    cell_px: int
+    raster_geotransform: tuple
+
+    @property
+    def resolution(self):
+        return self.cell_px * self.raster_geotransform[1]
+
+    @property
+    def geotransform(self):
+        """GDAL geotransform of the output raster (same CRS as the Sentinel-2 raster)."""
+        x0, px, _, y0, _, py = self.raster_geotransform
+        return (x0 + self.col0_px * px, self.cell_px * px, 0.0, y0 + self.row0_px * py, 0.0, self.cell_px * py)
+
+    def patch_origin(self, row, col):
+        """Raster pixel (row, col) of the top-left corner of cell (row, col)'s 32×32 patch."""
+        half = self.cell_px // 2 - PATCH_PX // 2
+        return self.row0_px + row * self.cell_px + half, self.col0_px + col * self.cell_px + half
+
+
+def make_grid(geotransform, raster_size, bounds=None, resolution=100.0, patch_px=PATCH_PX):
+    """The output grid covering ``bounds`` ∩ raster.
+
+    geotransform: GDAL geotransform of the Sentinel-2 raster (north-up, square pixels, metres).
+    raster_size: (width, height) in pixels. bounds: (xmin, ymin, xmax, ymax) in the raster CRS, or None for
+    the whole raster. resolution: cell size in metres, a whole multiple of the pixel size.
+    Raises GridError when the raster is rotated, the resolution is not a multiple of the pixel size, the
+    extent does not overlap the raster, or the overlap is smaller than one patch.
+    """
+    x0, px, rot1, y0, rot2, py = geotransform
+    if rot1 or rot2 or py >= 0 or abs(px + py) > 1e-9 * abs(px):
+        raise GridError("The Sentinel-2 raster must be north-up with square pixels; warp it first.")
+    width, height = raster_size
+    raster_bounds = (x0, y0 + py * height, x0 + px * width, y0)
+    bounds = raster_bounds if bounds is None else bounds
+    cell_px = resolution / px
+    if resolution <= 0 or abs(cell_px - round(cell_px)) > 1e-6:
+        raise GridError(f"RESOLUTION {resolution:g} m is not a whole multiple of the {px:g} m Sentinel-2 pixel; "
+                        f"use e.g. {round(max(cell_px, 1)) * px:g} m.")
+    cell_px = int(round(cell_px))
+    xmin, ymin = max(bounds[0], raster_bounds[0]), max(bounds[1], raster_bounds[1])
+    xmax, ymax = min(bounds[2], raster_bounds[2]), min(bounds[3], raster_bounds[3])
+    if xmin >= xmax or ymin >= ymax:
+        raise GridError(f"The extent {tuple(round(v, 2) for v in bounds)} does not overlap the Sentinel-2 raster "
+                        f"{tuple(round(v, 2) for v in raster_bounds)} (in the raster's CRS).")
+    patch_m = patch_px * px
+    if xmax - xmin < patch_m or ymax - ymin < patch_m:
+        raise GridError(f"The extent covers {xmax - xmin:.0f} m × {ymax - ymin:.0f} m of the raster, smaller than "
+                        f"one {patch_m:.0f} m patch; draw an extent of at least {patch_m:.0f} m × {patch_m:.0f} m.")
+    col0 = int(math.floor((xmin - x0) / px + 1e-9))
+    row0 = int(math.floor((y0 - ymax) / -py + 1e-9))
+    cols = int(math.ceil(((xmax - x0) / px - col0) / cell_px - 1e-9))
+    rows = int(math.ceil(((y0 - ymin) / -py - row0) / cell_px - 1e-9))
+    return OutputGrid(row0, col0, rows, cols, cell_px, tuple(geotransform))

@@ -1,0 +1,170 @@
+"""The one model registry: model cards (JSON) beside safetensors weights, listed and loaded by id or path.
+
+A model is ``<id>.safetensors`` plus ``<id>.json``. The card says which streams the model has (``sentinel2``,
+later ``vhr``), each stream's architecture and configuration, the Sentinel-2 band order and input scaling, the
+classes, the fusion weight α, the source and licence, and the sha256 of the weights and of the original file.
+Weight keys are prefixed by their stream (``sentinel2.…``). Nothing is ever unpickled.
+
+Models are searched in the plugin's ``resources/lcz_models`` (shipped) and in the user folder
+``$XDG_DATA_HOME/df4lcz/models`` (default ``~/.local/share/df4lcz/models``, where trained models go).
+Listing reads only JSON, so it works without PyTorch.
+"""
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+CARD_FORMAT = "df4lcz-model-card/1"
+
+
+class ModelError(RuntimeError):
+    """A model file or card is missing, corrupt, or does not fit its architecture."""
+
+
+def builtin_models_dir():
+    return Path(__file__).resolve().parent.parent.parent / "resources" / "lcz_models"
+
+
+def user_models_dir():
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "df4lcz" / "models"
+
+
+@dataclass
+class ModelCard:
+    """The parsed JSON card of a model, with the path of its weights."""
+
+    path: Path
+    data: dict
+
+    @property
+    def id(self):
+        return self.data["id"]
+
+    @property
+    def title(self):
+        return self.data.get("title", self.id)
+
+    @property
+    def streams(self):
+        return tuple(self.data["streams"])
+
+    @property
+    def weights_path(self):
+        return self.path.with_suffix(".safetensors")
+
+    def stream(self, name):
+        return self.data["streams"][name]
+
+
+def read_card(path):
+    """Read and check a model card; ``path`` may name the ``.json`` card or the ``.safetensors`` weights.
+
+    Raises ModelError when the card or the weights file is missing or the card is not a DF4LCZ card.
+    """
+    path = Path(path)
+    card_path = path.with_suffix(".json")
+    if not card_path.is_file():
+        raise ModelError(f"Model card {card_path} is missing: a model is <name>.safetensors plus <name>.json.")
+    try:
+        data = json.loads(card_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ModelError(f"Model card {card_path} is not valid JSON ({error}).") from None
+    if not isinstance(data, dict) or data.get("format") != CARD_FORMAT or "streams" not in data:
+        raise ModelError(f"{card_path} is not a DF4LCZ model card (expected format '{CARD_FORMAT}').")
+    card = ModelCard(card_path, data)
+    if not card.weights_path.is_file():
+        raise ModelError(f"Model weights {card.weights_path} are missing (the card {card_path} names them).")
+    return card
+
+
+def list_models():
+    """Installed models (shipped first, then the user's), as ModelCards sorted by id within each folder."""
+    cards = []
+    for folder in (builtin_models_dir(), user_models_dir()):
+        for card_path in sorted(folder.glob("*.json")):
+            try:
+                cards.append(read_card(card_path))
+            except ModelError:
+                continue  # a stray JSON file is not a model
+    return cards
+
+
+def _architectures():
+    from .resnet3d import ResNet11_3D
+    from .sen2lcznet import Sen2LCZNet
+    return {"sen2lcznet": Sen2LCZNet, "resnet11_3d": ResNet11_3D}
+
+
+def build_stream(stream_card):
+    """An untrained torch module for a stream card (``{"architecture": ..., "config": {...}}``)."""
+    architectures = _architectures()
+    name = stream_card["architecture"]
+    if name not in architectures:
+        raise ModelError(f"Unknown architecture '{name}'; known: {sorted(architectures)}.")
+    return architectures[name](**stream_card.get("config", {}))
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference: its card and one eval-mode torch module per stream."""
+
+    card: ModelCard
+    modules: dict
+
+    @property
+    def sentinel2(self):
+        return self.modules["sentinel2"]
+
+
+def load_model(path, device="cpu"):
+    """Load a model (card + safetensors) onto ``device`` in eval mode.
+
+    Raises ModelError when the card is missing or invalid, the weights are corrupt or truncated, or the
+    weights do not fit the architecture the card names.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    card = read_card(path)
+    try:
+        state = load_file(str(card.weights_path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ModelError(f"Model weights {card.weights_path} are corrupt or truncated ({error}). "
+                         "Reinstall the model or train it again.") from None
+    modules = {}
+    for stream in card.streams:
+        module = build_stream(card.stream(stream))
+        prefix = f"{stream}."
+        sub_state = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+        try:
+            module.load_state_dict(sub_state, strict=True)
+        except RuntimeError as error:
+            raise ModelError(f"Weights in {card.weights_path} do not fit the '{stream}' stream "
+                             f"({card.stream(stream)['architecture']}): {error}") from None
+        modules[stream] = module.to(device).eval()
+    return LoadedModel(card, modules)
+
+
+def save_model(path, card_data, modules):
+    """Write ``<path>.safetensors`` and ``<path>.json`` from stream modules, each via a temporary file.
+
+    ``modules`` maps stream name → torch module. The card gets the weights' sha256. Returns the card path.
+    """
+    from safetensors.torch import save_file
+
+    from ..assets import sha256_of
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {f"{stream}.{key}": value.detach().cpu().contiguous()
+             for stream, module in modules.items() for key, value in module.state_dict().items()}
+    weights, card_path = path.with_suffix(".safetensors"), path.with_suffix(".json")
+    tmp_weights, tmp_card = weights.with_name(f".{weights.name}.part"), card_path.with_name(f".{card_path.name}.part")
+    save_file(state, str(tmp_weights))
+    card = dict(card_data, format=CARD_FORMAT, streams=card_data["streams"], weights_sha256=sha256_of(tmp_weights))
+    tmp_card.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp_weights, weights)
+    os.replace(tmp_card, card_path)
+    return card_path

@@ -1,0 +1,161 @@
+"""Build the 10-band Sentinel-2 stack the LCZ models read, from a product folder.
+
+Input: a Sentinel-2 L1C/L2A ``.SAFE`` folder, or a folder of per-band JP2/GeoTIFF files whose names end in
+the band (``s2_B02.jp2``, ``T33UUU_20170216T102101_B02.jp2``, ``T33UUU_…_B05_20m.jp2``).
+Output: a GeoTIFF (UInt16, nodata 0) with bands B2, B3, B4, B5, B6, B7, B8, B8A, B11, B12 at 10 m, the 20 m
+bands resampled bilinearly by GDAL (as the So2Sat mapping code upsamples them), with band descriptions.
+
+Values are on the 0–10000 reflectance scale the So2Sat LCZ42 models were trained on (DN = reflectance × 10000).
+Products of processing baseline 04.00 and later (January 2022 on) add an offset (``RADIO_ADD_OFFSET`` in L1C,
+``BOA_ADD_OFFSET`` in L2A, −1000); it is read from the product metadata and removed, clipping at 1 so that only
+true no-data stays 0.
+"""
+
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from osgeo import gdal
+
+from .bands import METADATA_BAND_ORDER, NATIVE_RESOLUTION_M, SO2SAT_BANDS, normalise_band_name
+from .feedback import Feedback
+from .outputs import atomic_output
+
+gdal.UseExceptions()
+
+_BAND_FILE = re.compile(r"(?:^|[_\-.])(B0?(?:1[0-2]|[1-9]|8A))(?:_(10|20|60)m)?\.(?:jp2|tiff?)$", re.IGNORECASE)
+_STRIP_ROWS = 512
+
+
+class Sentinel2Error(ValueError):
+    """The folder is not a usable Sentinel-2 product."""
+
+
+@dataclass
+class ProductInfo:
+    """What was found in a product folder: band files, processing level and baseline, offsets (DN)."""
+
+    band_files: dict
+    processing_level: str = "unknown"
+    processing_baseline: str = "unknown"
+    offsets: dict = field(default_factory=dict)
+    quantification: float = 10000.0
+    metadata_file: str = ""
+
+
+def find_band_files(folder):
+    """Map band name (``"B2"``, ``"B8A"``…) → path, taking the finest resolution found for each band.
+
+    Searches ``folder`` recursively (``GRANULE/*/IMG_DATA[/R10m|R20m|R60m]`` in a .SAFE).
+    """
+    found = {}
+    for path in sorted(Path(folder).rglob("*")):
+        match = _BAND_FILE.search(path.name)
+        if not match or not path.is_file():
+            continue
+        band = normalise_band_name(match.group(1))
+        resolution = int(match.group(2) or NATIVE_RESOLUTION_M[band])
+        if band not in found or resolution < found[band][0]:
+            found[band] = (resolution, path)
+    return {band: path for band, (_, path) in found.items()}
+
+
+def _metadata_file(folder):
+    for name in ("MTD_MSIL2A.xml", "MTD_MSIL1C.xml"):
+        candidates = list(Path(folder).glob(name)) or list(Path(folder).glob(f"*/{name}"))
+        if candidates:
+            return candidates[0]
+    return None
+
+
+def read_product_info(folder):
+    """Band files plus processing level, baseline, per-band offsets and quantification value.
+
+    Reads ``MTD_MSIL1C.xml``/``MTD_MSIL2A.xml`` when present; otherwise the level is guessed from the folder
+    name (``MSIL1C``/``MSIL2A``) and no offset is assumed.
+    Raises Sentinel2Error if the folder does not exist or lacks any of the 10 bands.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise Sentinel2Error(f"{folder} is not a folder. Give a Sentinel-2 .SAFE folder or a folder of band files.")
+    band_files = find_band_files(folder)
+    missing = [band for band in SO2SAT_BANDS if band not in band_files]
+    if missing:
+        raise Sentinel2Error(
+            f"{folder} lacks Sentinel-2 band(s) {', '.join(missing)}. Found: {', '.join(sorted(band_files)) or 'none'}."
+            " File names must end in the band, e.g. T33UUU_20170216T102101_B02.jp2 or s2_B8A.tif.")
+    info = ProductInfo({band: band_files[band] for band in SO2SAT_BANDS})
+    metadata = _metadata_file(folder)
+    if metadata is None:
+        name = str(folder).upper()
+        info.processing_level = "Level-2A" if "MSIL2A" in name else "Level-1C" if "MSIL1C" in name else "unknown"
+        return info
+    info.metadata_file = str(metadata)
+    root = ET.parse(metadata).getroot()
+    for element in root.iter():
+        tag = element.tag.split("}")[-1]
+        if tag == "PROCESSING_LEVEL":
+            info.processing_level = element.text.strip()
+        elif tag == "PROCESSING_BASELINE":
+            info.processing_baseline = element.text.strip()
+        elif tag in ("QUANTIFICATION_VALUE", "BOA_QUANTIFICATION_VALUE"):
+            info.quantification = float(element.text)
+        elif tag in ("RADIO_ADD_OFFSET", "BOA_ADD_OFFSET"):
+            band = METADATA_BAND_ORDER[int(element.get("band_id"))]
+            info.offsets[band] = int(float(element.text))
+    if info.quantification != 10000.0:
+        raise Sentinel2Error(f"{metadata} has quantification value {info.quantification}; only 10000 is supported.")
+    return info
+
+
+def build_stack(folder, output, feedback=None):
+    """Write the 10-band, 10 m GeoTIFF stack of a product folder to ``output`` (via a temporary file).
+
+    Streams in strips of 512 rows through a GDAL VRT, so no band is loaded whole. Returns the ProductInfo.
+    Raises Sentinel2Error for a bad folder or mismatched band CRSs; Canceled if ``feedback`` asks to stop.
+    """
+    feedback = feedback or Feedback()
+    info = read_product_info(folder)
+    paths = [str(info.band_files[band]) for band in SO2SAT_BANDS]
+    reference = gdal.Open(paths[0])  # B2 sets the 10 m grid
+    srs = reference.GetProjection()
+    for path in paths[1:]:
+        if gdal.Open(path).GetSpatialRef().IsSame(reference.GetSpatialRef()) != 1:
+            raise Sentinel2Error(f"{path} is not in the CRS of {paths[0]}; the bands must come from one tile.")
+    gt = reference.GetGeoTransform()
+    width, height = reference.RasterXSize, reference.RasterYSize
+    bounds = (gt[0], gt[3] + gt[5] * height, gt[0] + gt[1] * width, gt[3])
+    vrt = gdal.BuildVRT("", paths, separate=True, outputBounds=bounds, xRes=gt[1], yRes=abs(gt[5]),
+                        resampleAlg="bilinear")
+    offsets = np.array([info.offsets.get(band, 0) for band in SO2SAT_BANDS], dtype=np.int32)[:, None, None]
+    feedback.info(f"{info.processing_level}, baseline {info.processing_baseline}; "
+                  f"offset removed: {dict(zip(SO2SAT_BANDS, offsets.ravel().tolist()))}")
+    with atomic_output(output) as tmp:
+        out = gdal.GetDriverByName("GTiff").Create(
+            tmp, width, height, len(SO2SAT_BANDS), gdal.GDT_UInt16,
+            options=["TILED=YES", "COMPRESS=DEFLATE", "PREDICTOR=2", "BIGTIFF=IF_SAFER"])
+        out.SetGeoTransform(gt)
+        out.SetProjection(srs)
+        for index, band in enumerate(SO2SAT_BANDS, start=1):
+            out.GetRasterBand(index).SetDescription(band)
+            out.GetRasterBand(index).SetNoDataValue(0)
+        out.SetMetadata({
+            "DF4LCZ_BANDS": ",".join(SO2SAT_BANDS),
+            "PROCESSING_LEVEL": info.processing_level,
+            "PROCESSING_BASELINE": info.processing_baseline,
+            "REFLECTANCE_SCALE": "10000",
+            "OFFSET_REMOVED": ",".join(str(v) for v in offsets.ravel()),
+            "SOURCE": str(Path(folder).resolve()),
+        })
+        for row in range(0, height, _STRIP_ROWS):
+            feedback.check_canceled()
+            rows = min(_STRIP_ROWS, height - row)
+            dn = vrt.ReadAsArray(0, row, width, rows).astype(np.int32)
+            values = np.where(dn == 0, 0, np.clip(dn + offsets, 1, 65535)).astype(np.uint16)
+            out.WriteArray(values, 0, row, band_list=list(range(1, len(SO2SAT_BANDS) + 1)))
+            feedback.progress((row + rows) / height)
+        out.FlushCache()
+        out = None
+    return info

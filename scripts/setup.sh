@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Everything `make demo` and `make test` need, on a fresh Debian bookworm machine; idempotent.
+#  1. Debian QGIS (and the Debian Python packages the tests use) if missing
+#  2. the development venv .venv (Debian Python, --system-site-packages)
+#  3. the plugin's pinned dependencies in <plugin>/.deps/py<XY> of the default QGIS profile, without numpy
+#  4. assets (weights, test scene, checkpoints) into the per-user cache
+#  5. the shipped LCZ model, converted from the So2Sat Keras weights
+#  6. the plugin copied into the default profile and enabled
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+PROFILE=${QGIS_PROFILE_DIR:-$HOME/.local/share/QGIS/QGIS3/profiles/default}
+PLUGIN=$PROFILE/python/plugins/df4lcz
+export QT_QPA_PLATFORM=offscreen
+
+apt_packages="qgis python3-qgis qgis-providers python3-venv python3-h5py xvfb"
+if ! dpkg -s $apt_packages >/dev/null 2>&1; then
+  echo "== installing Debian packages: $apt_packages"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $apt_packages >/dev/null
+fi
+
+PYVER=$(/usr/bin/python3 -c 'import sys; print(f"{sys.version_info.major}{sys.version_info.minor}")')
+NUMPY=$(/usr/bin/python3 -c 'import numpy; print(numpy.__version__)')
+echo "numpy==$NUMPY" > .venv-constraints.txt
+
+if [ ! -x .venv/bin/python ]; then
+  echo "== creating .venv"
+  /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+stamp=$(cat requirements/dev.txt .venv-constraints.txt | sha256sum | cut -c1-16)
+if [ "$(cat .venv/.dev-stamp 2>/dev/null)" != "$stamp" ]; then
+  echo "== installing development tools"
+  .venv/bin/pip install -q --disable-pip-version-check -r requirements/dev.txt -c .venv-constraints.txt
+  echo "$stamp" > .venv/.dev-stamp
+fi
+
+DEPS=$PLUGIN/.deps/py$PYVER
+stamp=$(cat requirements/plugin.txt | sha256sum | cut -c1-16)
+if [ "$(cat "$DEPS/.stamp" 2>/dev/null)" != "$stamp" ]; then
+  echo "== installing the plugin's dependencies into $DEPS (PyTorch: a few GB, several minutes the first time)"
+  rm -rf "$DEPS.partial"
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps --target "$DEPS.partial" -r requirements/plugin.txt
+  echo "$stamp" > "$DEPS.partial/.stamp"
+  rm -rf "$DEPS"
+  mv "$DEPS.partial" "$DEPS"
+fi
+# The venv sees the same private folder, so tests and scripts use exactly what QGIS uses.
+SITE=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+echo "$DEPS" > "$SITE/df4lcz_deps.pth"
+
+echo "== fetching assets"
+.venv/bin/python -m df4lcz_plugin.assets
+if [ ! -f resources/lcz_models/sen2lcznet_so2sat.safetensors ]; then
+  echo "== converting the So2Sat Sen2LCZ-Net weights"
+  .venv/bin/python -m df4lcz_plugin.models.keras_import
+fi
+
+echo "== installing the plugin into $PLUGIN"
+.venv/bin/python scripts/plugin_files.py copy "$PLUGIN"
+/usr/bin/qgis_process.bin plugins enable df4lcz >/dev/null
+echo "== setup done"
