@@ -1,0 +1,66 @@
+"""In-process QGIS, as the Toolbox dialog runs an algorithm: outputs loaded into the project are styled with
+the 17 labelled LCZ classes; cancel stops the run without leaving outputs."""
+
+from qgis.core import (QgsApplication, QgsPalettedRasterRenderer, QgsProcessingContext, QgsProcessingFeedback,
+                       QgsProcessingOutputLayerDefinition, QgsProject)
+
+from df4lcz_plugin import legend
+
+from conftest import FARMLAND_EXTENT
+
+
+def _extent(bounds):
+    return f"{bounds[0]},{bounds[2]},{bounds[1]},{bounds[3]} [EPSG:32618]"
+
+
+def test_toolbox_loading_styles_the_layer(qgis_app, s2_stack, tmp_path):
+    from processing.gui.Postprocessing import handleAlgorithmResults
+
+    project = QgsProject.instance()
+    project.clear()
+    alg = QgsApplication.processingRegistry().createAlgorithmById("df4lcz:classifylcz")
+    context, feedback = QgsProcessingContext(), QgsProcessingFeedback()
+    context.setProject(project)
+    params = {"SENTINEL2": str(s2_stack), "EXTENT": _extent(FARMLAND_EXTENT),
+              "OUTPUT": QgsProcessingOutputLayerDefinition(str(tmp_path / "lcz.tif"), project)}
+    results, ok = alg.run(params, context, feedback)
+    assert ok, results
+    assert handleAlgorithmResults(alg, context, feedback, False)
+    layers = project.mapLayersByName("LCZ map")
+    assert len(layers) == 1
+    renderer = layers[0].renderer()
+    assert isinstance(renderer, QgsPalettedRasterRenderer)
+    classes = renderer.classes()
+    assert [c.value for c in classes] == list(legend.CODES)
+    assert [c.label for c in classes] == [legend.label(code) for code in legend.CODES]
+    assert [c.color.name().upper() for c in classes] == list(legend.palette())
+
+
+def test_opening_the_file_uses_the_sidecar_style(qgis_app, s2_stack, tmp_path):
+    from qgis.core import QgsRasterLayer
+
+    alg = QgsApplication.processingRegistry().createAlgorithmById("df4lcz:classifylcz")
+    results, ok = alg.run({"SENTINEL2": str(s2_stack), "EXTENT": _extent(FARMLAND_EXTENT), "PALETTE": 1,
+                           "OUTPUT": str(tmp_path / "lcz.tif")}, QgsProcessingContext(), QgsProcessingFeedback())
+    assert ok
+    layer = QgsRasterLayer(str(tmp_path / "lcz.tif"), "lcz")  # keep the layer: it owns the renderer
+    renderer = layer.renderer()
+    assert isinstance(renderer, QgsPalettedRasterRenderer) and len(renderer.classes()) == 17
+    assert renderer.classes()[0].color.name().upper() == legend.palette("classic_wudapt")[0]
+
+
+def test_cancel_mid_run(qgis_app, s2_stack, tmp_path):
+    class CancelAtTenPercent(QgsProcessingFeedback):
+        def setProgress(self, progress):  # noqa: N802 (QGIS API name)
+            super().setProgress(progress)
+            if progress >= 10:
+                self.cancel()
+
+    alg = QgsApplication.processingRegistry().createAlgorithmById("df4lcz:classifylcz")
+    feedback = CancelAtTenPercent()
+    out = tmp_path / "out"
+    results, ok = alg.run({"SENTINEL2": str(s2_stack), "BATCH_SIZE": 64, "OUTPUT": str(out / "lcz.tif"),
+                           "PROBABILITIES": str(out / "p.tif")}, QgsProcessingContext(), feedback)
+    assert not ok
+    assert feedback.isCanceled()
+    assert not out.exists() or list(out.iterdir()) == []
