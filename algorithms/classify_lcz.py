@@ -68,7 +68,7 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
                                                        QgsProcessingParameterNumber.Double, 100.0, minValue=10.0))
         self.addParameter(QgsProcessingParameterString(self.DEVICE, "Device (auto, cpu, cuda, cuda:N)", "auto"))
         batch = QgsProcessingParameterNumber(self.BATCH_SIZE, "Batch size (patches)",
-                                             QgsProcessingParameterNumber.Integer, 256, minValue=1)
+                                             QgsProcessingParameterNumber.Integer, 128, minValue=1)
         palette = QgsProcessingParameterEnum(self.PALETTE, "Colour palette",
                                              options=list(legend.PALETTE_TITLES.values()), defaultValue=0)
         for parameter in (batch, palette):

@@ -16,6 +16,7 @@ from .bands import SO2SAT_BANDS, normalise_band_name
 from .feedback import Feedback
 from .grid import PATCH_PX, make_grid
 from .lcz_raster import PROBABILITY_NODATA, create_lcz_raster, create_probability_raster, write_style_sidecar
+from .models.inference import fuse_conv_bn
 from .outputs import atomic_output
 
 gdal.UseExceptions()
@@ -104,7 +105,7 @@ def predict_tile(ds, grid, tile, model, scale, device, batch_size, nodata_values
     return probs
 
 
-def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, device="cpu", batch_size=256,
+def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, device="cpu", batch_size=128,
              probabilities_path=None, palette="official_2022", feedback=None, tile_cells=64):
     """Classify LCZ over ``bounds`` and write the styled LCZ GeoTIFF (and optionally probabilities).
 
@@ -126,7 +127,7 @@ def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, 
     scale = float(stream["input_scaling"]["divide_by"])
     nodata_values = [ds.GetRasterBand(i + 1).GetNoDataValue() for i in range(ds.RasterCount)]
     # channels_last lets oneDNN pick its faster convolution kernels on CPU (measured in bench/).
-    s2_module = model.sentinel2.to(device, memory_format=torch.channels_last)
+    s2_module = fuse_conv_bn(model.sentinel2).to(device, memory_format=torch.channels_last)
     total = grid.rows * grid.cols
     feedback.info(f"{grid.rows} × {grid.cols} cells of {grid.resolution:g} m on {device}, model {model.card.id}")
     metadata = {"DF4LCZ_MODEL": model.card.id, "DF4LCZ_SOURCE": str(sentinel2_path), "DF4LCZ_DEVICE": str(device)}

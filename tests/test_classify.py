@@ -10,6 +10,7 @@ from df4lcz_plugin.classify import InputError, classify, open_sentinel2, predict
 from df4lcz_plugin.device import DeviceError, resolve_device
 from df4lcz_plugin.feedback import Canceled, Feedback
 from df4lcz_plugin.grid import PATCH_PX, make_grid
+from df4lcz_plugin.models.inference import fuse_conv_bn
 
 from conftest import FARMLAND_EXTENT, SEA_EXTENT, raster_copy
 
@@ -63,7 +64,8 @@ def test_batched_tiles_equal_one_patch_at_a_time(s2_stack, model):
     ds = open_sentinel2(s2_stack)
     grid = make_grid(ds.GetGeoTransform(), (ds.RasterXSize, ds.RasterYSize),
                      (435730.0, 4170000.0, 437730.0, 4172000.0), 100)
-    probs = predict_tile(ds, grid, (0, 0, grid.rows, grid.cols), model.sentinel2, 10000.0, "cpu", 7,
+    fused = fuse_conv_bn(model.sentinel2).to(memory_format=torch.channels_last)  # as classify() runs it
+    probs = predict_tile(ds, grid, (0, 0, grid.rows, grid.cols), fused, 10000.0, "cpu", 7,
                          [None] * 10, lambda n: None)
     for r in range(grid.rows):
         for c in range(grid.cols):
