@@ -59,5 +59,7 @@ fi
 
 echo "== installing the plugin into $PLUGIN"
 .venv/bin/python scripts/plugin_files.py copy "$PLUGIN"
-/usr/bin/qgis_process.bin plugins enable df4lcz >/dev/null
+if ! out=$(/usr/bin/qgis_process.bin plugins enable df4lcz 2>&1); then
+  grep -q "already enabled" <<<"$out" || { echo "$out"; exit 1; }
+fi
 echo "== setup done"
