@@ -15,9 +15,12 @@ from . import legend
 from .bands import SO2SAT_BANDS, normalise_band_name
 from .feedback import Feedback
 from .grid import PATCH_PX, make_grid
-from .lcz_raster import PROBABILITY_NODATA, create_lcz_raster, create_probability_raster, write_style_sidecar
+from .fusion import SOURCE_FUSED, SOURCE_NODATA, SOURCE_S2, fuse
+from .lcz_raster import (PROBABILITY_NODATA, create_lcz_raster, create_probability_raster, create_source_raster,
+                         write_style_sidecar)
 from .models.inference import fuse_conv_bn
 from .outputs import atomic_output
+from .vhr_stream import VHRStream
 
 gdal.UseExceptions()
 
@@ -106,16 +109,23 @@ def predict_tile(ds, grid, tile, model, scale, device, batch_size, nodata_values
 
 
 def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, device="cpu", batch_size=128,
-             probabilities_path=None, palette="official_2022", feedback=None, tile_cells=64):
+             probabilities_path=None, palette="official_2022", feedback=None, tile_cells=64, vhr_path=None,
+             source_path=None, sam_checkpoint=None):
     """Classify LCZ over ``bounds`` and write the styled LCZ GeoTIFF (and optionally probabilities).
+
+    With ``vhr_path`` and a model that has a ``vhr`` stream, each cell's patch footprint also goes through SAM,
+    the object graph and the GCN, and the two streams are fused (``fusion.fuse``, α from the card); cells
+    without VHR coverage or without objects keep the Sentinel-2 result. ``source_path``: optional Byte GeoTIFF
+    saying per cell which streams decided (0 no data, 1 Sentinel-2 only, 2 fused).
 
     sentinel2_path: 10-band stack (B2…B12, So2Sat order, DN on the 0–10000 scale), projected CRS in metres.
     output_path: LCZ GeoTIFF, uint8 codes 1–17, 0 where the patch holds no data; a ``.qml`` sidecar is written.
     model: a ``registry.LoadedModel``. bounds: (xmin, ymin, xmax, ymax) in the raster CRS, or None.
     resolution: output cell size in metres (multiple of 10). device: a ``torch.device`` or its name.
     probabilities_path: optional 17-band uint8 GeoTIFF of probabilities in percent (nodata 255).
-    Returns a summary dict (cells, area per class in km², device, cells/s, seconds).
-    Raises InputError, grid.GridError, feedback.Canceled; no output file is left behind on any error.
+    Returns a summary dict (cells, area per class in km², device, cells/s, seconds, fused cells).
+    Raises InputError, grid.GridError, vhr.VHRError, sam.SAMError, feedback.Canceled; no output file is left
+    behind on any error.
     """
     import torch
 
@@ -129,9 +139,17 @@ def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, 
     # channels_last lets oneDNN pick its faster convolution kernels on CPU (measured in bench/).
     s2_module = fuse_conv_bn(model.sentinel2).to(device, memory_format=torch.channels_last)
     total = grid.rows * grid.cols
+    vhr_stream = None
+    if vhr_path and "vhr" in model.card.streams:
+        grid_bounds = (grid.geotransform[0], grid.geotransform[3] + grid.rows * grid.geotransform[5],
+                       grid.geotransform[0] + grid.cols * grid.geotransform[1], grid.geotransform[3])
+        vhr_stream = VHRStream(model, vhr_path, ds.GetProjection(), grid_bounds, device, sam_checkpoint)
+        alpha = float(model.card.data["fusion"]["alpha"])
+        feedback.info(f"Fusing with the VHR stream, alpha = {alpha}")
     feedback.info(f"{grid.rows} × {grid.cols} cells of {grid.resolution:g} m on {device}, model {model.card.id}")
     metadata = {"DF4LCZ_MODEL": model.card.id, "DF4LCZ_SOURCE": str(sentinel2_path), "DF4LCZ_DEVICE": str(device)}
     counts = np.zeros(len(legend.CODES) + 1, dtype=np.int64)
+    fused_cells = 0
     done = [0]
 
     def on_batch(n):
@@ -142,16 +160,27 @@ def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, 
     with contextlib.ExitStack() as stack:
         lcz_tmp = stack.enter_context(atomic_output(output_path))
         prob_tmp = stack.enter_context(atomic_output(probabilities_path)) if probabilities_path else None
+        source_tmp = stack.enter_context(atomic_output(source_path)) if source_path else None
         datasets = {}
         # Runs first on exit: GDAL must close (and write its .aux.xml) before the files are renamed or removed.
         stack.callback(datasets.clear)
         datasets["lcz"] = create_lcz_raster(lcz_tmp, grid, ds.GetProjection(), palette, metadata)
         if prob_tmp:
             datasets["probabilities"] = create_probability_raster(prob_tmp, grid, ds.GetProjection(), metadata)
+        if source_tmp:
+            datasets["source"] = create_source_raster(source_tmp, grid, ds.GetProjection(), metadata)
         for tile in iter_tiles(grid, tile_cells):
             feedback.check_canceled()
             probs = predict_tile(ds, grid, tile, s2_module, scale, device, batch_size, nodata_values, on_batch)
             missing = np.isnan(probs[0])
+            source = np.where(missing, SOURCE_NODATA, SOURCE_S2).astype(np.uint8)
+            if vhr_stream is not None:
+                for r, c in zip(*np.nonzero(~missing)):
+                    feedback.check_canceled()
+                    p_vhr = vhr_stream.probabilities(grid.patch_bounds(tile[0] + r, tile[1] + c))
+                    if p_vhr is not None:
+                        probs[:, r, c] = fuse(probs[:, r, c], p_vhr, alpha)
+                        source[r, c] = SOURCE_FUSED
             codes = np.where(missing, legend.NODATA, np.nan_to_num(probs).argmax(axis=0) + 1).astype(np.uint8)
             counts += np.bincount(codes.ravel(), minlength=len(counts))
             done[0] += int(missing.sum())
@@ -159,6 +188,9 @@ def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, 
             if "probabilities" in datasets:
                 percent = np.where(missing, PROBABILITY_NODATA, np.rint(np.nan_to_num(probs) * 100)).astype(np.uint8)
                 datasets["probabilities"].WriteArray(percent, tile[1], tile[0])
+            if "source" in datasets:
+                datasets["source"].GetRasterBand(1).WriteArray(source, tile[1], tile[0])
+            fused_cells += int((source == SOURCE_FUSED).sum())
         if counts[legend.NODATA] == total:
             raise InputError("The Sentinel-2 raster holds no data in the extent (every 320 m patch has no-data "
                              "pixels); choose an extent over valid imagery.")
@@ -171,6 +203,7 @@ def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, 
         "resolution_m": grid.resolution,
         "area_km2": {legend.label(code): round(float(counts[code] * cell_km2), 4)
                      for code in legend.CODES if counts[code]},
+        "fused_cells": fused_cells,
         "device": str(device),
         "model": model.card.id,
         "seconds": round(seconds, 3),

@@ -7,6 +7,7 @@ from pathlib import Path
 from osgeo import gdal
 
 from . import legend
+from .fusion import SOURCE_LABELS, SOURCE_NODATA
 
 gdal.UseExceptions()
 
@@ -47,6 +48,19 @@ def create_probability_raster(path, grid, projection, metadata=None):
         band = ds.GetRasterBand(code)
         band.SetNoDataValue(PROBABILITY_NODATA)
         band.SetDescription(f"P({legend.label(code)}) %")
+    ds.SetMetadata(metadata or {})
+    return ds
+
+
+def create_source_raster(path, grid, projection, metadata=None):
+    """A new Byte GeoTIFF saying which streams decided each cell: 0 no data, 1 Sentinel-2 only, 2 fused."""
+    ds = gdal.GetDriverByName("GTiff").Create(str(path), grid.cols, grid.rows, 1, gdal.GDT_Byte, options=_OPTIONS)
+    ds.SetGeoTransform(grid.geotransform)
+    ds.SetProjection(projection)
+    band = ds.GetRasterBand(1)
+    band.SetNoDataValue(SOURCE_NODATA)
+    band.SetCategoryNames([SOURCE_LABELS[k] for k in sorted(SOURCE_LABELS)])
+    band.SetDescription("LCZ decision source")
     ds.SetMetadata(metadata or {})
     return ds
 

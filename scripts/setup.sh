@@ -37,15 +37,8 @@ if [ "$(cat .venv/.dev-stamp 2>/dev/null)" != "$stamp" ]; then
 fi
 
 DEPS=$PLUGIN/.deps/py$PYVER
-stamp=$(cat requirements/plugin.txt | sha256sum | cut -c1-16)
-if [ "$(cat "$DEPS/.stamp" 2>/dev/null)" != "$stamp" ]; then
-  echo "== installing the plugin's dependencies into $DEPS (PyTorch: a few GB, several minutes the first time)"
-  rm -rf "$DEPS.partial"
-  .venv/bin/pip install -q --disable-pip-version-check --no-deps --target "$DEPS.partial" -r requirements/plugin.txt
-  echo "$stamp" > "$DEPS.partial/.stamp"
-  rm -rf "$DEPS"
-  mv "$DEPS.partial" "$DEPS"
-fi
+echo "== plugin dependencies in $DEPS (PyTorch: a few GB, several minutes the first time)"
+.venv/bin/python scripts/install_deps.py "$DEPS"
 # The venv sees the same private folder, so tests and scripts use exactly what QGIS uses.
 SITE=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 echo "$DEPS" > "$SITE/df4lcz_deps.pth"

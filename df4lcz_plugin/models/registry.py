@@ -92,9 +92,10 @@ def list_models():
 
 
 def _architectures():
+    from .gcn import ObjectGCN
     from .resnet3d import ResNet11_3D
     from .sen2lcznet import Sen2LCZNet
-    return {"sen2lcznet": Sen2LCZNet, "resnet11_3d": ResNet11_3D}
+    return {"sen2lcznet": Sen2LCZNet, "resnet11_3d": ResNet11_3D, "object_gcn": ObjectGCN}
 
 
 def build_stream(stream_card):

@@ -1,0 +1,20 @@
+"""DF4LCZ decision-level fusion (Wu et al. 2024, §fusion module; ctrlovefly/DF4LCZ ``fusion.py``).
+
+P = α·P_S2 + (1 − α)·P_VHR, with α from the model card (the paper: 0.6). Both inputs are the probabilities of
+the same patch, matched by its cell (row, col), never by list order.
+"""
+
+SOURCE_NODATA, SOURCE_S2, SOURCE_FUSED = 0, 1, 2
+SOURCE_LABELS = {SOURCE_NODATA: "No data", SOURCE_S2: "Sentinel-2 stream only", SOURCE_FUSED: "Sentinel-2 + VHR fused"}
+
+
+def fuse(p_s2, p_vhr, alpha):
+    """α·p_s2 + (1−α)·p_vhr for arrays of class probabilities (17,) or (17, …); α in [0, 1].
+
+    Raises ValueError for α outside [0, 1] or mismatched shapes.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"fusion weight alpha={alpha} is outside [0, 1]")
+    if p_s2.shape != p_vhr.shape:
+        raise ValueError(f"cannot fuse probabilities of shapes {p_s2.shape} and {p_vhr.shape}")
+    return alpha * p_s2 + (1.0 - alpha) * p_vhr

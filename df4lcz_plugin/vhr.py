@@ -1,0 +1,107 @@
+"""High-resolution (VHR) imagery for the DF4LCZ object stream: checks, and the RGB patch on a given footprint.
+
+A patch is the footprint (320 m × 320 m, in the Sentinel-2 CRS) resampled by GDAL to 320 × 320 px (1 m), bands
+1–3 as R, G, B. Byte imagery is used as is; other types are stretched linearly from each band's min–max
+(GDAL statistics) to 0–255.
+"""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from osgeo import gdal, osr
+
+from .sam import PATCH_SIZE_PX
+
+gdal.UseExceptions()
+
+MAX_RESOLUTION_M = 5.0
+#: A patch with less VHR coverage than this has no VHR vote (its Sentinel-2 stream decides).
+MIN_COVERAGE = 0.9
+
+
+class VHRError(ValueError):
+    """The high-resolution raster cannot be used."""
+
+
+def pixel_size_m(ds):
+    """Approximate pixel size in metres (the mean of x and y; geographic CRSs converted at the raster's centre)."""
+    gt = ds.GetGeoTransform()
+    size = (abs(gt[1]) + abs(gt[5])) / 2
+    srs = ds.GetSpatialRef()
+    if srs is not None and srs.IsGeographic():
+        lat = gt[3] + gt[5] * ds.RasterYSize / 2
+        size *= 111_320 * math.cos(math.radians(lat))
+    elif srs is not None:
+        size *= srs.GetLinearUnits()
+    return size
+
+
+@dataclass
+class VHRSource:
+    """An opened, checked VHR raster (an RGB view of bands 1–3) and its per-band stretch."""
+
+    dataset: gdal.Dataset
+    rgb_view: gdal.Dataset
+    stretch: list
+    resolution_m: float
+
+
+def open_vhr(path):
+    """Open and check a VHR raster: at least 3 bands, pixels of at most 5 m, a CRS.
+
+    Raises VHRError naming the problem (band count, resolution, CRS) and the fix.
+    """
+    try:
+        ds = gdal.Open(str(path))
+    except RuntimeError as error:
+        raise VHRError(f"Cannot open the VHR raster {path}: {error}") from None
+    if ds.RasterCount < 3:
+        raise VHRError(f"The VHR raster has {ds.RasterCount} band(s); the object stream needs RGB imagery "
+                       "(bands 1, 2, 3 = red, green, blue).")
+    if ds.GetSpatialRef() is None:
+        raise VHRError("The VHR raster has no CRS; assign one (Raster ▸ Projections ▸ Assign Projection).")
+    resolution = pixel_size_m(ds)
+    if resolution > MAX_RESOLUTION_M:
+        raise VHRError(f"The VHR raster's pixels are {resolution:.1f} m; the object stream needs high-resolution "
+                       f"imagery of at most {MAX_RESOLUTION_M:g} m (the paper used 1 m).")
+    rgb = gdal.Translate("", ds, format="VRT", bandList=[1, 2, 3])
+    stretch = []
+    for index in range(1, 4):
+        band = ds.GetRasterBand(index)
+        if band.DataType == gdal.GDT_Byte:
+            stretch.append((0.0, 255.0))
+        else:
+            low, high = band.ComputeRasterMinMax(True)
+            stretch.append((low, max(high, low + 1e-9)))
+    return VHRSource(ds, rgb, stretch, resolution)
+
+
+def read_patch(source, bounds, srs_wkt):
+    """The RGB patch on ``bounds`` (xmin, ymin, xmax, ymax in ``srs_wkt``): (uint8 (320, 320, 3), coverage 0–1)."""
+    warped = gdal.Warp("", source.rgb_view, format="MEM", outputBounds=bounds, dstSRS=srs_wkt,
+                       width=PATCH_SIZE_PX, height=PATCH_SIZE_PX, dstAlpha=True,
+                       resampleAlg="average" if source.resolution_m < 1.0 else "bilinear")
+    data = warped.ReadAsArray().astype(np.float32)
+    alpha = data[3] > 0
+    rgb = np.empty((PATCH_SIZE_PX, PATCH_SIZE_PX, 3), np.uint8)
+    for index, (low, high) in enumerate(source.stretch):
+        rgb[..., index] = np.clip((data[index] - low) / (high - low) * 255.0, 0, 255).round()
+    rgb[~alpha] = 0
+    return rgb, float(alpha.mean())
+
+
+def overlaps(source, bounds, srs_wkt):
+    """True if the VHR raster's footprint intersects ``bounds`` (in ``srs_wkt``)."""
+    ds = source.dataset
+    gt = ds.GetGeoTransform()
+    xs = [gt[0], gt[0] + gt[1] * ds.RasterXSize]
+    ys = [gt[3], gt[3] + gt[5] * ds.RasterYSize]
+    target = osr.SpatialReference()
+    target.ImportFromWkt(srs_wkt)
+    target.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    srs = ds.GetSpatialRef().Clone()
+    srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    transform = osr.CoordinateTransformation(srs, target)
+    xmin, ymin, xmax, ymax = transform.TransformBounds(min(xs), min(ys), max(xs), max(ys), 21)
+    return not (xmax <= bounds[0] or xmin >= bounds[2] or ymax <= bounds[1] or ymin >= bounds[3])
