@@ -5,6 +5,7 @@ from pathlib import Path
 from qgis.core import QgsProcessingModelAlgorithm, QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
+from .build_object_graphs import BuildObjectGraphsAlgorithm
 from .classify_lcz import ClassifyLCZAlgorithm
 from .sentinel2_stack import Sentinel2StackAlgorithm
 
@@ -32,6 +33,7 @@ class DF4LCZProvider(QgsProcessingProvider):
     def loadAlgorithms(self):  # noqa: N802 (QGIS API name)
         self.addAlgorithm(Sentinel2StackAlgorithm())
         self.addAlgorithm(ClassifyLCZAlgorithm())
+        self.addAlgorithm(BuildObjectGraphsAlgorithm())
         for path in sorted((RESOURCES / "models").glob("*.model3")):
             model = QgsProcessingModelAlgorithm()
             if model.fromFile(str(path)):
