@@ -27,6 +27,8 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
     PALETTE = "PALETTE"
     OUTPUT = "OUTPUT"
     PROBABILITIES = "PROBABILITIES"
+    SOURCE = "SOURCE"
+    SAM_CHECKPOINT = "SAM_CHECKPOINT"
     SUMMARY = "SUMMARY"
     CELLS_PER_SECOND = "CELLS_PER_SECOND"
     DEVICE_USED = "DEVICE_USED"
@@ -51,8 +53,13 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
                 "Output: GeoTIFF, codes 1–17 = LCZ 1–10, A–G, 0 = no data (a patch with no-data pixels), with the "
                 "LCZ colour table, class names and a .qml style. Optional probabilities: 17 bands, percent.\n\n"
                 "Model: an installed model (default: Sen2LCZ-Net pretrained on So2Sat LCZ42) or a model file "
-                "(.safetensors with its .json card). VHR imagery is used by models with a high-resolution stream; "
-                "with a Sentinel-2-only model it is ignored, with a warning.\n\n"
+                "(.safetensors with its .json card).\n\n"
+                "VHR imagery (optional; ≥ 3 bands RGB, ≤ 5 m, any CRS) feeds models with a high-resolution stream: "
+                "each cell's 320 m footprint goes through SAM, the object graph and the GCN, and the two streams "
+                "are fused, P = α·P_S2 + (1−α)·P_VHR (α from the model card). Cells whose footprint the imagery "
+                "covers less than 90 % or where SAM finds no object keep the Sentinel-2 result; the optional "
+                "SOURCE raster records which streams decided each cell. With a Sentinel-2-only model the VHR "
+                "layer is ignored, with a warning.\n\n"
                 "The run ends with a JSON summary: area per class in km², device and cells/s.")
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
@@ -67,16 +74,21 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(self.RESOLUTION, "Output resolution (m)",
                                                        QgsProcessingParameterNumber.Double, 100.0, minValue=10.0))
         self.addParameter(QgsProcessingParameterString(self.DEVICE, "Device (auto, cpu, cuda, cuda:N)", "auto"))
+        sam_checkpoint = QgsProcessingParameterFile(self.SAM_CHECKPOINT, "SAM checkpoint (default: MobileSAM)",
+                                                    optional=True, fileFilter="PyTorch checkpoint (*.pt *.pth)")
         batch = QgsProcessingParameterNumber(self.BATCH_SIZE, "Batch size (patches)",
                                              QgsProcessingParameterNumber.Integer, 128, minValue=1)
         palette = QgsProcessingParameterEnum(self.PALETTE, "Colour palette",
                                              options=list(legend.PALETTE_TITLES.values()), defaultValue=0)
-        for parameter in (batch, palette):
+        for parameter in (sam_checkpoint, batch, palette):
             parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
             self.addParameter(parameter)
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "LCZ map"))
         self.addParameter(QgsProcessingParameterRasterDestination(self.PROBABILITIES, "LCZ probabilities (%)",
                                                                   optional=True, createByDefault=False))
+        self.addParameter(QgsProcessingParameterRasterDestination(
+            self.SOURCE, "Decision source (1 Sentinel-2 only, 2 fused with VHR)", optional=True,
+            createByDefault=False))
         self.addOutput(QgsProcessingOutputString(self.SUMMARY, "Summary (JSON)"))
         self.addOutput(QgsProcessingOutputNumber(self.CELLS_PER_SECOND, "Cells per second"))
         self.addOutput(QgsProcessingOutputString(self.DEVICE_USED, "Device used"))
@@ -100,6 +112,7 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
         from ..df4lcz_plugin.classify import classify
         from ..df4lcz_plugin.device import resolve_device
         from ..df4lcz_plugin.models.registry import load_model
+        from ..df4lcz_plugin.vhr import open_vhr
 
         layer = self.parameterAsRasterLayer(parameters, self.SENTINEL2, context)
         if layer is None or layer.providerType() != "gdal":
@@ -110,22 +123,32 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
             bounds = (extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum())
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         probabilities = self.parameterAsOutputLayer(parameters, self.PROBABILITIES, context) or None
+        source = self.parameterAsOutputLayer(parameters, self.SOURCE, context) or None
+        vhr_layer = self.parameterAsRasterLayer(parameters, self.VHR, context) if parameters.get(self.VHR) else None
+        if vhr_layer is not None and vhr_layer.providerType() != "gdal":
+            raise QgsProcessingException("VHR must be a raster layer read by GDAL (GeoTIFF, VRT, JPEG2000…).")
+        vhr_path = vhr_layer.source().split("|")[0] if vhr_layer is not None else None
         palette_name = list(legend.PALETTE_TITLES)[self.parameterAsEnum(parameters, self.PALETTE, context)]
         engine_feedback = ProcessingFeedback(feedback)
         with engine_errors():
             device = resolve_device(self.parameterAsString(parameters, self.DEVICE, context))
             model = load_model(self._model_path(parameters, context), device)
-            if parameters.get(self.VHR) and "vhr" not in model.card.streams:
-                engine_feedback.warning(f"Model '{model.card.id}' has no high-resolution stream (its streams: "
-                                        f"{', '.join(model.card.streams)}); the VHR layer is ignored and the "
-                                        "Sentinel-2 stream alone decides.")
+            if vhr_path:
+                open_vhr(vhr_path)  # unusable imagery is an error whatever the model
+                if "vhr" not in model.card.streams:
+                    engine_feedback.warning(f"Model '{model.card.id}' has no high-resolution stream (its streams: "
+                                            f"{', '.join(model.card.streams)}); the VHR layer is ignored and the "
+                                            "Sentinel-2 stream alone decides. No fused result is produced.")
             summary = classify(layer.source().split("|")[0], output, model, bounds=bounds,
                                resolution=self.parameterAsDouble(parameters, self.RESOLUTION, context),
                                device=device, batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
-                               probabilities_path=probabilities, palette=palette_name, feedback=engine_feedback)
+                               probabilities_path=probabilities, palette=palette_name, feedback=engine_feedback,
+                               vhr_path=vhr_path, source_path=source,
+                               sam_checkpoint=self.parameterAsFile(parameters, self.SAM_CHECKPOINT, context) or None)
         style_on_load(context, output, Path(output).with_suffix(".qml"), "LCZ map")
         results = {self.OUTPUT: output, self.SUMMARY: json.dumps(summary),
                    self.CELLS_PER_SECOND: summary["cells_per_second"], self.DEVICE_USED: summary["device"]}
-        if probabilities:
-            results[self.PROBABILITIES] = probabilities
+        for name, path in ((self.PROBABILITIES, probabilities), (self.SOURCE, source)):
+            if path:
+                results[name] = path
         return results

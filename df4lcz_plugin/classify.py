@@ -137,7 +137,9 @@ def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, 
     scale = float(stream["input_scaling"]["divide_by"])
     nodata_values = [ds.GetRasterBand(i + 1).GetNoDataValue() for i in range(ds.RasterCount)]
     # channels_last lets oneDNN pick its faster convolution kernels on CPU (measured in bench/).
-    s2_module = fuse_conv_bn(model.sentinel2).to(device, memory_format=torch.channels_last)
+    is_3d = any(isinstance(m, torch.nn.Conv3d) for m in model.sentinel2.modules())
+    s2_module = fuse_conv_bn(model.sentinel2).to(
+        device, memory_format=torch.channels_last_3d if is_3d else torch.channels_last)
     total = grid.rows * grid.cols
     vhr_stream = None
     if vhr_path and "vhr" in model.card.streams:

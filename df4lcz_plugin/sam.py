@@ -62,7 +62,7 @@ def _build(architecture):
     if architecture != "vit_t":
         return sam_model_registry[architecture](checkpoint=None)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # mobile_sam re-registers TinyViT names in timm
+        warnings.simplefilter("ignore")  # mobile_sam re-registers TinyViT names in timm, via deprecated paths
         from mobile_sam.modeling import TinyViT
 
     # MobileSAM's configuration (mobile_sam/build_sam.py: build_sam_vit_t).

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from osgeo import gdal
 
@@ -16,6 +17,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import plugin_files  # noqa: E402
 from df4lcz_plugin import assets, dependencies, sentinel2  # noqa: E402
+from df4lcz_plugin.bands import SO2SAT_BANDS  # noqa: E402
 from df4lcz_plugin.models.registry import builtin_models_dir  # noqa: E402
 
 QGIS_PROCESS = "/usr/bin/qgis_process.bin"
@@ -109,3 +111,78 @@ def qgis_app(tmp_path_factory):
     plugin.initProcessing()
     yield app
     plugin.unload()
+
+
+@pytest.fixture(scope="session")
+def vhr_fixture(tmp_path_factory):
+    """FIXTURE, not a real pairing: the real Zürich orthophoto (SWISSIMAGE © swisstopo, 0.5 m, 437.5 × 300 m)
+    re-georeferenced onto the Virginia scene (EPSG:32618, top-left 440500 E 4173000 N), so that real VHR
+    pixels and real Sentinel-2 pixels meet in one extent. It tests the mechanics of fusion, not accuracy."""
+    path = tmp_path_factory.mktemp("vhr") / "zurich_on_virginia.tif"
+    gdal.Translate(str(path), str(ZURICH), outputSRS="EPSG:32618",
+                   outputBounds=[440500.0, 4173000.0, 440937.5, 4172700.0])
+    return path
+
+
+#: The one cell of this extent whose 320 m footprint the VHR fixture covers ≥ 90 % (row 0, col 0).
+FUSED_EXTENT = (440650.0, 4172500.0, 441050.0, 4172900.0)
+
+
+@pytest.fixture(scope="session")
+def fused_model(s2_stack, model, vhr_fixture, tmp_path_factory):
+    """A two-stream DF4LCZ model trained for a few steps on a tiny FIXTURE: 64 real Sentinel-2 patches
+    labelled by the So2Sat Sen2LCZ-Net (pseudo-labels) for the 3D ResNet11, and the SAM graphs of two real
+    VHR patches labelled LCZ 5 and 6 for the GCN. Its weights mean nothing; it exists to exercise fusion."""
+    import torch
+
+    from df4lcz_plugin import sam
+    from df4lcz_plugin.graph import DEFAULT_GRAPH_RULE, build_graph
+    from df4lcz_plugin.models.gcn import ObjectGCN
+    from df4lcz_plugin.models.registry import save_model
+    from df4lcz_plugin.models.resnet3d import ResNet11_3D
+    from df4lcz_plugin.vhr import open_vhr, read_patch
+
+    torch.manual_seed(0)
+    stack = gdal.Open(str(s2_stack)).ReadAsArray(400, 400, 256, 256).astype(np.float32) / 10000
+    patches = torch.from_numpy(stack.reshape(10, 8, 32, 8, 32).transpose(1, 3, 0, 2, 4).reshape(64, 10, 32, 32).copy())
+    with torch.no_grad():
+        labels = model.sentinel2(patches).argmax(1)
+    resnet = ResNet11_3D()
+    optimiser = torch.optim.NAdam(resnet.parameters(), lr=2e-3)
+    for _ in range(2):
+        optimiser.zero_grad()
+        torch.nn.functional.cross_entropy(resnet.logits(patches), labels).backward()
+        optimiser.step()
+    resnet.eval()
+
+    source = open_vhr(vhr_fixture)
+    generator = sam.MaskGenerator(sam.load_sam(assets.fetch_member(assets.MOBILE_SAM)), **FAST_AMG)
+    gcn = ObjectGCN()
+    optimiser = torch.optim.NAdam(gcn.parameters(), lr=1e-2)
+    graphs = []
+    for label, x0 in ((4, 440500.0), (5, 440617.5)):  # indices 4, 5 = LCZ 5, LCZ 6
+        rgb, _ = read_patch(source, (x0, 4172680.0, x0 + 320, 4173000.0), source.dataset.GetProjection())
+        graphs.append((build_graph(rgb, generator(rgb)), label))
+    for _ in range(5):
+        for g, label in graphs:
+            optimiser.zero_grad()
+            logits = gcn.logits(torch.from_numpy(g.x), torch.from_numpy(g.edge_index), torch.from_numpy(g.edge_weight),
+                                torch.zeros(g.num_nodes, dtype=torch.long))
+            torch.nn.functional.cross_entropy(logits, torch.tensor([label]), reduction="sum").backward()
+            optimiser.step()
+    gcn.eval()
+    card = {
+        "id": "df4lcz_fixture",
+        "title": "DF4LCZ test fixture (a few training steps, meaningless weights)",
+        "streams": {
+            "sentinel2": {"architecture": "resnet11_3d", "config": {}, "bands": list(SO2SAT_BANDS),
+                          "patch_size_px": 32, "pixel_size_m": 10, "input_scaling": {"divide_by": 10000.0}},
+            "vhr": {"architecture": "object_gcn", "config": {}, "graph_rule": DEFAULT_GRAPH_RULE,
+                    "sam": {"architecture": "vit_t", "checkpoint_sha256": assets.MOBILE_SAM.sha256, "amg": FAST_AMG}},
+        },
+        "fusion": {"alpha": 0.6},
+        "classes": list(range(1, 18)),
+        "licence": "test fixture",
+    }
+    path = tmp_path_factory.mktemp("fused") / "df4lcz_fixture"
+    return save_model(path, card, {"sentinel2": resnet, "vhr": gcn})

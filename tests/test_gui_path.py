@@ -64,3 +64,21 @@ def test_cancel_mid_run(qgis_app, s2_stack, tmp_path):
     assert not ok
     assert feedback.isCanceled()
     assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_cancel_during_sam(qgis_app, tmp_path):
+    from conftest import ZURICH
+
+    class CancelAfterFirstPatch(QgsProcessingFeedback):
+        def setProgress(self, progress):  # noqa: N802 (QGIS API name)
+            super().setProgress(progress)
+            if progress > 0:
+                self.cancel()
+
+    alg = QgsApplication.processingRegistry().createAlgorithmById("df4lcz:buildobjectgraphs")
+    feedback = CancelAfterFirstPatch()
+    results, ok = alg.run({"VHR": str(ZURICH), "POINTS_PER_SIDE": 4, "CROP_N_LAYERS": 0,
+                           "OUTPUT": str(tmp_path / "objects.gpkg"), "GRAPHS": str(tmp_path / "graphs.npz")},
+                          QgsProcessingContext(), feedback)
+    assert not ok and feedback.isCanceled()
+    assert list(tmp_path.iterdir()) == []
