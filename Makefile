@@ -17,6 +17,7 @@ test: setup
 
 bench: setup
 	$(PY) bench/bench_sentinel2.py
+	$(PY) bench/bench_sam.py
 
 package: setup
 	$(PY) scripts/plugin_files.py zip dist/df4lcz-$(VERSION).zip
