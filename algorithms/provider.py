@@ -5,9 +5,11 @@ from pathlib import Path
 from qgis.core import QgsProcessingModelAlgorithm, QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
+from .assess_accuracy import AssessAccuracyAlgorithm
 from .build_object_graphs import BuildObjectGraphsAlgorithm
 from .classify_lcz import ClassifyLCZAlgorithm
 from .sentinel2_stack import Sentinel2StackAlgorithm
+from .train_model import TrainModelAlgorithm
 
 RESOURCES = Path(__file__).resolve().parent.parent / "resources"
 
@@ -34,6 +36,8 @@ class DF4LCZProvider(QgsProcessingProvider):
         self.addAlgorithm(Sentinel2StackAlgorithm())
         self.addAlgorithm(ClassifyLCZAlgorithm())
         self.addAlgorithm(BuildObjectGraphsAlgorithm())
+        self.addAlgorithm(TrainModelAlgorithm())
+        self.addAlgorithm(AssessAccuracyAlgorithm())
         for path in sorted((RESOURCES / "models").glob("*.model3")):
             model = QgsProcessingModelAlgorithm()
             if model.fromFile(str(path)):

@@ -1,0 +1,73 @@
+"""``df4lcz:assessaccuracy`` ("Assess LCZ map accuracy"): OA, OA_u, OA_bu, OA_w, κ, per-class PA/UA/F1."""
+
+import json
+
+from qgis.core import (QgsProcessingOutputNumber, QgsProcessingOutputString, QgsProcessingParameterFile,
+                       QgsProcessingParameterFileDestination, QgsProcessingParameterRasterLayer,
+                       QgsProcessingParameterString)
+
+from .base import DF4LCZAlgorithm, engine_errors
+
+
+class AssessAccuracyAlgorithm(DF4LCZAlgorithm):
+    LCZ = "LCZ"
+    REFERENCE = "REFERENCE"
+    CLASS_FIELD = "CLASS_FIELD"
+    REPORT = "REPORT"
+    CSV = "CSV"
+    JSON = "JSON"
+
+    def name(self):
+        return "assessaccuracy"
+
+    def displayName(self):  # noqa: N802 (QGIS API name)
+        return "Assess LCZ map accuracy"
+
+    def shortHelpString(self):  # noqa: N802 (QGIS API name)
+        return ("Compares an LCZ map (codes 1–17) with a reference: LCZ training-area polygons (a class field with "
+                "1–17, 101–107 or A–G, or a WUDAPT KML/KMZ), or an LCZ raster in any CRS and resolution, warped "
+                "onto the map's grid with mode resampling. Comparison per map cell.\n\n"
+                "Metrics (the LCZ community's, see the report for definitions): OA; OA_u (urban classes); OA_bu, "
+                "built vs natural, in both meanings found in the literature (the WUDAPT/LCZ Generator one and the "
+                "two-class collapse); OA_w with the Bechtel et al. (2020) weights; Cohen's κ; per-class "
+                "producer's and user's accuracy and F1; the 17 × 17 confusion matrix.\n\n"
+                "Outputs: an HTML report with a confusion-matrix plot, plus CSV and JSON.")
+
+    def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
+        self.addParameter(QgsProcessingParameterRasterLayer(self.LCZ, "LCZ map"))
+        self.addParameter(QgsProcessingParameterFile(self.REFERENCE, "Reference (training-area polygons, KML/KMZ "
+                                                                     "or LCZ raster)"))
+        self.addParameter(QgsProcessingParameterString(self.CLASS_FIELD, "Class field of the polygons (empty: lcz, "
+                                                                         "class… or the KML folders)", optional=True))
+        self.addParameter(QgsProcessingParameterFileDestination(self.REPORT, "Accuracy report", "HTML (*.html)"))
+        self.addParameter(QgsProcessingParameterFileDestination(self.CSV, "Metrics (CSV)", "CSV (*.csv)",
+                                                                optional=True, createByDefault=False))
+        self.addParameter(QgsProcessingParameterFileDestination(self.JSON, "Metrics (JSON)", "JSON (*.json)",
+                                                                optional=True, createByDefault=False))
+        for name in ("OA", "OA_u", "OA_bu_wudapt", "OA_bu_binary", "OA_w", "kappa"):
+            self.addOutput(QgsProcessingOutputNumber(name, name))
+        self.addOutput(QgsProcessingOutputString("METRICS", "All metrics (JSON)"))
+
+    def checkParameterValues(self, parameters, context):  # noqa: N802 (QGIS API name)
+        # Assessment needs GDAL and matplotlib only, not PyTorch.
+        return super(DF4LCZAlgorithm, self).checkParameterValues(parameters, context)
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
+        from ..df4lcz_plugin.assess import assess
+        from ..df4lcz_plugin.report import json_safe, write_report
+
+        lcz = self.parameterAsRasterLayer(parameters, self.LCZ, context)
+        reference = self.parameterAsFile(parameters, self.REFERENCE, context)
+        outputs = {name: self.parameterAsFileOutput(parameters, name, context) or None
+                   for name in (self.REPORT, self.CSV, self.JSON)}
+        with engine_errors():
+            cm, metrics = assess(lcz.source().split("|")[0], reference,
+                                 self.parameterAsString(parameters, self.CLASS_FIELD, context) or None)
+            write_report(outputs[self.REPORT], metrics, cm, f"LCZ accuracy of {lcz.name()}",
+                         {"map": lcz.source(), "reference": reference}, csv_path=outputs[self.CSV],
+                         json_path=outputs[self.JSON])
+        feedback.pushInfo(", ".join(f"{k} {metrics[k]:.3f}" for k in ("OA", "OA_u", "OA_bu_wudapt", "OA_w", "kappa")))
+        results = {name: path for name, path in outputs.items() if path}
+        results.update({k: metrics[k] for k in ("OA", "OA_u", "OA_bu_wudapt", "OA_bu_binary", "OA_w", "kappa")})
+        results["METRICS"] = json.dumps(json_safe(metrics))
+        return results

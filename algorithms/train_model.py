@@ -1,0 +1,116 @@
+"""``df4lcz:trainmodel`` ("Train DF4LCZ model") on the user's own LCZ training areas."""
+
+from pathlib import Path
+
+from qgis.core import (QgsApplication, QgsProcessingException, QgsProcessingOutputNumber,
+                       QgsProcessingParameterBoolean, QgsProcessingParameterDefinition, QgsProcessingParameterFile,
+                       QgsProcessingParameterFileDestination, QgsProcessingParameterNumber,
+                       QgsProcessingParameterRasterLayer, QgsProcessingParameterString)
+
+from ..df4lcz_plugin.models.registry import builtin_models_dir, user_models_dir
+from .base import DF4LCZAlgorithm, ProcessingFeedback, engine_errors
+
+
+class TrainModelAlgorithm(DF4LCZAlgorithm):
+    SENTINEL2 = "SENTINEL2"
+    VHR = "VHR"
+    TRAINING_AREAS = "TRAINING_AREAS"
+    CLASS_FIELD = "CLASS_FIELD"
+    FINE_TUNE = "FINE_TUNE"
+    BASE_MODEL = "BASE_MODEL"
+    EPOCHS = "EPOCHS"
+    BATCH_SIZE = "BATCH_SIZE"
+    DEVICE = "DEVICE"
+    SEED = "SEED"
+    POINTS_PER_SIDE = "POINTS_PER_SIDE"
+    OUTPUT_MODEL = "OUTPUT_MODEL"
+    REPORT = "REPORT"
+
+    def name(self):
+        return "trainmodel"
+
+    def displayName(self):  # noqa: N802 (QGIS API name)
+        return "Train DF4LCZ model"
+
+    def shortHelpString(self):  # noqa: N802 (QGIS API name)
+        return ("Trains a DF4LCZ model on your LCZ training areas (TAs), as the WUDAPT community does for a city.\n\n"
+                "Training areas: polygons with an LCZ class field (1–17, WUDAPT-2015 101–107, or A–G), or a WUDAPT "
+                "KML/KMZ with one folder per class (1–10, A–G). Patch centres are sampled every 50 m inside the "
+                "polygons; train, validation and test are split by polygon (20 % test, 20 % validation per class), "
+                "so no polygon feeds two splits. A class needs at least 3 polygons; classes with fewer are left "
+                "out with a warning. Class balance: the loss is weighted by inverse class frequency.\n\n"
+                "Sentinel-2 stream: the pretrained Sen2LCZ-Net fine-tuned (default, fast on a CPU), or the DF4LCZ "
+                "3D ResNet11 from scratch (untick 'Fine-tune'; a GPU job). With VHR imagery the GCN stream is "
+                "trained on SAM graphs of each sample's footprint and the fusion weight α chosen on validation.\n\n"
+                "Progress is reported per epoch with the loss and validation OA; cancelling keeps the best model "
+                "so far. Outputs: the model (.safetensors + .json card with the training summary and test "
+                "metrics; by default in the user model folder, so 'Classify local climate zones' lists it) and "
+                "an accuracy report on the held-out test polygons.")
+
+    def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
+        self.addParameter(QgsProcessingParameterRasterLayer(self.SENTINEL2, "Sentinel-2 stack (10 bands)"))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.VHR, "High-resolution (VHR) imagery", optional=True))
+        self.addParameter(QgsProcessingParameterFile(self.TRAINING_AREAS, "LCZ training areas (vector or KML/KMZ)"))
+        self.addParameter(QgsProcessingParameterString(self.CLASS_FIELD, "Class field (empty: lcz, class… or the "
+                                                                         "KML folders)", optional=True))
+        self.addParameter(QgsProcessingParameterBoolean(self.FINE_TUNE, "Fine-tune the pretrained Sen2LCZ-Net "
+                                                                        "(else 3D ResNet11 from scratch)", True))
+        self.addParameter(QgsProcessingParameterFile(self.BASE_MODEL, "Base model to fine-tune (default: the "
+                                                                      "shipped Sen2LCZ-Net)", optional=True,
+                                                     fileFilter="DF4LCZ model (*.safetensors *.json)"))
+        self.addParameter(QgsProcessingParameterNumber(self.EPOCHS, "Epochs", QgsProcessingParameterNumber.Integer,
+                                                       30, minValue=1))
+        self.addParameter(QgsProcessingParameterNumber(self.BATCH_SIZE, "Batch size",
+                                                       QgsProcessingParameterNumber.Integer, 64, minValue=1))
+        self.addParameter(QgsProcessingParameterString(self.DEVICE, "Device (auto, cpu, cuda, cuda:N)", "auto"))
+        seed = QgsProcessingParameterNumber(self.SEED, "Random seed", QgsProcessingParameterNumber.Integer, 0)
+        points = QgsProcessingParameterNumber(self.POINTS_PER_SIDE, "SAM points per side (paper: 12)",
+                                              QgsProcessingParameterNumber.Integer, 12, minValue=1)
+        for parameter in (seed, points):
+            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            self.addParameter(parameter)
+        self.addParameter(QgsProcessingParameterFileDestination(
+            self.OUTPUT_MODEL, "Trained model", "DF4LCZ model (*.safetensors)",
+            defaultValue=str(user_models_dir() / "df4lcz_trained.safetensors")))
+        self.addParameter(QgsProcessingParameterFileDestination(self.REPORT, "Accuracy report (test polygons)",
+                                                                "HTML (*.html)"))
+        for name in ("OA", "OA_w", "kappa"):
+            self.addOutput(QgsProcessingOutputNumber(name, f"Test {name}"))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
+        from ..df4lcz_plugin.device import resolve_device
+        from ..df4lcz_plugin.train import train_on_training_areas
+        from ..df4lcz_plugin.training_areas import read_training_areas
+
+        s2 = self.parameterAsRasterLayer(parameters, self.SENTINEL2, context)
+        vhr = self.parameterAsRasterLayer(parameters, self.VHR, context) if parameters.get(self.VHR) else None
+        model_path = self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context)
+        report = self.parameterAsFileOutput(parameters, self.REPORT, context)
+        base = None
+        if self.parameterAsBool(parameters, self.FINE_TUNE, context):
+            base = (self.parameterAsFile(parameters, self.BASE_MODEL, context)
+                    or str(builtin_models_dir() / "sen2lcznet_so2sat.json"))
+        if not model_path:
+            raise QgsProcessingException("OUTPUT_MODEL must name a .safetensors file.")
+        with engine_errors():
+            areas = read_training_areas(self.parameterAsFile(parameters, self.TRAINING_AREAS, context),
+                                        self.parameterAsString(parameters, self.CLASS_FIELD, context) or None)
+            card, metrics = train_on_training_areas(
+                s2.source().split("|")[0], areas, model_path, report, base_model=base,
+                vhr_path=vhr.source().split("|")[0] if vhr else None,
+                epochs=self.parameterAsInt(parameters, self.EPOCHS, context),
+                batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
+                device=resolve_device(self.parameterAsString(parameters, self.DEVICE, context)),
+                seed=self.parameterAsInt(parameters, self.SEED, context),
+                amg_settings={"points_per_side": self.parameterAsInt(parameters, self.POINTS_PER_SIDE, context)},
+                feedback=ProcessingFeedback(feedback))
+        feedback.pushInfo(f"Model {card}; test OA {metrics['OA']:.3f}, OA_w {metrics['OA_w']:.3f}")
+        return {self.OUTPUT_MODEL: str(Path(card).with_suffix(".safetensors")), self.REPORT: report,
+                "OA": metrics["OA"], "OA_w": metrics["OA_w"], "kappa": metrics["kappa"]}
+
+    def postProcessAlgorithm(self, context, feedback):  # noqa: N802 (QGIS API name)
+        # Main thread: let 'Classify local climate zones' list the new model.
+        provider = QgsApplication.processingRegistry().providerById("df4lcz")
+        if provider is not None:
+            provider.refreshAlgorithms()
+        return {}

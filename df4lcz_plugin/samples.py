@@ -1,0 +1,142 @@
+"""Training samples from LCZ training areas: patch centres inside the polygons, split by polygon.
+
+Sampling: the polygons are rasterised by GDAL onto the Sentinel-2 pixel grid (polygon id per pixel, all-touched
+off); a patch centre is taken every ``spacing_px`` pixels (default 5 px = 50 m) where the centre pixel lies in a
+polygon, and kept when its 32 × 32 patch is inside the raster without no-data. Neighbouring patches of one
+polygon overlap, which is why the splits are by polygon.
+
+Splits ("polygon pool", leakage-free): within each class, polygons are shuffled with the seed and assigned to
+test (20 %, at least 1), validation (20 %, at least 1) and training (the rest, at least 1); no polygon feeds two
+splits. A class with fewer than 3 polygons carrying samples is left out, with a warning, as the LCZ Generator
+requires 3 polygons per class. Class balance is handled in the loss (``class_weights``), not by resampling.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+from osgeo import gdal, ogr, osr
+
+from .classify import open_sentinel2
+from .feedback import Feedback
+from .grid import PATCH_PX
+
+gdal.UseExceptions()
+
+MIN_POLYGONS = 3
+SPLITS = ("train", "validation", "test")
+
+
+class SamplingError(ValueError):
+    """The training areas give no usable samples on this raster."""
+
+
+@dataclass
+class Samples:
+    """Patch centres (raster row, col), their LCZ code (1–17), polygon id and split name, as arrays of length N."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    codes: np.ndarray
+    polygons: np.ndarray
+    splits: np.ndarray
+
+    def subset(self, split):
+        keep = self.splits == split
+        return Samples(self.rows[keep], self.cols[keep], self.codes[keep], self.polygons[keep], self.splits[keep])
+
+    def __len__(self):
+        return len(self.codes)
+
+    def summary(self):
+        """{split: {code: samples}} and polygon counts, for the model card and the report."""
+        return {split: {"samples": {int(c): int(((self.splits == split) & (self.codes == c)).sum())
+                                    for c in np.unique(self.codes)},
+                        "polygons": int(len(np.unique(self.polygons[self.splits == split])))}
+                for split in SPLITS}
+
+
+def rasterise_polygons(ds, areas):
+    """int32 (H, W) polygon id + 1 per pixel of the Sentinel-2 grid (0 = outside every polygon)."""
+    target = ds.GetSpatialRef().Clone()
+    target.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    transform = osr.CoordinateTransformation(areas.srs, target)
+    memory = ogr.GetDriverByName("Memory").CreateDataSource("")  # must outlive its layer
+    layer = memory.CreateLayer("tas", target, ogr.wkbPolygon)
+    layer.CreateField(ogr.FieldDefn("burn", ogr.OFTInteger))
+    for index, geometry in enumerate(areas.geometries):
+        g = geometry.Clone()
+        g.Transform(transform)
+        feature = ogr.Feature(layer.GetLayerDefn())
+        feature.SetField("burn", index + 1)
+        feature.SetGeometry(g)
+        layer.CreateFeature(feature)
+    raster = gdal.GetDriverByName("MEM").Create("", ds.RasterXSize, ds.RasterYSize, 1, gdal.GDT_Int32)
+    raster.SetGeoTransform(ds.GetGeoTransform())
+    raster.SetProjection(ds.GetProjection())
+    gdal.RasterizeLayer(raster, [1], layer, options=["ATTRIBUTE=burn"])
+    return raster.GetRasterBand(1).ReadAsArray()
+
+
+def sample_training_areas(sentinel2_path, areas, seed=0, spacing_px=5, feedback=None):
+    """Samples of ``areas`` on the Sentinel-2 stack, split by polygon (see module docstring).
+
+    Raises SamplingError when no polygon overlaps the raster, or no class keeps 3 polygons.
+    """
+    feedback = feedback or Feedback()
+    ds = open_sentinel2(sentinel2_path)
+    ids = rasterise_polygons(ds, areas)
+    half = PATCH_PX // 2
+    grid = np.zeros_like(ids, dtype=bool)
+    grid[half:ds.RasterYSize - half:spacing_px, half:ds.RasterXSize - half:spacing_px] = True
+    rows, cols = np.nonzero((ids > 0) & grid)
+    if len(rows) == 0:
+        raise SamplingError("No training area overlaps the Sentinel-2 raster (away from its 160 m border); "
+                            "check that the polygons and the raster cover the same place.")
+    keep = np.array([_patch_valid(ds, r - half, c - half) for r, c in zip(rows, cols)], dtype=bool)
+    rows, cols = rows[keep], cols[keep]
+    polygons = ids[rows, cols] - 1
+    codes = np.asarray(areas.codes)[polygons]
+    rng = np.random.default_rng(seed)
+    splits = np.empty(len(rows), dtype=object)
+    for code in np.unique(codes):
+        members = np.unique(polygons[codes == code])
+        if len(members) < MIN_POLYGONS:
+            feedback.warning(f"LCZ class {code} has {len(members)} training polygon(s) with samples; at least "
+                             f"{MIN_POLYGONS} are needed (train, validation, test), so the class is left out.")
+            splits[codes == code] = None
+            continue
+        rng.shuffle(members)
+        n_test = max(1, round(0.2 * len(members)))
+        n_val = max(1, round(0.2 * len(members)))
+        for split, chosen in (("test", members[:n_test]), ("validation", members[n_test:n_test + n_val]),
+                              ("train", members[n_test + n_val:])):
+            splits[np.isin(polygons, chosen)] = split
+    used = splits != None  # noqa: E711 (element-wise on an object array)
+    if not used.any():
+        raise SamplingError(f"No LCZ class has {MIN_POLYGONS} training polygons on this raster.")
+    return Samples(rows[used], cols[used], codes[used].astype(np.int64), polygons[used].astype(np.int64),
+                   splits[used].astype(str))
+
+
+def _patch_valid(ds, top, left):
+    patch = ds.ReadAsArray(int(left), int(top), PATCH_PX, PATCH_PX)
+    return bool((patch != 0).all())
+
+
+def read_patches(sentinel2_path, samples, scale=10000.0):
+    """float32 (N, 10, 32, 32) patches centred on the samples, divided by ``scale`` (model card scaling)."""
+    ds = gdal.Open(str(sentinel2_path))
+    half = PATCH_PX // 2
+    out = np.empty((len(samples), ds.RasterCount, PATCH_PX, PATCH_PX), np.float32)
+    for i, (r, c) in enumerate(zip(samples.rows, samples.cols)):
+        out[i] = ds.ReadAsArray(int(c - half), int(r - half), PATCH_PX, PATCH_PX)
+    return out / scale
+
+
+def class_weights(codes, num_classes=17):
+    """Inverse-frequency class weights (float32, (17,)), mean 1 over the classes present; 0 for absent ones."""
+    counts = np.bincount(np.asarray(codes) - 1, minlength=num_classes).astype(np.float64)
+    weights = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)
+    present = counts > 0
+    weights[present] *= present.sum() / weights[present].sum()
+    return weights.astype(np.float32)

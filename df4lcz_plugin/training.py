@@ -1,0 +1,194 @@
+"""Training loops of the two DF4LCZ streams and the choice of the fusion weight α.
+
+Recipes (``shared/design/df4lcz_method.md`` §4–6):
+- Sentinel-2 stream: NAdam (β 0.9/0.999, ε 1e-7), batch 64, lr 0.002 × 0.4^floor(epoch / 50) (``lr.py``
+  default step 50: the paper's step is not published), cross-entropy averaged over the batch, early stopping on
+  validation loss (patience 40), the best-validation-OA weights kept. Augmentation: random flips and 90°
+  rotations (the paper's albumentations list is unpublished; these are the assumed ones). Deviations: the loss
+  is weighted by inverse class frequency (class balance, see ``samples.class_weights``); fine-tuning the
+  pretrained Sen2LCZ-Net uses lr 2e-4 instead of 0.002, so as not to destroy the pretrained features.
+- GCN stream: NAdam lr 0.01 constant, batch 32 graphs, cross-entropy summed over the batch, early stopping on
+  validation loss (patience 20), the best-validation-OA weights kept.
+- α: on the validation samples that have both streams, the α in {0, 0.05, …, 1} with the highest OA (ties go
+  to the value closest to the paper's 0.6).
+Cancelling keeps the best weights so far (``TrainingResult.canceled``); before the first epoch ends it raises.
+"""
+
+import copy
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .feedback import Canceled, Feedback
+
+PAPER_ALPHA = 0.6
+
+
+@dataclass
+class TrainingResult:
+    """The best weights (in the module), per-epoch history, and whether training was cut short."""
+
+    module: object
+    history: list = field(default_factory=list)
+    best_epoch: int = -1
+    canceled: bool = False
+
+
+def log_probabilities(module, x):
+    """Log class probabilities (B, 17) of a Sentinel-2 stream (logits if it has them, else its probabilities)."""
+    import torch
+
+    if hasattr(module, "logits"):
+        return torch.log_softmax(module.logits(x), dim=1)
+    return torch.log(module(x).clamp_min(1e-7))
+
+
+def _augment(x, generator):
+    import torch
+
+    if torch.rand(1, generator=generator).item() < 0.5:
+        x = x.flip(-1)
+    if torch.rand(1, generator=generator).item() < 0.5:
+        x = x.flip(-2)
+    return torch.rot90(x, int(torch.randint(0, 4, (1,), generator=generator)), dims=(-2, -1))
+
+
+def train_sentinel2(module, x_train, y_train, x_val, y_val, epochs=100, batch_size=64, lr=0.002,
+                    weights=None, device="cpu", seed=0, feedback=None, patience=40, step_size=50, decay=0.4):
+    """Train a Sentinel-2 stream on patches (float32 (N, 10, 32, 32)) and 0-based labels (int64 (N,)).
+
+    Reports loss and validation OA per epoch; returns a TrainingResult holding the best-validation-OA weights.
+    Raises Canceled if stopped before the first epoch ends.
+    """
+    import torch
+
+    feedback = feedback or Feedback()
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    module = module.to(device)
+    optimiser = torch.optim.NAdam(module.parameters(), lr=lr, eps=1e-7)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimiser, step_size=step_size, gamma=decay)
+    weight = torch.as_tensor(weights, device=device) if weights is not None else None
+    x_train, y_train = torch.as_tensor(x_train), torch.as_tensor(y_train)
+    x_val, y_val = torch.as_tensor(x_val).to(device), torch.as_tensor(y_val).to(device)
+    result = TrainingResult(module)
+    best_oa, best_state, best_loss, waited = -1.0, None, float("inf"), 0
+    for epoch in range(epochs):
+        module.train()
+        order = torch.randperm(len(y_train), generator=generator)
+        losses = []
+        for start in range(0, len(order), batch_size):
+            if feedback.canceled():
+                return _stop(result, best_state, epoch, feedback)
+            index = order[start:start + batch_size]
+            x = _augment(x_train[index], generator).to(device)
+            loss = torch.nn.functional.nll_loss(log_probabilities(module, x), y_train[index].to(device), weight=weight)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            losses.append(loss.item())
+        scheduler.step()
+        module.eval()
+        with torch.no_grad():
+            log_p = torch.cat([log_probabilities(module, x_val[i:i + 256]) for i in range(0, len(y_val), 256)])
+            val_loss = float(torch.nn.functional.nll_loss(log_p, y_val, weight=weight))
+            val_oa = float((log_p.argmax(1) == y_val).float().mean())
+        result.history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_loss": val_loss,
+                               "val_OA": val_oa})
+        feedback.info(f"Sentinel-2 stream, epoch {epoch + 1}/{epochs}: loss {np.mean(losses):.4f}, "
+                      f"validation loss {val_loss:.4f}, validation OA {val_oa:.3f}")
+        feedback.progress((epoch + 1) / epochs)
+        if val_oa > best_oa:
+            best_oa, best_state, result.best_epoch = val_oa, copy.deepcopy(module.state_dict()), epoch + 1
+        waited = 0 if val_loss < best_loss else waited + 1
+        best_loss = min(best_loss, val_loss)
+        if waited >= patience:
+            feedback.info(f"Early stop: validation loss has not improved for {patience} epochs.")
+            break
+    module.load_state_dict(best_state)
+    return result
+
+
+def _stop(result, best_state, epoch, feedback):
+    if best_state is None:
+        raise Canceled("Training was canceled before its first epoch ended; no model was written.")
+    result.module.load_state_dict(best_state)
+    result.canceled = True
+    feedback.warning(f"Training canceled during epoch {epoch + 1}; the best weights so far "
+                     f"(epoch {result.best_epoch}) are kept.")
+    return result
+
+
+def graph_batch(graphs, device="cpu"):
+    """torch tensors (x, edge_index, edge_weight, batch) of a list of ObjectGraphs (disjoint union)."""
+    import torch
+
+    offsets = np.cumsum([0] + [g.num_nodes for g in graphs])
+    x = torch.from_numpy(np.concatenate([g.x for g in graphs]))
+    edge_index = torch.from_numpy(np.concatenate([g.edge_index + o for g, o in zip(graphs, offsets)], axis=1))
+    edge_weight = torch.from_numpy(np.concatenate([g.edge_weight for g in graphs]))
+    batch = torch.from_numpy(np.repeat(np.arange(len(graphs)), [g.num_nodes for g in graphs]))
+    return x.to(device), edge_index.to(device), edge_weight.to(device), batch.to(device)
+
+
+def gcn_probabilities(gcn, graphs, device="cpu"):
+    """float32 (len(graphs), 17) class probabilities of non-empty ObjectGraphs."""
+    import torch
+
+    with torch.no_grad():
+        return gcn(*graph_batch(graphs, device)).cpu().numpy()
+
+
+def train_gcn(gcn, train_graphs, y_train, val_graphs, y_val, epochs=100, batch_size=32, lr=0.01, device="cpu",
+              seed=0, feedback=None, patience=20):
+    """Train the GCN on non-empty ObjectGraphs with 0-based labels; returns a TrainingResult (best val OA)."""
+    import torch
+
+    feedback = feedback or Feedback()
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    gcn = gcn.to(device)
+    optimiser = torch.optim.NAdam(gcn.parameters(), lr=lr, eps=1e-7)
+    y_train, y_val = np.asarray(y_train), np.asarray(y_val)
+    result = TrainingResult(gcn)
+    best_oa, best_state, best_loss, waited = -1.0, None, float("inf"), 0
+    for epoch in range(epochs):
+        gcn.train()
+        order = rng.permutation(len(train_graphs))
+        losses = []
+        for start in range(0, len(order), batch_size):
+            if feedback.canceled():
+                return _stop(result, best_state, epoch, feedback)
+            index = order[start:start + batch_size]
+            logits = gcn.logits(*graph_batch([train_graphs[i] for i in index], device))
+            loss = torch.nn.functional.cross_entropy(logits, torch.as_tensor(y_train[index], device=device),
+                                                     reduction="sum")
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            losses.append(loss.item() / len(index))
+        gcn.eval()
+        with torch.no_grad():
+            logits = gcn.logits(*graph_batch(val_graphs, device))
+            val_loss = float(torch.nn.functional.cross_entropy(logits, torch.as_tensor(y_val, device=device)))
+            val_oa = float((logits.argmax(1).cpu().numpy() == y_val).mean())
+        result.history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_loss": val_loss,
+                               "val_OA": val_oa})
+        feedback.info(f"GCN stream, epoch {epoch + 1}/{epochs}: loss {np.mean(losses):.4f}, "
+                      f"validation OA {val_oa:.3f}")
+        if val_oa > best_oa:
+            best_oa, best_state, result.best_epoch = val_oa, copy.deepcopy(gcn.state_dict()), epoch + 1
+        waited = 0 if val_loss < best_loss else waited + 1
+        best_loss = min(best_loss, val_loss)
+        if waited >= patience:
+            break
+    gcn.load_state_dict(best_state)
+    return result
+
+
+def choose_alpha(p_s2, p_vhr, y):
+    """The fusion weight α maximising OA of α·p_s2 + (1−α)·p_vhr on validation samples (arrays (N, 17), (N,))."""
+    candidates = np.round(np.arange(0, 1.0001, 0.05), 2)
+    scores = [((a * p_s2 + (1 - a) * p_vhr).argmax(1) == y).mean() for a in candidates]
+    best = max(scores)
+    return float(min((a for a, s in zip(candidates, scores) if s == best), key=lambda a: abs(a - PAPER_ALPHA)))

@@ -1,0 +1,115 @@
+"""LCZ training areas (TAs): polygons with an LCZ class, from any OGR vector file or a WUDAPT KML/KMZ.
+
+Class values accepted: codes 1–17; WUDAPT-2015 codes 101–107 for A–G; letters A–G (any case); the same as
+text. A WUDAPT KML/KMZ (the LCZ Generator template) holds one folder per class named 1–10 and A–G; a folder whose
+placemarks are all named "ROI" (the region of interest) is skipped.
+"""
+
+import re
+from dataclasses import dataclass
+
+from osgeo import gdal, ogr, osr
+
+from .legend import LABELS
+
+gdal.UseExceptions()
+ogr.UseExceptions()
+
+CLASS_FIELD_GUESSES = ("lcz", "LCZ", "class", "Class", "CLASS", "lcz_class", "code")
+
+
+class TrainingAreaError(ValueError):
+    """The training areas cannot be read or hold unknown classes."""
+
+
+def parse_code(value):
+    """An LCZ code 1–17 from a class value (17, "17", 107, "G", "g"); None if it is not one."""
+    text = str(value).strip().upper()
+    if text in LABELS[10:]:
+        return LABELS.index(text) + 1
+    if re.fullmatch(r"\d+(\.0+)?", text):
+        number = int(float(text))
+        if 1 <= number <= 17:
+            return number
+        if 101 <= number <= 107:
+            return number - 90
+    return None
+
+
+@dataclass
+class TrainingAreas:
+    """Polygons (OGR geometries, in ``srs``) with their LCZ codes and a stable polygon id (0…n−1)."""
+
+    geometries: list
+    codes: list
+    srs: osr.SpatialReference
+
+    def __len__(self):
+        return len(self.codes)
+
+
+def _is_roi_folder(layer):
+    names = [feature.GetField("Name") if feature.GetFieldIndex("Name") >= 0 else None for feature in layer]
+    layer.ResetReading()
+    return bool(names) and all(str(n).strip().upper() == "ROI" for n in names)
+
+
+def read_training_areas(path, class_field=None, layer_name=None):
+    """Read TAs from ``path``: a vector layer with ``class_field`` (guessed among lcz/class/… if None), or a
+    WUDAPT KML/KMZ whose folders name the classes.
+
+    Raises TrainingAreaError for an unreadable file, a missing class field, unknown class values or foreign
+    KML folder names (each listed), or no polygons at all.
+    """
+    try:
+        ds = gdal.OpenEx(str(path), gdal.OF_VECTOR)
+    except RuntimeError as error:
+        raise TrainingAreaError(f"Cannot open the training areas {path}: {error}") from None
+    driver = ds.GetDriver().ShortName
+    geometries, codes, srs = [], [], None
+    if driver in ("KML", "LIBKML") and class_field is None:
+        foreign = []
+        for index in range(ds.GetLayerCount()):
+            layer = ds.GetLayer(index)
+            code = parse_code(layer.GetName())
+            if code is None or layer.GetName().strip().isdigit() and int(layer.GetName()) > 10:
+                if layer.GetFeatureCount() and not _is_roi_folder(layer):
+                    foreign.append(layer.GetName())
+                continue
+            srs = srs or layer.GetSpatialRef()
+            for feature in layer:
+                geometries.append(feature.GetGeometryRef().Clone())
+                codes.append(code)
+        if foreign:
+            raise TrainingAreaError(f"KML folder(s) {', '.join(repr(f) for f in foreign)} are not LCZ classes: a "
+                                    "WUDAPT KML has one folder per class named 1–10 and A–G (plus the ROI).")
+    else:
+        layer = ds.GetLayerByName(layer_name) if layer_name else ds.GetLayer(0)
+        fields = [layer.GetLayerDefn().GetFieldDefn(i).GetName() for i in range(layer.GetLayerDefn().GetFieldCount())]
+        field = class_field or next((f for f in CLASS_FIELD_GUESSES if f in fields), None)
+        if field not in fields:
+            raise TrainingAreaError(f"The training areas have no class field {class_field or '(lcz/class)'}; "
+                                    f"their fields are {', '.join(fields) or 'none'}. Name the field holding the LCZ.")
+        srs = layer.GetSpatialRef()
+        unknown = set()
+        for feature in layer:
+            code = parse_code(feature.GetField(field))
+            if code is None:
+                unknown.add(str(feature.GetField(field)))
+                continue
+            geometries.append(feature.GetGeometryRef().Clone())
+            codes.append(code)
+        if unknown:
+            raise TrainingAreaError(f"Unknown LCZ class value(s) in field '{field}': {', '.join(sorted(unknown))}. "
+                                    "Use 1–17, 101–107 (WUDAPT-2015 A–G) or the letters A–G.")
+    polygons = [(g, c) for g, c in zip(geometries, codes)
+                if g is not None and ogr.GT_Flatten(g.GetGeometryType()) in (ogr.wkbPolygon, ogr.wkbMultiPolygon)]
+    if not polygons:
+        raise TrainingAreaError(f"{path} holds no LCZ training polygons.")
+    if srs is None:
+        raise TrainingAreaError(f"{path} has no CRS.")
+    srs = srs.Clone()
+    srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    for geometry, _ in polygons:
+        geometry.FlattenTo2D()
+    return TrainingAreas([g for g, _ in polygons], [c for _, c in polygons], srs)
