@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from qgis.core import (QgsApplication, QgsProcessingException, QgsProcessingOutputNumber,
+from qgis.core import (QgsApplication, QgsProcessingOutputNumber,
                        QgsProcessingParameterBoolean, QgsProcessingParameterDefinition, QgsProcessingParameterFile,
                        QgsProcessingParameterFileDestination, QgsProcessingParameterNumber,
                        QgsProcessingParameterRasterLayer, QgsProcessingParameterString)
@@ -70,8 +70,8 @@ class TrainModelAlgorithm(DF4LCZAlgorithm):
             parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
             self.addParameter(parameter)
         self.addParameter(QgsProcessingParameterFileDestination(
-            self.OUTPUT_MODEL, "Trained model", "DF4LCZ model (*.safetensors)",
-            defaultValue=str(user_models_dir() / "df4lcz_trained.safetensors")))
+            self.OUTPUT_MODEL, "Trained model (empty: the user model folder, named after the training areas)",
+            "DF4LCZ model (*.safetensors)", optional=True, createByDefault=False))
         self.addParameter(QgsProcessingParameterFileDestination(self.REPORT, "Accuracy report (test polygons)",
                                                                 "HTML (*.html)"))
         for name in ("OA", "OA_w", "kappa"):
@@ -84,16 +84,16 @@ class TrainModelAlgorithm(DF4LCZAlgorithm):
 
         s2 = self.parameterAsRasterLayer(parameters, self.SENTINEL2, context)
         vhr = self.parameterAsRasterLayer(parameters, self.VHR, context) if parameters.get(self.VHR) else None
-        model_path = self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context)
+        areas_path = self.parameterAsFile(parameters, self.TRAINING_AREAS, context)
+        model_path = (self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context)
+                      or str(user_models_dir() / f"df4lcz_{Path(areas_path).stem}.safetensors"))
         report = self.parameterAsFileOutput(parameters, self.REPORT, context)
         base = None
         if self.parameterAsBool(parameters, self.FINE_TUNE, context):
             base = (self.parameterAsFile(parameters, self.BASE_MODEL, context)
                     or str(builtin_models_dir() / "sen2lcznet_so2sat.json"))
-        if not model_path:
-            raise QgsProcessingException("OUTPUT_MODEL must name a .safetensors file.")
         with engine_errors():
-            areas = read_training_areas(self.parameterAsFile(parameters, self.TRAINING_AREAS, context),
+            areas = read_training_areas(areas_path,
                                         self.parameterAsString(parameters, self.CLASS_FIELD, context) or None)
             card, metrics = train_on_training_areas(
                 s2.source().split("|")[0], areas, model_path, report, base_model=base,

@@ -208,7 +208,7 @@ def _lczc_graph(npz):
     return ObjectGraph(np.asarray(npz["x"], np.float32), edge_index, edge_weight)
 
 
-def lczc_ges2(root, split="random", epochs=100, device="cpu", seed=0, feedback=None):
+def lczc_ges2(root, split="random", epochs=100, device="cpu", seed=0, feedback=None, batch_size=64):
     """Train and evaluate the 3D ResNet11, the GCN and their fusion on LCZC-GES2 under one split protocol.
 
     Returns {"ResNet11_3D": metrics, "GCN": metrics, "DF4LCZ": metrics, "alpha": α} (metrics over 17 labels).
@@ -231,8 +231,8 @@ def lczc_ges2(root, split="random", epochs=100, device="cpu", seed=0, feedback=N
     x_tr, y_tr, g_tr = data["train"]
     x_va, y_va, g_va = data["validation"]
     x_te, y_te, g_te = data["test"]
-    s2 = train_sentinel2(ResNet11_3D(), x_tr, y_tr, x_va, y_va, epochs=epochs, device=device, seed=seed,
-                         feedback=feedback).module
+    s2 = train_sentinel2(ResNet11_3D(), x_tr, y_tr, x_va, y_va, epochs=epochs, batch_size=batch_size,
+                         device=device, seed=seed, feedback=feedback).module
     gcn = train_gcn(ObjectGCN(), g_tr, y_tr, g_va, y_va, epochs=epochs, device=device, seed=seed,
                     feedback=feedback).module
     alpha = choose_alpha(_probabilities(s2, x_va, device), gcn_probabilities(gcn, g_va, device), y_va)
@@ -259,10 +259,12 @@ def main(argv=None):
     lczc.add_argument("--epochs", type=int, default=100)
     lczc.add_argument("--device", default="auto")
     lczc.add_argument("--seed", type=int, default=0)
+    lczc.add_argument("--batch-size", type=int, default=64, help="Sentinel-2 stream batch (paper: 64)")
     args = parser.parse_args(argv)
     from .device import resolve_device
 
-    results = lczc_ges2(args.path, args.split, args.epochs, resolve_device(args.device), args.seed)
+    results = lczc_ges2(args.path, args.split, args.epochs, resolve_device(args.device), args.seed,
+                        batch_size=args.batch_size)
     table = {name: paper_columns(m) for name, m in results.items() if isinstance(m, dict)}
     from .report import json_safe
 
