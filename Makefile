@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 VERSION := $(shell sed -n 's/^version=//p' metadata.txt)
 
-.PHONY: setup install demo test bench package clean
+.PHONY: setup install demo test bench package reproduce clean
 
 setup:
 	bash scripts/setup.sh
@@ -19,8 +19,15 @@ bench: setup
 	$(PY) bench/bench_sentinel2.py
 	$(PY) bench/bench_sam.py
 
+# The DF4LCZ paper's protocol on LCZC-GES2 (needs internet and, realistically, a GPU): both split protocols.
+LCZC ?= data/DF4LCZ
+reproduce: setup
+	test -d $(LCZC)/sen2_img_patches || git clone --depth 1 https://github.com/ctrlovefly/DF4LCZ $(LCZC)
+	$(PY) -m df4lcz_plugin.train lczc-ges2 $(LCZC) --split random --device auto | tee reproduce_random.json
+	$(PY) -m df4lcz_plugin.train lczc-ges2 $(LCZC) --split polygons --device auto | tee reproduce_polygons.json
+
 package: setup
 	$(PY) scripts/plugin_files.py zip dist/df4lcz-$(VERSION).zip
 
 clean:
-	rm -rf dist demo_output .pytest_cache
+	rm -rf dist demo_output .pytest_cache reproduce_*.json

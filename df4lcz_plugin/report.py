@@ -7,6 +7,7 @@ import html
 import io
 import json
 import math
+import textwrap
 
 import numpy as np
 
@@ -51,7 +52,7 @@ def confusion_plot_png(cm, title):
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("map (predicted) LCZ")
     ax.set_ylabel("reference LCZ")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(textwrap.fill(title, 50), fontsize=9)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)

