@@ -17,6 +17,8 @@ class AssessAccuracyAlgorithm(DF4LCZAlgorithm):
     CSV = "CSV"
     JSON = "JSON"
 
+    needs_torch = False  # assessment needs GDAL and matplotlib only, not PyTorch.
+
     def name(self):
         return "assessaccuracy"
 
@@ -47,10 +49,6 @@ class AssessAccuracyAlgorithm(DF4LCZAlgorithm):
         for name in ("OA", "OA_u", "OA_bu_wudapt", "OA_bu_binary", "OA_w", "kappa"):
             self.addOutput(QgsProcessingOutputNumber(name, name))
         self.addOutput(QgsProcessingOutputString("METRICS", "All metrics (JSON)"))
-
-    def checkParameterValues(self, parameters, context):  # noqa: N802 (QGIS API name)
-        # Assessment needs GDAL and matplotlib only, not PyTorch.
-        return super(DF4LCZAlgorithm, self).checkParameterValues(parameters, context)
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
         from ..df4lcz_plugin.assess import assess

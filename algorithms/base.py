@@ -41,7 +41,9 @@ def engine_errors():
 
 
 class DF4LCZAlgorithm(QgsProcessingAlgorithm):
-    """Base class: group, and the check that PyTorch and safetensors are importable."""
+    """Base class: group, and the check that PyTorch and safetensors are importable (if ``needs_torch``)."""
+
+    needs_torch = True
 
     def group(self):
         return "Local climate zones"
@@ -53,7 +55,7 @@ class DF4LCZAlgorithm(QgsProcessingAlgorithm):
         return type(self)()
 
     def checkParameterValues(self, parameters, context):  # noqa: N802 (QGIS API name)
-        missing = dependencies.missing()
+        missing = dependencies.missing() if self.needs_torch else []
         if missing:
             return False, (f"{', '.join(missing)} cannot be imported in QGIS's Python, so this algorithm cannot run. "
                            "Install the plugin's dependencies (README: 'make install', which puts them in the "

@@ -12,6 +12,8 @@ class Sentinel2StackAlgorithm(DF4LCZAlgorithm):
     OUTPUT = "OUTPUT"
     PROCESSING_LEVEL = "PROCESSING_LEVEL"
 
+    needs_torch = False  # stacking needs GDAL only, not PyTorch.
+
     def name(self):
         return "sentinel2stack"
 
@@ -33,10 +35,6 @@ class Sentinel2StackAlgorithm(DF4LCZAlgorithm):
                                                      behavior=QgsProcessingParameterFile.Folder))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Sentinel-2 stack"))
         self.addOutput(QgsProcessingOutputString(self.PROCESSING_LEVEL, "Processing level"))
-
-    def checkParameterValues(self, parameters, context):  # noqa: N802 (QGIS API name)
-        # Stacking needs GDAL only, not PyTorch.
-        return super(DF4LCZAlgorithm, self).checkParameterValues(parameters, context)
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
         folder = self.parameterAsFile(parameters, self.INPUT, context)
