@@ -209,3 +209,37 @@ def test_empty_intersection(s2_stack, model, tmp_path):
     classify(s2_stack, tmp_path / "lcz.tif", model, bounds=SEA_EXTENT)
     with pytest.raises(AssessmentError, match="do not overlap"):
         assess(tmp_path / "lcz.tif", assets.fetch(assets.ZARAGOZA_LCZ))
+
+
+def test_training_with_vhr_trains_the_gcn_and_chooses_alpha(s2_stack, tmp_path):
+    """FIXTURE: the real Zürich orthophoto tiled 3 × 3 (1312.5 × 900 m) and placed over the Virginia scene, with
+    six 100 m training squares labelled LCZ 6 and 9 arbitrarily. It exercises the VHR training path (SAM graphs
+    of each sample's footprint, GCN, α on validation); the labels mean nothing."""
+    from conftest import FAST_AMG, ZURICH
+
+    tiles = []
+    for i in range(3):
+        for j in range(3):
+            x0, y0 = 440000 + j * 437.5, 4173000 - i * 300
+            tile = tmp_path / f"tile{i}{j}.vrt"
+            gdal.Translate(str(tile), str(ZURICH), format="VRT", outputSRS="EPSG:32618",
+                           outputBounds=[x0, y0, x0 + 437.5, y0 - 300])
+            tiles.append(str(tile))
+    vhr = tmp_path / "vhr.vrt"
+    gdal.BuildVRT(str(vhr), tiles)
+    squares = [(6, 440300, 4172700), (6, 440700, 4172700), (6, 441000, 4172700),
+               (9, 440300, 4172400), (9, 440700, 4172400), (9, 441000, 4172400)]
+    csv = tmp_path / "tas.csv"
+    csv.write_text("WKT,lcz\n" + "".join(
+        f'"POLYGON(({x} {y},{x + 100} {y},{x + 100} {y + 100},{x} {y + 100},{x} {y}))",{c}\n' for c, x, y in squares))
+    gdal.VectorTranslate(str(tmp_path / "tas.gpkg"), str(csv), srcSRS="EPSG:32618", dstSRS="EPSG:32618")
+    card_path, metrics = train.train_on_training_areas(
+        s2_stack, read_training_areas(tmp_path / "tas.gpkg"), tmp_path / "fused", tmp_path / "report.html",
+        base_model=MODEL_CARD, vhr_path=vhr, epochs=2, amg_settings=FAST_AMG)
+    card = read_card(card_path)
+    assert card.streams == ("sentinel2", "vhr")
+    assert 0.0 <= card.data["fusion"]["alpha"] <= 1.0
+    assert card.stream("vhr")["sam"]["amg"]["points_per_side"] == FAST_AMG["points_per_side"]
+    from df4lcz_plugin.models.registry import load_model
+
+    assert load_model(card_path).modules["vhr"] is not None and metrics["n"] > 0
