@@ -2,7 +2,7 @@
 
 import json
 
-from qgis.core import (QgsCoordinateReferenceSystem, QgsFeature, QgsFeatureSink, QgsField, QgsFields, QgsGeometry,
+from qgis.core import (QgsCoordinateTransform, QgsFeature, QgsFeatureSink, QgsField, QgsFields, QgsGeometry,
                        QgsProcessing, QgsProcessingException, QgsProcessingParameterDefinition,
                        QgsProcessingParameterExtent, QgsProcessingParameterFeatureSink, QgsProcessingParameterFile,
                        QgsProcessingParameterFileDestination, QgsProcessingParameterNumber,
@@ -11,6 +11,7 @@ from qgis.PyQt.QtCore import QVariant
 
 from ..df4lcz_plugin.sam import PAPER_AMG_SETTINGS
 from .base import DF4LCZAlgorithm, ProcessingFeedback, engine_errors
+from .vhr_source import metric_crs, vhr_path
 
 _AMG_PARAMETERS = {  # parameter name → (AMG argument, label, integer?)
     "POINTS_PER_SIDE": ("points_per_side", "Points per side", True),
@@ -46,6 +47,9 @@ class BuildObjectGraphsAlgorithm(DF4LCZAlgorithm):
                 "automatic mask generation with the paper's settings (12 × 12 points, predicted IoU 0.88, "
                 "stability 0.92, box NMS 0.4, 1 crop layer, crop NMS 0.4, downscale 2, min region 100 px; "
                 "advanced parameters). Masks under 50 px are dropped and the 50 largest kept.\n\n"
+                "VHR: any raster layer with RGB in bands 1–3 at ≤ 5 m, in any CRS (work is done in metres: in a "
+                "geographic or Web Mercator CRS, in the UTM zone of the extent). Web and tile layers (WMS, XYZ) "
+                "need an EXTENT; they are rendered at 1 m over it first.\n\n"
                 "Checkpoint: MobileSAM (vit_t) by default, or any official SAM checkpoint (vit_b, vit_l, vit_h); "
                 "the architecture is read from the file.\n\n"
                 "Outputs: a polygon layer of the kept objects (patch id, object rank, area in m², node features "
@@ -77,21 +81,15 @@ class BuildObjectGraphsAlgorithm(DF4LCZAlgorithm):
         from ..df4lcz_plugin.objects import default_settings, extract_objects, mask_polygons, write_graph_file
 
         layer = self.parameterAsRasterLayer(parameters, self.VHR, context)
-        if layer is None or layer.providerType() != "gdal":
-            raise QgsProcessingException("VHR must be a raster layer read by GDAL (GeoTIFF, VRT, JPEG2000…).")
-        crs = layer.crs()
-        if crs.isGeographic():
-            # Work in metres: the UTM zone of the layer's centre.
-            centre = layer.extent().center()
-            zone = int((centre.x() + 180) // 6) + 1
-            crs = QgsCoordinateReferenceSystem(f"EPSG:{32600 + zone if centre.y() >= 0 else 32700 + zone}")
-        extent = (self.parameterAsExtent(parameters, self.EXTENT, context, crs) if parameters.get(self.EXTENT)
-                  else None)
-        if extent is None:
-            from qgis.core import QgsCoordinateTransform
-            extent = QgsCoordinateTransform(layer.crs(), crs, context.transformContext()).transformBoundingBox(
-                layer.extent())
+        if parameters.get(self.EXTENT):
+            extent = self.parameterAsExtent(parameters, self.EXTENT, context)
+            extent_crs = self.parameterAsExtentCrs(parameters, self.EXTENT, context)
+        else:
+            extent, extent_crs = layer.extent(), layer.crs()
+        crs = metric_crs(extent_crs, extent.center(), context)
+        extent = QgsCoordinateTransform(extent_crs, crs, context.transformContext()).transformBoundingBox(extent)
         bounds = (extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum())
+        source = vhr_path(layer, bounds if parameters.get(self.EXTENT) else None, crs, context, feedback)
         amg = {argument: (self.parameterAsInt if integer else self.parameterAsDouble)(parameters, name, context)
                for name, (argument, _, integer) in _AMG_PARAMETERS.items()}
         rule = {"rule": "radius", "radius": self.parameterAsDouble(parameters, self.GRAPH_RADIUS, context)}
@@ -106,7 +104,7 @@ class BuildObjectGraphsAlgorithm(DF4LCZAlgorithm):
             checkpoint = (self.parameterAsFile(parameters, self.CHECKPOINT, context)
                           or str(assets.fetch_member(assets.MOBILE_SAM)))
             device = resolve_device(self.parameterAsString(parameters, self.DEVICE, context))
-            patches = extract_objects(layer.source().split("|")[0], bounds, crs.toWkt(), checkpoint, device, amg,
+            patches = extract_objects(source, bounds, crs.toWkt(), checkpoint, device, amg,
                                       rule, ProcessingFeedback(feedback))
             sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT, context, fields,
                                                  QgsWkbTypes.MultiPolygon, crs)

@@ -13,6 +13,7 @@ from ..df4lcz_plugin import legend
 from ..df4lcz_plugin.models.registry import list_models
 from .base import DF4LCZAlgorithm, ProcessingFeedback, engine_errors
 from .styling import style_on_load
+from .vhr_source import vhr_path
 
 
 class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
@@ -54,7 +55,8 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
                 "LCZ colour table, class names and a .qml style. Optional probabilities: 17 bands, percent.\n\n"
                 "Model: an installed model (default: Sen2LCZ-Net pretrained on So2Sat LCZ42) or a model file "
                 "(.safetensors with its .json card).\n\n"
-                "VHR imagery (optional; ≥ 3 bands RGB, ≤ 5 m, any CRS) feeds models with a high-resolution stream: "
+                "VHR imagery (optional; RGB in bands 1–3, ≤ 5 m, any CRS; web/tile layers are rendered at 1 m over "
+                "the EXTENT) feeds models with a high-resolution stream: "
                 "each cell's 320 m footprint goes through SAM, the object graph and the GCN, and the two streams "
                 "are fused, P = α·P_S2 + (1−α)·P_VHR (α from the model card). Cells whose footprint the imagery "
                 "covers less than 90 % or where SAM finds no object keep the Sentinel-2 result; the optional "
@@ -125,16 +127,14 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
         probabilities = self.parameterAsOutputLayer(parameters, self.PROBABILITIES, context) or None
         source = self.parameterAsOutputLayer(parameters, self.SOURCE, context) or None
         vhr_layer = self.parameterAsRasterLayer(parameters, self.VHR, context) if parameters.get(self.VHR) else None
-        if vhr_layer is not None and vhr_layer.providerType() != "gdal":
-            raise QgsProcessingException("VHR must be a raster layer read by GDAL (GeoTIFF, VRT, JPEG2000…).")
-        vhr_path = vhr_layer.source().split("|")[0] if vhr_layer is not None else None
+        vhr = vhr_path(vhr_layer, bounds, layer.crs(), context, feedback) if vhr_layer is not None else None
         palette_name = list(legend.PALETTE_TITLES)[self.parameterAsEnum(parameters, self.PALETTE, context)]
         engine_feedback = ProcessingFeedback(feedback)
         with engine_errors():
             device = resolve_device(self.parameterAsString(parameters, self.DEVICE, context))
             model = load_model(self._model_path(parameters, context), device)
-            if vhr_path:
-                open_vhr(vhr_path)  # unusable imagery is an error whatever the model
+            if vhr:
+                open_vhr(vhr)  # unusable imagery is an error whatever the model
                 if "vhr" not in model.card.streams:
                     engine_feedback.warning(f"Model '{model.card.id}' has no high-resolution stream (its streams: "
                                             f"{', '.join(model.card.streams)}); the VHR layer is ignored and the "
@@ -143,7 +143,7 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
                                resolution=self.parameterAsDouble(parameters, self.RESOLUTION, context),
                                device=device, batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
                                probabilities_path=probabilities, palette=palette_name, feedback=engine_feedback,
-                               vhr_path=vhr_path, source_path=source,
+                               vhr_path=vhr, source_path=source,
                                sam_checkpoint=self.parameterAsFile(parameters, self.SAM_CHECKPOINT, context) or None)
         style_on_load(context, output, Path(output).with_suffix(".qml"), "LCZ map")
         results = {self.OUTPUT: output, self.SUMMARY: json.dumps(summary),

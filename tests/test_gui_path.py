@@ -82,3 +82,32 @@ def test_cancel_during_sam(qgis_app, tmp_path):
                           QgsProcessingContext(), feedback)
     assert not ok and feedback.isCanceled()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_objects_from_an_xyz_tile_layer(qgis_app, tmp_path):
+    """A web-style layer (XYZ tiles, 'wms' provider) as VHR: QGIS renders it at 1 m over the extent first.
+    The tiles are made here from the real Zürich orthophoto with GDAL's gdal2tiles (EPSG:3857, zoom 16–18)."""
+    import subprocess
+
+    from qgis.core import QgsRasterLayer
+    from osgeo import ogr
+
+    from conftest import ZURICH
+
+    subprocess.run(["gdal2tiles.py", "--xyz", "-z", "16-18", "-w", "none", "-r", "average", str(ZURICH),
+                    str(tmp_path / "xyz")], check=True, capture_output=True)
+    layer = QgsRasterLayer(f"type=xyz&url=file://{tmp_path}/xyz/%7Bz%7D/%7Bx%7D/%7By%7D.png&zmin=16&zmax=18",
+                           "Zürich XYZ", "wms")
+    assert layer.isValid() and layer.providerType() == "wms"
+    QgsProject.instance().addMapLayer(layer)
+    alg = QgsApplication.processingRegistry().createAlgorithmById("df4lcz:buildobjectgraphs")
+    context = QgsProcessingContext()
+    context.setProject(QgsProject.instance())
+    results, ok = alg.run({"VHR": layer.id(), "EXTENT": "2679100,2679420,1247690,1248000 [EPSG:2056]",
+                           "POINTS_PER_SIDE": 8, "CROP_N_LAYERS": 0, "OUTPUT": str(tmp_path / "objects.gpkg"),
+                           "GRAPHS": str(tmp_path / "graphs.npz")}, context, QgsProcessingFeedback())
+    assert ok, results
+    datasource = ogr.Open(str(tmp_path / "objects.gpkg"))
+    objects = datasource.GetLayer(0)
+    assert objects.GetFeatureCount() >= 5
+    assert objects.GetSpatialRef().GetAuthorityCode(None) == "2056"  # the extent's metric CRS

@@ -1,0 +1,52 @@
+"""VHR imagery as the engine reads it: a GDAL file. Layers of other providers (WMS/WMTS, XYZ tiles, …) are
+rendered by QGIS over the extent at 1 m into a temporary GeoTIFF first."""
+
+import math
+
+from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsPointXY, QgsProcessingException,
+                       QgsProcessingUtils, QgsRasterFileWriter, QgsRasterPipe, QgsRasterProjector, QgsRectangle)
+
+EXPORT_PIXEL_M = 1.0
+PATCH_MARGIN_M = 320.0
+
+
+def metric_crs(crs, extent_centre, context):
+    """``crs`` if it is projected in true metres; else (geographic, Web Mercator) the UTM zone of the centre.
+
+    extent_centre: a QgsPointXY in ``crs``.
+    """
+    if not crs.isGeographic() and crs.authid() != "EPSG:3857":
+        return crs
+    wgs84 = QgsCoordinateReferenceSystem("EPSG:4326")
+    centre = QgsCoordinateTransform(crs, wgs84, context.transformContext()).transform(QgsPointXY(extent_centre))
+    zone = int((centre.x() + 180) // 6) + 1
+    return QgsCoordinateReferenceSystem(f"EPSG:{(32600 if centre.y() >= 0 else 32700) + zone}")
+
+
+def vhr_path(layer, bounds, crs, context, feedback):
+    """A GDAL-readable path of ``layer`` covering ``bounds`` (xmin, ymin, xmax, ymax in ``crs``).
+
+    GDAL layers are used as they are. Other providers need ``bounds``: the layer is rendered over them plus a
+    320 m margin, at 1 m in ``crs``. Raises QgsProcessingException when bounds are missing or writing fails.
+    """
+    if layer.providerType() == "gdal":
+        return layer.source().split("|")[0]
+    if bounds is None:
+        raise QgsProcessingException(f"The VHR layer '{layer.name()}' comes from the '{layer.providerType()}' "
+                                     "provider (web or tile imagery): give an EXTENT, over which it is fetched at 1 m.")
+    extent = QgsRectangle(*bounds)
+    extent.grow(PATCH_MARGIN_M)
+    path = QgsProcessingUtils.generateTempFilename("vhr_rendered.tif")
+    pipe = QgsRasterPipe()
+    pipe.set(layer.dataProvider().clone())
+    pipe.set(layer.renderer().clone())
+    projector = QgsRasterProjector()
+    projector.setCrs(layer.crs(), crs, context.transformContext())
+    pipe.insert(2, projector)
+    width, height = (math.ceil(size / EXPORT_PIXEL_M) for size in (extent.width(), extent.height()))
+    feedback.pushInfo(f"Rendering the VHR layer '{layer.name()}' at 1 m ({width} × {height} px) into {path}")
+    error = QgsRasterFileWriter(path).writeRaster(pipe, width, height, extent, crs, context.transformContext())
+    if error != QgsRasterFileWriter.NoError:
+        raise QgsProcessingException(f"Could not render the VHR layer '{layer.name()}' (QgsRasterFileWriter "
+                                     f"error {int(error)}).")
+    return path
