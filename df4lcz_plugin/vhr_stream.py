@@ -1,7 +1,5 @@
 """The VHR stream of a loaded model at inference: patch footprint → SAM masks → object graph → GCN → P_VHR."""
 
-import numpy as np
-
 from . import assets
 from .graph import build_graph
 from .sam import MaskGenerator, load_sam

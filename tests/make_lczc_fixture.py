@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from osgeo import gdal
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
