@@ -6,7 +6,7 @@ from qgis.core import (QgsProcessingOutputNumber, QgsProcessingOutputString, Qgs
                        QgsProcessingParameterFileDestination, QgsProcessingParameterRasterLayer,
                        QgsProcessingParameterString)
 
-from .base import DF4LCZAlgorithm, engine_errors
+from .base import DF4LCZAlgorithm, engine_errors, gdal_source
 
 
 class AssessAccuracyAlgorithm(DF4LCZAlgorithm):
@@ -59,7 +59,7 @@ class AssessAccuracyAlgorithm(DF4LCZAlgorithm):
         outputs = {name: self.parameterAsFileOutput(parameters, name, context) or None
                    for name in (self.REPORT, self.CSV, self.JSON)}
         with engine_errors():
-            cm, metrics = assess(lcz.source().split("|")[0], reference,
+            cm, metrics = assess(gdal_source(lcz, self.LCZ), reference,
                                  self.parameterAsString(parameters, self.CLASS_FIELD, context) or None)
             write_report(outputs[self.REPORT], metrics, cm, f"LCZ accuracy of {lcz.name()}",
                          {"map": lcz.source(), "reference": reference}, csv_path=outputs[self.CSV],

@@ -8,6 +8,16 @@ from ..df4lcz_plugin import dependencies
 from ..df4lcz_plugin.feedback import Canceled, Feedback
 
 
+def gdal_source(layer, parameter):
+    """The file GDAL reads for a raster ``layer`` (its source without QGIS's ``|option`` suffixes).
+
+    Raises QgsProcessingException when the layer is missing or not read by GDAL.
+    """
+    if layer is None or layer.providerType() != "gdal":
+        raise QgsProcessingException(f"{parameter} must be a raster layer read by GDAL (GeoTIFF, VRT, JPEG2000…).")
+    return layer.source().split("|")[0]
+
+
 class ProcessingFeedback(Feedback):
     """Engine feedback over a ``QgsProcessingFeedback`` (progress in %, cancel, log)."""
 

@@ -11,7 +11,7 @@ from qgis.core import (QgsProcessingException, QgsProcessingOutputNumber, QgsPro
 
 from ..df4lcz_plugin import legend
 from ..df4lcz_plugin.models.registry import list_models
-from .base import DF4LCZAlgorithm, ProcessingFeedback, engine_errors
+from .base import DF4LCZAlgorithm, ProcessingFeedback, engine_errors, gdal_source
 from .styling import style_on_load
 from .vhr_source import vhr_path
 
@@ -117,8 +117,7 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
         from ..df4lcz_plugin.vhr import open_vhr
 
         layer = self.parameterAsRasterLayer(parameters, self.SENTINEL2, context)
-        if layer is None or layer.providerType() != "gdal":
-            raise QgsProcessingException("SENTINEL2 must be a raster layer read by GDAL (a GeoTIFF or VRT stack).")
+        sentinel2_path = gdal_source(layer, self.SENTINEL2)
         bounds = None
         if parameters.get(self.EXTENT):
             extent = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
@@ -139,7 +138,7 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
                     engine_feedback.warning(f"Model '{model.card.id}' has no high-resolution stream (its streams: "
                                             f"{', '.join(model.card.streams)}); the VHR layer is ignored and the "
                                             "Sentinel-2 stream alone decides. No fused result is produced.")
-            summary = classify(layer.source().split("|")[0], output, model, bounds=bounds,
+            summary = classify(sentinel2_path, output, model, bounds=bounds,
                                resolution=self.parameterAsDouble(parameters, self.RESOLUTION, context),
                                device=device, batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
                                probabilities_path=probabilities, palette=palette_name, feedback=engine_feedback,

@@ -8,7 +8,8 @@ from qgis.core import (QgsApplication, QgsProcessingOutputNumber,
                        QgsProcessingParameterRasterLayer, QgsProcessingParameterString)
 
 from ..df4lcz_plugin.models.registry import builtin_models_dir, user_models_dir
-from .base import DF4LCZAlgorithm, ProcessingFeedback, engine_errors
+from .base import DF4LCZAlgorithm, ProcessingFeedback, engine_errors, gdal_source
+from .vhr_source import vhr_path
 
 
 class TrainModelAlgorithm(DF4LCZAlgorithm):
@@ -96,8 +97,8 @@ class TrainModelAlgorithm(DF4LCZAlgorithm):
             areas = read_training_areas(areas_path,
                                         self.parameterAsString(parameters, self.CLASS_FIELD, context) or None)
             card, metrics = train_on_training_areas(
-                s2.source().split("|")[0], areas, model_path, report, base_model=base,
-                vhr_path=vhr.source().split("|")[0] if vhr else None,
+                gdal_source(s2, self.SENTINEL2), areas, model_path, report, base_model=base,
+                vhr_path=vhr_path(vhr, None, s2.crs(), context, feedback) if vhr else None,
                 epochs=self.parameterAsInt(parameters, self.EPOCHS, context),
                 batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
                 device=resolve_device(self.parameterAsString(parameters, self.DEVICE, context)),

@@ -6,6 +6,8 @@ import math
 from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsPointXY, QgsProcessingException,
                        QgsProcessingUtils, QgsRasterFileWriter, QgsRasterPipe, QgsRasterProjector, QgsRectangle)
 
+from .base import gdal_source
+
 EXPORT_PIXEL_M = 1.0
 PATCH_MARGIN_M = 320.0
 
@@ -30,10 +32,11 @@ def vhr_path(layer, bounds, crs, context, feedback):
     320 m margin, at 1 m in ``crs``. Raises QgsProcessingException when bounds are missing or writing fails.
     """
     if layer.providerType() == "gdal":
-        return layer.source().split("|")[0]
+        return gdal_source(layer, "VHR")
     if bounds is None:
         raise QgsProcessingException(f"The VHR layer '{layer.name()}' comes from the '{layer.providerType()}' "
-                                     "provider (web or tile imagery): give an EXTENT, over which it is fetched at 1 m.")
+                                     "provider (web or tile imagery): it is fetched at 1 m over an EXTENT, so give one "
+                                     "(to train on it, save the imagery as a GeoTIFF first).")
     extent = QgsRectangle(*bounds)
     extent.grow(PATCH_MARGIN_M)
     path = QgsProcessingUtils.generateTempFilename("vhr_rendered.tif")

@@ -37,16 +37,20 @@ class OutputGrid:
         x0, px, _, y0, _, py = self.raster_geotransform
         return (x0 + self.col0_px * px, self.cell_px * px, 0.0, y0 + self.row0_px * py, 0.0, self.cell_px * py)
 
-    def patch_bounds(self, row, col, patch_px=PATCH_PX):
+    def patch_bounds(self, row, col):
         """(xmin, ymin, xmax, ymax) in the raster CRS of cell (row, col)'s patch footprint (320 m square)."""
-        top, left = self.patch_origin(row, col)
-        x0, px, _, y0, _, py = self.raster_geotransform
-        return (x0 + left * px, y0 + (top + patch_px) * py, x0 + (left + patch_px) * px, y0 + top * py)
+        return patch_footprint(self.raster_geotransform, *self.patch_origin(row, col))
 
     def patch_origin(self, row, col):
         """Raster pixel (row, col) of the top-left corner of cell (row, col)'s 32×32 patch."""
         half = self.cell_px // 2 - PATCH_PX // 2
         return self.row0_px + row * self.cell_px + half, self.col0_px + col * self.cell_px + half
+
+
+def patch_footprint(geotransform, top, left, patch_px=PATCH_PX):
+    """(xmin, ymin, xmax, ymax) of the ``patch_px`` square whose top-left raster pixel is (top, left)."""
+    x0, px, _, y0, _, py = geotransform
+    return (x0 + left * px, y0 + (top + patch_px) * py, x0 + (left + patch_px) * px, y0 + top * py)
 
 
 def make_grid(geotransform, raster_size, bounds=None, resolution=100.0, patch_px=PATCH_PX):

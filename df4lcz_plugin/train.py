@@ -159,7 +159,7 @@ def _train_vhr(sentinel2_path, vhr_path, split, y, p_s2, epochs, device, seed, a
 
     from . import assets
     from .graph import build_graph
-    from .grid import PATCH_PX
+    from .grid import PATCH_PX, patch_footprint
     from .models.gcn import ObjectGCN
     from .sam import PAPER_AMG_SETTINGS, MaskGenerator, load_sam
     from .vhr import MIN_COVERAGE, open_vhr, read_patch
@@ -174,9 +174,7 @@ def _train_vhr(sentinel2_path, vhr_path, split, y, p_s2, epochs, device, seed, a
         graphs[name] = []
         for r, c in zip(s.rows, s.cols):
             feedback.check_canceled()
-            top, left = r - PATCH_PX // 2, c - PATCH_PX // 2
-            footprint = (gt[0] + left * gt[1], gt[3] + (top + PATCH_PX) * gt[5],
-                         gt[0] + (left + PATCH_PX) * gt[1], gt[3] + top * gt[5])
+            footprint = patch_footprint(gt, r - PATCH_PX // 2, c - PATCH_PX // 2)
             rgb, coverage = read_patch(source, footprint, wkt)
             graph = build_graph(rgb, generator(rgb)) if coverage >= MIN_COVERAGE else None
             graphs[name].append(graph if graph is not None and graph.num_nodes else None)
