@@ -6,7 +6,8 @@ from qgis.core import (QgsProcessingOutputNumber, QgsProcessingOutputString, Qgs
                        QgsProcessingParameterFileDestination, QgsProcessingParameterRasterLayer,
                        QgsProcessingParameterString)
 
-from .base import DF4LCZAlgorithm, engine_errors, gdal_source
+from ..df4lcz_plugin.outputs import check_output_paths
+from .base import DF4LCZAlgorithm, ProcessingFeedback, engine_errors, gdal_source
 
 
 class AssessAccuracyAlgorithm(DF4LCZAlgorithm):
@@ -59,8 +60,13 @@ class AssessAccuracyAlgorithm(DF4LCZAlgorithm):
         outputs = {name: self.parameterAsFileOutput(parameters, name, context) or None
                    for name in (self.REPORT, self.CSV, self.JSON)}
         with engine_errors():
+            check_output_paths({self.LCZ: gdal_source(lcz, self.LCZ), self.REFERENCE: reference},
+                               {self.REPORT: ([outputs[self.REPORT]], (".html", ".htm")),
+                                self.CSV: ([outputs[self.CSV]], (".csv",)),
+                                self.JSON: ([outputs[self.JSON]], (".json",))})
             cm, metrics = assess(gdal_source(lcz, self.LCZ), reference,
-                                 self.parameterAsString(parameters, self.CLASS_FIELD, context) or None)
+                                 self.parameterAsString(parameters, self.CLASS_FIELD, context) or None,
+                                 ProcessingFeedback(feedback))
             write_report(outputs[self.REPORT], metrics, cm, f"LCZ accuracy of {lcz.name()}",
                          {"map": lcz.source(), "reference": reference}, csv_path=outputs[self.CSV],
                          json_path=outputs[self.JSON])

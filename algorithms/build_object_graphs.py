@@ -9,19 +9,22 @@ from qgis.core import (QgsCoordinateTransform, QgsFeature, QgsFeatureSink, QgsFi
                        QgsProcessingParameterRasterLayer, QgsProcessingParameterString, QgsWkbTypes)
 from qgis.PyQt.QtCore import QVariant
 
+from ..df4lcz_plugin.outputs import check_output_paths
 from ..df4lcz_plugin.sam import PAPER_AMG_SETTINGS
 from .base import DF4LCZAlgorithm, ProcessingFeedback, engine_errors
 from .vhr_source import metric_crs, vhr_path
 
-_AMG_PARAMETERS = {  # parameter name → (AMG argument, label, integer?)
-    "POINTS_PER_SIDE": ("points_per_side", "Points per side", True),
-    "PRED_IOU_THRESH": ("pred_iou_thresh", "Predicted IoU threshold", False),
-    "STABILITY_SCORE_THRESH": ("stability_score_thresh", "Stability score threshold", False),
-    "BOX_NMS_THRESH": ("box_nms_thresh", "Box NMS threshold", False),
-    "CROP_N_LAYERS": ("crop_n_layers", "Crop layers", True),
-    "CROP_NMS_THRESH": ("crop_nms_thresh", "Crop NMS threshold", False),
-    "CROP_N_POINTS_DOWNSCALE_FACTOR": ("crop_n_points_downscale_factor", "Crop points downscale factor", True),
-    "MIN_MASK_REGION_AREA": ("min_mask_region_area", "Minimum mask region area (px)", True),
+_AMG_PARAMETERS = {  # parameter name → (AMG argument, label, integer?, minimum, maximum)
+    "POINTS_PER_SIDE": ("points_per_side", "Points per side", True, 1, None),
+    "PRED_IOU_THRESH": ("pred_iou_thresh", "Predicted IoU threshold", False, 0, 1),
+    "STABILITY_SCORE_THRESH": ("stability_score_thresh", "Stability score threshold", False, 0, 1),
+    "BOX_NMS_THRESH": ("box_nms_thresh", "Box NMS threshold", False, 0, 1),
+    "CROP_N_LAYERS": ("crop_n_layers", "Crop layers", True, 0, None),
+    "CROP_NMS_THRESH": ("crop_nms_thresh", "Crop NMS threshold", False, 0, 1),
+    # SAM divides the crop layers' point grid by this factor to the power of the layer: 0 would divide by zero.
+    "CROP_N_POINTS_DOWNSCALE_FACTOR": ("crop_n_points_downscale_factor", "Crop points downscale factor", True, 1,
+                                       None),
+    "MIN_MASK_REGION_AREA": ("min_mask_region_area", "Minimum mask region area (px)", True, 0, None),
 }
 
 
@@ -64,9 +67,10 @@ class BuildObjectGraphsAlgorithm(DF4LCZAlgorithm):
         self.addParameter(QgsProcessingParameterString(self.DEVICE, "Device (auto, cpu, cuda, cuda:N)", "auto"))
         advanced = [QgsProcessingParameterNumber(self.GRAPH_RADIUS, "Graph radius (fraction of the 320 m patch)",
                                                  QgsProcessingParameterNumber.Double, 0.25, minValue=0.0)]
-        for name, (argument, label, integer) in _AMG_PARAMETERS.items():
+        for name, (argument, label, integer, minimum, maximum) in _AMG_PARAMETERS.items():
             kind = QgsProcessingParameterNumber.Integer if integer else QgsProcessingParameterNumber.Double
-            advanced.append(QgsProcessingParameterNumber(name, label, kind, PAPER_AMG_SETTINGS[argument], minValue=0))
+            limits = {"minValue": minimum} if maximum is None else {"minValue": minimum, "maxValue": maximum}
+            advanced.append(QgsProcessingParameterNumber(name, label, kind, PAPER_AMG_SETTINGS[argument], **limits))
         for parameter in advanced:
             parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
             self.addParameter(parameter)
@@ -91,7 +95,7 @@ class BuildObjectGraphsAlgorithm(DF4LCZAlgorithm):
         bounds = (extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum())
         source = vhr_path(layer, bounds if parameters.get(self.EXTENT) else None, crs, context, feedback)
         amg = {argument: (self.parameterAsInt if integer else self.parameterAsDouble)(parameters, name, context)
-               for name, (argument, _, integer) in _AMG_PARAMETERS.items()}
+               for name, (argument, _, integer, _, _) in _AMG_PARAMETERS.items()}
         rule = {"rule": "radius", "radius": self.parameterAsDouble(parameters, self.GRAPH_RADIUS, context)}
         graphs_path = self.parameterAsFileOutput(parameters, self.GRAPHS, context)
         fields = QgsFields()
@@ -101,6 +105,10 @@ class BuildObjectGraphsAlgorithm(DF4LCZAlgorithm):
                            ("stability", QVariant.Double)):
             fields.append(QgsField(name, kind))
         with engine_errors():
+            check_output_paths(
+                {self.VHR: source, self.CHECKPOINT: self.parameterAsFile(parameters, self.CHECKPOINT, context)},
+                {self.OUTPUT: ([self.parameterAsOutputLayer(parameters, self.OUTPUT, context).split("|")[0]], None),
+                 self.GRAPHS: ([graphs_path], (".npz",))})
             checkpoint = (self.parameterAsFile(parameters, self.CHECKPOINT, context)
                           or str(assets.fetch_member(assets.MOBILE_SAM)))
             device = resolve_device(self.parameterAsString(parameters, self.DEVICE, context))

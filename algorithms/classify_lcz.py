@@ -10,7 +10,8 @@ from qgis.core import (QgsProcessingException, QgsProcessingOutputNumber, QgsPro
                        QgsProcessingParameterString)
 
 from ..df4lcz_plugin import legend
-from ..df4lcz_plugin.models.registry import list_models
+from ..df4lcz_plugin.models.registry import list_models, model_files
+from ..df4lcz_plugin.outputs import check_output_paths, geotiff_output
 from .base import DF4LCZAlgorithm, ProcessingFeedback, engine_errors, gdal_source
 from .styling import style_on_load
 from .vhr_source import vhr_path
@@ -126,12 +127,22 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
         probabilities = self.parameterAsOutputLayer(parameters, self.PROBABILITIES, context) or None
         source = self.parameterAsOutputLayer(parameters, self.SOURCE, context) or None
         vhr_layer = self.parameterAsRasterLayer(parameters, self.VHR, context) if parameters.get(self.VHR) else None
+        model_path = self._model_path(parameters, context)
+        sam_checkpoint = self.parameterAsFile(parameters, self.SAM_CHECKPOINT, context) or None
+        with engine_errors():
+            check_output_paths(
+                {self.SENTINEL2: sentinel2_path, self.MODEL_FILE: model_files(model_path),
+                 self.SAM_CHECKPOINT: sam_checkpoint,
+                 self.VHR: gdal_source(vhr_layer, self.VHR) if vhr_layer and vhr_layer.providerType() == "gdal"
+                 else None},
+                {self.OUTPUT: geotiff_output(output, style=True), self.PROBABILITIES: geotiff_output(probabilities),
+                 self.SOURCE: geotiff_output(source)})
         vhr = vhr_path(vhr_layer, bounds, layer.crs(), context, feedback) if vhr_layer is not None else None
         palette_name = list(legend.PALETTE_TITLES)[self.parameterAsEnum(parameters, self.PALETTE, context)]
         engine_feedback = ProcessingFeedback(feedback)
         with engine_errors():
             device = resolve_device(self.parameterAsString(parameters, self.DEVICE, context))
-            model = load_model(self._model_path(parameters, context), device)
+            model = load_model(model_path, device)
             if vhr:
                 open_vhr(vhr)  # unusable imagery is an error whatever the model
                 if "vhr" not in model.card.streams:
@@ -143,7 +154,7 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
                                device=device, batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
                                probabilities_path=probabilities, palette=palette_name, feedback=engine_feedback,
                                vhr_path=vhr, source_path=source,
-                               sam_checkpoint=self.parameterAsFile(parameters, self.SAM_CHECKPOINT, context) or None)
+                               sam_checkpoint=sam_checkpoint)
         style_on_load(context, output, Path(output).with_suffix(".qml"), "LCZ map")
         results = {self.OUTPUT: output, self.SUMMARY: json.dumps(summary),
                    self.CELLS_PER_SECOND: summary["cells_per_second"], self.DEVICE_USED: summary["device"]}

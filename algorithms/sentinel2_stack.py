@@ -4,6 +4,7 @@ from qgis.core import (QgsProcessingOutputString, QgsProcessingParameterFile,
                        QgsProcessingParameterRasterDestination)
 
 from ..df4lcz_plugin import sentinel2
+from ..df4lcz_plugin.outputs import check_output_paths, geotiff_output
 from .base import DF4LCZAlgorithm, ProcessingFeedback, engine_errors
 
 
@@ -40,5 +41,9 @@ class Sentinel2StackAlgorithm(DF4LCZAlgorithm):
         folder = self.parameterAsFile(parameters, self.INPUT, context)
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         with engine_errors():
+            product = sentinel2.read_product_info(folder)
+            # Every band file of the product counts, also the three the stack leaves out.
+            check_output_paths({self.INPUT: list(sentinel2.find_band_files(folder).values()) + [product.metadata_file]},
+                               {self.OUTPUT: geotiff_output(output)})
             info = sentinel2.build_stack(folder, output, ProcessingFeedback(feedback))
         return {self.OUTPUT: output, self.PROCESSING_LEVEL: info.processing_level}

@@ -7,7 +7,9 @@ from qgis.core import (QgsApplication, QgsProcessingOutputNumber,
                        QgsProcessingParameterFileDestination, QgsProcessingParameterNumber,
                        QgsProcessingParameterRasterLayer, QgsProcessingParameterString)
 
-from ..df4lcz_plugin.models.registry import builtin_models_dir, user_models_dir
+from ..df4lcz_plugin.models.registry import builtin_models_dir, model_files, user_models_dir
+from ..df4lcz_plugin.outputs import check_output_paths
+from ..df4lcz_plugin.report import report_files
 from .base import DF4LCZAlgorithm, ProcessingFeedback, engine_errors, gdal_source
 from .vhr_source import vhr_path
 
@@ -94,6 +96,12 @@ class TrainModelAlgorithm(DF4LCZAlgorithm):
             base = (self.parameterAsFile(parameters, self.BASE_MODEL, context)
                     or str(builtin_models_dir() / "sen2lcznet_so2sat.json"))
         with engine_errors():
+            check_output_paths(
+                {self.SENTINEL2: gdal_source(s2, self.SENTINEL2), self.TRAINING_AREAS: areas_path,
+                 self.BASE_MODEL: model_files(base) if base else None,
+                 self.VHR: gdal_source(vhr, self.VHR) if vhr and vhr.providerType() == "gdal" else None},
+                {self.OUTPUT_MODEL: (model_files(model_path)[::-1], (".safetensors",)),
+                 self.REPORT: (report_files(report), (".html", ".htm"))})
             areas = read_training_areas(areas_path,
                                         self.parameterAsString(parameters, self.CLASS_FIELD, context) or None)
             card, metrics = train_on_training_areas(

@@ -51,11 +51,12 @@ def child(mode, mosaic, bounds, out_dir, device, naive_cells):
     import numpy as np
     import torch
 
-    from df4lcz_plugin.classify import classify, open_sentinel2, predict_tile
+    from df4lcz_plugin.classify import classify, predict_tile
     from df4lcz_plugin.device import resolve_device
     from df4lcz_plugin.grid import PATCH_PX, make_grid
     from df4lcz_plugin.models.inference import fuse_conv_bn
     from df4lcz_plugin.models.registry import builtin_models_dir, load_model
+    from df4lcz_plugin.sentinel2_input import open_sentinel2
 
     device = resolve_device(device)
     model = load_model(builtin_models_dir() / "sen2lcznet_so2sat.json", device)

@@ -12,7 +12,6 @@ import numpy as np
 from osgeo import gdal
 
 from . import legend
-from .bands import SO2SAT_BANDS, normalise_band_name
 from .feedback import Feedback
 from .grid import PATCH_PX, make_grid
 from .fusion import SOURCE_FUSED, SOURCE_NODATA, SOURCE_S2, fuse
@@ -20,46 +19,15 @@ from .lcz_raster import (PROBABILITY_NODATA, create_lcz_raster, create_probabili
                          write_style_sidecar)
 from .models.inference import fuse_conv_bn
 from .outputs import atomic_output
+from .sentinel2_input import InputError, check_values, open_sentinel2, valid_pixels
 from .vhr_stream import VHRStream
 
 gdal.UseExceptions()
 
 
-class InputError(ValueError):
-    """The Sentinel-2 raster (or its content in the extent) cannot be classified."""
-
-
-def open_sentinel2(path):
-    """Open a Sentinel-2 stack and check it: 10 bands in So2Sat order (when band descriptions are set) and a
-    projected CRS in metres. Returns the GDAL dataset. Raises InputError saying what is wrong and how to fix it.
-    """
-    try:
-        ds = gdal.Open(str(path))
-    except RuntimeError as error:
-        raise InputError(f"Cannot open the Sentinel-2 raster {path}: {error}") from None
-    expected = ", ".join(SO2SAT_BANDS)
-    if ds.RasterCount != len(SO2SAT_BANDS):
-        raise InputError(f"The Sentinel-2 raster has {ds.RasterCount} band(s); the model needs 10 bands in the "
-                         f"order {expected}. Build the stack with 'Build Sentinel-2 band stack' (df4lcz:sentinel2stack).")
-    descriptions = [ds.GetRasterBand(i + 1).GetDescription() for i in range(ds.RasterCount)]
-    if any(descriptions):
-        names = [normalise_band_name(d) if d else None for d in descriptions]
-        if names != list(SO2SAT_BANDS):
-            raise InputError(f"The Sentinel-2 raster's bands are described as {', '.join(descriptions)}; the model "
-                             f"needs {expected}. Rebuild the stack with df4lcz:sentinel2stack.")
-    srs = ds.GetSpatialRef()
-    if srs is None or not srs.IsProjected() or abs(srs.GetLinearUnits() - 1.0) > 1e-9:
-        raise InputError("The Sentinel-2 raster must be in a projected CRS in metres (e.g. its UTM zone).")
-    return ds
-
-
-def _invalid_patches(window, nodata_values, row_idx, col_idx):
+def _invalid_patches(window, nodata_values, row_idx, col_idx, zero_is_nodata=True):
     """Bool (rows, cols): True where the 32×32 patch at (row_idx, col_idx) holds a no-data pixel in any band."""
-    invalid = np.zeros(window.shape[1:], dtype=np.int32)
-    for band, nodata in zip(window, nodata_values):
-        invalid |= band == 0
-        if nodata is not None:
-            invalid |= band == nodata
+    invalid = (~valid_pixels(window, nodata_values, zero_is_nodata)).astype(np.int32)
     integral = np.pad(invalid.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
     r, c = row_idx[:, None], col_idx[None, :]
     counts = (integral[r + PATCH_PX, c + PATCH_PX] - integral[r, c + PATCH_PX]
@@ -68,8 +36,10 @@ def _invalid_patches(window, nodata_values, row_idx, col_idx):
 
 
 def _read_window(ds, row, col, height, width):
-    """Read (bands, height, width) uint16 from ``ds``; pixels outside the raster are 0 (no data)."""
-    out = np.zeros((ds.RasterCount, height, width), dtype=np.uint16)
+    """Read (bands, height, width) from ``ds``, uint16 for 8/16-bit unsigned rasters, else float32 (so that
+    signed and float values keep their sign); pixels outside the raster are 0 (no data)."""
+    unsigned = ds.GetRasterBand(1).DataType in (gdal.GDT_Byte, gdal.GDT_UInt16)
+    out = np.zeros((ds.RasterCount, height, width), dtype=np.uint16 if unsigned else np.float32)
     r0, c0 = max(row, 0), max(col, 0)
     r1, c1 = min(row + height, ds.RasterYSize), min(col + width, ds.RasterXSize)
     if r1 > r0 and c1 > c0:
@@ -84,7 +54,7 @@ def iter_tiles(grid, tile_cells):
             yield row, col, min(tile_cells, grid.rows - row), min(tile_cells, grid.cols - col)
 
 
-def predict_tile(ds, grid, tile, model, scale, device, batch_size, nodata_values, on_batch):
+def predict_tile(ds, grid, tile, model, scale, device, batch_size, nodata_values, on_batch, zero_is_nodata=True):
     """Class probabilities (17, rows, cols) float32 of one tile; NaN where the patch has no data."""
     import torch
 
@@ -93,13 +63,14 @@ def predict_tile(ds, grid, tile, model, scale, device, batch_size, nodata_values
     span_r, span_c = (rows - 1) * grid.cell_px + PATCH_PX, (cols - 1) * grid.cell_px + PATCH_PX
     window = _read_window(ds, top, left, span_r, span_c)
     offsets_r, offsets_c = np.arange(rows) * grid.cell_px, np.arange(cols) * grid.cell_px
-    valid = ~_invalid_patches(window, nodata_values, offsets_r, offsets_c)
+    valid = ~_invalid_patches(window, nodata_values, offsets_r, offsets_c, zero_is_nodata)
     probs = np.full((len(legend.CODES), rows, cols), np.nan, dtype=np.float32)
     views = np.lib.stride_tricks.sliding_window_view(window, (PATCH_PX, PATCH_PX), axis=(1, 2))
     cell_r, cell_c = np.nonzero(valid)
     for start in range(0, len(cell_r), batch_size):
         rr, cc = cell_r[start:start + batch_size], cell_c[start:start + batch_size]
-        batch = views[:, offsets_r[rr], offsets_c[cc]].transpose(1, 0, 2, 3).astype(np.float32) / scale
+        # Negative DN (an L2A offset removed without clipping) are clipped to 1, as sentinel2.build_stack does.
+        batch = np.maximum(views[:, offsets_r[rr], offsets_c[cc]].transpose(1, 0, 2, 3).astype(np.float32), 1) / scale
         tensor = torch.from_numpy(batch).to(device).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             p = model(tensor).float().cpu().numpy()
@@ -131,9 +102,12 @@ def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, 
 
     feedback = feedback or Feedback()
     started = time.perf_counter()
-    ds = open_sentinel2(sentinel2_path)
-    grid = make_grid(ds.GetGeoTransform(), (ds.RasterXSize, ds.RasterYSize), bounds, resolution)
     stream = model.card.stream("sentinel2")
+    ds = open_sentinel2(sentinel2_path, float(stream.get("pixel_size_m", 10)))
+    grid = make_grid(ds.GetGeoTransform(), (ds.RasterXSize, ds.RasterYSize), bounds, resolution)
+    top, left = grid.patch_origin(0, 0)
+    zero_is_nodata = check_values(ds, (top, left, (grid.rows - 1) * grid.cell_px + PATCH_PX,
+                                       (grid.cols - 1) * grid.cell_px + PATCH_PX), feedback)
     scale = float(stream["input_scaling"]["divide_by"])
     nodata_values = [ds.GetRasterBand(i + 1).GetNoDataValue() for i in range(ds.RasterCount)]
     # channels_last lets oneDNN pick its faster convolution kernels on CPU (measured in bench/).
@@ -173,7 +147,8 @@ def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, 
             datasets["source"] = create_source_raster(source_tmp, grid, ds.GetProjection(), metadata)
         for tile in iter_tiles(grid, tile_cells):
             feedback.check_canceled()
-            probs = predict_tile(ds, grid, tile, s2_module, scale, device, batch_size, nodata_values, on_batch)
+            probs = predict_tile(ds, grid, tile, s2_module, scale, device, batch_size, nodata_values, on_batch,
+                                 zero_is_nodata)
             missing = np.isnan(probs[0])
             source = np.where(missing, SOURCE_NODATA, SOURCE_S2).astype(np.uint8)
             if vhr_stream is not None:

@@ -68,8 +68,10 @@ def make_grid(geotransform, raster_size, bounds=None, resolution=100.0, patch_px
     width, height = raster_size
     raster_bounds = (x0, y0 + py * height, x0 + px * width, y0)
     bounds = raster_bounds if bounds is None else bounds
+    if not math.isfinite(resolution) or resolution <= 0:
+        raise GridError(f"RESOLUTION {resolution} is not a positive number of metres; use e.g. 100.")
     cell_px = resolution / px
-    if resolution <= 0 or abs(cell_px - round(cell_px)) > 1e-6:
+    if abs(cell_px - round(cell_px)) > 1e-6:
         raise GridError(f"RESOLUTION {resolution:g} m is not a whole multiple of the {px:g} m Sentinel-2 pixel; "
                         f"use e.g. {round(max(cell_px, 1)) * px:g} m.")
     cell_px = int(round(cell_px))
@@ -82,6 +84,12 @@ def make_grid(geotransform, raster_size, bounds=None, resolution=100.0, patch_px
     if xmax - xmin < patch_m or ymax - ymin < patch_m:
         raise GridError(f"The extent covers {xmax - xmin:.0f} m × {ymax - ymin:.0f} m of the raster, smaller than "
                         f"one {patch_m:.0f} m patch; draw an extent of at least {patch_m:.0f} m × {patch_m:.0f} m.")
+    if resolution > min(xmax - xmin, ymax - ymin):
+        raise GridError(f"RESOLUTION {resolution:g} m is larger than the extent's overlap with the raster "
+                        f"({xmax - xmin:.0f} m × {ymax - ymin:.0f} m): each output cell is classified from the "
+                        f"{patch_m:.0f} m patch at its centre, so one cell would cover the whole extent. Use a "
+                        f"resolution of at most {math.floor(min(xmax - xmin, ymax - ymin) / px) * px:g} m "
+                        "(LCZ maps usually use 100 m).")
     col0 = int(math.floor((xmin - x0) / px + 1e-9))
     row0 = int(math.floor((y0 - ymax) / -py + 1e-9))
     cols = int(math.ceil(((xmax - x0) / px - col0) / cell_px - 1e-9))

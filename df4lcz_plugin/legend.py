@@ -7,6 +7,8 @@ Names follow Stewart & Oke (2012, BAMS 93:1879). Palettes: see ``shared/design/l
 
 from xml.sax.saxutils import quoteattr
 
+import numpy as np
+
 NODATA = 0
 CODES = tuple(range(1, 18))
 BUILT_CODES = tuple(range(1, 11))
@@ -32,6 +34,14 @@ CLASSIC_WUDAPT = (
 )
 PALETTES = {"official_2022": OFFICIAL_2022, "classic_wudapt": CLASSIC_WUDAPT}
 PALETTE_TITLES = {"official_2022": "Official global LCZ map (2022)", "classic_wudapt": "Classic WUDAPT"}
+
+
+def normalise_codes(values):
+    """int64 array of LCZ codes 0–17 from ``values`` (any integer array): 1–17 stay, the WUDAPT-2015 codes
+    101–107 for LCZ A–G become 11–17, anything else becomes 0 (no data)."""
+    values = np.asarray(values)
+    codes = np.where((values >= 101) & (values <= 107), values - 90, values).astype(np.int64)
+    return np.where(np.isin(codes, CODES), codes, NODATA)
 
 
 def label(code):

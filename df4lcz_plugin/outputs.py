@@ -1,25 +1,150 @@
-"""Write outputs under a temporary name and rename them only when complete."""
+"""Outputs never destroy data: they are checked against the inputs before anything is written, and written
+under a temporary name that is renamed only when complete.
+
+- ``check_output_paths``: an output may not be an input, two outputs may not share a file, an output may not
+  be an existing folder, and its extension must name the format written. Every algorithm calls it first.
+- ``atomic_output``: the temporary ``.<stem>.<host>-<pid>-<random>.partial<suffix>`` is removed on any error,
+  on SIGTERM and SIGHUP (a signal handler removes every live one, then lets the signal end the process), and,
+  when a process was killed outright (SIGKILL), by the next ``atomic_output`` into the same folder.
+"""
 
 import contextlib
+import glob
 import os
-import tempfile
+import secrets
+import signal
+import socket
+import threading
 from pathlib import Path
 
 #: GDAL writes category names and statistics of a GeoTIFF into this sidecar (PAM).
 AUX_SUFFIX = ".aux.xml"
+#: Signals that end a run and after which no partial file may remain (SIGINT raises KeyboardInterrupt,
+#: which the ``finally`` of ``atomic_output`` already handles).
+_CLEANUP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+_live = set()  # temporary files of the atomic outputs now open, in this process
+_installed = {}  # signal → the handler it had before ours
+
+
+class OutputPathError(ValueError):
+    """An output path would overwrite an input or another output, is a folder, or has the wrong extension."""
+
+
+def _key(path):
+    return os.path.normcase(os.path.realpath(os.fspath(path)))
+
+
+def _same_file(a, b):
+    if _key(a) == _key(b):
+        return True
+    try:
+        return os.path.samefile(a, b)  # hard links, case-insensitive file systems
+    except OSError:
+        return False
+
+
+def check_output_paths(inputs, outputs):
+    """Refuse output paths that would lose data or mislabel a format, before anything is written.
+
+    inputs: {parameter name: path, iterable of paths, or None} — every file the run reads.
+    outputs: {parameter name: (paths, allowed suffixes)} — ``paths`` lists every file the output writes (the
+    output first, then its sidecars: ``.aux.xml``, ``.qml``, a report's ``.csv``…); ``allowed suffixes``
+    (lower case, e.g. ``(".tif", ".tiff")``) or None for any. Empty or None outputs are skipped.
+    Raises OutputPathError naming the parameters and how to fix it.
+    """
+    read = [(name, p) for name, value in inputs.items() if value
+            for p in ([value] if isinstance(value, (str, os.PathLike)) else value) if p]
+    written = []
+    for name, (paths, suffixes) in outputs.items():
+        paths = [p for p in paths if p]
+        if not paths:
+            continue
+        main = Path(paths[0])
+        if main.is_dir():
+            raise OutputPathError(f"{name} ({main}) is an existing folder; give a file name inside it, e.g. "
+                                  f"{main / ('output' + (suffixes[0] if suffixes else ''))}.")
+        if suffixes and main.suffix.lower() not in suffixes:
+            raise OutputPathError(f"{name} ({main}) must end in {' or '.join(suffixes)}: this output is always "
+                                  f"written in that format, never under another extension "
+                                  f"('{main.suffix or 'none'}'). Convert the result afterwards if you need another "
+                                  "format.")
+        written += [(name, p) for p in paths]
+    for out_name, out in written:
+        for in_name, source in read:
+            if _same_file(out, source):
+                raise OutputPathError(f"{out_name} would overwrite the {in_name} input ({source}); choose another "
+                                      "output file. Nothing was written.")
+    for i, (name_a, a) in enumerate(written):
+        for name_b, b in written[i + 1:]:
+            if name_a != name_b and _same_file(a, b):
+                raise OutputPathError(f"{name_a} and {name_b} would both write {b}; give each output its own file "
+                                      "name. Nothing was written.")
+
+
+def geotiff_output(path, style=False):
+    """(files, suffixes) of a GeoTIFF output for ``check_output_paths``: the file, its ``.aux.xml`` and, with
+    ``style``, its ``.qml``."""
+    if not path:
+        return [], None
+    files = [path, f"{path}{AUX_SUFFIX}"] + ([str(Path(path).with_suffix(".qml"))] if style else [])
+    return files, (".tif", ".tiff")
+
+
+def _remove_live_partials(signum, frame):
+    for path in list(_live):
+        with contextlib.suppress(OSError):
+            os.remove(path)
+    previous = _installed.get(signum)
+    if callable(previous):
+        previous(signum, frame)
+        return
+    signal.signal(signum, signal.SIG_DFL)  # then die of the signal, as the sender meant
+    os.kill(os.getpid(), signum)
+
+
+def _install_signal_handlers():
+    # Python runs signal handlers in the main thread only, and only the main thread may install them (a QGIS
+    # desktop run is in a worker thread: its leftovers are swept by the next run instead).
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in _CLEANUP_SIGNALS:
+        current = signal.getsignal(signum)
+        if current is not _remove_live_partials:
+            _installed[signum] = current
+            signal.signal(signum, _remove_live_partials)
+
+
+def _sweep_stale_partials(folder, stem, suffix):
+    """Remove partial files of ``stem`` left by processes of this host that no longer exist (SIGKILL)."""
+    host = socket.gethostname()
+    for path in folder.glob(f".{glob.escape(stem)}.*.partial{glob.escape(suffix)}*"):
+        owner = path.name[len(stem) + 2:].split(".partial")[0].rsplit("-", 2)
+        if len(owner) != 3 or owner[0] != host or not owner[1].isdigit():
+            continue
+        try:
+            os.kill(int(owner[1]), 0)
+        except ProcessLookupError:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        except PermissionError:
+            pass  # alive, owned by another user
 
 
 @contextlib.contextmanager
 def atomic_output(path):
     """Yield a temporary path beside ``path`` (same extension); on success rename it (and its ``.aux.xml``)
-    to ``path``; on any error remove them, leaving no half-written file that looks complete.
+    to ``path``; on any error or SIGTERM/SIGHUP remove them, leaving no half-written file that looks complete
+    and leaving an existing file at ``path`` untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".partial{path.suffix}")
-    os.close(fd)
-    os.remove(tmp)  # GDAL creates the file itself
+    _install_signal_handlers()
+    _sweep_stale_partials(path.parent, path.stem, path.suffix)
+    tmp = str(path.parent / f".{path.stem}.{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+                            f".partial{path.suffix}")
     tmp_aux = tmp + AUX_SUFFIX
+    _live.update((tmp, tmp_aux))
     try:
         yield tmp
         final_aux = str(path) + AUX_SUFFIX
@@ -30,5 +155,6 @@ def atomic_output(path):
         os.replace(tmp, path)
     finally:
         for leftover in (tmp, tmp_aux):
+            _live.discard(leftover)
             if os.path.exists(leftover):
                 os.remove(leftover)

@@ -8,6 +8,7 @@ import io
 import json
 import math
 import textwrap
+from pathlib import Path
 
 import numpy as np
 
@@ -73,6 +74,12 @@ def json_safe(value):
 
 def _fmt(value):
     return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+def report_files(html_path):
+    """The files a training report writes: the HTML page, then its ``.csv``, ``.json`` and ``.png``."""
+    base = Path(html_path)
+    return [base] + [base.with_suffix(suffix) for suffix in (".csv", ".json", ".png")]
 
 
 def write_report(html_path, metrics, cm, title, details=None, csv_path=None, json_path=None, png_path=None):

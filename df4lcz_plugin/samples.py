@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from osgeo import gdal, ogr, osr
 
-from .classify import open_sentinel2
+from .sentinel2_input import open_sentinel2
 from .feedback import Feedback
 from .grid import PATCH_PX
 

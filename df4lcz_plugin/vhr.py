@@ -1,8 +1,8 @@
 """High-resolution (VHR) imagery for the DF4LCZ object stream: checks, and the RGB patch on a given footprint.
 
 A patch is the footprint (320 m × 320 m, in the Sentinel-2 CRS) resampled by GDAL to 320 × 320 px (1 m), bands
-1–3 as R, G, B. Byte imagery is used as is; other types are stretched linearly from each band's min–max
-(GDAL statistics) to 0–255.
+1–3 as R, G, B. Byte imagery is used as is; other types are stretched linearly from each band's 2nd to 98th
+percentile to 0–255 (QGIS's default cumulative cut), so that a few saturated pixels do not darken the image.
 """
 
 import math
@@ -16,6 +16,8 @@ from .sam import PATCH_SIZE_PX
 gdal.UseExceptions()
 
 MAX_RESOLUTION_M = 5.0
+#: Non-8-bit imagery is stretched linearly between these percentiles of each band to 0–255.
+STRETCH_PERCENTILES = (2.0, 98.0)
 #: A patch with less VHR coverage than this has no VHR vote (its Sentinel-2 stream decides).
 MIN_COVERAGE = 0.9
 
@@ -66,15 +68,27 @@ def open_vhr(path):
         raise VHRError(f"The VHR raster's pixels are {resolution:.1f} m; the object stream needs high-resolution "
                        f"imagery of at most {MAX_RESOLUTION_M:g} m (the paper used 1 m).")
     rgb = gdal.Translate("", ds, format="VRT", bandList=[1, 2, 3])
-    stretch = []
-    for index in range(1, 4):
-        band = ds.GetRasterBand(index)
-        if band.DataType == gdal.GDT_Byte:
-            stretch.append((0.0, 255.0))
-        else:
-            low, high = band.ComputeRasterMinMax(True)
-            stretch.append((low, max(high, low + 1e-9)))
+    stretch = [(0.0, 255.0) if ds.GetRasterBand(i).DataType == gdal.GDT_Byte else percentile_stretch(ds.GetRasterBand(i))
+               for i in range(1, 4)]
     return VHRSource(ds, rgb, stretch, resolution)
+
+
+def percentile_stretch(band, low=STRETCH_PERCENTILES[0], high=STRETCH_PERCENTILES[1]):
+    """(low, high) values of ``band`` at the given percentiles of its valid pixels, read at most 1024 px wide.
+
+    Robust to a few extreme pixels (a 65535 in a 16-bit image), unlike min–max: QGIS's own default contrast
+    enhancement is the same 2–98 % cumulative cut.
+    """
+    factor = max(1.0, band.XSize / 1024, band.YSize / 1024)
+    data = band.ReadAsArray(buf_xsize=max(1, int(band.XSize / factor)), buf_ysize=max(1, int(band.YSize / factor)))
+    data = data[np.isfinite(data)] if data.dtype.kind == "f" else data.ravel()
+    nodata = band.GetNoDataValue()
+    if nodata is not None:
+        data = data[data != nodata]
+    if data.size == 0:
+        return 0.0, 1.0
+    lo, hi = np.percentile(data, (low, high))
+    return float(lo), float(max(hi, lo + 1e-9))
 
 
 def read_patch(source, bounds, srs_wkt):

