@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from osgeo import gdal, ogr, osr
 
-from .sentinel2_input import open_sentinel2
+from .sentinel2_input import check_values, open_sentinel2
 from .feedback import Feedback
 from .grid import PATCH_PX
 
@@ -84,6 +84,7 @@ def sample_training_areas(sentinel2_path, areas, seed=0, spacing_px=5, feedback=
     """
     feedback = feedback or Feedback()
     ds = open_sentinel2(sentinel2_path)
+    check_values(ds, (0, 0, ds.RasterYSize, ds.RasterXSize), feedback)  # a model trained on 0–1 data is useless
     ids = rasterise_polygons(ds, areas)
     half = PATCH_PX // 2
     grid = np.zeros_like(ids, dtype=bool)
@@ -130,7 +131,7 @@ def read_patches(sentinel2_path, samples, scale=10000.0):
     out = np.empty((len(samples), ds.RasterCount, PATCH_PX, PATCH_PX), np.float32)
     for i, (r, c) in enumerate(zip(samples.rows, samples.cols)):
         out[i] = ds.ReadAsArray(int(c - half), int(r - half), PATCH_PX, PATCH_PX)
-    return out / scale
+    return np.maximum(out, 1) / scale  # negative DN clipped to 1, as classification does
 
 
 def class_weights(codes, num_classes=17):
