@@ -3,8 +3,10 @@
 Node features (5, each in [0, 1]): mean R, G, B over the mask (/255) and the bbox centre (cx, cy) / 320.
 Adjacency: the paper leaves the rule open, so it is explicit here and recorded in the model card:
 ``{"rule": "radius", "radius": r}`` joins two nodes when their centres are at most ``r`` apart (r in the same
-[0, 1] units as cx, cy; default 0.25 = 80 m on a 320 m patch). A is binary and symmetric, without self-loops,
-and is normalised as D^-1/2 A D^-1/2 (isolated nodes keep a zero row), as Spektral's GCSConv expects.
+[0, 1] units as cx, cy; default 0.25 = 80 m on a 320 m patch). These graphs' A is binary and symmetric, without
+self-loops. ``normalised_edges`` takes any A (the LCZC-GES2 graphs read by ``train`` may be asymmetric and keep
+self-loops, as the authors' loader does) and normalises it as Spektral's ``NormalizeAdj``: Â = D^-1/2 A D^-1/2
+with D = diag(row sums of A), no identity added, and 0 where a degree is 0.
 """
 
 from dataclasses import dataclass
@@ -18,7 +20,8 @@ DEFAULT_GRAPH_RULE = {"rule": "radius", "radius": 0.25}
 
 @dataclass
 class ObjectGraph:
-    """x: float32 (N, 5); edge_index: int64 (2, E), both directions; edge_weight: float32 (E,) = 1/sqrt(d_i d_j)."""
+    """x: float32 (N, 5); edge_index: int64 (2, E), one column (source j, target i) per nonzero Â[i, j];
+    edge_weight: float32 (E,) = Â[i, j]. torch-geometric sums at the target, so a layer computes Â·X."""
 
     x: np.ndarray
     edge_index: np.ndarray
@@ -55,11 +58,19 @@ def adjacency(centres, rule=None):
 
 
 def normalised_edges(a):
-    """Edges of binary adjacency ``a`` with weights of D^-1/2 A D^-1/2: (edge_index int64 (2, E), weight (E,))."""
-    degree = a.sum(1).astype(np.float64)
-    rows, cols = np.nonzero(a)
-    weight = 1.0 / np.sqrt(degree[rows] * degree[cols])
-    return np.stack([rows, cols]).astype(np.int64), weight.astype(np.float32)
+    """(edge_index int64 (2, E), edge_weight float32 (E,)) of Â = D^-1/2 A D^-1/2 for an (N, N) adjacency ``a``.
+
+    D holds the row sums of ``a``; a node with degree 0 gets D^-1/2 = 0 (Spektral: inf → 0). Entry Â[i, j]
+    becomes the edge j → i (source row 0, target row 1), so torch-geometric's sum at the target gives Â·X,
+    as Spektral's sparse product does, not Âᵀ·X.
+    """
+    a = np.asarray(a, np.float64)
+    degree = a.sum(1)
+    with np.errstate(divide="ignore"):
+        inv_sqrt = np.where(degree > 0, 1.0 / np.sqrt(degree), 0.0)
+    a_hat = inv_sqrt[:, None] * a * inv_sqrt[None, :]
+    rows, cols = np.nonzero(a_hat)
+    return np.stack([cols, rows]).astype(np.int64), a_hat[rows, cols].astype(np.float32)
 
 
 def build_graph(rgb, patch_masks, rule=None):

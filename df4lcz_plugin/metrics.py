@@ -13,7 +13,9 @@ The confusion matrix ``cm`` is 17 × 17 over LCZ codes 1–17: rows = reference,
   matthiasdemuzere/multitemporal-lcz-mapping.
 - Cohen's κ; per-class producer's accuracy (recall), user's accuracy (precision) and F1; weighted F1.
 - The DF4LCZ paper's columns (ctrlovefly/DF4LCZ ``fusion.py``): OA_B and OA_N = correct / total over the
-  reference rows of the built (1–10) and natural (A–G) classes, on all 17 labels.
+  reference rows of the built (1–10) and natural (A–G) classes. ``lcz_metrics`` computes them on the 17 fixed
+  labels; ``paper_oa_b_n`` as ``fusion.py`` does, on a matrix of the classes present only, where rows are
+  picked by position (first 10, last 7), so an absent class moves another class into the other group.
 """
 
 import numpy as np
@@ -98,3 +100,21 @@ def lcz_metrics(cm):
         "F1": f1.tolist(),
         "support": support.astype(int).tolist(),
     }
+
+
+def paper_oa_b_n(cm):
+    """{"OA_B_paper", "OA_N_paper"} of a 17 × 17 ``cm`` computed as ctrlovefly/DF4LCZ ``fusion.py`` does.
+
+    fusion.py calls sklearn's ``confusion_matrix(true, pred)`` without ``labels=``: a k × k matrix of the k
+    classes present in reference ∪ map, in code order. OA_B = Σ_{i<10} cm[i, i] / Σ rows 0–9; OA_N = the same
+    over rows i ≥ k − 7. With k = 17 both equal ``lcz_metrics``' OA_B and OA_N; with a class absent the rows
+    shift (LCZ 7 absent: row 9 is LCZ A, counted as built). With k < 10, fusion.py's OA_B raises IndexError:
+    NaN here; with k < 7, its OA_N takes all rows, as here. NaN where a denominator is 0.
+    """
+    cm = np.asarray(cm, dtype=np.float64)
+    present = np.nonzero(cm.sum(0) + cm.sum(1))[0]
+    sub = cm[np.ix_(present, present)]
+    k, diag = len(present), np.diag(sub)
+    last = np.arange(max(0, k - 7), k)
+    return {"OA_B_paper": _ratio(diag[:10].sum(), sub[:10].sum()) if k >= 10 else float("nan"),
+            "OA_N_paper": _ratio(diag[last].sum(), sub[last].sum())}

@@ -82,8 +82,10 @@ def report_files(html_path):
     return [base] + [base.with_suffix(suffix) for suffix in (".csv", ".json", ".png")]
 
 
-def write_report(html_path, metrics, cm, title, details=None, csv_path=None, json_path=None, png_path=None):
-    """Write the HTML report (and optional CSV, JSON, PNG). ``details``: extra key → value rows to show."""
+def write_report(html_path, metrics, cm, title, details=None, csv_path=None, json_path=None, png_path=None,
+                 warnings=()):
+    """Write the HTML report (and optional CSV, JSON, PNG). ``details``: extra key → value rows to show;
+    ``warnings``: texts shown in a box at the top (and kept in the JSON), such as a single training class."""
     png = confusion_plot_png(cm, title)
     if png_path:
         with atomic_output(png_path) as tmp, open(tmp, "wb") as handle:
@@ -97,12 +99,14 @@ def write_report(html_path, metrics, cm, title, details=None, csv_path=None, jso
         for code in legend.CODES if metrics["support"][code - 1] or np.asarray(cm)[:, code - 1].sum())
     extra = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
                     for k, v in (details or {}).items())
+    box = "".join(f'<p class="warning">⚠ {html.escape(text)}</p>' for text in warnings)
     page = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse;margin:1em 0}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}</style></head><body>
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}
+.warning{{background:#fff3cd;border:1px solid #e0b000;padding:8px}}</style></head><body>
 <h1>{html.escape(title)}</h1>
-<p>{metrics['n']} reference samples. Rows of the confusion matrix are the reference, columns the map.</p>
+{box}<p>{metrics['n']} reference samples. Rows of the confusion matrix are the reference, columns the map.</p>
 <h2>Overall</h2><table><tr><th>metric</th><th>value</th><th>definition</th></tr>{overall}</table>
 <h2>Per class</h2><table><tr><th>class</th><th>reference samples</th><th>producer's accuracy</th>
 <th>user's accuracy</th><th>F1</th></tr>{rows}</table>
@@ -129,6 +133,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}</style></head><bo
         with atomic_output(json_path) as tmp:
             with open(tmp, "w", encoding="utf-8") as handle:
                 json.dump(json_safe({"title": title, "metrics": metrics, "definitions": DEFINITIONS,
-                                      "confusion_matrix": np.asarray(cm).tolist(), "details": details or {}}),
+                                      "confusion_matrix": np.asarray(cm).tolist(), "details": details or {},
+                                      "warnings": list(warnings)}),
                           handle, indent=2, default=str, allow_nan=False)
     return html_path

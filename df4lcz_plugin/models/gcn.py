@@ -1,15 +1,18 @@
 """The DF4LCZ graph stream: three GCSConv layers (32, ReLU), global mean pooling and a 17-way linear layer.
 
 Spektral's ``GCSConv`` (used by ctrlovefly/DF4LCZ ``gnn_Net``) computes Z' = Â·X·W1 + X·W2 + b with
-Â = D^-1/2 A D^-1/2 and no self-loops. torch-geometric's ``GraphConv(aggr="add")`` called with the edge weights
+Â = D^-1/2 A D^-1/2 (no identity added). torch-geometric's ``GraphConv(aggr="add")`` called with the edge weights
 of Â computes lin_rel(Σ_j â_ij x_j) + lin_root(x_i), where lin_rel carries the bias: the same operator.
-5,073 parameters (``shared/design/df4lcz_method.md`` §4).
+5,073 parameters (``shared/design/df4lcz_method.md`` §4). A new module starts from Keras's default initial
+weights (``keras_default_init``: Glorot-uniform lin_rel, lin_root and head, zero biases), as the authors' model does.
+Edge direction: see ``graph.normalised_edges`` (entry Â[i, j] is the edge j → i).
 """
 
 import torch
 from torch import nn
 
 from ..legend import CODES
+from . import keras_default_init
 
 
 class ObjectGCN(nn.Module):
@@ -26,6 +29,7 @@ class ObjectGCN(nn.Module):
         # GraphConv with Â's entries as edge weights is GCSConv (module docstring).
         self.convs = nn.ModuleList([GraphConv(n_in, hidden, aggr="add") for n_in in (in_features, hidden, hidden)])
         self.head = nn.Linear(hidden, num_classes)
+        keras_default_init(self)
 
     def logits(self, x, edge_index, edge_weight, batch):
         from torch_geometric.nn import global_mean_pool

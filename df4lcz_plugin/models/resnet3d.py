@@ -3,11 +3,13 @@ ctrlovefly/DF4LCZ ``model.py: resnet11_3D``). See ``shared/design/df4lcz_method.
 
 The 10 bands form a depth axis of one input channel; three bottleneck blocks of widths 64/128/256 (outputs
 256/512/1024), global average pooling and a 17-way linear layer. 3,538,961 trainable parameters.
+A new module starts from Keras's default initial weights (``keras_default_init``), as the authors' model does.
 """
 
 from torch import nn
 
 from ..legend import CODES
+from . import keras_default_init
 
 
 def _bn(channels):
@@ -54,6 +56,7 @@ class ResNet11_3D(nn.Module):
             channels = 4 * width
         self.blocks = nn.Sequential(*blocks)
         self.head = nn.Linear(channels, num_classes)
+        keras_default_init(self)
 
     def logits(self, x):
         x = self.blocks(self.stem(x.unsqueeze(1)))
