@@ -14,17 +14,16 @@ from ..df4lcz_plugin.sam import PAPER_AMG_SETTINGS
 from .base import DF4LCZAlgorithm, ProcessingFeedback, engine_errors
 from .vhr_source import metric_crs, vhr_path
 
-_AMG_PARAMETERS = {  # parameter name → (AMG argument, label, integer?, minimum, maximum)
-    "POINTS_PER_SIDE": ("points_per_side", "Points per side", True, 1, None),
-    "PRED_IOU_THRESH": ("pred_iou_thresh", "Predicted IoU threshold", False, 0, 1),
-    "STABILITY_SCORE_THRESH": ("stability_score_thresh", "Stability score threshold", False, 0, 1),
-    "BOX_NMS_THRESH": ("box_nms_thresh", "Box NMS threshold", False, 0, 1),
-    "CROP_N_LAYERS": ("crop_n_layers", "Crop layers", True, 0, None),
-    "CROP_NMS_THRESH": ("crop_nms_thresh", "Crop NMS threshold", False, 0, 1),
+_AMG_PARAMETERS = {  # parameter name → (AMG argument, label, integer?, minimum)
+    "POINTS_PER_SIDE": ("points_per_side", "Points per side", True, 1),
+    "PRED_IOU_THRESH": ("pred_iou_thresh", "Predicted IoU threshold", False, 0),
+    "STABILITY_SCORE_THRESH": ("stability_score_thresh", "Stability score threshold", False, 0),
+    "BOX_NMS_THRESH": ("box_nms_thresh", "Box NMS threshold", False, 0),
+    "CROP_N_LAYERS": ("crop_n_layers", "Crop layers", True, 0),
+    "CROP_NMS_THRESH": ("crop_nms_thresh", "Crop NMS threshold", False, 0),
     # SAM divides the crop layers' point grid by this factor to the power of the layer: 0 would divide by zero.
-    "CROP_N_POINTS_DOWNSCALE_FACTOR": ("crop_n_points_downscale_factor", "Crop points downscale factor", True, 1,
-                                       None),
-    "MIN_MASK_REGION_AREA": ("min_mask_region_area", "Minimum mask region area (px)", True, 0, None),
+    "CROP_N_POINTS_DOWNSCALE_FACTOR": ("crop_n_points_downscale_factor", "Crop points downscale factor", True, 1),
+    "MIN_MASK_REGION_AREA": ("min_mask_region_area", "Minimum mask region area (px)", True, 0),
 }
 
 
@@ -68,10 +67,10 @@ class BuildObjectGraphsAlgorithm(DF4LCZAlgorithm):
         self.addParameter(QgsProcessingParameterString(self.DEVICE, "Device (auto, cpu, cuda, cuda:N)", "auto"))
         advanced = [QgsProcessingParameterNumber(self.GRAPH_RADIUS, "Graph radius (fraction of the 320 m patch)",
                                                  QgsProcessingParameterNumber.Double, 0.25, minValue=0.0)]
-        for name, (argument, label, integer, minimum, maximum) in _AMG_PARAMETERS.items():
+        for name, (argument, label, integer, minimum) in _AMG_PARAMETERS.items():
             kind = QgsProcessingParameterNumber.Integer if integer else QgsProcessingParameterNumber.Double
-            limits = {"minValue": minimum} if maximum is None else {"minValue": minimum, "maxValue": maximum}
-            advanced.append(QgsProcessingParameterNumber(name, label, kind, PAPER_AMG_SETTINGS[argument], **limits))
+            advanced.append(QgsProcessingParameterNumber(name, label, kind, PAPER_AMG_SETTINGS[argument],
+                                                         minValue=minimum))
         for parameter in advanced:
             parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
             self.addParameter(parameter)
@@ -96,7 +95,7 @@ class BuildObjectGraphsAlgorithm(DF4LCZAlgorithm):
         bounds = (extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum())
         source = vhr_path(layer, bounds if parameters.get(self.EXTENT) else None, crs, context, feedback)
         amg = {argument: (self.parameterAsInt if integer else self.parameterAsDouble)(parameters, name, context)
-               for name, (argument, _, integer, _, _) in _AMG_PARAMETERS.items()}
+               for name, (argument, _, integer, _) in _AMG_PARAMETERS.items()}
         rule = {"rule": "radius", "radius": self.parameterAsDouble(parameters, self.GRAPH_RADIUS, context)}
         graphs_path = self.parameterAsFileOutput(parameters, self.GRAPHS, context)
         fields = QgsFields()

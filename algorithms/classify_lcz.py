@@ -10,6 +10,7 @@ from qgis.core import (QgsProcessingException, QgsProcessingOutputNumber, QgsPro
                        QgsProcessingParameterString)
 
 from ..df4lcz_plugin import legend
+from ..df4lcz_plugin.clouds import MAX_CLOUD_PERCENT
 from ..df4lcz_plugin.models.registry import list_models, model_files
 from ..df4lcz_plugin.outputs import check_output_paths, geotiff_output
 from .base import DF4LCZAlgorithm, ProcessingFeedback, engine_errors, gdal_source
@@ -26,6 +27,7 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
     RESOLUTION = "RESOLUTION"
     DEVICE = "DEVICE"
     BATCH_SIZE = "BATCH_SIZE"
+    MAX_CLOUD = "MAX_CLOUD"
     PALETTE = "PALETTE"
     OUTPUT = "OUTPUT"
     PROBABILITIES = "PROBABILITIES"
@@ -68,7 +70,12 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
                 "covers less than 90 % or where SAM finds no object keep the Sentinel-2 result; the optional "
                 "SOURCE raster records which streams decided each cell. With a Sentinel-2-only model the VHR "
                 "layer is ignored, with a warning.\n\n"
-                "The run ends with a JSON summary: area per class in km², device and cells/s.")
+                "Clouds: the stack's GDAL mask band (written by 'Build Sentinel-2 band stack' for clouds and "
+                "shadows, or any mask or nodata of your own) is honoured: a cell whose 320 m patch has more than "
+                "MAX_CLOUD % of its pixels masked is no data (advanced; default 10 %, chosen on a real cloudy "
+                "scene). Above 30 % of the extent masked, a warning suggests a composite of several dates.\n\n"
+                "The run ends with a JSON summary: area per class in km², cells masked for cloud, device and "
+                "cells/s.")
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
         self.addParameter(QgsProcessingParameterRasterLayer(self.SENTINEL2, "Sentinel-2 stack (10 bands)"))
@@ -86,9 +93,12 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
                                                     optional=True, fileFilter="PyTorch checkpoint (*.pt *.pth)")
         batch = QgsProcessingParameterNumber(self.BATCH_SIZE, "Batch size (patches)",
                                              QgsProcessingParameterNumber.Integer, 128, minValue=1)
+        max_cloud = QgsProcessingParameterNumber(self.MAX_CLOUD, "Most masked (cloud, shadow) pixels in a cell's "
+                                                 "patch (%)", QgsProcessingParameterNumber.Double,
+                                                 MAX_CLOUD_PERCENT, minValue=0, maxValue=100)
         palette = QgsProcessingParameterEnum(self.PALETTE, "Colour palette",
                                              options=list(legend.PALETTE_TITLES.values()), defaultValue=0)
-        for parameter in (sam_checkpoint, batch, palette):
+        for parameter in (sam_checkpoint, batch, max_cloud, palette):
             parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
             self.addParameter(parameter)
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "LCZ map"))
@@ -159,7 +169,8 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
                                device=device, batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
                                probabilities_path=probabilities, palette=palette_name, feedback=engine_feedback,
                                vhr_path=vhr, source_path=source,
-                               sam_checkpoint=sam_checkpoint)
+                               sam_checkpoint=sam_checkpoint,
+                               max_cloud=self.parameterAsDouble(parameters, self.MAX_CLOUD, context))
         style_on_load(context, output, Path(output).with_suffix(".qml"), "LCZ map")
         results = {self.OUTPUT: output, self.SUMMARY: json.dumps(summary),
                    self.CELLS_PER_SECOND: summary["cells_per_second"], self.DEVICE_USED: summary["device"]}

@@ -8,6 +8,7 @@ from qgis.PyQt.QtGui import QIcon
 from .assess_accuracy import AssessAccuracyAlgorithm
 from .build_object_graphs import BuildObjectGraphsAlgorithm
 from .classify_lcz import ClassifyLCZAlgorithm
+from .sentinel2_composite import Sentinel2CompositeAlgorithm
 from .sentinel2_stack import Sentinel2StackAlgorithm
 from .train_model import TrainModelAlgorithm
 
@@ -34,6 +35,7 @@ class DF4LCZProvider(QgsProcessingProvider):
 
     def loadAlgorithms(self):  # noqa: N802 (QGIS API name)
         self.addAlgorithm(Sentinel2StackAlgorithm())
+        self.addAlgorithm(Sentinel2CompositeAlgorithm())
         self.addAlgorithm(ClassifyLCZAlgorithm())
         self.addAlgorithm(BuildObjectGraphsAlgorithm())
         self.addAlgorithm(TrainModelAlgorithm())

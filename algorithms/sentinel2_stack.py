@@ -1,17 +1,23 @@
 """``df4lcz:sentinel2stack``: build the 10-band, 10 m Sentinel-2 stack the LCZ models read."""
 
-from qgis.core import (QgsProcessingOutputString, QgsProcessingParameterFile,
-                       QgsProcessingParameterRasterDestination)
+from qgis.core import (QgsProcessingOutputNumber, QgsProcessingOutputString, QgsProcessingParameterEnum,
+                       QgsProcessingParameterFile, QgsProcessingParameterRasterDestination)
 
 from ..df4lcz_plugin import sentinel2
+from ..df4lcz_plugin.clouds import MODES
 from ..df4lcz_plugin.outputs import check_output_paths, geotiff_output
 from .base import DF4LCZAlgorithm, ProcessingFeedback, engine_errors
 
 
 class Sentinel2StackAlgorithm(DF4LCZAlgorithm):
     INPUT = "INPUT"
+    CLOUD_MASK = "CLOUD_MASK"
     OUTPUT = "OUTPUT"
     PROCESSING_LEVEL = "PROCESSING_LEVEL"
+    CLOUD_MASK_SOURCE = "CLOUD_MASK_SOURCE"
+    CLOUD_PERCENT = "CLOUD_PERCENT"
+    SHADOW_PERCENT = "SHADOW_PERCENT"
+    SNOW_PERCENT = "SNOW_PERCENT"
 
     needs_torch = False  # stacking needs GDAL only, not PyTorch.
 
@@ -29,13 +35,27 @@ class Sentinel2StackAlgorithm(DF4LCZAlgorithm):
                 "(s2_B02.jp2, T33UUU_20170216T102101_B02.jp2, …_B05_20m.jp2).\n\n"
                 "Products of processing baseline 04.00 and later carry a −1000 offset (RADIO_ADD_OFFSET in L1C, "
                 "BOA_ADD_OFFSET in L2A); it is read from MTD_MSIL1C/2A.xml and removed, so the model sees the "
-                "scale it was trained on. The processing level is recorded in the output's metadata.")
+                "scale it was trained on. The processing level is recorded in the output's metadata.\n\n"
+                "Clouds and cloud shadows (CLOUD_MASK): 'auto' takes the product's own mask (SCL in L2A, "
+                "MSK_CLASSI_B00 in L1C of baseline 04.00 and later), else s2cloudless (its LightGBM model, run "
+                "offline at 60 m; needs B01, B09 and B10); 'product' and 's2cloudless' insist on one source; "
+                "'none' masks nothing. Shadows, where the source has none, are dark pixels where the clouds' "
+                "shadows fall given the sun angles (product metadata, or the acquisition time in the file names). "
+                "The mask is the stack's GDAL mask band (the 10 bands are untouched; every GDAL and QGIS tool sees "
+                "it, and 'Classify local climate zones' leaves cells under it as no data). Snow is counted but not "
+                "masked. The cloud, shadow and snow percentages are in the metadata and the outputs.")
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
         self.addParameter(QgsProcessingParameterFile(self.INPUT, "Sentinel-2 product folder (.SAFE or band files)",
                                                      behavior=QgsProcessingParameterFile.Folder))
+        self.addParameter(QgsProcessingParameterEnum(self.CLOUD_MASK, "Cloud and shadow mask", options=list(MODES),
+                                                     defaultValue=0))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Sentinel-2 stack"))
         self.addOutput(QgsProcessingOutputString(self.PROCESSING_LEVEL, "Processing level"))
+        self.addOutput(QgsProcessingOutputString(self.CLOUD_MASK_SOURCE, "Cloud mask source"))
+        for name, label in ((self.CLOUD_PERCENT, "Cloud (%)"), (self.SHADOW_PERCENT, "Cloud shadow (%)"),
+                            (self.SNOW_PERCENT, "Snow (%)")):
+            self.addOutput(QgsProcessingOutputNumber(name, label))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
         folder = self.parameterAsFile(parameters, self.INPUT, context)
@@ -43,7 +63,10 @@ class Sentinel2StackAlgorithm(DF4LCZAlgorithm):
         with engine_errors():
             product = sentinel2.read_product_info(folder)
             # Every band file of the product counts, also the three the stack leaves out.
-            check_output_paths({self.INPUT: list(sentinel2.find_band_files(folder).values()) + [product.metadata_file]},
+            check_output_paths({self.INPUT: list(product.band_files.values()) + [product.metadata_file]},
                                {self.OUTPUT: geotiff_output(output)})
-            info = sentinel2.build_stack(folder, output, ProcessingFeedback(feedback))
-        return {self.OUTPUT: output, self.PROCESSING_LEVEL: info.processing_level}
+            info = sentinel2.build_stack(folder, output, ProcessingFeedback(feedback),
+                                         MODES[self.parameterAsEnum(parameters, self.CLOUD_MASK, context)])
+        return {self.OUTPUT: output, self.PROCESSING_LEVEL: info.processing_level,
+                self.CLOUD_MASK_SOURCE: info.cloud_mask_source, self.CLOUD_PERCENT: info.cloud_percent,
+                self.SHADOW_PERCENT: info.shadow_percent, self.SNOW_PERCENT: info.snow_percent}

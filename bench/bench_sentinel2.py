@@ -83,8 +83,8 @@ def child(mode, mosaic, bounds, out_dir, device, naive_cells):
         # The batched engine path on the rows holding the sampled cells, compared in float (before uint8).
         worst = 0.0
         for r in sorted({r for r, _ in cells}):
-            probs = predict_tile(ds, grid, (r, 0, 1, grid.cols), fused, 10000.0, device, 256,
-                                 [None] * 10, lambda n: None)
+            probs, _ = predict_tile(ds, grid, (r, 0, 1, grid.cols), fused, 10000.0, device, 256,
+                                    [None] * 10, lambda n: None)
             worst = max([worst] + [float(np.abs(probs[:, 0, c] - p).max()) for (rr, c), p in naive.items() if rr == r])
         report.update(cells=len(cells), seconds=round(seconds, 3), cells_per_second=round(len(cells) / seconds, 1),
                       max_abs_dp=worst)

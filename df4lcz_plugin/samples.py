@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from osgeo import gdal, ogr, osr
 
-from .sentinel2_input import check_values, open_sentinel2
+from .clouds import MAX_CLOUD_PERCENT
+from .sentinel2_input import check_values, open_sentinel2, own_mask_band
 from .feedback import Feedback
 from .grid import PATCH_PX
 
@@ -39,6 +40,7 @@ class Samples:
     codes: np.ndarray
     polygons: np.ndarray
     splits: np.ndarray
+    cloud_dropped: int = 0  # candidate patches dropped under the stack's cloud mask
 
     def subset(self, split):
         keep = self.splits == split
@@ -93,7 +95,13 @@ def sample_training_areas(sentinel2_path, areas, seed=0, spacing_px=5, feedback=
     if len(rows) == 0:
         raise SamplingError("No training area overlaps the Sentinel-2 raster (away from its 160 m border); "
                             "check that the polygons and the raster cover the same place.")
-    keep = np.array([_patch_valid(ds, r - half, c - half) for r, c in zip(rows, cols)], dtype=bool)
+    mask_band = own_mask_band(ds)
+    state = np.array([_patch_state(ds, mask_band, r - half, c - half) for r, c in zip(rows, cols)])
+    cloud_dropped = int((state == _CLOUDY).sum())
+    if cloud_dropped:
+        feedback.info(f"{cloud_dropped} training patch(es) dropped: more than {MAX_CLOUD_PERCENT:g} % of their pixels "
+                      "are under the stack's cloud and shadow mask.")
+    keep = state == _CLEAR
     rows, cols = rows[keep], cols[keep]
     polygons = ids[rows, cols] - 1
     codes = np.asarray(areas.codes)[polygons]
@@ -116,12 +124,22 @@ def sample_training_areas(sentinel2_path, areas, seed=0, spacing_px=5, feedback=
     if not used.any():
         raise SamplingError(f"No LCZ class has {MIN_POLYGONS} training polygons on this raster.")
     return Samples(rows[used], cols[used], codes[used].astype(np.int64), polygons[used].astype(np.int64),
-                   splits[used].astype(str))
+                   splits[used].astype(str), cloud_dropped)
 
 
-def _patch_valid(ds, top, left):
+_CLEAR, _NODATA, _CLOUDY = 0, 1, 2
+
+
+def _patch_state(ds, mask_band, top, left):
+    """_CLEAR, _NODATA (a pixel is 0) or _CLOUDY (more than MAX_CLOUD_PERCENT masked, as in classification)."""
     patch = ds.ReadAsArray(int(left), int(top), PATCH_PX, PATCH_PX)
-    return bool((patch != 0).all())
+    if not (patch != 0).all():
+        return _NODATA
+    if mask_band is not None:
+        masked = int((mask_band.ReadAsArray(int(left), int(top), PATCH_PX, PATCH_PX) == 0).sum())
+        if masked > MAX_CLOUD_PERCENT / 100 * PATCH_PX * PATCH_PX:
+            return _CLOUDY
+    return _CLEAR
 
 
 def read_patches(sentinel2_path, samples, scale=10000.0):

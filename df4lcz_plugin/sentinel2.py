@@ -20,6 +20,7 @@ import numpy as np
 from osgeo import gdal
 
 from .bands import METADATA_BAND_ORDER, NATIVE_RESOLUTION_M, SO2SAT_BANDS, normalise_band_name
+from .clouds import CLOUD, SHADOW, SNOW, cloud_mask
 from .feedback import Feedback
 from .outputs import atomic_output
 
@@ -43,6 +44,11 @@ class ProductInfo:
     offsets: dict = field(default_factory=dict)
     quantification: float = 10000.0
     metadata_file: str = ""
+    #: Filled by build_stack: where the cloud mask came from, and % of the valid pixels per mask class.
+    cloud_mask_source: str = "none"
+    cloud_percent: float = 0.0
+    shadow_percent: float = 0.0
+    snow_percent: float = 0.0
 
 
 def find_band_files(folder):
@@ -86,7 +92,7 @@ def read_product_info(folder):
         raise Sentinel2Error(
             f"{folder} lacks Sentinel-2 band(s) {', '.join(missing)}. Found: {', '.join(sorted(band_files)) or 'none'}."
             " File names must end in the band, e.g. T33UUU_20170216T102101_B02.jp2 or s2_B8A.tif.")
-    info = ProductInfo({band: band_files[band] for band in SO2SAT_BANDS})
+    info = ProductInfo(band_files)
     metadata = _metadata_file(folder)
     if metadata is None:
         name = str(folder).upper()
@@ -110,11 +116,30 @@ def read_product_info(folder):
     return info
 
 
-def build_stack(folder, output, feedback=None):
+def create_stack_raster(path, width, height, geotransform, projection, metadata):
+    """A new 10-band UInt16 GeoTIFF in So2Sat band order (descriptions B2 … B12, nodata 0, 0–10000 scale), with
+    ``metadata`` added to its own; returns the GDAL dataset."""
+    ds = gdal.GetDriverByName("GTiff").Create(str(path), width, height, len(SO2SAT_BANDS), gdal.GDT_UInt16,
+                                              options=["TILED=YES", "COMPRESS=DEFLATE", "PREDICTOR=2",
+                                                       "BIGTIFF=IF_SAFER"])
+    ds.SetGeoTransform(geotransform)
+    ds.SetProjection(projection)
+    for index, band in enumerate(SO2SAT_BANDS, start=1):
+        ds.GetRasterBand(index).SetDescription(band)
+        ds.GetRasterBand(index).SetNoDataValue(0)
+    ds.SetMetadata({"DF4LCZ_BANDS": ",".join(SO2SAT_BANDS), "REFLECTANCE_SCALE": "10000", **metadata})
+    return ds
+
+
+def build_stack(folder, output, feedback=None, cloud_mask_mode="auto"):
     """Write the 10-band, 10 m GeoTIFF stack of a product folder to ``output`` (via a temporary file).
 
-    Streams in strips of 512 rows through a GDAL VRT, so no band is loaded whole. Returns the ProductInfo.
-    Raises Sentinel2Error for a bad folder or mismatched band CRSs; Canceled if ``feedback`` asks to stop.
+    Streams in strips of 512 rows through a GDAL VRT, so no band is loaded whole. Clouds and cloud shadows
+    (``clouds.cloud_mask``, source by ``cloud_mask_mode``: auto, product, s2cloudless, none) go into the GDAL
+    per-dataset mask band (internal; 0 = no data, cloud or shadow; 255 = clear), so the 10 bands stay untouched;
+    the source and the cloud, shadow and snow percentages of the valid pixels are in the metadata and the
+    returned ProductInfo. Raises Sentinel2Error for a bad folder or mismatched band CRSs,
+    clouds.CloudMaskError for a missing mask source, Canceled if ``feedback`` asks to stop.
     """
     feedback = feedback or Feedback()
     info = read_product_info(folder)
@@ -132,30 +157,49 @@ def build_stack(folder, output, feedback=None):
     offsets = np.array([info.offsets.get(band, 0) for band in SO2SAT_BANDS], dtype=np.int32)[:, None, None]
     feedback.info(f"{info.processing_level}, baseline {info.processing_baseline}; "
                   f"offset removed: {dict(zip(SO2SAT_BANDS, offsets.ravel().tolist()))}")
+    mask = cloud_mask(info, folder, bounds, srs, cloud_mask_mode, feedback=feedback)
+    # The coarse mask classes seen on the 10 m grid (nearest neighbour), read strip by strip with the bands.
+    mask_classes = None if mask is None else gdal.Warp("", mask.dataset(srs), format="VRT", outputBounds=bounds,
+                                                       width=width, height=height, resampleAlg="nearest")
+    counts = np.zeros(SNOW + 1, np.int64)
     with atomic_output(output) as tmp:
-        out = gdal.GetDriverByName("GTiff").Create(
-            tmp, width, height, len(SO2SAT_BANDS), gdal.GDT_UInt16,
-            options=["TILED=YES", "COMPRESS=DEFLATE", "PREDICTOR=2", "BIGTIFF=IF_SAFER"])
-        out.SetGeoTransform(gt)
-        out.SetProjection(srs)
-        for index, band in enumerate(SO2SAT_BANDS, start=1):
-            out.GetRasterBand(index).SetDescription(band)
-            out.GetRasterBand(index).SetNoDataValue(0)
-        out.SetMetadata({
-            "DF4LCZ_BANDS": ",".join(SO2SAT_BANDS),
+        out = create_stack_raster(tmp, width, height, gt, srs, {
             "PROCESSING_LEVEL": info.processing_level,
             "PROCESSING_BASELINE": info.processing_baseline,
-            "REFLECTANCE_SCALE": "10000",
             "OFFSET_REMOVED": ",".join(str(v) for v in offsets.ravel()),
             "SOURCE": str(Path(folder).resolve()),
         })
+        if mask_classes is not None:
+            previous = gdal.GetConfigOption("GDAL_TIFF_INTERNAL_MASK")
+            gdal.SetConfigOption("GDAL_TIFF_INTERNAL_MASK", "YES")  # in the GeoTIFF, not a .msk sidecar
+            try:
+                out.CreateMaskBand(gdal.GMF_PER_DATASET)
+            finally:
+                gdal.SetConfigOption("GDAL_TIFF_INTERNAL_MASK", previous)
         for row in range(0, height, _STRIP_ROWS):
             feedback.check_canceled()
             rows = min(_STRIP_ROWS, height - row)
             dn = vrt.ReadAsArray(0, row, width, rows).astype(np.int32)
             values = np.where(dn == 0, 0, np.clip(dn + offsets, 1, 65535)).astype(np.uint16)
             out.WriteArray(values, 0, row, band_list=list(range(1, len(SO2SAT_BANDS) + 1)))
+            if mask_classes is not None:
+                valid = (values != 0).all(axis=0)
+                classes = mask_classes.ReadAsArray(0, row, width, rows)
+                counts += np.bincount(classes[valid], minlength=len(counts))[:len(counts)]
+                clear = valid & (classes != CLOUD) & (classes != SHADOW)
+                out.GetRasterBand(1).GetMaskBand().WriteArray(np.where(clear, 255, 0).astype(np.uint8), 0, row)
             feedback.progress((row + rows) / height)
+        if mask is not None:
+            shares = 100 * counts / max(counts.sum(), 1)
+            info.cloud_mask_source = mask.source
+            info.cloud_percent, info.shadow_percent, info.snow_percent = (round(float(shares[c]), 2)
+                                                                          for c in (CLOUD, SHADOW, SNOW))
+            feedback.info(f"Cloud mask from {mask.source}: cloud {info.cloud_percent} %, shadow "
+                          f"{info.shadow_percent} %, snow {info.snow_percent} % of the valid pixels (snow is "
+                          "not masked); kept as the stack's mask band.")
+        for key, value in (("CLOUD_MASK_SOURCE", info.cloud_mask_source), ("CLOUD_PERCENT", info.cloud_percent),
+                           ("SHADOW_PERCENT", info.shadow_percent), ("SNOW_PERCENT", info.snow_percent)):
+            out.SetMetadataItem(key, str(value))
         out.FlushCache()
         out = None
     return info

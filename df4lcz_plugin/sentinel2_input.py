@@ -116,6 +116,14 @@ def open_sentinel2(path, pixel_size_m=10.0):
     return ds
 
 
+def own_mask_band(ds):
+    """The raster's own GDAL mask band (per-dataset mask, as ``sentinel2stack`` writes for clouds, or alpha),
+    or None when its mask only repeats the nodata value or there is none."""
+    band = ds.GetRasterBand(1)
+    flags = band.GetMaskFlags()
+    return None if flags & (gdal.GMF_ALL_VALID | gdal.GMF_NODATA) else band.GetMaskBand()
+
+
 def valid_pixels(data, nodata_values, zero_is_nodata=True):
     """bool (H, W): pixels of ``data`` (bands, H, W) that hold data in every band: not the band's nodata value,
     not NaN, and not 0 unless ``zero_is_nodata`` is False (values shifted below 0, where 0 is a real value)."""

@@ -191,7 +191,8 @@ def train_on_training_areas(sentinel2_path, areas, model_path, report_path, base
     details = {"model": str(card_path), "split protocol": card["training"]["protocol"], "seed": seed,
                "training samples": summary["train"], "validation samples": summary["validation"],
                "test samples": summary["test"], "best epoch": result.best_epoch,
-               "canceled early": result.canceled, "fusion": json.dumps(fusion)}
+               "canceled early": result.canceled, "fusion": json.dumps(fusion),
+               "patches dropped under the cloud mask": samples.cloud_dropped}
     from .report import report_files, write_report
 
     _, csv_path, json_path, png_path = report_files(report_path)

@@ -79,9 +79,11 @@ def qgis_env(tmp_path_factory):
 
 
 def run_qgis_process(env, algorithm, parameters, json_output=True):
-    """Run ``qgis_process.bin run ALGORITHM -- KEY=VALUE…``; returns (returncode, parsed JSON or None, text)."""
+    """Run ``qgis_process.bin run ALGORITHM -- KEY=VALUE…``; returns (returncode, parsed JSON or None, text).
+
+    A list value is passed as the key repeated, as qgis_process takes multiple layers."""
     args = [QGIS_PROCESS, "run", str(algorithm)] + (["--json"] if json_output else []) + ["--"]
-    args += [f"{key}={value}" for key, value in parameters.items()]
+    args += [f"{key}={v}" for key, value in parameters.items() for v in (value if isinstance(value, list) else [value])]
     proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     text = proc.stdout + proc.stderr
     parsed = None

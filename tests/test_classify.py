@@ -66,8 +66,8 @@ def test_batched_tiles_equal_one_patch_at_a_time(s2_stack, model):
     grid = make_grid(ds.GetGeoTransform(), (ds.RasterXSize, ds.RasterYSize),
                      (435730.0, 4170000.0, 437730.0, 4172000.0), 100)
     fused = fuse_conv_bn(model.sentinel2).to(memory_format=torch.channels_last)  # as classify() runs it
-    probs = predict_tile(ds, grid, (0, 0, grid.rows, grid.cols), fused, 10000.0, "cpu", 7,
-                         [None] * 10, lambda n: None)
+    probs, _ = predict_tile(ds, grid, (0, 0, grid.rows, grid.cols), fused, 10000.0, "cpu", 7,
+                            [None] * 10, lambda n: None)
     for r in range(grid.rows):
         for c in range(grid.cols):
             top, left = grid.patch_origin(r, c)

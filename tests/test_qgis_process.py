@@ -20,7 +20,9 @@ def test_provider_and_algorithms_are_listed(qgis_env):
     out = subprocess.run([QGIS_PROCESS, "list"], env=qgis_env, capture_output=True, text=True).stdout
     assert "df4lcz:classifylcz\tClassify local climate zones (DF4LCZ)" in out
     assert "df4lcz:sentinel2stack\tBuild Sentinel-2 band stack" in out
-    assert "Classify LCZ from a Sentinel-2 product" in out  # the bundled .model3
+    assert "df4lcz:sentinel2composite\tBuild cloud-free Sentinel-2 composite" in out
+    assert "Classify LCZ from a Sentinel-2 product" in out  # the bundled .model3 files
+    assert "Classify LCZ from a cloud-free composite" in out
 
 
 def test_stack_then_classify(qgis_env, s2_band_dir, tmp_path):

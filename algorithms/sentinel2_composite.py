@@ -1,0 +1,72 @@
+"""``df4lcz:sentinel2composite``: a cloud-free Sentinel-2 composite of several dates, ready for classification."""
+
+import json
+from pathlib import Path
+
+from qgis.core import (QgsProcessing, QgsProcessingException, QgsProcessingOutputString,
+                       QgsProcessingParameterEnum, QgsProcessingParameterMultipleLayers,
+                       QgsProcessingParameterRasterDestination)
+
+from ..df4lcz_plugin.clouds import MODES
+from ..df4lcz_plugin.outputs import check_output_paths, geotiff_output
+from .base import DF4LCZAlgorithm, ProcessingFeedback, engine_errors
+
+
+class Sentinel2CompositeAlgorithm(DF4LCZAlgorithm):
+    INPUTS = "INPUTS"
+    CLOUD_MASK = "CLOUD_MASK"
+    OUTPUT = "OUTPUT"
+    OBSERVATIONS = "OBSERVATIONS"
+    SUMMARY = "SUMMARY"
+
+    needs_torch = False  # compositing needs GDAL (and lightgbm for s2cloudless masks), not PyTorch.
+
+    def name(self):
+        return "sentinel2composite"
+
+    def displayName(self):  # noqa: N802 (QGIS API name)
+        return "Build cloud-free Sentinel-2 composite"
+
+    def shortHelpString(self):  # noqa: N802 (QGIS API name)
+        return ("Combines several Sentinel-2 acquisitions of the same place into one cloud-free 10-band stack "
+                "(B2, B3, B4, B5, B6, B7, B8, B8A, B11, B12, 10 m, 0–10000), as the LCZ models expect: So2Sat LCZ42 "
+                "and the LCZ Generator work on cloud-free composites.\n\n"
+                "Inputs: product folders (.SAFE or folders of band files; each is stacked first with its cloud and "
+                "shadow mask, CLOUD_MASK as in 'Build Sentinel-2 band stack') or stacks made by that algorithm "
+                "(their mask band and nodata are honoured), of the same or overlapping tiles.\n\n"
+                "Per pixel and band, the composite is the median of the clear observations (not no data, not "
+                "masked), robust to clouds and shadows the mask missed. All inputs are put on the first input's "
+                "10 m grid over the union of their extents. OBSERVATIONS counts the clear observations of each "
+                "pixel (0 = no clear observation: no data in the composite). Written in strips, so memory stays "
+                "bounded; progress and cancel per strip.")
+
+    def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
+        self.addParameter(QgsProcessingParameterMultipleLayers(
+            self.INPUTS, "Sentinel-2 products (folders) or stacks", QgsProcessing.TypeFile))
+        self.addParameter(QgsProcessingParameterEnum(self.CLOUD_MASK, "Cloud and shadow mask of product folders",
+                                                     options=list(MODES), defaultValue=0))
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Cloud-free composite"))
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OBSERVATIONS, "Clear observations per pixel",
+                                                                  optional=True, createByDefault=True))
+        self.addOutput(QgsProcessingOutputString(self.SUMMARY, "Summary (JSON)"))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
+        from ..df4lcz_plugin.composite import build_composite
+        from ..df4lcz_plugin.sentinel2 import read_product_info
+
+        inputs = self.parameterAsFileList(parameters, self.INPUTS, context)
+        if not inputs:
+            raise QgsProcessingException("INPUTS is empty: give the Sentinel-2 products or stacks to composite.")
+        output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+        observations = self.parameterAsOutputLayer(parameters, self.OBSERVATIONS, context) or None
+        with engine_errors():
+            read = [list(read_product_info(p).band_files.values()) if Path(p).is_dir() else [p] for p in inputs]
+            check_output_paths({self.INPUTS: [f for files in read for f in files]},
+                               {self.OUTPUT: geotiff_output(output), self.OBSERVATIONS: geotiff_output(observations)})
+            summary = build_composite(inputs, output, observations,
+                                      MODES[self.parameterAsEnum(parameters, self.CLOUD_MASK, context)],
+                                      ProcessingFeedback(feedback))
+        results = {self.OUTPUT: output, self.SUMMARY: json.dumps(summary)}
+        if observations:
+            results[self.OBSERVATIONS] = observations
+        return results

@@ -1,0 +1,130 @@
+"""A cloud-free Sentinel-2 composite of several products or stacks: per pixel and band, the median of the
+observations that are clear (not no data, not under the stack's cloud and shadow mask).
+
+The median is the usual per-pixel statistic of cloud-free compositing (Earth Engine composites, and the
+So2Sat/LCZ lineage: Schmitt et al. 2019, "Aggregating cloud-free Sentinel-2 images with Google Earth Engine",
+ISPRS Annals IV-2/W7): it is robust to clouds and shadows the mask missed, which are bright or dark outliers.
+
+All inputs are brought onto one 10 m grid (the first input's CRS and pixel grid, over the union of the
+inputs' extents) by GDAL warped VRTs, which honour each input's mask band, so a masked pixel arrives as no data.
+The composite is written in strips of ``STRIP_ROWS`` rows: memory is bounded by one strip of every input.
+"""
+
+import contextlib
+import math
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+from osgeo import gdal
+
+from .bands import SO2SAT_BANDS
+from .feedback import Feedback
+from .outputs import atomic_output
+from .sentinel2 import build_stack, create_stack_raster
+from .sentinel2_input import open_sentinel2
+
+gdal.UseExceptions()
+
+STRIP_ROWS = 128
+
+
+class CompositeError(ValueError):
+    """The inputs cannot be composited (fewer than one, other CRS units, no overlap)."""
+
+
+def _union_grid(datasets):
+    """(geotransform, width, height, wkt) of the first dataset's 10 m grid over the union of all extents."""
+    first = datasets[0]
+    gt, wkt = first.GetGeoTransform(), first.GetProjection()
+    xs, ys = [], []
+    for ds in datasets:
+        warped = gdal.Warp("", ds, format="VRT", dstSRS=wkt, xRes=gt[1], yRes=abs(gt[5]))
+        wgt = warped.GetGeoTransform()
+        xs += [wgt[0], wgt[0] + wgt[1] * warped.RasterXSize]
+        ys += [wgt[3], wgt[3] + wgt[5] * warped.RasterYSize]
+    # Snap to the first input's pixel grid, so that its pixels are taken as they are.
+    col0 = math.floor((min(xs) - gt[0]) / gt[1] + 1e-9)
+    col1 = math.ceil((max(xs) - gt[0]) / gt[1] - 1e-9)
+    row0 = math.floor((gt[3] - max(ys)) / abs(gt[5]) + 1e-9)
+    row1 = math.ceil((gt[3] - min(ys)) / abs(gt[5]) - 1e-9)
+    return (gt[0] + col0 * gt[1], gt[1], 0.0, gt[3] - row0 * abs(gt[5]), 0.0, gt[5]), col1 - col0, row1 - row0, wkt
+
+
+def build_composite(inputs, output, observations_path=None, cloud_mask_mode="auto", feedback=None):
+    """Write the median composite of ``inputs`` to ``output`` (10 bands, So2Sat order, UInt16, nodata 0) and,
+    optionally, the number of clear observations per pixel to ``observations_path`` (Byte).
+
+    inputs: product folders (.SAFE or band files; stacked first by ``sentinel2.build_stack`` with
+    ``cloud_mask_mode``) or 10-band stacks (their mask band and nodata are honoured).
+    Returns a dict: inputs, width, height, share of pixels with 0, 1, 2, … observations.
+    Raises CompositeError, sentinel2_input.InputError, sentinel2.Sentinel2Error; Canceled.
+    """
+    feedback = feedback or Feedback()
+    if not inputs:
+        raise CompositeError("Give at least one Sentinel-2 product or stack to composite.")
+    with tempfile.TemporaryDirectory(prefix="df4lcz_composite_") as scratch:
+        stacks = []
+        for index, path in enumerate(inputs):
+            if Path(path).is_dir():
+                feedback.info(f"Stacking {path} with its cloud mask")
+                stack = Path(scratch) / f"input_{index}.tif"
+                build_stack(path, stack, feedback, cloud_mask_mode)
+                stacks.append(str(stack))
+            else:
+                stacks.append(str(path))
+        datasets = [open_sentinel2(path) for path in stacks]
+        gt, width, height, wkt = _union_grid(datasets)
+        bounds = (gt[0], gt[3] + gt[5] * height, gt[0] + gt[1] * width, gt[3])
+        # Each input on the common grid; masked and no-data pixels come out as 0 (the warper honours masks).
+        views = [gdal.Warp("", ds, format="VRT", dstSRS=wkt, outputBounds=bounds, width=width, height=height,
+                           resampleAlg="bilinear", dstNodata=0) for ds in datasets]
+        try:
+            histogram = _write(views, gt, width, height, wkt, inputs, output, observations_path, feedback)
+        finally:
+            del views[:]  # release the warped views before the datasets they read
+            del datasets[:]
+    shares = {str(n): round(float(c / histogram.sum()), 4) for n, c in enumerate(histogram)}
+    feedback.info(f"Composite of {len(inputs)} input(s), {width} × {height} px; share of pixels by number of clear "
+                  f"observations: {shares}")
+    return {"inputs": len(inputs), "width": width, "height": height, "observations": shares}
+
+
+def _write(views, gt, width, height, wkt, inputs, output, observations_path, feedback):
+    """Write the composite (and observation counts) strip by strip; returns the histogram of counts."""
+    histogram = np.zeros(len(views) + 1, np.int64)
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(atomic_output(output))
+        tmp_obs = stack.enter_context(atomic_output(observations_path)) if observations_path else None
+        datasets = {}
+        # Runs first on exit: GDAL must close its files before they are renamed or removed.
+        stack.callback(datasets.clear)
+        out = datasets["composite"] = create_stack_raster(
+            tmp, width, height, gt, wkt, {"COMPOSITE": "per-pixel median of the clear observations",
+                                          "COMPOSITE_INPUTS": ";".join(str(p) for p in inputs)})
+        obs = None
+        if tmp_obs:
+            obs = datasets["observations"] = gdal.GetDriverByName("GTiff").Create(
+                tmp_obs, width, height, 1, gdal.GDT_Byte, options=["TILED=YES", "COMPRESS=DEFLATE"])
+            obs.SetGeoTransform(gt)
+            obs.SetProjection(wkt)
+            obs.GetRasterBand(1).SetDescription("clear observations")
+        for row in range(0, height, STRIP_ROWS):
+            feedback.check_canceled()
+            rows = min(STRIP_ROWS, height - row)
+            strips = np.stack([v.ReadAsArray(0, row, width, rows) for v in views]).astype(np.float32)
+            clear = (strips > 0).all(axis=1)  # (inputs, rows, width)
+            strips[~np.broadcast_to(clear[:, None], strips.shape)] = np.nan
+            count = clear.sum(axis=0)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN where no observation is clear
+                median = np.nanmedian(strips, axis=0)
+            values = np.where(count > 0, np.clip(np.rint(np.nan_to_num(median)), 1, 65535), 0).astype(np.uint16)
+            out.WriteArray(values, 0, row, band_list=list(range(1, len(SO2SAT_BANDS) + 1)))
+            if obs is not None:
+                obs.GetRasterBand(1).WriteArray(count.astype(np.uint8), 0, row)
+            histogram += np.bincount(count.ravel(), minlength=len(histogram))
+            feedback.progress((row + rows) / height)
+        out = obs = None  # only ``datasets`` holds them now
+    return histogram
