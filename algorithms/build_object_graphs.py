@@ -3,7 +3,8 @@
 import json
 
 from qgis.core import (QgsCoordinateTransform, QgsFeature, QgsFeatureSink, QgsField, QgsFields, QgsGeometry,
-                       QgsProcessing, QgsProcessingException, QgsProcessingParameterDefinition,
+                       QgsProcessing, QgsProcessingException, QgsProcessingOutputNumber,
+                       QgsProcessingParameterDefinition,
                        QgsProcessingParameterExtent, QgsProcessingParameterFeatureSink, QgsProcessingParameterFile,
                        QgsProcessingParameterFileDestination, QgsProcessingParameterNumber,
                        QgsProcessingParameterRasterLayer, QgsProcessingParameterString, QgsWkbTypes)
@@ -11,8 +12,8 @@ from qgis.PyQt.QtCore import QVariant
 
 from ..df4lcz_plugin.outputs import check_output_paths
 from ..df4lcz_plugin.sam import PAPER_AMG_SETTINGS
-from .base import DF4LCZAlgorithm, ProcessingFeedback, engine_errors
-from .vhr_source import metric_crs, vhr_path
+from .base import DF4LCZAlgorithm, ProcessingFeedback, engine_errors, gdal_source
+from .vhr_source import metric_crs, vhr_path, vhr_source_id
 
 _AMG_PARAMETERS = {  # parameter name → (AMG argument, label, integer?, minimum)
     "POINTS_PER_SIDE": ("points_per_side", "Points per side", True, 1),
@@ -33,8 +34,12 @@ class BuildObjectGraphsAlgorithm(DF4LCZAlgorithm):
     CHECKPOINT = "CHECKPOINT"
     GRAPH_RADIUS = "GRAPH_RADIUS"
     DEVICE = "DEVICE"
+    CLASSIFICATION_GRID = "CLASSIFICATION_GRID"
+    RESOLUTION = "RESOLUTION"
     OUTPUT = "OUTPUT"
     GRAPHS = "GRAPHS"
+    SAM_RUNS = "SAM_RUNS"
+    GRAPH_CACHE_HITS = "GRAPH_CACHE_HITS"
 
     def name(self):
         return "buildobjectgraphs"
@@ -57,7 +62,13 @@ class BuildObjectGraphsAlgorithm(DF4LCZAlgorithm):
                 "the architecture is read from the file.\n\n"
                 "Outputs: a polygon layer of the kept objects (patch id, object rank, area in m², node features "
                 "R, G, B, cx, cy in [0, 1], predicted IoU, stability score) and a graph file (.npz: x, edge_index, "
-                "edge_weight, node_patch, patch_bounds, crs_wkt, settings_json) to feed training.")
+                "edge_weight, node_patch, patch_bounds, crs_wkt, settings_json) to feed training.\n\n"
+                "Graph cache mode: give the Sentinel-2 stack, EXTENT and RESOLUTION of a classification as "
+                "CLASSIFICATION_GRID: SAM then runs on exactly the 320 m footprints 'Classify local climate zones' "
+                "will use, and their graphs go into the graph cache (no polygons, no graph file), so that SAM runs "
+                "once, overnight or on a GPU machine, and later classifications and trainings with the same imagery "
+                "reuse them. Use the SAM settings and graph radius of the model you will classify with (the "
+                "defaults are the paper's, as 'Train DF4LCZ model' uses).")
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
         self.addParameter(QgsProcessingParameterRasterLayer(self.VHR, "High-resolution (VHR) imagery"))
@@ -74,10 +85,17 @@ class BuildObjectGraphsAlgorithm(DF4LCZAlgorithm):
         for parameter in advanced:
             parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
             self.addParameter(parameter)
+        self.addParameter(QgsProcessingParameterRasterLayer(
+            self.CLASSIFICATION_GRID, "Fill the graph cache for the cells of this Sentinel-2 stack instead",
+            optional=True))
+        self.addParameter(QgsProcessingParameterNumber(self.RESOLUTION, "Resolution of that classification (m)",
+                                                       QgsProcessingParameterNumber.Double, 100.0, minValue=10.0))
         self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, "SAM objects",
-                                                            QgsProcessing.TypeVectorPolygon))
+                                                            QgsProcessing.TypeVectorPolygon, optional=True))
         self.addParameter(QgsProcessingParameterFileDestination(self.GRAPHS, "Object graphs",
-                                                                "Object graphs (*.npz)"))
+                                                                "Object graphs (*.npz)", optional=True))
+        self.addOutput(QgsProcessingOutputNumber(self.SAM_RUNS, "SAM runs (graph cache mode)"))
+        self.addOutput(QgsProcessingOutputNumber(self.GRAPH_CACHE_HITS, "Graphs already cached (graph cache mode)"))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
         from ..df4lcz_plugin import assets
@@ -85,6 +103,11 @@ class BuildObjectGraphsAlgorithm(DF4LCZAlgorithm):
         from ..df4lcz_plugin.objects import default_settings, extract_objects, mask_polygons, write_graph_file
 
         layer = self.parameterAsRasterLayer(parameters, self.VHR, context)
+        amg = {argument: (self.parameterAsInt if integer else self.parameterAsDouble)(parameters, name, context)
+               for name, (argument, _, integer, _) in _AMG_PARAMETERS.items()}
+        rule = {"rule": "radius", "radius": self.parameterAsDouble(parameters, self.GRAPH_RADIUS, context)}
+        if parameters.get(self.CLASSIFICATION_GRID):
+            return self._fill_cache(layer, parameters, context, feedback, amg, rule)
         if parameters.get(self.EXTENT):
             extent = self.parameterAsExtent(parameters, self.EXTENT, context)
             extent_crs = self.parameterAsExtentCrs(parameters, self.EXTENT, context)
@@ -94,9 +117,6 @@ class BuildObjectGraphsAlgorithm(DF4LCZAlgorithm):
         extent = QgsCoordinateTransform(extent_crs, crs, context.transformContext()).transformBoundingBox(extent)
         bounds = (extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum())
         source = vhr_path(layer, bounds if parameters.get(self.EXTENT) else None, crs, context, feedback)
-        amg = {argument: (self.parameterAsInt if integer else self.parameterAsDouble)(parameters, name, context)
-               for name, (argument, _, integer, _) in _AMG_PARAMETERS.items()}
-        rule = {"rule": "radius", "radius": self.parameterAsDouble(parameters, self.GRAPH_RADIUS, context)}
         graphs_path = self.parameterAsFileOutput(parameters, self.GRAPHS, context)
         fields = QgsFields()
         for name, kind in (("patch_id", QVariant.Int), ("object_id", QVariant.Int), ("area_m2", QVariant.Double),
@@ -138,3 +158,26 @@ class BuildObjectGraphsAlgorithm(DF4LCZAlgorithm):
             write_graph_file(graphs_path, patches, srs_wkt, settings)
         feedback.pushInfo(f"{objects} objects in {len(patches)} patch(es); settings {json.dumps(settings)}")
         return {self.OUTPUT: dest_id, self.GRAPHS: graphs_path}
+
+    def _fill_cache(self, layer, parameters, context, feedback, amg, rule):
+        """Graph cache mode: SAM on exactly the footprints of 'Classify local climate zones' with the same
+        SENTINEL2 (CLASSIFICATION_GRID), EXTENT and RESOLUTION; no polygons or graph file."""
+        from ..df4lcz_plugin.device import resolve_device
+        from ..df4lcz_plugin.vhr_stream import fill_graph_cache
+
+        grid_layer = self.parameterAsRasterLayer(parameters, self.CLASSIFICATION_GRID, context)
+        crs = grid_layer.crs()
+        extent = (self.parameterAsExtent(parameters, self.EXTENT, context, crs) if parameters.get(self.EXTENT)
+                  else grid_layer.extent())
+        bounds = (extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum())
+        source = vhr_path(layer, bounds, crs, context, feedback)
+        with engine_errors():
+            summary = fill_graph_cache(
+                source, gdal_source(grid_layer, self.CLASSIFICATION_GRID), bounds,
+                self.parameterAsDouble(parameters, self.RESOLUTION, context),
+                resolve_device(self.parameterAsString(parameters, self.DEVICE, context)),
+                self.parameterAsFile(parameters, self.CHECKPOINT, context) or None, amg, rule, vhr_source_id(layer),
+                ProcessingFeedback(feedback))
+        feedback.pushInfo(f"Graph cache: {summary['cells']} cells, {summary['sam_runs']} SAM runs, "
+                          f"{summary['graph_cache_hits']} graphs were already cached.")
+        return {self.SAM_RUNS: summary["sam_runs"], self.GRAPH_CACHE_HITS: summary["graph_cache_hits"]}

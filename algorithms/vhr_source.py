@@ -53,3 +53,9 @@ def vhr_path(layer, bounds, crs, context, feedback):
         raise QgsProcessingException(f"Could not render the VHR layer '{layer.name()}' (QgsRasterFileWriter "
                                      f"error {int(error)}).")
     return path
+
+
+def vhr_source_id(layer):
+    """The imagery's identity in the graph cache: None for a GDAL file (the engine keys it by path, size and
+    modification time), else the layer's provider and URI, which stay the same from one rendering to the next."""
+    return None if layer.providerType() == "gdal" else f"{layer.providerType()}|{layer.source()}"

@@ -1,7 +1,8 @@
 """Classify LCZ over an extent of a Sentinel-2 stack: tile, batch, infer, write the styled LCZ raster.
 
-Memory is bounded by one tile of ``tile_cells × tile_cells`` output cells (its Sentinel-2 window plus the
-probabilities), never by the extent. Patches are strided views of the tile window; only one batch is copied.
+Memory is bounded by one tile: at most 64 × 64 output cells and a Sentinel-2 window of at most ``TILE_PX`` pixels a
+side, whatever the RESOLUTION (``tile_cells``), never by the extent; GDAL's block cache is capped at
+``GDAL_CACHE_BYTES`` during the run. Patches are strided views of the tile window; only one batch is copied.
 """
 
 import contextlib
@@ -18,13 +19,18 @@ from .grid import PATCH_PX, make_grid
 from .fusion import SOURCE_FUSED, SOURCE_NODATA, SOURCE_S2, fuse
 from .lcz_raster import (PROBABILITY_NODATA, create_lcz_raster, create_probability_raster, create_source_raster,
                          write_style_sidecar)
-from .models.inference import fuse_conv_bn
+from .models.backends import sentinel2_runner
+from .models.registry import LoadedModel, load_model
 from .outputs import atomic_output
 from .sentinel2_input import InputError, check_values, open_sentinel2, own_mask_band, valid_pixels
-from .vhr_stream import VHRStream
+from .vhr_stream import FusionCost, VHRStream
 
 gdal.UseExceptions()
 
+#: Largest side in pixels of a tile's Sentinel-2 window: 2048² × 10 bands × 4 bytes ≤ 168 MB at any RESOLUTION.
+TILE_PX = 2048
+#: GDAL's block cache during a run: its default (5 % of RAM) grew a long run from 0.99 to 1.78 GB.
+GDAL_CACHE_BYTES = 256 << 20
 #: Above this share of cells under the mask, the run suggests a composite.
 CLOUD_WARNING_SHARE = 0.3
 
@@ -51,23 +57,28 @@ def _read_window(ds, row, col, height, width, band=None):
     return out
 
 
-def iter_tiles(grid, tile_cells):
-    """(row, col, rows, cols) of each tile of at most ``tile_cells × tile_cells`` cells, row-major."""
-    for row in range(0, grid.rows, tile_cells):
-        for col in range(0, grid.cols, tile_cells):
-            yield row, col, min(tile_cells, grid.rows - row), min(tile_cells, grid.cols - col)
+def tile_cells(cell_px):
+    """Cells per tile side (at most 64) so that a tile's window, (n − 1) × cell_px + 32 pixels, stays within
+    TILE_PX."""
+    return max(1, min(64, (TILE_PX - PATCH_PX) // cell_px + 1))
 
 
-def predict_tile(ds, grid, tile, model, scale, device, batch_size, nodata_values, on_batch, zero_is_nodata=True,
+def iter_tiles(grid, size):
+    """(row, col, rows, cols) of each tile of at most ``size × size`` cells, row-major."""
+    for row in range(0, grid.rows, size):
+        for col in range(0, grid.cols, size):
+            yield row, col, min(size, grid.rows - row), min(size, grid.cols - col)
+
+
+def predict_tile(ds, grid, tile, runner, scale, batch_size, nodata_values, on_batch, zero_is_nodata=True,
                  mask_band=None, max_masked_px=0):
     """Class probabilities (17, rows, cols) float32 of one tile, NaN where the cell is not classified, and bool
     (rows, cols) of the cells left out for the mask.
 
     A cell is not classified when its patch holds a no-data pixel in any band, or when more than
     ``max_masked_px`` of its pixels with data are masked by ``mask_band`` (clouds and shadows of the stack).
+    runner: a ``models.backends`` runner, float32 (B, 10, 32, 32) → float32 (B, 17).
     """
-    import torch
-
     row, col, rows, cols = tile
     top, left = grid.patch_origin(row, col)
     span_r, span_c = (rows - 1) * grid.cell_px + PATCH_PX, (cols - 1) * grid.cell_px + PATCH_PX
@@ -87,28 +98,30 @@ def predict_tile(ds, grid, tile, model, scale, device, batch_size, nodata_values
         rr, cc = cell_r[start:start + batch_size], cell_c[start:start + batch_size]
         # Negative DN (an L2A offset removed without clipping) are clipped to 1, as sentinel2.build_stack does.
         batch = np.maximum(views[:, offsets_r[rr], offsets_c[cc]].transpose(1, 0, 2, 3).astype(np.float32), 1) / scale
-        tensor = torch.from_numpy(batch).to(device).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            p = model(tensor).float().cpu().numpy()
-        probs[:, rr, cc] = p.T
+        probs[:, rr, cc] = runner(batch).T
         on_batch(len(rr))
     return probs, masked
 
 
 def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, device="cpu", batch_size=128,
-             probabilities_path=None, palette="official_2022", feedback=None, tile_cells=64, vhr_path=None,
-             source_path=None, sam_checkpoint=None, max_cloud=MAX_CLOUD_PERCENT):
+             probabilities_path=None, palette="official_2022", feedback=None, vhr_path=None,
+             source_path=None, sam_checkpoint=None, max_cloud=MAX_CLOUD_PERCENT, backend="auto", precision="f32",
+             vhr_source_id=None):
     """Classify LCZ over ``bounds`` and write the styled LCZ GeoTIFF (and optionally probabilities).
 
     With ``vhr_path`` and a model that has a ``vhr`` stream, each cell's patch footprint also goes through SAM,
     the object graph and the GCN, and the two streams are fused (``fusion.fuse``, α from the card); cells
     without VHR coverage or without objects keep the Sentinel-2 result. ``source_path``: optional Byte GeoTIFF
-    saying per cell which streams decided (0 no data, 1 Sentinel-2 only, 2 fused).
+    saying per cell which streams decided (0 no data, 1 Sentinel-2 only, 2 fused). Object graphs come from the
+    graph cache when they are there (``vhr_source_id``: the imagery's identity in the cache key, default its
+    file); the summary counts SAM runs and cache hits.
 
     sentinel2_path: 10-band stack (B2…B12, So2Sat order, DN on the 0–10000 scale), projected CRS in metres.
     output_path: LCZ GeoTIFF, uint8 codes 1–17, 0 where the patch holds no data; a ``.qml`` sidecar is written.
-    model: a ``registry.LoadedModel``. bounds: (xmin, ymin, xmax, ymax) in the raster CRS, or None.
+    model: a ``registry.LoadedModel``, or a ``registry.ModelCard`` (loaded only when needed: with OpenVINO and
+    no VHR stream, no PyTorch). bounds: (xmin, ymin, xmax, ymax) in the raster CRS, or None.
     resolution: output cell size in metres (multiple of 10). device: a ``torch.device`` or its name.
+    backend, precision: of the Sentinel-2 stream (``models.backends.sentinel2_runner``: auto = OpenVINO on CPU).
     probabilities_path: optional 17-band uint8 GeoTIFF of probabilities in percent (nodata 255).
     max_cloud: % of a patch's pixels with data that the raster's own mask band (clouds and shadows of
     ``sentinel2stack``, or any per-dataset or alpha mask) may hide before the cell is no data.
@@ -117,11 +130,10 @@ def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, 
     Raises InputError, grid.GridError, vhr.VHRError, sam.SAMError, feedback.Canceled; no output file is left
     behind on any error.
     """
-    import torch
-
     feedback = feedback or Feedback()
     started = time.perf_counter()
-    stream = model.card.stream("sentinel2")
+    card = model.card if isinstance(model, LoadedModel) else model
+    stream = card.stream("sentinel2")
     ds = open_sentinel2(sentinel2_path, float(stream.get("pixel_size_m", 10)))
     grid = make_grid(ds.GetGeoTransform(), (ds.RasterXSize, ds.RasterYSize), bounds, resolution)
     top, left = grid.patch_origin(0, 0)
@@ -129,20 +141,22 @@ def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, 
                                        (grid.cols - 1) * grid.cell_px + PATCH_PX), feedback)
     scale = float(stream["input_scaling"]["divide_by"])
     nodata_values = [ds.GetRasterBand(i + 1).GetNoDataValue() for i in range(ds.RasterCount)]
-    # channels_last lets oneDNN pick its faster convolution kernels on CPU (measured in bench/).
-    is_3d = any(isinstance(m, torch.nn.Conv3d) for m in model.sentinel2.modules())
-    s2_module = fuse_conv_bn(model.sentinel2).to(
-        device, memory_format=torch.channels_last_3d if is_3d else torch.channels_last)
+    runner, engine = sentinel2_runner(model, backend, device, precision)
     total = grid.rows * grid.cols
     vhr_stream = None
-    if vhr_path and "vhr" in model.card.streams:
+    if vhr_path and "vhr" in card.streams:
+        model = model if isinstance(model, LoadedModel) else load_model(card.path, device)
         grid_bounds = (grid.geotransform[0], grid.geotransform[3] + grid.rows * grid.geotransform[5],
                        grid.geotransform[0] + grid.cols * grid.geotransform[1], grid.geotransform[3])
-        vhr_stream = VHRStream(model, vhr_path, ds.GetProjection(), grid_bounds, device, sam_checkpoint)
-        alpha = float(model.card.data["fusion"]["alpha"])
+        vhr_stream = VHRStream(model, vhr_path, ds.GetProjection(), grid_bounds, device, sam_checkpoint,
+                               vhr_source_id)
+        alpha = float(card.data["fusion"]["alpha"])
         feedback.info(f"Fusing with the VHR stream, alpha = {alpha}")
-    feedback.info(f"{grid.rows} × {grid.cols} cells of {grid.resolution:g} m on {device}, model {model.card.id}")
-    metadata = {"DF4LCZ_MODEL": model.card.id, "DF4LCZ_SOURCE": str(sentinel2_path), "DF4LCZ_DEVICE": str(device)}
+        cost = FusionCost(vhr_stream.graphs, [grid.patch_bounds(r, c) for r in range(grid.rows)
+                                              for c in range(grid.cols)], grid.resolution, feedback)
+    feedback.info(f"{grid.rows} × {grid.cols} cells of {grid.resolution:g} m, {engine}, model {card.id}")
+    metadata = {"DF4LCZ_MODEL": card.id, "DF4LCZ_SOURCE": str(sentinel2_path), "DF4LCZ_DEVICE": str(device),
+                "DF4LCZ_BACKEND": engine}
     counts = np.zeros(len(legend.CODES) + 1, dtype=np.int64)
     fused_cells = cloud_cells = 0
     mask_band = own_mask_band(ds)
@@ -158,6 +172,8 @@ def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, 
         feedback.check_canceled()
 
     with contextlib.ExitStack() as stack:
+        stack.callback(gdal.SetCacheMax, gdal.GetCacheMax())
+        gdal.SetCacheMax(GDAL_CACHE_BYTES)
         lcz_tmp = stack.enter_context(atomic_output(output_path))
         prob_tmp = stack.enter_context(atomic_output(probabilities_path)) if probabilities_path else None
         source_tmp = stack.enter_context(atomic_output(source_path)) if source_path else None
@@ -169,17 +185,19 @@ def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, 
             datasets["probabilities"] = create_probability_raster(prob_tmp, grid, ds.GetProjection(), metadata)
         if source_tmp:
             datasets["source"] = create_source_raster(source_tmp, grid, ds.GetProjection(), metadata)
-        for tile in iter_tiles(grid, tile_cells):
+        for tile in iter_tiles(grid, tile_cells(grid.cell_px)):
             feedback.check_canceled()
-            probs, masked = predict_tile(ds, grid, tile, s2_module, scale, device, batch_size, nodata_values,
-                                         on_batch, zero_is_nodata, mask_band, max_masked_px)
+            probs, masked = predict_tile(ds, grid, tile, runner, scale, batch_size, nodata_values, on_batch,
+                                         zero_is_nodata, mask_band, max_masked_px)
             cloud_cells += int(masked.sum())
             missing = np.isnan(probs[0])
             source = np.where(missing, SOURCE_NODATA, SOURCE_S2).astype(np.uint8)
             if vhr_stream is not None:
                 for r, c in zip(*np.nonzero(~missing)):
                     feedback.check_canceled()
+                    hits = vhr_stream.graphs.cache_hits
                     p_vhr = vhr_stream.probabilities(grid.patch_bounds(tile[0] + r, tile[1] + c))
+                    cost.cell_done(vhr_stream.graphs.cache_hits > hits)
                     if p_vhr is not None:
                         probs[:, r, c] = fuse(probs[:, r, c], p_vhr, alpha)
                         source[r, c] = SOURCE_FUSED
@@ -215,8 +233,11 @@ def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, 
                      for code in legend.CODES if counts[code]},
         "cloud_masked_cells": cloud_cells,
         "fused_cells": fused_cells,
+        "sam_runs": vhr_stream.graphs.sam_runs if vhr_stream else 0,
+        "graph_cache_hits": vhr_stream.graphs.cache_hits if vhr_stream else 0,
         "device": str(device),
-        "model": model.card.id,
+        "backend": engine,
+        "model": card.id,
         "seconds": round(seconds, 3),
         "cells_per_second": round(total / seconds, 1),
     }

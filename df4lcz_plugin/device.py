@@ -9,12 +9,17 @@ class DeviceError(ValueError):
 
 def resolve_device(spec="auto"):
     """A ``torch.device`` for ``spec``; ``auto`` picks the first CUDA GPU when there is one, else the CPU.
+    Without PyTorch (an OpenVINO-only install) the CPU is the string ``"cpu"``.
 
     Raises DeviceError for an unknown spelling, or for ``cuda``/``cuda:N`` without such a GPU.
     """
-    import torch
-
     spec = (spec or "auto").strip().lower()
+    try:
+        import torch
+    except ImportError:
+        if spec in ("auto", "cpu"):
+            return "cpu"
+        raise DeviceError(f"DEVICE={spec} needs PyTorch, which is not installed; use DEVICE=cpu.") from None
     if spec == "auto":
         return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     if spec == "cpu":

@@ -158,7 +158,9 @@ def build_stack(folder, output, feedback=None, cloud_mask_mode="auto"):
     feedback.info(f"{info.processing_level}, baseline {info.processing_baseline}; "
                   f"offset removed: {dict(zip(SO2SAT_BANDS, offsets.ravel().tolist()))}")
     mask = cloud_mask(info, folder, bounds, srs, cloud_mask_mode, feedback=feedback)
-    # The coarse mask classes seen on the 10 m grid (nearest neighbour), read strip by strip with the bands.
+    # The coarse mask classes seen on the 10 m grid (nearest neighbour), read strip by strip with the bands. A
+    # mask hiding nothing is not written: nodata 0 says all, and GDAL copies of the stack get no .msk sidecar.
+    hides = mask is not None and bool(np.isin(mask.classes, (CLOUD, SHADOW)).any())
     mask_classes = None if mask is None else gdal.Warp("", mask.dataset(srs), format="VRT", outputBounds=bounds,
                                                        width=width, height=height, resampleAlg="nearest")
     counts = np.zeros(SNOW + 1, np.int64)
@@ -169,7 +171,7 @@ def build_stack(folder, output, feedback=None, cloud_mask_mode="auto"):
             "OFFSET_REMOVED": ",".join(str(v) for v in offsets.ravel()),
             "SOURCE": str(Path(folder).resolve()),
         })
-        if mask_classes is not None:
+        if hides:
             previous = gdal.GetConfigOption("GDAL_TIFF_INTERNAL_MASK")
             gdal.SetConfigOption("GDAL_TIFF_INTERNAL_MASK", "YES")  # in the GeoTIFF, not a .msk sidecar
             try:
@@ -186,17 +188,19 @@ def build_stack(folder, output, feedback=None, cloud_mask_mode="auto"):
                 valid = (values != 0).all(axis=0)
                 classes = mask_classes.ReadAsArray(0, row, width, rows)
                 counts += np.bincount(classes[valid], minlength=len(counts))[:len(counts)]
-                clear = valid & (classes != CLOUD) & (classes != SHADOW)
-                out.GetRasterBand(1).GetMaskBand().WriteArray(np.where(clear, 255, 0).astype(np.uint8), 0, row)
+                if hides:
+                    clear = valid & (classes != CLOUD) & (classes != SHADOW)
+                    out.GetRasterBand(1).GetMaskBand().WriteArray(np.where(clear, 255, 0).astype(np.uint8), 0, row)
             feedback.progress((row + rows) / height)
         if mask is not None:
             shares = 100 * counts / max(counts.sum(), 1)
             info.cloud_mask_source = mask.source
             info.cloud_percent, info.shadow_percent, info.snow_percent = (round(float(shares[c]), 2)
                                                                           for c in (CLOUD, SHADOW, SNOW))
+            kept = "; kept as the stack's mask band" if hides else ""
             feedback.info(f"Cloud mask from {mask.source}: cloud {info.cloud_percent} %, shadow "
                           f"{info.shadow_percent} %, snow {info.snow_percent} % of the valid pixels (snow is "
-                          "not masked); kept as the stack's mask band.")
+                          f"not masked){kept}.")
         for key, value in (("CLOUD_MASK_SOURCE", info.cloud_mask_source), ("CLOUD_PERCENT", info.cloud_percent),
                            ("SHADOW_PERCENT", info.shadow_percent), ("SNOW_PERCENT", info.snow_percent)):
             out.SetMetadataItem(key, str(value))

@@ -206,26 +206,22 @@ def _train_vhr(sentinel2_path, vhr_path, split, y, p_s2, epochs, device, seed, a
     from osgeo import gdal
 
     from . import assets
-    from .graph import build_graph
     from .grid import PATCH_PX, patch_footprint
     from .models.gcn import ObjectGCN
-    from .sam import PAPER_AMG_SETTINGS, MaskGenerator, load_sam
-    from .vhr import MIN_COVERAGE, open_vhr, read_patch
+    from .sam import PAPER_AMG_SETTINGS
+    from .vhr_stream import FootprintGraphs
 
     ds = gdal.Open(str(sentinel2_path))
     gt, wkt = ds.GetGeoTransform(), ds.GetProjection()
-    source = open_vhr(vhr_path)
-    checkpoint = assets.fetch_member(assets.MOBILE_SAM)
-    generator = MaskGenerator(load_sam(checkpoint, device), **(amg_settings or {}))
+    footprints = FootprintGraphs(vhr_path, wkt, device, amg_settings=amg_settings)  # graph cache, then SAM
     graphs = {}
     for name, s in split.items():
         graphs[name] = []
         for r, c in zip(s.rows, s.cols):
             feedback.check_canceled()
-            footprint = patch_footprint(gt, r - PATCH_PX // 2, c - PATCH_PX // 2)
-            rgb, coverage = read_patch(source, footprint, wkt)
-            graph = build_graph(rgb, generator(rgb)) if coverage >= MIN_COVERAGE else None
+            graph = footprints.graph(patch_footprint(gt, r - PATCH_PX // 2, c - PATCH_PX // 2))
             graphs[name].append(graph if graph is not None and graph.num_nodes else None)
+    feedback.info(f"Object graphs: {footprints.sam_runs} SAM run(s), {footprints.cache_hits} from the graph cache.")
     has = {name: np.array([g is not None for g in graphs[name]], bool) for name in graphs}
     if has["train"].sum() == 0 or has["validation"].sum() == 0:
         from .vhr import VHRError

@@ -49,6 +49,8 @@ if [ ! -f resources/lcz_models/sen2lcznet_so2sat.safetensors ]; then
   echo "== converting the So2Sat Sen2LCZ-Net weights"
   .venv/bin/python -m df4lcz_plugin.models.keras_import
 fi
+# Its OpenVINO form, built once here, so that the plugin zip classifies on CPU without PyTorch.
+.venv/bin/python -m df4lcz_plugin.models.backends resources/lcz_models/sen2lcznet_so2sat.json >/dev/null
 
 echo "== installing the plugin into $PLUGIN"
 .venv/bin/python scripts/plugin_files.py copy "$PLUGIN"

@@ -11,7 +11,7 @@ from df4lcz_plugin.sentinel2_input import InputError, open_sentinel2
 from df4lcz_plugin.device import DeviceError, resolve_device
 from df4lcz_plugin.feedback import Canceled, Feedback
 from df4lcz_plugin.grid import PATCH_PX, make_grid
-from df4lcz_plugin.models.inference import fuse_conv_bn
+from df4lcz_plugin.models.backends import TorchRunner
 
 from conftest import FARMLAND_EXTENT, SEA_EXTENT, raster_copy
 
@@ -65,8 +65,8 @@ def test_batched_tiles_equal_one_patch_at_a_time(s2_stack, model):
     ds = open_sentinel2(s2_stack)
     grid = make_grid(ds.GetGeoTransform(), (ds.RasterXSize, ds.RasterYSize),
                      (435730.0, 4170000.0, 437730.0, 4172000.0), 100)
-    fused = fuse_conv_bn(model.sentinel2).to(memory_format=torch.channels_last)  # as classify() runs it
-    probs, _ = predict_tile(ds, grid, (0, 0, grid.rows, grid.cols), fused, 10000.0, "cpu", 7,
+    runner = TorchRunner(model.sentinel2, "cpu")  # as classify() runs it with BACKEND=pytorch
+    probs, _ = predict_tile(ds, grid, (0, 0, grid.rows, grid.cols), runner, 10000.0, 7,
                             [None] * 10, lambda n: None)
     for r in range(grid.rows):
         for c in range(grid.cols):

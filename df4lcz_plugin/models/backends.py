@@ -1,0 +1,169 @@
+"""Inference back-ends of the Sentinel-2 stream: OpenVINO on CPU, PyTorch on CUDA (or on CPU when asked).
+
+A runner maps a batch of patches, float32 (B, 10, 32, 32) scaled as the model card says, to class probabilities
+float32 (B, 17). ``sentinel2_runner`` picks and builds one:
+
+- ``auto``: OpenVINO on CPU when ``openvino`` is installed, PyTorch on CUDA or without OpenVINO.
+- ``openvino``: the network is converted from the model's own PyTorch module (``openvino.convert_model``) once,
+  stored beside the model as ``<model>.openvino-<first 16 hex of the weights' sha256>.xml/.bin`` (or in the
+  user's cache when the model's folder is read-only), and compiled for the CPU. fp32 weights are kept (OpenVINO
+  would otherwise compress them to fp16) and fp32 inference is forced (on CPUs with bf16 OpenVINO defaults to
+  it): max |Δp| against PyTorch 4.8e-6 on real patches. ``precision="bf16"`` is opt-in.
+- ``pytorch``: BatchNorm folded into the convolutions, channels-last.
+
+Threads, measured on the 2-core development machine (bench/bench_sentinel2.py, patches/s, idle / with one core
+busy elsewhere): OpenVINO 1 thread 2,115 / 2,259, 2 threads 4,156 / 2,220; PyTorch 1 thread 1,827 / 1,878,
+2 threads 3,666 / 901. OpenVINO's scheduler uses every core when idle and degrades gracefully under load, so it
+gets all cores (``OPENVINO_THREADS`` 0: its own choice). PyTorch with 2 threads falls to half of 1 thread as soon
+as another process competes, which a QGIS desktop always has, so it gets ``TORCH_CPU_THREADS`` = 1.
+"""
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+BACKENDS = ("auto", "openvino", "pytorch")
+PRECISIONS = ("f32", "bf16")
+#: Threads of CPU inference (module docstring): 0 lets OpenVINO use every core.
+OPENVINO_THREADS = 0
+TORCH_CPU_THREADS = 1
+
+
+class BackendError(RuntimeError):
+    """The requested back-end cannot run here."""
+
+
+def openvino_available():
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
+def converted_path(card):
+    """Where the OpenVINO form of ``card``'s Sentinel-2 stream lives (beside the model, keyed by its weights)."""
+    from ..assets import cache_dir, sha256_of
+
+    sha = card.data.get("weights_sha256") or sha256_of(card.weights_path)
+    name = f"{card.path.stem}.openvino-{sha[:16]}.xml"
+    beside = card.path.with_name(name)
+    if beside.exists() or os.access(card.path.parent, os.W_OK):
+        return beside
+    return cache_dir() / "openvino" / name
+
+
+def convert(module, xml_path):
+    """Convert a PyTorch Sentinel-2 stream to OpenVINO IR at ``xml_path`` (+ ``.bin``), fp32, batch dynamic.
+
+    Written under temporary names and renamed, so a half-written model is never picked up.
+    """
+    import openvino as ov
+    import torch
+
+    xml_path = Path(xml_path)
+    xml_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = xml_path.with_name(f".{xml_path.stem}.{os.getpid()}.partial.xml")
+    with torch.no_grad():
+        network = ov.convert_model(module.eval(), example_input=torch.zeros(1, 10, 32, 32), input=[(-1, 10, 32, 32)])
+    try:
+        ov.save_model(network, str(tmp), compress_to_fp16=False)
+        os.replace(tmp.with_suffix(".bin"), xml_path.with_suffix(".bin"))
+        os.replace(tmp, xml_path)
+    finally:
+        for leftover in (tmp, tmp.with_suffix(".bin")):
+            if leftover.exists():
+                leftover.unlink()
+    return xml_path
+
+
+class OpenVINORunner:
+    """Compiled OpenVINO model on the CPU; ``precision`` f32 (default) or bf16."""
+
+    def __init__(self, xml_path, precision="f32", threads=OPENVINO_THREADS):
+        import openvino as ov
+
+        self.compiled = ov.Core().compile_model(str(xml_path), "CPU", {"INFERENCE_PRECISION_HINT": precision,
+                                                                      "INFERENCE_NUM_THREADS": threads})
+
+    def __call__(self, batch):
+        return np.asarray(self.compiled(np.ascontiguousarray(batch, dtype=np.float32))[0], dtype=np.float32)
+
+
+class TorchRunner:
+    """A PyTorch Sentinel-2 stream with BatchNorm folded in, channels-last, on ``device``."""
+
+    def __init__(self, module, device):
+        import torch
+
+        from .inference import fuse_conv_bn
+
+        self.device = device
+        # channels_last lets oneDNN pick its faster convolution kernels on CPU (measured in bench/).
+        is_3d = any(isinstance(m, torch.nn.Conv3d) for m in module.modules())
+        self.memory_format = torch.channels_last_3d if is_3d else torch.channels_last
+        self.module = fuse_conv_bn(module).to(device, memory_format=self.memory_format)
+
+    def __call__(self, batch):
+        import torch
+
+        tensor = torch.from_numpy(batch).to(self.device)
+        if tensor.dim() == 4:
+            tensor = tensor.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            return self.module(tensor).float().cpu().numpy()
+
+
+def sentinel2_runner(model, backend="auto", device="cpu", precision="f32"):
+    """(runner, description) for the Sentinel-2 stream of ``model`` (a registry ModelCard or LoadedModel).
+
+    A ModelCard with its OpenVINO form already built needs no PyTorch. Raises BackendError when the back-end
+    cannot run (OpenVINO not installed, OpenVINO asked for on CUDA, bf16 with PyTorch).
+    """
+    from .registry import LoadedModel, load_model
+
+    card = model.card if isinstance(model, LoadedModel) else model
+    on_cuda = str(device).startswith("cuda")
+    if backend not in BACKENDS:
+        raise BackendError(f"BACKEND '{backend}' is not one of {', '.join(BACKENDS)}.")
+    if precision not in PRECISIONS:
+        raise BackendError(f"PRECISION '{precision}' is not one of {', '.join(PRECISIONS)}.")
+    if backend == "auto":
+        backend = "openvino" if not on_cuda and openvino_available() else "pytorch"
+    if backend == "openvino":
+        if on_cuda:
+            raise BackendError("BACKEND=openvino runs on the CPU; use DEVICE=cpu, or BACKEND=pytorch for the GPU.")
+        if not openvino_available():
+            raise BackendError("BACKEND=openvino was requested but the 'openvino' package is not installed; install "
+                               "the plugin's dependencies, or use BACKEND=pytorch.")
+        xml = converted_path(card)
+        if not xml.exists() and isinstance(model, LoadedModel):
+            convert(model.sentinel2, xml)
+        elif not xml.exists():
+            ensure_converted(card.path)
+        return OpenVINORunner(xml, precision), f"openvino {precision} on cpu"
+    if precision != "f32":
+        raise BackendError("PRECISION=bf16 is offered with BACKEND=openvino only.")
+    if not on_cuda:
+        import torch
+
+        torch.set_num_threads(TORCH_CPU_THREADS)
+    loaded = model if isinstance(model, LoadedModel) else load_model(card.path, device)
+    return TorchRunner(loaded.sentinel2, device), f"pytorch on {device}"
+
+
+def ensure_converted(card_path):
+    """Build the OpenVINO form of a model's Sentinel-2 stream if it is missing (setup does this for the shipped
+    model, so that the plugin zip carries it); returns its path."""
+    from .registry import load_model, read_card
+
+    card = read_card(card_path)
+    xml = converted_path(card)
+    if not xml.exists():
+        convert(load_model(card.path, "cpu").sentinel2, xml)
+    return xml
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(ensure_converted(sys.argv[1]))

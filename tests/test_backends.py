@@ -1,0 +1,114 @@
+"""The Sentinel-2 stream's back-ends on the real Virginia scene: OpenVINO ≡ PyTorch, the converted model built
+once beside the model, the choice through real QGIS, and memory bounded by pixels at coarse RESOLUTION."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from osgeo import gdal
+
+from df4lcz_plugin.classify import TILE_PX, classify, predict_tile, tile_cells
+from df4lcz_plugin.grid import make_grid
+from df4lcz_plugin.models import backends
+from df4lcz_plugin.models.registry import read_card
+from df4lcz_plugin.sentinel2_input import open_sentinel2
+
+from conftest import FARMLAND_EXTENT, MODEL_CARD, ROOT, run_qgis_process
+
+
+def _probabilities(stack, runner, resolution=200):
+    ds = open_sentinel2(stack)
+    grid = make_grid(ds.GetGeoTransform(), (ds.RasterXSize, ds.RasterYSize), None, resolution)
+    probs, _ = predict_tile(ds, grid, (0, 0, grid.rows, grid.cols), runner, 10000.0, 128, [None] * 10, lambda n: None)
+    return probs
+
+
+def test_openvino_matches_pytorch_on_the_demo_scene(s2_stack, model):
+    """Every cell of the demo scene at 200 m (8,900 patches with data): fp32 OpenVINO within 1e-4 of PyTorch."""
+    xml = backends.converted_path(model.card)
+    if not xml.exists():
+        backends.convert(model.sentinel2, xml)
+    ov = _probabilities(s2_stack, backends.OpenVINORunner(xml))
+    pt = _probabilities(s2_stack, backends.TorchRunner(model.sentinel2, "cpu"))
+    data = ~np.isnan(pt[0])
+    assert data.sum() > 8000 and np.array_equal(data, ~np.isnan(ov[0]))
+    assert np.abs(ov[:, data] - pt[:, data]).max() <= 1e-4
+    assert np.array_equal(ov[:, data].argmax(0), pt[:, data].argmax(0))
+    bf16 = _probabilities(s2_stack, backends.OpenVINORunner(xml, "bf16"))
+    assert (bf16[:, data].argmax(0) == pt[:, data].argmax(0)).mean() > 0.95  # the opt-in, stated in the help
+
+
+def test_converted_model_is_built_once_beside_the_model(s2_stack, tmp_path):
+    for suffix in (".json", ".safetensors"):
+        shutil.copy(MODEL_CARD.with_suffix(suffix), tmp_path / f"mine{suffix}")
+    card = read_card(tmp_path / "mine.json")
+    summary = classify(s2_stack, tmp_path / "a.tif", card, bounds=FARMLAND_EXTENT, backend="openvino")
+    xml = tmp_path / f"mine.openvino-{card.data['weights_sha256'][:16]}.xml"
+    assert summary["backend"] == "openvino f32 on cpu" and xml.exists() and xml.with_suffix(".bin").exists()
+    built = xml.stat().st_mtime_ns
+    classify(s2_stack, tmp_path / "b.tif", card, bounds=FARMLAND_EXTENT, backend="openvino")
+    assert xml.stat().st_mtime_ns == built  # reused, not rebuilt
+    assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
+
+
+def test_read_only_model_folder_converts_into_the_cache(s2_stack, tmp_path, monkeypatch):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    for suffix in (".json", ".safetensors"):
+        shutil.copy(MODEL_CARD.with_suffix(suffix), folder / f"mine{suffix}")
+    folder.chmod(0o555)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    try:
+        card = read_card(folder / "mine.json")
+        if os.access(folder, os.W_OK):
+            pytest.skip("running as a user who can write into a read-only folder (root)")
+        classify(s2_stack, tmp_path / "a.tif", card, bounds=FARMLAND_EXTENT, backend="openvino")
+        assert list((tmp_path / "cache/df4lcz/openvino").glob("mine.openvino-*.xml"))
+    finally:
+        folder.chmod(0o755)
+
+
+def test_backend_choice_through_qgis(qgis_env, s2_stack, tmp_path):
+    maps = {}
+    for backend, index in (("openvino", 1), ("pytorch", 2)):
+        rc, result, text = run_qgis_process(qgis_env, "df4lcz:classifylcz", {
+            "SENTINEL2": s2_stack, "EXTENT": f"{FARMLAND_EXTENT[0]},{FARMLAND_EXTENT[2]},{FARMLAND_EXTENT[1]},"
+                                              f"{FARMLAND_EXTENT[3]} [EPSG:32618]",
+            "BACKEND": index, "OUTPUT": tmp_path / f"{backend}.tif"})
+        assert rc == 0, text
+        assert json.loads(result["results"]["SUMMARY"])["backend"].startswith(backend)
+        maps[backend] = gdal.Open(str(tmp_path / f"{backend}.tif")).ReadAsArray()
+    assert np.array_equal(maps["openvino"], maps["pytorch"])
+    rc, _, text = run_qgis_process(qgis_env, "df4lcz:classifylcz", {
+        "SENTINEL2": s2_stack, "BACKEND": 2, "PRECISION": 1, "OUTPUT": tmp_path / "x.tif"}, json_output=False)
+    assert rc != 0 and "PRECISION=bf16 is offered with BACKEND=openvino only" in text
+
+
+def test_tiles_are_bounded_by_pixels():
+    for cell_px in (1, 10, 32, 100, 200, 1000, 5000):
+        n = tile_cells(cell_px)
+        assert 1 <= n <= 64 and ((n - 1) * cell_px + 32 <= TILE_PX or n == 1)
+
+
+def test_memory_is_bounded_at_resolution_2000(s2_stack, tmp_path):
+    """RESOLUTION=2000 over a 96 × 96 km VRT mosaic of the real scene (5 × 5 copies): peak RSS of the run."""
+    sys.path.insert(0, str(ROOT))
+    from bench.bench_sentinel2 import build_mosaic
+
+    build_mosaic(s2_stack, tmp_path / "mosaic.vrt", 5, 9600)
+    # VmHWM: the peak of this process's own memory (ru_maxrss would keep the forked parent's, a big pytest).
+    script = ("import re, sys; sys.path.insert(0, sys.argv[1]);"
+              "from df4lcz_plugin.classify import classify;"
+              "from df4lcz_plugin.models.registry import read_card;"
+              "s = classify(sys.argv[2], sys.argv[3], read_card(sys.argv[4]), resolution=2000);"
+              "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1);"
+              "print(s['classified_cells'], int(hwm) / 1024)")
+    out = subprocess.run([sys.executable, "-c", script, str(ROOT), str(tmp_path / "mosaic.vrt"),
+                          str(tmp_path / "lcz.tif"), str(MODEL_CARD)], check=True, capture_output=True, text=True)
+    cells, peak_mb = out.stdout.split()[-2:]
+    assert int(cells) > 1500  # 48 × 48 cells, most over the real scene
+    assert float(peak_mb) < 1024, f"peak RSS {peak_mb} MB"
