@@ -4,7 +4,7 @@ import json
 
 from qgis.core import (QgsCoordinateTransform, QgsFeature, QgsFeatureSink, QgsField, QgsFields, QgsGeometry,
                        QgsProcessing, QgsProcessingException, QgsProcessingOutputNumber,
-                       QgsProcessingParameterDefinition,
+                       QgsProcessingParameterBoolean, QgsProcessingParameterDefinition,
                        QgsProcessingParameterExtent, QgsProcessingParameterFeatureSink, QgsProcessingParameterFile,
                        QgsProcessingParameterFileDestination, QgsProcessingParameterNumber,
                        QgsProcessingParameterRasterLayer, QgsProcessingParameterString, QgsWkbTypes)
@@ -33,6 +33,7 @@ class BuildObjectGraphsAlgorithm(DF4LCZAlgorithm):
     EXTENT = "EXTENT"
     CHECKPOINT = "CHECKPOINT"
     GRAPH_RADIUS = "GRAPH_RADIUS"
+    FAST_SAM = "FAST_SAM"
     DEVICE = "DEVICE"
     CLASSIFICATION_GRID = "CLASSIFICATION_GRID"
     RESOLUTION = "RESOLUTION"
@@ -77,7 +78,9 @@ class BuildObjectGraphsAlgorithm(DF4LCZAlgorithm):
                                                      optional=True, fileFilter="PyTorch checkpoint (*.pt *.pth)"))
         self.addParameter(QgsProcessingParameterString(self.DEVICE, "Device (auto, cpu, cuda, cuda:N)", "auto"))
         advanced = [QgsProcessingParameterNumber(self.GRAPH_RADIUS, "Graph radius (fraction of the 320 m patch)",
-                                                 QgsProcessingParameterNumber.Double, 0.25, minValue=0.0)]
+                                                 QgsProcessingParameterNumber.Double, 0.25, minValue=0.0),
+                    QgsProcessingParameterBoolean(self.FAST_SAM, "Fast SAM (bfloat16; not the paper-exact masks)",
+                                                  False)]
         for name, (argument, label, integer, minimum) in _AMG_PARAMETERS.items():
             kind = QgsProcessingParameterNumber.Integer if integer else QgsProcessingParameterNumber.Double
             advanced.append(QgsProcessingParameterNumber(name, label, kind, PAPER_AMG_SETTINGS[argument],
@@ -133,7 +136,8 @@ class BuildObjectGraphsAlgorithm(DF4LCZAlgorithm):
                           or str(assets.fetch_member(assets.MOBILE_SAM)))
             device = resolve_device(self.parameterAsString(parameters, self.DEVICE, context))
             patches = extract_objects(source, bounds, crs.toWkt(), checkpoint, device, amg,
-                                      rule, ProcessingFeedback(feedback))
+                                      rule, ProcessingFeedback(feedback),
+                                      self.parameterAsBool(parameters, self.FAST_SAM, context))
             sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT, context, fields,
                                                  QgsWkbTypes.MultiPolygon, crs)
             if sink is None:
@@ -177,7 +181,7 @@ class BuildObjectGraphsAlgorithm(DF4LCZAlgorithm):
                 self.parameterAsDouble(parameters, self.RESOLUTION, context),
                 resolve_device(self.parameterAsString(parameters, self.DEVICE, context)),
                 self.parameterAsFile(parameters, self.CHECKPOINT, context) or None, amg, rule, vhr_source_id(layer),
-                ProcessingFeedback(feedback))
+                ProcessingFeedback(feedback), self.parameterAsBool(parameters, self.FAST_SAM, context))
         feedback.pushInfo(f"Graph cache: {summary['cells']} cells, {summary['sam_runs']} SAM runs, "
                           f"{summary['graph_cache_hits']} graphs were already cached.")
         return {self.SAM_RUNS: summary["sam_runs"], self.GRAPH_CACHE_HITS: summary["graph_cache_hits"]}

@@ -23,7 +23,7 @@ from .models.backends import sentinel2_runner
 from .models.registry import LoadedModel, load_model
 from .outputs import atomic_output
 from .sentinel2_input import InputError, check_values, open_sentinel2, own_mask_band, valid_pixels
-from .vhr_stream import FusionCost, VHRStream
+from .vhr_stream import CHUNK_CELLS, FusionCost, VHRStream
 
 gdal.UseExceptions()
 
@@ -106,7 +106,7 @@ def predict_tile(ds, grid, tile, runner, scale, batch_size, nodata_values, on_ba
 def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, device="cpu", batch_size=128,
              probabilities_path=None, palette="official_2022", feedback=None, vhr_path=None,
              source_path=None, sam_checkpoint=None, max_cloud=MAX_CLOUD_PERCENT, backend="auto", precision="f32",
-             vhr_source_id=None):
+             vhr_source_id=None, fast_sam=False):
     """Classify LCZ over ``bounds`` and write the styled LCZ GeoTIFF (and optionally probabilities).
 
     With ``vhr_path`` and a model that has a ``vhr`` stream, each cell's patch footprint also goes through SAM,
@@ -114,7 +114,8 @@ def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, 
     without VHR coverage or without objects keep the Sentinel-2 result. ``source_path``: optional Byte GeoTIFF
     saying per cell which streams decided (0 no data, 1 Sentinel-2 only, 2 fused). Object graphs come from the
     graph cache when they are there (``vhr_source_id``: the imagery's identity in the cache key, default its
-    file); the summary counts SAM runs and cache hits.
+    file); the summary counts SAM runs and cache hits. ``fast_sam``: SAM under bfloat16 autocast (not the
+    paper-exact masks; off by default).
 
     sentinel2_path: 10-band stack (B2…B12, So2Sat order, DN on the 0–10000 scale), projected CRS in metres.
     output_path: LCZ GeoTIFF, uint8 codes 1–17, 0 where the patch holds no data; a ``.qml`` sidecar is written.
@@ -149,7 +150,7 @@ def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, 
         grid_bounds = (grid.geotransform[0], grid.geotransform[3] + grid.rows * grid.geotransform[5],
                        grid.geotransform[0] + grid.cols * grid.geotransform[1], grid.geotransform[3])
         vhr_stream = VHRStream(model, vhr_path, ds.GetProjection(), grid_bounds, device, sam_checkpoint,
-                               vhr_source_id)
+                               vhr_source_id, fast_sam)
         alpha = float(card.data["fusion"]["alpha"])
         feedback.info(f"Fusing with the VHR stream, alpha = {alpha}")
         cost = FusionCost(vhr_stream.graphs, [grid.patch_bounds(r, c) for r in range(grid.rows)
@@ -193,14 +194,15 @@ def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, 
             missing = np.isnan(probs[0])
             source = np.where(missing, SOURCE_NODATA, SOURCE_S2).astype(np.uint8)
             if vhr_stream is not None:
-                for r, c in zip(*np.nonzero(~missing)):
+                cells = list(zip(*np.nonzero(~missing)))
+                for start in range(0, len(cells), CHUNK_CELLS):
                     feedback.check_canceled()
-                    hits = vhr_stream.graphs.cache_hits
-                    p_vhr = vhr_stream.probabilities(grid.patch_bounds(tile[0] + r, tile[1] + c))
-                    cost.cell_done(vhr_stream.graphs.cache_hits > hits)
-                    if p_vhr is not None:
-                        probs[:, r, c] = fuse(probs[:, r, c], p_vhr, alpha)
-                        source[r, c] = SOURCE_FUSED
+                    chunk = cells[start:start + CHUNK_CELLS]
+                    footprints = [grid.patch_bounds(tile[0] + r, tile[1] + c) for r, c in chunk]
+                    for (r, c), p_vhr in zip(chunk, vhr_stream.probabilities(footprints, cost.sam_done)):
+                        if p_vhr is not None:
+                            probs[:, r, c] = fuse(probs[:, r, c], p_vhr, alpha)
+                            source[r, c] = SOURCE_FUSED
             codes = np.where(missing, legend.NODATA, np.nan_to_num(probs).argmax(axis=0) + 1).astype(np.uint8)
             counts += np.bincount(codes.ravel(), minlength=len(counts))
             done[0] += int(missing.sum())

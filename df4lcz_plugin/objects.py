@@ -54,10 +54,11 @@ def _drop_outside_coverage(patch_masks, coverage_mask):
 
 
 def extract_objects(vhr_path, bounds, srs_wkt, checkpoint, device="cpu", amg_settings=None, graph_rule=None,
-                    feedback=None):
+                    feedback=None, fast=False):
     """SAM objects and graphs of every 320 m patch of ``bounds`` (in ``srs_wkt``, metres).
 
-    Returns a list of PatchObjects. Raises VHRError (bad raster, no overlap), sam.SAMError, feedback.Canceled.
+    ``fast``: SAM under bfloat16 autocast (``sam.MaskGenerator``). Returns a list of PatchObjects. Raises VHRError
+    (bad raster, no overlap), sam.SAMError, feedback.Canceled.
     """
     import torch
 
@@ -65,7 +66,7 @@ def extract_objects(vhr_path, bounds, srs_wkt, checkpoint, device="cpu", amg_set
     source = open_vhr(vhr_path)
     if not overlaps(source, bounds, srs_wkt):
         raise VHRError("The VHR raster does not overlap the extent; draw the extent over the imagery.")
-    generator = MaskGenerator(load_sam(checkpoint, device), **(amg_settings or {}))
+    generator = MaskGenerator(load_sam(checkpoint, device), fast=fast, **(amg_settings or {}))
     patches = patch_bounds(bounds)
     results = []
     for patch_id, footprint in enumerate(patches):

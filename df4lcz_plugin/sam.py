@@ -128,23 +128,106 @@ class PatchMasks:
         return len(self.masks)
 
 
-class MaskGenerator:
-    """Automatic mask generation on 320×320 uint8 RGB patches with the paper's settings (overridable)."""
+def _bfloat16(sam_model):
+    """A shallow copy of ``sam_model`` whose image encoder and mask decoder run under bfloat16 autocast and
+    hand back float32 (the rest of AMG, and numpy, need float32); the caller's model is left as it is."""
+    import copy
 
-    def __init__(self, sam_model, **settings):
+    import torch
+
+    class Autocast(torch.nn.Module):
+        def __init__(self, module, device_type):
+            super().__init__()
+            self.module, self.device_type = module, device_type
+
+        def forward(self, *args, **kwargs):
+            with torch.autocast(device_type=self.device_type, dtype=torch.bfloat16):
+                out = self.module(*args, **kwargs)
+            return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
+
+    fast = copy.copy(sam_model)
+    fast._modules = dict(sam_model._modules)  # the copy gets its own submodule table, shared weights
+    device_type = sam_model.device.type
+    fast.image_encoder = Autocast(sam_model.image_encoder, device_type)
+    fast.image_encoder.img_size = sam_model.image_encoder.img_size  # read by SamPredictor's resize
+    fast.mask_decoder = Autocast(sam_model.mask_decoder, device_type)
+    return fast
+
+
+def _batched_predictor(sam_model):
+    """A ``SamPredictor`` whose ``set_image`` takes the next image embedding from ``queue`` when there is one:
+    the embeddings of several crops and footprints are computed in one image-encoder batch beforehand, and the
+    library's automatic mask generation then runs exactly as it would, crop by crop."""
+    from segment_anything import SamPredictor
+
+    class BatchedPredictor(SamPredictor):
+        queue = []
+
+        def set_image(self, image, image_format="RGB"):
+            if not self.queue:
+                return super().set_image(image, image_format)
+            self.reset_image()
+            self.features, self.input_size, self.original_size = self.queue.pop(0)
+            self.is_image_set = True
+
+    return BatchedPredictor(sam_model)
+
+
+class MaskGenerator:
+    """Automatic mask generation on 320×320 uint8 RGB patches with the paper's settings (overridable).
+
+    ``many(rgbs)`` segments several patches with the image encoder batched over all their crops (the paper's
+    settings have a crop layer: 5 encoder passes per patch) and gives the same masks as one patch at a time.
+    ``fast=True`` ("fast SAM", off by default) runs encoder and decoder under bfloat16 autocast where the device
+    supports it: not the paper-exact masks (bench/bench_sam.py measures how many match).
+    """
+
+    def __init__(self, sam_model, fast=False, **settings):
         from segment_anything import SamAutomaticMaskGenerator
 
         self.settings = {**PAPER_AMG_SETTINGS, **settings}
+        self.fast = fast
+        if fast:
+            sam_model = _bfloat16(sam_model)
         self._generator = SamAutomaticMaskGenerator(sam_model, **self.settings)
+        self._generator.predictor = _batched_predictor(sam_model)
 
     def __call__(self, rgb):
         """Masks of ``rgb`` (uint8, (320, 320, 3)), filtered as the paper does. Zero masks is a legal result."""
-        if rgb.shape != (PATCH_SIZE_PX, PATCH_SIZE_PX, 3) or rgb.dtype != np.uint8:
-            raise ValueError(f"expected a uint8 (320, 320, 3) patch, got {rgb.dtype} {rgb.shape}")
+        return self.many([rgb])[0]
+
+    def _encode(self, rgbs):
+        """Queue the image embeddings of every crop of every patch, in the order AMG will ask for them."""
+        import torch
+        from segment_anything.utils.amg import generate_crop_boxes
+
+        predictor = self._generator.predictor
+        crops = []
+        for rgb in rgbs:
+            boxes, _ = generate_crop_boxes(rgb.shape[:2], self._generator.crop_n_layers,
+                                           self._generator.crop_overlap_ratio)
+            crops += [rgb[y0:y1, x0:x1] for x0, y0, x1, y1 in boxes]
+        transformed = [torch.as_tensor(predictor.transform.apply_image(crop), device=predictor.device)
+                       .permute(2, 0, 1).contiguous() for crop in crops]
+        batch = torch.cat([predictor.model.preprocess(t[None]) for t in transformed])
+        features = predictor.model.image_encoder(batch).float()
+        predictor.queue[:] = [(features[i:i + 1], tuple(t.shape[-2:]), crop.shape[:2])
+                              for i, (t, crop) in enumerate(zip(transformed, crops))]
+
+    def many(self, rgbs):
+        """PatchMasks of each uint8 (320, 320, 3) patch of ``rgbs``."""
         import torch
 
+        for rgb in rgbs:
+            if rgb.shape != (PATCH_SIZE_PX, PATCH_SIZE_PX, 3) or rgb.dtype != np.uint8:
+                raise ValueError(f"expected a uint8 (320, 320, 3) patch, got {rgb.dtype} {rgb.shape}")
         with torch.inference_mode():
-            records = self._generator.generate(rgb)
+            self._encode(rgbs)
+            results = [self._generator.generate(rgb) for rgb in rgbs]
+        self._generator.predictor.queue.clear()
+        return [self._filter(records) for records in results]
+
+    def _filter(self, records):
         records = sorted((r for r in records if r["area"] >= MIN_MASK_AREA_PX), key=lambda r: -r["area"])[:MAX_MASKS]
         empty = np.zeros((0,), np.float32)
         if not records:

@@ -14,6 +14,11 @@ from .graph_cache import GraphCache, file_identity
 from .sam import PAPER_AMG_SETTINGS, MaskGenerator, load_sam
 from .vhr import MIN_COVERAGE, VHRError, open_vhr, overlaps, read_patch
 
+#: Footprints per SAM call on a CUDA GPU (the image encoder batched over their crops).
+SAM_BATCH_CUDA = 4
+#: Cells whose graphs are asked for at once (cache lookups, then SAM on the misses).
+CHUNK_CELLS = 16
+
 
 class FootprintGraphs:
     """Object graphs of 320 m footprints of a VHR raster, cached on disk; ``sam_runs`` counts SAM calls and
@@ -24,13 +29,17 @@ class FootprintGraphs:
     """
 
     def __init__(self, vhr_path, srs_wkt, device="cpu", checkpoint=None, amg_settings=None, graph_rule=None,
-                 source_id=None, cache=None):
+                 source_id=None, cache=None, fast=False):
         self.source = open_vhr(vhr_path)
         self.srs_wkt = srs_wkt
         self.device = device
         self.checkpoint = checkpoint or assets.fetch_member(assets.MOBILE_SAM)
         self.settings = {**PAPER_AMG_SETTINGS, **(amg_settings or {})}
         self.rule = graph_rule or DEFAULT_GRAPH_RULE
+        self.fast = fast
+        # Footprints per SAM call: the image encoder batched over them pays on a GPU; on the CPU it measured no
+        # faster (bench/bench_sam.py), so one at a time.
+        self.batch = SAM_BATCH_CUDA if str(device).startswith("cuda") else 1
         self.source_id = source_id or file_identity(vhr_path)
         self.cache = cache or GraphCache()
         self._sha256 = assets.sha256_of(self.checkpoint)
@@ -39,30 +48,49 @@ class FootprintGraphs:
         self.sam_seconds = 0.0
 
     def key(self, footprint):
-        return GraphCache.key(self.source_id, footprint, self.srs_wkt, self._sha256, self.settings, self.rule)
+        settings = {**self.settings, "fast_sam": True} if self.fast else self.settings  # other masks, other key
+        return GraphCache.key(self.source_id, footprint, self.srs_wkt, self._sha256, settings, self.rule)
 
     def graph(self, footprint):
         """The ObjectGraph of ``footprint`` (xmin, ymin, xmax, ymax in ``srs_wkt``), or None when the imagery
         covers less than MIN_COVERAGE of it. A graph may have zero nodes (SAM found no object)."""
-        key = self.key(footprint)
-        graph = self.cache.get(key)
-        if graph is not None:
-            self.cache_hits += 1
-            return graph
-        rgb, coverage = read_patch(self.source, footprint, self.srs_wkt)
-        if coverage < MIN_COVERAGE:
-            return None
+        return self.graphs([footprint])[0]
+
+    def graphs(self, footprints, on_sam=None):
+        """``graph`` of each footprint; those not in the cache go through SAM ``batch`` footprints at a time.
+        ``on_sam()`` is called after each SAM call (progress, time estimate, cancel)."""
+        results, todo = [], []
+        for index, footprint in enumerate(footprints):
+            key = self.key(footprint)
+            graph = self.cache.get(key)
+            if graph is not None:
+                self.cache_hits += 1
+                results.append(graph)
+                continue
+            rgb, coverage = read_patch(self.source, footprint, self.srs_wkt)
+            results.append(None)
+            if coverage >= MIN_COVERAGE:
+                todo.append((index, key, rgb))
+        for start in range(0, len(todo), self.batch):
+            chunk = todo[start:start + self.batch]
+            for (index, key, rgb), masks in zip(chunk, self._segment([rgb for _, _, rgb in chunk])):
+                results[index] = build_graph(rgb, masks, self.rule)
+                self.cache.put(key, results[index])
+            if on_sam is not None:
+                on_sam()
+        return results
+
+    def _segment(self, rgbs):
         import torch
 
         started = time.perf_counter()
         if self._generator is None:
-            self._generator = MaskGenerator(load_sam(self.checkpoint, self.device), **self.settings)
+            self._generator = MaskGenerator(load_sam(self.checkpoint, self.device), fast=self.fast, **self.settings)
         torch.manual_seed(0)  # AMG is deterministic; the seed guards any stochastic kernel
-        graph = build_graph(rgb, self._generator(rgb), self.rule)
-        self.sam_runs += 1
+        masks = self._generator.many(rgbs)
+        self.sam_runs += len(rgbs)
         self.sam_seconds += time.perf_counter() - started
-        self.cache.put(key, graph)
-        return graph
+        return masks
 
 
 class VHRStream:
@@ -73,27 +101,31 @@ class VHRStream:
     Raises VHRError (bad raster, no overlap with ``bounds``), sam.SAMError.
     """
 
-    def __init__(self, model, vhr_path, srs_wkt, bounds, device, checkpoint=None, source_id=None):
+    def __init__(self, model, vhr_path, srs_wkt, bounds, device, checkpoint=None, source_id=None, fast=False):
         card = model.card.stream("vhr")
         self.graphs = FootprintGraphs(vhr_path, srs_wkt, device, checkpoint, card["sam"]["amg"], card["graph_rule"],
-                                      source_id)
+                                      source_id, fast=fast)
         if not overlaps(self.graphs.source, bounds, srs_wkt):
             raise VHRError("The VHR raster does not overlap the extent; draw the extent over the imagery.")
         self.gcn = model.modules["vhr"]
         self.device = device
 
-    def probabilities(self, footprint):
+    def probabilities(self, footprints, on_sam=None):
+        """P_VHR float32 (17,) of each footprint, or None (coverage < 90 %, or no object)."""
         import torch
 
-        graph = self.graphs.graph(footprint)
-        if graph is None or graph.num_nodes == 0:
-            return None
-        with torch.inference_mode():
-            p = self.gcn(torch.from_numpy(graph.x).to(self.device),
-                         torch.from_numpy(graph.edge_index).to(self.device),
-                         torch.from_numpy(graph.edge_weight).to(self.device),
-                         torch.zeros(graph.num_nodes, dtype=torch.long, device=self.device))
-        return p[0].float().cpu().numpy()
+        out = []
+        for graph in self.graphs.graphs(footprints, on_sam):
+            if graph is None or graph.num_nodes == 0:
+                out.append(None)
+                continue
+            with torch.inference_mode():
+                p = self.gcn(torch.from_numpy(graph.x).to(self.device),
+                             torch.from_numpy(graph.edge_index).to(self.device),
+                             torch.from_numpy(graph.edge_weight).to(self.device),
+                             torch.zeros(graph.num_nodes, dtype=torch.long, device=self.device))
+            out.append(p[0].float().cpu().numpy())
+        return out
 
 
 class FusionCost:
@@ -115,20 +147,20 @@ class FusionCost:
                         f"fewer SAM runs than {resolution_m:g} m.")
         feedback.info(message)
 
-    def cell_done(self, was_cached):
-        """Count one visited cell; report an estimate after SAM runs 1, 2, 4, 8, … ."""
-        if not was_cached:
-            self.remaining -= 1
+    def sam_done(self):
+        """After each SAM call: an estimate after SAM runs 1, 2, 4, 8, …; then the cancel check."""
         runs = self.graphs.sam_runs
         if runs >= self._next_report:
             self._next_report *= 2
             per_run = self.graphs.sam_seconds / runs
-            self.feedback.info(f"SAM: {runs} run(s) at {per_run:.1f} s each; at most {self.remaining} more, "
-                               f"≈ {self.remaining * per_run / 60:.0f} min left at most.")
+            remaining = max(0, self.remaining - runs)
+            self.feedback.info(f"SAM: {runs} run(s) at {per_run:.1f} s each; at most {remaining} more, "
+                               f"≈ {remaining * per_run / 60:.0f} min left at most.")
+        self.feedback.check_canceled()
 
 
 def fill_graph_cache(vhr_path, sentinel2_path, bounds, resolution, device="cpu", checkpoint=None, amg_settings=None,
-                     graph_rule=None, source_id=None, feedback=None):
+                     graph_rule=None, source_id=None, feedback=None, fast=False):
     """Put the object graphs of exactly the footprints that ``classify`` would use (the grid of
     ``sentinel2_path`` at ``resolution`` m over ``bounds``) into the graph cache, so that SAM runs once (overnight,
     or on a GPU machine) and every later classification or training with the same imagery, checkpoint and
@@ -143,13 +175,12 @@ def fill_graph_cache(vhr_path, sentinel2_path, bounds, resolution, device="cpu",
     feedback = feedback or Feedback()
     ds = open_sentinel2(sentinel2_path)
     grid = make_grid(ds.GetGeoTransform(), (ds.RasterXSize, ds.RasterYSize), bounds, resolution)
-    graphs = FootprintGraphs(vhr_path, ds.GetProjection(), device, checkpoint, amg_settings, graph_rule, source_id)
+    graphs = FootprintGraphs(vhr_path, ds.GetProjection(), device, checkpoint, amg_settings, graph_rule, source_id,
+                             fast=fast)
     footprints = [grid.patch_bounds(r, c) for r in range(grid.rows) for c in range(grid.cols)]
     cost = FusionCost(graphs, footprints, grid.resolution, feedback)
-    for index, footprint in enumerate(footprints):
+    for start in range(0, len(footprints), CHUNK_CELLS):
         feedback.check_canceled()
-        hits = graphs.cache_hits
-        graphs.graph(footprint)
-        cost.cell_done(graphs.cache_hits > hits)
-        feedback.progress((index + 1) / len(footprints))
+        graphs.graphs(footprints[start:start + CHUNK_CELLS], cost.sam_done)
+        feedback.progress(min(1.0, (start + CHUNK_CELLS) / len(footprints)))
     return {"cells": len(footprints), "sam_runs": graphs.sam_runs, "graph_cache_hits": graphs.cache_hits}

@@ -85,6 +85,31 @@ def test_sam_is_deterministic(mobile_sam, zurich_patch):
     assert np.array_equal(first.masks, second.masks) and np.array_equal(first.bbox, second.bbox)
 
 
+def test_batched_sam_equals_one_patch_at_a_time(mobile_sam, zurich_patch):
+    """``many``: the image encoder batched over two real patches and their crops (a crop layer: 5 crops each)
+    gives exactly the masks of segment-anything's own generator run patch by patch."""
+    from segment_anything import SamAutomaticMaskGenerator
+
+    rgb, _ = zurich_patch
+    second = np.ascontiguousarray(rgb[:, ::-1])  # the same real pixels, mirrored: another patch
+    settings = {**FAST_AMG, "crop_n_layers": 1}
+    generator = sam.MaskGenerator(mobile_sam, **settings)
+    library = SamAutomaticMaskGenerator(mobile_sam, **generator.settings)
+    batched = generator.many([rgb, second])
+    for patch, masks in zip((rgb, second), batched):
+        alone = generator._filter(library.generate(patch))
+        assert len(masks) == len(alone) > 3
+        assert np.array_equal(masks.masks, alone.masks) and np.array_equal(masks.bbox, alone.bbox)
+
+
+def test_fast_sam_runs_in_bfloat16_and_leaves_the_model_exact(mobile_sam, zurich_patch):
+    rgb, _ = zurich_patch
+    exact = sam.MaskGenerator(mobile_sam, **FAST_AMG)(rgb)
+    fast = sam.MaskGenerator(mobile_sam, fast=True, **FAST_AMG)(rgb)
+    assert len(fast) > 0 and fast.masks.dtype == bool
+    assert np.array_equal(sam.MaskGenerator(mobile_sam, **FAST_AMG)(rgb).masks, exact.masks)  # model untouched
+
+
 def test_zero_masks_is_legal(mobile_sam, zurich_patch):
     # A predicted-IoU threshold no mask reaches: SAM keeps nothing, and the patch has an empty graph.
     rgb, _ = zurich_patch
