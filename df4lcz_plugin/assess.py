@@ -85,6 +85,9 @@ def assess(lcz_path, reference_path, class_field=None, feedback=None):
                          f"{', '.join(str(v) for v in np.unique(stored[(stored != 0) & (reference == 0)])[:5])}; "
                          "they are left out.")
     cm = confusion_matrix(reference, predicted)
+    if ignored > cm.sum():
+        raise AssessmentError(f"Most of the reference ({ignored} cells against {cm.sum()} usable) holds values that "
+                              "are not LCZ codes 1–17 or 101–107; check how the reference is coded.")
     if cm.sum() == 0:
         raise AssessmentError("The LCZ map and the reference do not overlap (no map cell with data meets a "
                               "reference LCZ 1–17); check that both cover the same place.")

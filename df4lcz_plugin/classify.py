@@ -132,6 +132,8 @@ def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, 
     behind on any error.
     """
     feedback = feedback or Feedback()
+    if not 0 <= max_cloud <= 100:
+        raise InputError(f"MAX_CLOUD {max_cloud} is not a percentage from 0 to 100.")
     started = time.perf_counter()
     card = model.card if isinstance(model, LoadedModel) else model
     stream = card.stream("sentinel2")

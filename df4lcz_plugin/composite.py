@@ -12,7 +12,7 @@ The composite is written in strips of ``STRIP_ROWS`` rows: memory is bounded by 
 
 import contextlib
 import math
-import tempfile
+import os
 import warnings
 from pathlib import Path
 
@@ -21,34 +21,54 @@ from osgeo import gdal
 
 from .bands import SO2SAT_BANDS
 from .feedback import Feedback
-from .outputs import atomic_output
+from .outputs import atomic_output, scratch_folder
 from .sentinel2 import build_stack, create_stack_raster
-from .sentinel2_input import open_sentinel2
+from .sentinel2_input import check_values, open_sentinel2
 
 gdal.UseExceptions()
 
 STRIP_ROWS = 128
+#: Largest side of a composite in pixels: two neighbouring 110 km tiles, overlapping, fit well within it.
+MAX_SIDE_PX = 30000
 
 
 class CompositeError(ValueError):
-    """The inputs cannot be composited (fewer than one, other CRS units, no overlap)."""
+    """The inputs cannot be composited (none, the same one twice, no overlap, too large a union)."""
 
 
-def _union_grid(datasets):
-    """(geotransform, width, height, wkt) of the first dataset's 10 m grid over the union of all extents."""
+def _union_grid(datasets, names):
+    """(geotransform, width, height, wkt) of the first dataset's 10 m grid over the union of all extents.
+
+    Raises CompositeError when an input overlaps no other input (different places, or a UTM zone far away), or
+    when the union would exceed MAX_SIDE_PX a side.
+    """
     first = datasets[0]
     gt, wkt = first.GetGeoTransform(), first.GetProjection()
-    xs, ys = [], []
+    boxes = []
     for ds in datasets:
-        warped = gdal.Warp("", ds, format="VRT", dstSRS=wkt, xRes=gt[1], yRes=abs(gt[5]))
+        try:
+            warped = gdal.Warp("", ds, format="VRT", dstSRS=wkt, xRes=gt[1], yRes=abs(gt[5]))
+        except RuntimeError as error:
+            raise CompositeError(f"An input cannot be put on the first input's grid ({error}); composite "
+                                 "products of the same or overlapping tiles.") from None
         wgt = warped.GetGeoTransform()
-        xs += [wgt[0], wgt[0] + wgt[1] * warped.RasterXSize]
-        ys += [wgt[3], wgt[3] + wgt[5] * warped.RasterYSize]
+        boxes.append((wgt[0], wgt[3] + wgt[5] * warped.RasterYSize, wgt[0] + wgt[1] * warped.RasterXSize, wgt[3]))
+    for i, a in enumerate(boxes):
+        if len(boxes) > 1 and not any(a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+                                      for j, b in enumerate(boxes) if j != i):
+            raise CompositeError(f"INPUTS {names[i]} overlaps none of the other inputs; a composite combines "
+                                 "acquisitions of the same or overlapping tiles.")
+    xmin, ymin = min(b[0] for b in boxes), min(b[1] for b in boxes)
+    xmax, ymax = max(b[2] for b in boxes), max(b[3] for b in boxes)
     # Snap to the first input's pixel grid, so that its pixels are taken as they are.
-    col0 = math.floor((min(xs) - gt[0]) / gt[1] + 1e-9)
-    col1 = math.ceil((max(xs) - gt[0]) / gt[1] - 1e-9)
-    row0 = math.floor((gt[3] - max(ys)) / abs(gt[5]) + 1e-9)
-    row1 = math.ceil((gt[3] - min(ys)) / abs(gt[5]) - 1e-9)
+    col0 = math.floor((xmin - gt[0]) / gt[1] + 1e-9)
+    col1 = math.ceil((xmax - gt[0]) / gt[1] - 1e-9)
+    row0 = math.floor((gt[3] - ymax) / abs(gt[5]) + 1e-9)
+    row1 = math.ceil((gt[3] - ymin) / abs(gt[5]) - 1e-9)
+    if max(col1 - col0, row1 - row0) > MAX_SIDE_PX:
+        raise CompositeError(f"The inputs span {(col1 - col0) * gt[1] / 1000:.0f} km × "
+                             f"{(row1 - row0) * abs(gt[5]) / 1000:.0f} km, more than a composite of overlapping "
+                             f"tiles ({MAX_SIDE_PX * gt[1] / 1000:.0f} km a side); composite each tile separately.")
     return (gt[0] + col0 * gt[1], gt[1], 0.0, gt[3] - row0 * abs(gt[5]), 0.0, gt[5]), col1 - col0, row1 - row0, wkt
 
 
@@ -64,7 +84,7 @@ def build_composite(inputs, output, observations_path=None, cloud_mask_mode="aut
     feedback = feedback or Feedback()
     if not inputs:
         raise CompositeError("Give at least one Sentinel-2 product or stack to composite.")
-    with tempfile.TemporaryDirectory(prefix="df4lcz_composite_") as scratch:
+    with scratch_folder(output) as scratch:  # intermediate stacks, beside the output, never left behind
         stacks = []
         for index, path in enumerate(inputs):
             if Path(path).is_dir():
@@ -74,8 +94,17 @@ def build_composite(inputs, output, observations_path=None, cloud_mask_mode="aut
                 stacks.append(str(stack))
             else:
                 stacks.append(str(path))
-        datasets = [open_sentinel2(path) for path in stacks]
-        gt, width, height, wkt = _union_grid(datasets)
+        for i, a in enumerate(stacks):
+            for b in stacks[i + 1:]:
+                if os.path.samefile(a, b):
+                    raise CompositeError(f"INPUTS holds {a} twice; a composite needs each acquisition once.")
+        datasets = []
+        for name, path in zip(inputs, stacks):
+            ds = open_sentinel2(path)
+            feedback.info(f"Checking {name}")
+            check_values(ds, (0, 0, ds.RasterYSize, ds.RasterXSize), feedback)  # scale, sign, band order
+            datasets.append(ds)
+        gt, width, height, wkt = _union_grid(datasets, [str(p) for p in inputs])
         bounds = (gt[0], gt[3] + gt[5] * height, gt[0] + gt[1] * width, gt[3])
         # Each input on the common grid; masked and no-data pixels come out as 0 (the warper honours masks).
         views = [gdal.Warp("", ds, format="VRT", dstSRS=wkt, outputBounds=bounds, width=width, height=height,

@@ -6,12 +6,14 @@ under a temporary name that is renamed only when complete.
 - ``atomic_output``: the temporary ``.<stem>.<host>-<pid>-<random>.partial<suffix>`` is removed on any error,
   on SIGTERM and SIGHUP (a signal handler removes every live one, then lets the signal end the process), and,
   when a process was killed outright (SIGKILL), by the next ``atomic_output`` into the same folder.
+  ``scratch_folder`` gives intermediate files the same protection.
 """
 
 import contextlib
 import glob
 import os
 import secrets
+import shutil
 import signal
 import socket
 import threading
@@ -61,6 +63,10 @@ def check_output_paths(inputs, outputs):
         if not paths:
             continue
         main = Path(paths[0])
+        folder = next((p for p in main.absolute().parents if p.exists()), None)
+        if folder is not None and not os.access(folder, os.W_OK | os.X_OK):
+            raise OutputPathError(f"{name} ({main}) cannot be written: the folder {folder} is not writable by you; "
+                                  "choose an output in a folder of yours.")
         if main.is_dir():
             raise OutputPathError(f"{name} ({main}) is an existing folder; give a file name inside it, e.g. "
                                   f"{main / ('output' + (suffixes[0] if suffixes else ''))}.")
@@ -91,10 +97,17 @@ def geotiff_output(path, style=False):
     return files, (".tif", ".tiff")
 
 
-def _remove_live_partials(signum, frame):
-    for path in list(_live):
+def _remove(path):
+    if os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
         with contextlib.suppress(OSError):
             os.remove(path)
+
+
+def _remove_live_partials(signum, frame):
+    for path in list(_live):
+        _remove(path)
     previous = _installed.get(signum)
     if callable(previous):
         previous(signum, frame)
@@ -125,10 +138,32 @@ def _sweep_stale_partials(folder, stem, suffix):
         try:
             os.kill(int(owner[1]), 0)
         except ProcessLookupError:
-            with contextlib.suppress(OSError):
-                path.unlink()
+            _remove(path)
         except PermissionError:
             pass  # alive, owned by another user
+
+
+def _partial_name(path, tail=""):
+    owner = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+    return path.parent / f".{path.stem}.{owner}.partial{path.suffix}{tail}"
+
+
+@contextlib.contextmanager
+def scratch_folder(near):
+    """A private folder beside the output ``near`` for intermediate files; removed on exit, on SIGTERM/SIGHUP,
+    and, after SIGKILL, by the next run into that folder (the same sweep as partial files)."""
+    near = Path(near)
+    near.parent.mkdir(parents=True, exist_ok=True)
+    _install_signal_handlers()
+    _sweep_stale_partials(near.parent, near.stem, near.suffix)
+    path = _partial_name(near, ".scratch")
+    path.mkdir()
+    _live.add(str(path))
+    try:
+        yield path
+    finally:
+        _live.discard(str(path))
+        _remove(str(path))
 
 
 @contextlib.contextmanager
@@ -141,8 +176,7 @@ def atomic_output(path):
     path.parent.mkdir(parents=True, exist_ok=True)
     _install_signal_handlers()
     _sweep_stale_partials(path.parent, path.stem, path.suffix)
-    tmp = str(path.parent / f".{path.stem}.{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
-                            f".partial{path.suffix}")
+    tmp = str(_partial_name(path))
     tmp_aux = tmp + AUX_SUFFIX
     _live.update((tmp, tmp_aux))
     try:

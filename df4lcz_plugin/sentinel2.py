@@ -54,7 +54,8 @@ class ProductInfo:
 def find_band_files(folder):
     """Map band name (``"B2"``, ``"B8A"``…) → path, taking the finest resolution found for each band.
 
-    Searches ``folder`` recursively (``GRANULE/*/IMG_DATA[/R10m|R20m|R60m]`` in a .SAFE).
+    Searches ``folder`` recursively (``GRANULE/*/IMG_DATA[/R10m|R20m|R60m]`` in a .SAFE). Raises Sentinel2Error
+    when two files claim the same band at the same resolution.
     """
     found = {}
     for path in sorted(Path(folder).rglob("*")):
@@ -63,6 +64,9 @@ def find_band_files(folder):
             continue
         band = normalise_band_name(match.group(1))
         resolution = int(match.group(2) or NATIVE_RESOLUTION_M[band])
+        if band in found and resolution == found[band][0]:
+            raise Sentinel2Error(f"{folder} holds two files for band {band}: {found[band][1]} and {path}. Keep one "
+                                 "product per folder (an earlier output saved there counts).")
         if band not in found or resolution < found[band][0]:
             found[band] = (resolution, path)
     return {band: path for band, (_, path) in found.items()}
@@ -114,6 +118,27 @@ def read_product_info(folder):
     if info.quantification != 10000.0:
         raise Sentinel2Error(f"{metadata} has quantification value {info.quantification}; only 10000 is supported.")
     return info
+
+
+def built_from(stack_path):
+    """The files a stack made by this plugin was built from (its product's band files and metadata, or a
+    composite's inputs, recursively), read from its metadata; [] for any other raster. In a model chain the
+    temporary stack is what the classification reads, so this is how an output is kept off the user's own inputs.
+    """
+    try:
+        metadata = gdal.Open(str(stack_path)).GetMetadata() or {}
+    except RuntimeError:
+        return []
+    files = []
+    for source in [metadata.get("SOURCE", "")] + metadata.get("COMPOSITE_INPUTS", "").split(";"):
+        if not source:
+            continue
+        if Path(source).is_dir():
+            files += list(find_band_files(source).values())
+            files += [m for m in (_metadata_file(source),) if m]
+        elif Path(source).is_file():
+            files += [Path(source)] + built_from(source)
+    return files
 
 
 def create_stack_raster(path, width, height, geotransform, projection, metadata):

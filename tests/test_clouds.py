@@ -3,6 +3,7 @@ the cloud and shadow mask, classification that honours it, product masks, compos
 
 import datetime
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -288,3 +289,41 @@ def test_composite_then_classify_model(qgis_env, berlin_stacks, tmp_path):
     assert rc == 0, text
     codes = gdal.Open(str(tmp_path / "lcz.tif")).ReadAsArray()
     assert codes.shape == (30, 30) and (codes > 0).mean() > 0.9  # the first date alone leaves most of it empty
+
+
+@pytest.mark.parametrize("case, message", [
+    ("twice", "twice; a composite needs each acquisition once"),
+    ("far apart", "overlaps none of the other inputs"),
+    ("reflectance 0-1", "look like reflectance on a 0–1 scale"),
+])
+def test_composite_refuses_careless_inputs(berlin_stacks, tmp_path, case, message):
+    from df4lcz_plugin.composite import build_composite
+
+    masked = berlin_stacks[0]
+    other = raster_copy(masked, tmp_path / "other.tif")
+    if case == "far apart":  # the same real data 100 km east
+        ds = gdal.Open(str(other), gdal.GA_Update)
+        gt = list(ds.GetGeoTransform())
+        gt[0] += 100_000
+        ds.SetGeoTransform(gt)
+        ds = None
+    if case == "reflectance 0-1":
+        source = gdal.Open(str(masked))
+        ds = gdal.GetDriverByName("GTiff").Create(str(other), source.RasterXSize, source.RasterYSize, 10,
+                                                  gdal.GDT_Float32)
+        ds.SetGeoTransform(source.GetGeoTransform())
+        ds.SetProjection(source.GetProjection())
+        ds.WriteArray(source.ReadAsArray() / 10000)
+        ds = None
+    inputs = [masked, masked] if case == "twice" else [masked, other]
+    with pytest.raises(ValueError, match=message):
+        build_composite(inputs, tmp_path / "out" / "composite.tif")
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_two_files_for_one_band_are_refused(berlin_dir, tmp_path):
+    for band in BANDS:
+        shutil.copy(berlin_dir / f"{STAMP}_{band}.jp2", tmp_path)
+    raster_copy(berlin_dir / f"{STAMP}_B02.jp2", tmp_path / "old_output_B12.tif")  # an earlier output, say
+    with pytest.raises(sentinel2.Sentinel2Error, match="holds two files for band B12"):
+        sentinel2.read_product_info(tmp_path)

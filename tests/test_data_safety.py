@@ -157,3 +157,28 @@ def test_partial_file_of_a_killed_process_is_swept(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["lcz.tif", running.name, other_host.name])
     assert (tmp_path / "lcz.tif").read_bytes() == b"complete"
     assert not os.path.exists(stale)
+
+
+def test_a_model_never_writes_over_what_its_stack_was_built_from(qgis_env, s2_band_dir, tmp_path):
+    """In 'Classify LCZ from a Sentinel-2 product' the classification reads a temporary stack: its output may
+    still not replace a band file of the product the stack was built from."""
+    bands = tmp_path / "bands"
+    bands.mkdir()
+    for jp2 in sorted(s2_band_dir.glob("*.jp2")):
+        gdal.Translate(str(bands / (jp2.stem + ".tif")), str(jp2), projWin=[440000, 4175000, 441000, 4174000])
+    _refused(qgis_env, ROOT / "resources/models/lcz_from_safe.model3",
+             {"SAFE": bands, "RESOLUTION": 100, "classify:LCZ_MAP": bands / "s2_B03.tif"},
+             "OUTPUT would overwrite the SENTINEL2 (what it was built from) input", bands)
+
+
+def test_stale_scratch_folder_of_a_killed_process_is_swept(tmp_path):
+    from df4lcz_plugin.outputs import scratch_folder
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f".composite.{socket.gethostname()}-{dead.pid}-0a1b2c3d.partial.tif.scratch"
+    stale.mkdir()
+    (stale / "input_0.tif").write_bytes(b"an intermediate stack")
+    with scratch_folder(tmp_path / "composite.tif") as scratch:
+        assert scratch.is_dir() and not stale.exists()
+    assert list(tmp_path.iterdir()) == []

@@ -97,14 +97,15 @@ def test_reversed_bands_without_descriptions_warn(qgis_env, s2_stack, tmp_path):
     assert rc == 0 and "Spectral check" not in text, text
 
 
-@pytest.mark.parametrize("resolution, message", [
-    ("nan", "RESOLUTION nan is not a positive number of metres"),
-    (10000, "RESOLUTION 10000 m is larger than the extent's overlap with the raster (4000 m × 4000 m)"),
+@pytest.mark.parametrize("parameters, message", [
+    ({"RESOLUTION": "nan"}, "RESOLUTION nan is not a positive number of metres"),
+    ({"RESOLUTION": 10000}, "RESOLUTION 10000 m is larger than the extent's overlap with the raster (4000 m × 4000 m)"),
+    ({"MAX_CLOUD": "nan"}, "MAX_CLOUD nan is not a percentage from 0 to 100"),
 ])
-def test_resolution_gets_its_real_reason(qgis_env, s2_stack, tmp_path, resolution, message):
+def test_numbers_get_their_real_reason(qgis_env, s2_stack, tmp_path, parameters, message):
     stack = raster_copy(s2_stack, tmp_path / "stack.tif", srcWin=FARMLAND_WINDOW)
-    _refused(qgis_env, "df4lcz:classifylcz", {"SENTINEL2": stack, "RESOLUTION": resolution,
-                                              "OUTPUT": tmp_path / "lcz.tif"}, message, tmp_path)
+    _refused(qgis_env, "df4lcz:classifylcz", {"SENTINEL2": stack, **parameters, "OUTPUT": tmp_path / "lcz.tif"},
+             message, tmp_path)
 
 
 def _hostile_cards():
