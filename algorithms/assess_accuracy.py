@@ -18,7 +18,7 @@ class AssessAccuracyAlgorithm(DF4LCZAlgorithm):
     CSV = "CSV"
     JSON = "JSON"
 
-    needs_torch = False  # assessment needs GDAL and matplotlib only, not PyTorch.
+    needs = "none"  # assessment needs GDAL and matplotlib only (QGIS has them).
 
     def name(self):
         return "assessaccuracy"

@@ -51,9 +51,11 @@ def engine_errors():
 
 
 class DF4LCZAlgorithm(QgsProcessingAlgorithm):
-    """Base class: group, and the check that PyTorch and safetensors are importable (if ``needs_torch``)."""
+    """Base class: group, and the check that the dependency variant a run needs is importable."""
 
-    needs_torch = True
+    #: What a run needs of the plugin's dependencies (``df4lcz_plugin.dependencies``): "none" (QGIS's own Python
+    #: and GDAL suffice), "light" or "full"; ``needs_for`` may decide it from the parameters.
+    needs = "full"
 
     def group(self):
         return "Local climate zones"
@@ -64,10 +66,13 @@ class DF4LCZAlgorithm(QgsProcessingAlgorithm):
     def createInstance(self):  # noqa: N802 (QGIS API name)
         return type(self)()
 
+    def needs_for(self, parameters, context):
+        """The dependency variant this run needs: the class's ``needs`` unless a subclass looks at the parameters."""
+        return self.needs
+
     def checkParameterValues(self, parameters, context):  # noqa: N802 (QGIS API name)
-        missing = dependencies.missing() if self.needs_torch else []
-        if missing:
-            return False, (f"{', '.join(missing)} cannot be imported in QGIS's Python, so this algorithm cannot run. "
-                           "Install the plugin's dependencies (README: 'make install', which puts them in the "
-                           "plugin's .deps folder), then restart QGIS.")
+        variant = self.needs_for(parameters, context)
+        lacking = dependencies.missing(variant) if variant != "none" else []
+        if lacking:
+            return False, dependencies.install_advice(variant, lacking)
         return super().checkParameterValues(parameters, context)

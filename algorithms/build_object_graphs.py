@@ -42,6 +42,8 @@ class BuildObjectGraphsAlgorithm(DF4LCZAlgorithm):
     SAM_RUNS = "SAM_RUNS"
     GRAPH_CACHE_HITS = "GRAPH_CACHE_HITS"
 
+    needs = "full"  # PyTorch: SAM and the object graphs.
+
     def name(self):
         return "buildobjectgraphs"
 

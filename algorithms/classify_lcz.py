@@ -12,9 +12,10 @@ from qgis.core import (QgsProcessingException, QgsProcessingOutputNumber, QgsPro
 
 from ..df4lcz_plugin import legend
 from ..df4lcz_plugin.clouds import MAX_CLOUD_PERCENT
-from ..df4lcz_plugin.models.backends import BACKENDS, PRECISIONS
-from ..df4lcz_plugin.models.registry import list_models, model_files
+from ..df4lcz_plugin.models.backends import BACKENDS, PRECISIONS, converted_path
+from ..df4lcz_plugin.models.registry import ModelError, list_models, model_files, read_card
 from ..df4lcz_plugin.outputs import check_output_paths, geotiff_output
+from ..df4lcz_plugin.sentinel2 import built_from
 from .base import DF4LCZAlgorithm, ProcessingFeedback, engine_errors, gdal_source
 from .styling import style_on_load
 from .vhr_source import vhr_path, vhr_source_id
@@ -41,6 +42,8 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
     SUMMARY = "SUMMARY"
     CELLS_PER_SECOND = "CELLS_PER_SECOND"
     DEVICE_USED = "DEVICE_USED"
+
+    needs = "light"  # a Sentinel-2-only model on the CPU (OpenVINO); needs_for says when PyTorch is needed.
 
     def __init__(self):
         super().__init__()
@@ -130,6 +133,19 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
         self.addOutput(QgsProcessingOutputNumber(self.CELLS_PER_SECOND, "Cells per second"))
         self.addOutput(QgsProcessingOutputString(self.DEVICE_USED, "Device used"))
 
+    def needs_for(self, parameters, context):
+        """full (PyTorch) with a VHR layer, DEVICE=cuda…, BACKEND=pytorch, or a model whose OpenVINO form is still
+        to be converted (from its PyTorch module); else light."""
+        device = self.parameterAsString(parameters, self.DEVICE, context).strip().lower()
+        backend = BACKENDS[self.parameterAsEnum(parameters, self.BACKEND, context)]
+        if parameters.get(self.VHR) or device.startswith("cuda") or backend == "pytorch":
+            return "full"
+        try:
+            converted = converted_path(read_card(self._model_path(parameters, context))).exists()
+        except (QgsProcessingException, ModelError, OSError):
+            return self.needs  # no usable model: the run says why, whatever is installed
+        return self.needs if converted else "full"
+
     def checkParameterValues(self, parameters, context):  # noqa: N802 (QGIS API name)
         ok, message = super().checkParameterValues(parameters, context)
         if ok and not self.models and not self.parameterAsFile(parameters, self.MODEL_FILE, context):
@@ -148,7 +164,6 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
         from ..df4lcz_plugin.classify import classify
         from ..df4lcz_plugin.device import resolve_device
-        from ..df4lcz_plugin.models.registry import read_card
         from ..df4lcz_plugin.vhr import open_vhr
 
         layer = self.parameterAsRasterLayer(parameters, self.SENTINEL2, context)
@@ -165,7 +180,8 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
         sam_checkpoint = self.parameterAsFile(parameters, self.SAM_CHECKPOINT, context) or None
         with engine_errors():
             check_output_paths(
-                {self.SENTINEL2: sentinel2_path, self.MODEL_FILE: model_files(model_path),
+                {self.SENTINEL2: sentinel2_path, f"{self.SENTINEL2} (what it was built from)": built_from(sentinel2_path),
+                 self.MODEL_FILE: model_files(model_path),
                  self.SAM_CHECKPOINT: sam_checkpoint,
                  self.VHR: gdal_source(vhr_layer, self.VHR) if vhr_layer and vhr_layer.providerType() == "gdal"
                  else None},

@@ -19,7 +19,7 @@ class Sentinel2CompositeAlgorithm(DF4LCZAlgorithm):
     OBSERVATIONS = "OBSERVATIONS"
     SUMMARY = "SUMMARY"
 
-    needs_torch = False  # compositing needs GDAL (and lightgbm for s2cloudless masks), not PyTorch.
+    needs = "light"  # GDAL, and lightgbm for s2cloudless cloud masks; not PyTorch.
 
     def name(self):
         return "sentinel2composite"

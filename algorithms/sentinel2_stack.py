@@ -19,7 +19,7 @@ class Sentinel2StackAlgorithm(DF4LCZAlgorithm):
     SHADOW_PERCENT = "SHADOW_PERCENT"
     SNOW_PERCENT = "SNOW_PERCENT"
 
-    needs_torch = False  # stacking needs GDAL only, not PyTorch.
+    needs = "light"  # GDAL, and lightgbm for s2cloudless cloud masks; not PyTorch.
 
     def name(self):
         return "sentinel2stack"

@@ -29,6 +29,8 @@ class TrainModelAlgorithm(DF4LCZAlgorithm):
     OUTPUT_MODEL = "OUTPUT_MODEL"
     REPORT = "REPORT"
 
+    needs = "full"  # PyTorch: training (and SAM with VHR).
+
     def name(self):
         return "trainmodel"
 

@@ -10,7 +10,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGIN_NAME = "df4lcz"
-ITEMS = ("metadata.txt", "__init__.py", "LICENSE", "README.md", "df4lcz_plugin", "algorithms", "resources")
+# The pin files ship so that the installed plugin can install its own dependencies (df4lcz_plugin.dependencies).
+ITEMS = ("metadata.txt", "__init__.py", "LICENSE", "README.md", "df4lcz_plugin", "algorithms", "resources",
+         "requirements/light.txt", "requirements/plugin.txt")
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".*.part")
 
 
@@ -39,6 +41,7 @@ def copy(plugin_dir):
         if source.is_dir():
             shutil.copytree(source, plugin_dir / item, ignore=_IGNORE)
         else:
+            (plugin_dir / item).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, plugin_dir / item)
 
 

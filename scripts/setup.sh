@@ -2,7 +2,8 @@
 # Everything `make demo` and `make test` need, on a fresh Debian bookworm machine; idempotent.
 #  1. Debian QGIS (and the Debian Python packages the tests use) if missing
 #  2. the development venv .venv (Debian Python, --system-site-packages)
-#  3. the plugin's pinned dependencies in <plugin>/.deps/py<XY> of the default QGIS profile, without numpy
+#  3. the plugin's pinned dependencies (the "full" variant) in <plugin>/.deps/py<XY> of the default QGIS profile,
+#     without numpy, by the plugin's own installer (df4lcz_plugin.dependencies)
 #  4. assets (weights, test scene, checkpoints) into the per-user cache
 #  5. the shipped LCZ model, converted from the So2Sat Keras weights
 #  6. the plugin copied into the default profile and enabled
@@ -14,7 +15,7 @@ PROFILE=${QGIS_PROFILE_DIR:-$HOME/.local/share/QGIS/QGIS3/profiles/default}
 PLUGIN=$PROFILE/python/plugins/df4lcz
 export QT_QPA_PLATFORM=offscreen
 
-apt_packages="qgis python3-qgis qgis-providers python3-venv python3-h5py xvfb"
+apt_packages="qgis python3-qgis qgis-providers python3-venv python3-pip python3-h5py xvfb"
 if ! dpkg -s $apt_packages >/dev/null 2>&1; then
   echo "== installing Debian packages: $apt_packages"
   $SUDO apt-get update -qq
@@ -38,7 +39,7 @@ fi
 
 DEPS=$PLUGIN/.deps/py$PYVER
 echo "== plugin dependencies in $DEPS (PyTorch: a few GB, several minutes the first time)"
-.venv/bin/python scripts/install_deps.py "$DEPS"
+.venv/bin/python -m df4lcz_plugin.dependencies install --variant full --target "$DEPS"
 # The venv sees the same private folder, so tests and scripts use exactly what QGIS uses.
 SITE=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 echo "$DEPS" > "$SITE/df4lcz_deps.pth"

@@ -110,8 +110,8 @@ def test_bad_input_is_explained_and_leaves_no_output(qgis_env, s2_stack, tmp_pat
 
 
 def test_provider_loads_without_torch(qgis_env, s2_stack, tmp_path):
-    """A profile whose plugin has no private dependencies (no PyTorch): the algorithms are listed and
-    refuse to run with an explanation."""
+    """A profile whose plugin has no private dependencies: the algorithms are listed, and a CPU classification
+    refuses to run, naming the light variant and the command that installs it."""
     env = dict(qgis_env, HOME=str(tmp_path), XDG_DATA_HOME=str(tmp_path / ".local/share"))
     plugin = tmp_path / ".local/share/QGIS/QGIS3/profiles/default/python/plugins/df4lcz"
     shutil.copytree(Path(qgis_env["HOME"]) / ".local/share/QGIS/QGIS3/profiles/default/python/plugins/df4lcz",
@@ -121,5 +121,7 @@ def test_provider_loads_without_torch(qgis_env, s2_stack, tmp_path):
     assert "df4lcz:classifylcz" in listed
     rc, _, text = run_qgis_process(env, "df4lcz:classifylcz", {"SENTINEL2": s2_stack, "OUTPUT": tmp_path / "o.tif"},
                                    json_output=False)
-    assert rc != 0 and "PyTorch, safetensors cannot be imported in QGIS's Python" in text
+    text = " ".join(text.split())
+    assert rc != 0 and "OpenVINO, safetensors, LightGBM" in text and "cannot be imported in QGIS's Python" in text
+    assert "'python3 -m df4lcz_plugin.dependencies install --variant light'" in text and "Traceback" not in text
     assert not (tmp_path / "o.tif").exists()
