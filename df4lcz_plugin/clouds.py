@@ -66,10 +66,6 @@ class CloudMask:
     geotransform: tuple
     source: str
 
-    def share(self, value):
-        """Fraction 0–1 of the grid's pixels in class ``value``."""
-        return float((self.classes == value).mean())
-
     def dataset(self, projection):
         """An in-memory GDAL dataset of the classes, to be resampled onto another grid."""
         ds = gdal.GetDriverByName("MEM").Create("", self.classes.shape[1], self.classes.shape[0], 1, gdal.GDT_Byte)

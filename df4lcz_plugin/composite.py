@@ -143,7 +143,8 @@ def _write(views, gt, width, height, wkt, inputs, output, observations_path, fee
             feedback.check_canceled()
             rows = min(STRIP_ROWS, height - row)
             strips = np.stack([v.ReadAsArray(0, row, width, rows) for v in views]).astype(np.float32)
-            clear = (strips > 0).all(axis=1)  # (inputs, rows, width)
+            # 0 is no data (masked or outside); negative DN are data, clipped to 1 below as classification does.
+            clear = ((strips != 0) & np.isfinite(strips)).all(axis=1)  # (inputs, rows, width)
             strips[~np.broadcast_to(clear[:, None], strips.shape)] = np.nan
             count = clear.sum(axis=0)
             with warnings.catch_warnings():
