@@ -30,7 +30,7 @@ class AssessAccuracyAlgorithm(DF4LCZAlgorithm):
         return ("Compares an LCZ map (one band of codes 1–17; 101–107 also read as A–G) with a reference: LCZ "
                 "training-area polygons (a class field with 1–17, 101–107 or A–G, or a WUDAPT KML/KMZ), or an LCZ "
                 "raster (codes 1–17 or 101–107) in any CRS and resolution, warped onto the map's grid with mode "
-                "resampling. Comparison per map cell. A raster that is not an LCZ map (such as the 17-band "
+                "resampling. Comparison per map cell. A raster that is not an LCZ map (such as the 18-band "
                 "probability raster) is refused.\n\n"
                 "Metrics (the LCZ community's, see the report for definitions): OA; OA_u (urban classes); OA_bu, "
                 "built vs natural, in both meanings found in the literature (the WUDAPT/LCZ Generator one and the "

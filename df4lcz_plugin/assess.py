@@ -11,6 +11,7 @@ from osgeo import gdal
 
 from . import legend
 from .feedback import Feedback
+from .lcz_raster import WINNER_BAND
 from .metrics import confusion_matrix, lcz_metrics
 from .samples import rasterise_polygons
 from .training_areas import read_training_areas
@@ -43,13 +44,13 @@ def reference_on_map_grid(lcz_ds, reference_path, class_field=None):
 def read_lcz_map(path):
     """(GDAL dataset, int64 (H, W) codes 0–17) of an LCZ map: one band of codes 1–17 (or 101–107 for A–G).
 
-    Raises AssessmentError when the raster is not an LCZ map (several bands, e.g. the 17-band probability
+    Raises AssessmentError when the raster is not an LCZ map (several bands, e.g. the 18-band probability
     raster, or values that are not LCZ codes).
     """
     ds = gdal.Open(str(path))
     if ds.RasterCount != 1:
         hint = (" It looks like the probability raster (PROBABILITIES of 'Classify local climate zones')."
-                if ds.RasterCount == len(legend.CODES) else "")
+                if ds.RasterCount in (len(legend.CODES), WINNER_BAND) else "")  # 17: before the winner band
         raise AssessmentError(f"The LCZ map {path} has {ds.RasterCount} bands; an LCZ map has one band of LCZ codes "
                               f"1–17.{hint} Give the LCZ map itself (OUTPUT of 'Classify local climate zones').")
     band = ds.GetRasterBand(1)

@@ -17,8 +17,8 @@ from .clouds import MAX_CLOUD_PERCENT
 from .feedback import Feedback
 from .grid import PATCH_PX, make_grid
 from .fusion import SOURCE_FUSED, SOURCE_NODATA, SOURCE_S2, fuse
-from .lcz_raster import (PROBABILITY_NODATA, create_lcz_raster, create_probability_raster, create_source_raster,
-                         write_style_sidecar)
+from .lcz_raster import (create_lcz_raster, create_probability_raster, create_source_raster, probability_percent,
+                         write_probability_style, write_style_sidecar)
 from .models.backends import sentinel2_runner
 from .models.registry import LoadedModel, load_model
 from .outputs import atomic_output
@@ -123,7 +123,8 @@ def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, 
     no VHR stream, no PyTorch). bounds: (xmin, ymin, xmax, ymax) in the raster CRS, or None.
     resolution: output cell size in metres (multiple of 10). device: a ``torch.device`` or its name.
     backend, precision: of the Sentinel-2 stream (``models.backends.sentinel2_runner``: auto = OpenVINO on CPU).
-    probabilities_path: optional 17-band uint8 GeoTIFF of probabilities in percent (nodata 255).
+    probabilities_path: optional 18-band uint8 GeoTIFF in percent (nodata 255): P(LCZ k) in bands 1–17, the
+    winning class's in band 18; with a ``.qml`` showing band 18.
     max_cloud: % of a patch's pixels with data that the raster's own mask band (clouds and shadows of
     ``sentinel2stack``, or any per-dataset or alpha mask) may hide before the cell is no data.
     Returns a summary dict (cells, area per class in km², cells masked for cloud, device, cells/s, seconds,
@@ -210,8 +211,7 @@ def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, 
             done[0] += int(missing.sum())
             datasets["lcz"].GetRasterBand(1).WriteArray(codes, tile[1], tile[0])
             if "probabilities" in datasets:
-                percent = np.where(missing, PROBABILITY_NODATA, np.rint(np.nan_to_num(probs) * 100)).astype(np.uint8)
-                datasets["probabilities"].WriteArray(percent, tile[1], tile[0])
+                datasets["probabilities"].WriteArray(probability_percent(probs, missing), tile[1], tile[0])
             if "source" in datasets:
                 datasets["source"].GetRasterBand(1).WriteArray(source, tile[1], tile[0])
             fused_cells += int((source == SOURCE_FUSED).sum())
@@ -227,6 +227,8 @@ def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, 
                          "shadow mask. Build a cloud-free composite of several dates ('Build cloud-free Sentinel-2 "
                          "composite', df4lcz:sentinel2composite) and classify that instead.")
     write_style_sidecar(output_path, palette)
+    if probabilities_path:
+        write_probability_style(probabilities_path)
     seconds = time.perf_counter() - started
     cell_km2 = grid.resolution ** 2 / 1e6
     summary = {

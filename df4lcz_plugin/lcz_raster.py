@@ -4,6 +4,7 @@ and write the QML sidecar QGIS reads when it opens the file. See ``shared/design
 
 from pathlib import Path
 
+import numpy as np
 from osgeo import gdal
 
 from . import legend
@@ -12,6 +13,8 @@ from .fusion import SOURCE_LABELS, SOURCE_NODATA
 gdal.UseExceptions()
 
 PROBABILITY_NODATA = 255
+#: Band of the probability raster holding the winning class's probability (after the 17 class bands).
+WINNER_BAND = len(legend.CODES) + 1
 _OPTIONS = ["COMPRESS=DEFLATE", "TILED=YES", "BIGTIFF=IF_SAFER"]
 
 
@@ -39,17 +42,28 @@ def create_lcz_raster(path, grid, projection, palette_name="official_2022", meta
 
 
 def create_probability_raster(path, grid, projection, metadata=None):
-    """A new 17-band Byte GeoTIFF of class probabilities in percent (0–100), nodata 255."""
-    ds = gdal.GetDriverByName("GTiff").Create(str(path), grid.cols, grid.rows, len(legend.CODES), gdal.GDT_Byte,
+    """A new 18-band Byte GeoTIFF in percent (0–100), nodata 255: bands 1–17 the probability of LCZ 1–10, A–G,
+    band 18 (``WINNER_BAND``) the probability of the winning class, the map's confidence, which the ``.qml``
+    of ``write_probability_style`` shows."""
+    ds = gdal.GetDriverByName("GTiff").Create(str(path), grid.cols, grid.rows, WINNER_BAND, gdal.GDT_Byte,
                                               options=_OPTIONS + ["INTERLEAVE=BAND"])
     ds.SetGeoTransform(grid.geotransform)
     ds.SetProjection(projection)
     for code in legend.CODES:
-        band = ds.GetRasterBand(code)
-        band.SetNoDataValue(PROBABILITY_NODATA)
-        band.SetDescription(f"P({legend.label(code)}) %")
+        ds.GetRasterBand(code).SetDescription(f"P({legend.label(code)}) %")
+    ds.GetRasterBand(WINNER_BAND).SetDescription("P(winning class) %")
+    for index in range(1, WINNER_BAND + 1):
+        ds.GetRasterBand(index).SetNoDataValue(PROBABILITY_NODATA)
     ds.SetMetadata(metadata or {})
     return ds
+
+
+def probability_percent(probs, missing):
+    """uint8 (18, rows, cols) for ``create_probability_raster`` from float (17, rows, cols) probabilities (0–1)
+    and bool (rows, cols) cells without a class (written as PROBABILITY_NODATA)."""
+    percent = np.rint(np.nan_to_num(probs) * 100)
+    stacked = np.concatenate([percent, percent.max(axis=0, keepdims=True)])
+    return np.where(missing, PROBABILITY_NODATA, stacked).astype(np.uint8)
 
 
 def create_source_raster(path, grid, projection, metadata=None):
@@ -69,4 +83,12 @@ def write_style_sidecar(raster_path, palette_name="official_2022"):
     """Write ``<raster>.qml`` (17 labelled classes), which QGIS applies when it opens the raster."""
     qml_path = Path(raster_path).with_suffix(".qml")
     qml_path.write_text(legend.qml(palette_name), encoding="utf-8")
+    return qml_path
+
+
+def write_probability_style(raster_path):
+    """Write ``<raster>.qml`` for a probability raster: its band 18, the winning class's probability, on a
+    sequential 0–100 % ramp (the classes' own bands stay readable in the layer's properties)."""
+    qml_path = Path(raster_path).with_suffix(".qml")
+    qml_path.write_text(legend.confidence_qml(WINNER_BAND), encoding="utf-8")
     return qml_path

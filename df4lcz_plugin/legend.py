@@ -70,6 +70,36 @@ def rgb(hex_colour):
     return tuple(int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))
 
 
+def _style(renderer):
+    """A QGIS raster layer style (QML text) around a ``<rasterrenderer>`` element."""
+    return f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
+<qgis version="3.22.16-Białowieża" styleCategories="AllStyleCategories" hasScaleBasedVisibilityFlag="0">
+  <pipe>
+    <provider>
+      <resampling enabled="false" zoomedInResamplingMethod="nearestNeighbour" zoomedOutResamplingMethod="nearestNeighbour" maxOversampling="2"/>
+    </provider>
+{renderer}
+    <brightnesscontrast brightness="0" contrast="0" gamma="1"/>
+    <huesaturation saturation="0" grayscaleMode="0" colorizeOn="0" colorizeRed="255" colorizeGreen="128" colorizeBlue="128" colorizeStrength="100" invertColors="0"/>
+    <rasterresampler maxOversampling="2"/>
+    <resamplingStage>resamplingFilter</resamplingStage>
+  </pipe>
+  <blendMode>0</blendMode>
+</qgis>
+"""
+
+
+_MIN_MAX = """      <rasterTransparency/>
+      <minMaxOrigin>
+        <limits>None</limits>
+        <extent>WholeRaster</extent>
+        <statAccuracy>Estimated</statAccuracy>
+        <cumulativeCutLower>0.02</cumulativeCutLower>
+        <cumulativeCutUpper>0.98</cumulativeCutUpper>
+        <stdDevFactor>2</stdDevFactor>
+      </minMaxOrigin>"""
+
+
 def qml(palette_name="official_2022"):
     """A QGIS layer style (QML text) with a paletted renderer on band 1 and 17 labelled LCZ classes.
 
@@ -79,32 +109,31 @@ def qml(palette_name="official_2022"):
         f'        <paletteEntry value="{code}" color="{colour.lower()}" alpha="255" label={quoteattr(label(code))}/>'
         for code, colour in zip(CODES, palette(palette_name))
     )
-    return f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
-<qgis version="3.22.16-Białowieża" styleCategories="AllStyleCategories" hasScaleBasedVisibilityFlag="0">
-  <pipe>
-    <provider>
-      <resampling enabled="false" zoomedInResamplingMethod="nearestNeighbour" zoomedOutResamplingMethod="nearestNeighbour" maxOversampling="2"/>
-    </provider>
-    <rasterrenderer type="paletted" band="1" opacity="1" alphaBand="-1" nodataColor="">
-      <rasterTransparency/>
-      <minMaxOrigin>
-        <limits>None</limits>
-        <extent>WholeRaster</extent>
-        <statAccuracy>Estimated</statAccuracy>
-        <cumulativeCutLower>0.02</cumulativeCutLower>
-        <cumulativeCutUpper>0.98</cumulativeCutUpper>
-        <stdDevFactor>2</stdDevFactor>
-      </minMaxOrigin>
+    return _style(f"""    <rasterrenderer type="paletted" band="1" opacity="1" alphaBand="-1" nodataColor="">
+{_MIN_MAX}
       <colorPalette>
 {entries}
       </colorPalette>
       <colorramp type="randomcolors" name="[source]"/>
-    </rasterrenderer>
-    <brightnesscontrast brightness="0" contrast="0" gamma="1"/>
-    <huesaturation saturation="0" grayscaleMode="0" colorizeOn="0" colorizeRed="255" colorizeGreen="128" colorizeBlue="128" colorizeStrength="100" invertColors="0"/>
-    <rasterresampler maxOversampling="2"/>
-    <resamplingStage>resamplingFilter</resamplingStage>
-  </pipe>
-  <blendMode>0</blendMode>
-</qgis>
-"""
+    </rasterrenderer>""")
+
+
+#: The confidence ramp (ColorBrewer YlGnBu, sequential): percent → colour.
+CONFIDENCE_RAMP = ((0, "#ffffcc"), (25, "#a1dab4"), (50, "#41b6c4"), (75, "#2c7fb8"), (100, "#253494"))
+
+
+def confidence_qml(band):
+    """A QGIS layer style (QML text): a pseudocolour renderer on ``band`` (a probability in percent, 0–100) with
+    the sequential CONFIDENCE_RAMP, interpolated; the nodata value stays transparent."""
+    items = "\n".join(f'          <item value="{value}" color="{colour}" alpha="255" label="{value} %"/>'
+                      for value, colour in CONFIDENCE_RAMP)
+    return _style(f"""    <rasterrenderer type="singlebandpseudocolor" band="{band}" opacity="1" alphaBand="-1" nodataColor=""
+                    classificationMin="0" classificationMax="100">
+{_MIN_MAX}
+      <rastershader>
+        <colorrampshader colorRampType="INTERPOLATED" classificationMode="1" clip="0" minimumValue="0"
+                         maximumValue="100" labelPrecision="0">
+{items}
+        </colorrampshader>
+      </rastershader>
+    </rasterrenderer>""")

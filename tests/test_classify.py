@@ -50,13 +50,16 @@ def test_outputs_are_styled_and_complete(s2_stack, model, tmp_path):
     assert table.GetColorEntry(17)[:3] == legend.rgb(legend.palette()[16])
     assert (tmp_path / "lcz.qml").read_text() == legend.qml()
     probs = gdal.Open(str(tmp_path / "p.tif")).ReadAsArray().astype(int)
-    assert probs.shape == (17, 50, 50)
+    assert probs.shape == (18, 50, 50)
+    probs, winner = probs[:17], probs[17]
+    assert np.array_equal(winner, probs.max(0)) and winner.min() >= 100 // 17  # a winner has at least 1/17
+    assert (tmp_path / "p.qml").read_text() == legend.confidence_qml(18)
     assert np.all(np.abs(probs.sum(0) - 100) <= 9)  # 17 rounded percentages
     assert np.array_equal(probs.argmax(0) + 1, _codes(tmp_path / "lcz.tif")) or \
         np.mean(probs.argmax(0) + 1 == _codes(tmp_path / "lcz.tif")) > 0.98  # ties after rounding
     assert summary["cells"] == 2500 and summary["classified_cells"] == 2500
     assert sum(summary["area_km2"].values()) == pytest.approx(25.0)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["lcz.qml", "lcz.tif", "lcz.tif.aux.xml", "p.tif"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lcz.qml", "lcz.tif", "lcz.tif.aux.xml", "p.qml", "p.tif"]
 
 
 def test_batched_tiles_equal_one_patch_at_a_time(s2_stack, model):

@@ -161,7 +161,7 @@ def test_assess_refuses_the_probability_raster(qgis_env, s2_stack, model, tmp_pa
     ref = raster_copy(tmp_path / "lcz.tif", tmp_path / "ref.tif")
     _refused(qgis_env, "df4lcz:assessaccuracy", {"LCZ": tmp_path / "p.tif", "REFERENCE": ref,
                                                  "REPORT": tmp_path / "r.html"},
-             "has 17 bands; an LCZ map has one band of LCZ codes 1–17. It looks like the probability raster",
+             "has 18 bands; an LCZ map has one band of LCZ codes 1–17. It looks like the probability raster",
              tmp_path)
     _refused(qgis_env, "df4lcz:assessaccuracy", {"LCZ": s2_stack, "REFERENCE": ref, "REPORT": tmp_path / "r.html"},
              "has 10 bands; an LCZ map has one band", tmp_path)
