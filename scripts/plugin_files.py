@@ -1,15 +1,23 @@
 """The files that make up the installed plugin: copy them into a QGIS profile, or zip them for the repository.
 
-Usage: ``python scripts/plugin_files.py copy PLUGIN_DIR`` or ``python scripts/plugin_files.py zip OUTPUT.zip``.
+Usage: ``python scripts/plugin_files.py copy PLUGIN_DIR`` or ``python scripts/plugin_files.py zip DIST_DIR``
+(writes ``DIST_DIR/df4lcz.<version>.zip``, the plugin repository's naming).
 """
 
+import configparser
 import shutil
 import sys
 import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from df4lcz_plugin.models.backends import converted_path  # noqa: E402
+from df4lcz_plugin.models.registry import ModelError, builtin_models_dir, model_files, read_card  # noqa: E402
+
 PLUGIN_NAME = "df4lcz"
+#: The shipped model; the zip must hold its weights, card and OpenVINO form (classification without PyTorch).
+SHIPPED_MODEL = builtin_models_dir() / "sen2lcznet_so2sat.json"
 # The pin files ship so that the installed plugin can install its own dependencies (df4lcz_plugin.dependencies).
 ITEMS = ("metadata.txt", "__init__.py", "LICENSE", "README.md", "df4lcz_plugin", "algorithms", "resources",
          "requirements/light.txt", "requirements/plugin.txt")
@@ -45,13 +53,44 @@ def copy(plugin_dir):
             shutil.copy2(source, plugin_dir / item)
 
 
-def make_zip(zip_path):
-    """The plugin zip for the QGIS plugin repository (folder ``df4lcz/``; dependencies are not bundled)."""
-    zip_path = Path(zip_path)
+def runtime_model_files():
+    """The shipped model's files the zip needs at run time: card, weights, OpenVINO .xml and .bin.
+
+    Raises SystemExit naming the missing file and the command that makes it (``make setup``).
+    """
+    try:
+        card = read_card(SHIPPED_MODEL)
+    except ModelError as error:
+        raise SystemExit(f"{error} Run 'make setup' first: it builds the shipped model.") from None
+    xml = converted_path(card)
+    needed = [*model_files(SHIPPED_MODEL), xml, xml.with_suffix(".bin")]
+    for path in needed:
+        if not path.is_file() or path.parent != SHIPPED_MODEL.parent:
+            raise SystemExit(f"The shipped model's {path.name} is missing from {SHIPPED_MODEL.parent}; run "
+                             "'make setup' first: it converts the model to OpenVINO.")
+    return needed
+
+
+def version():
+    """The plugin version from metadata.txt."""
+    metadata = configparser.ConfigParser(interpolation=None)
+    metadata.read(ROOT / "metadata.txt", encoding="utf-8")
+    return metadata["general"]["version"]
+
+
+def make_zip(dist_dir):
+    """``dist_dir/df4lcz.<version>.zip`` for the QGIS plugin repository: folder ``df4lcz/``, files mode 0644,
+    the shipped model complete (``runtime_model_files``); the dependencies are not bundled (the plugin's installer
+    fetches them)."""
+    runtime_model_files()
+    zip_path = Path(dist_dir) / f"{PLUGIN_NAME}.{version()}.zip"
     zip_path.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as archive:
         for relative in files():
-            archive.write(ROOT / relative, f"{PLUGIN_NAME}/{relative}")
+            info = zipfile.ZipInfo.from_file(ROOT / relative, f"{PLUGIN_NAME}/{relative}")
+            info.external_attr = 0o100644 << 16  # the repository wants plain 0644 files, whatever the checkout's
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, (ROOT / relative).read_bytes())
     return zip_path
 
 
