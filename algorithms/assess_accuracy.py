@@ -7,7 +7,7 @@ from qgis.core import (QgsProcessingOutputNumber, QgsProcessingOutputString, Qgs
                        QgsProcessingParameterString)
 
 from ..df4lcz_plugin.outputs import check_output_paths
-from .base import DF4LCZAlgorithm, ProcessingFeedback, engine_errors, gdal_source
+from .base import DF4LCZAlgorithm, ProcessingFeedback, engine_errors, gdal_source, tr
 
 
 class AssessAccuracyAlgorithm(DF4LCZAlgorithm):
@@ -19,15 +19,19 @@ class AssessAccuracyAlgorithm(DF4LCZAlgorithm):
     JSON = "JSON"
 
     needs = "none"  # assessment needs GDAL and matplotlib only (QGIS has them).
+    description = "Compares an LCZ map with reference polygons or an LCZ raster: OA, OA_w, kappa, confusion matrix."
+    keywords = ("accuracy", "assessment", "validation", "confusion matrix", "kappa", "oa", "f1")
+    help_anchor = "assess-a-map--df4lczassessaccuracy"
+    icon_name = "assess_accuracy"
 
     def name(self):
         return "assessaccuracy"
 
     def displayName(self):  # noqa: N802 (QGIS API name)
-        return "Assess LCZ map accuracy"
+        return tr("Assess LCZ map accuracy")
 
     def shortHelpString(self):  # noqa: N802 (QGIS API name)
-        return ("Compares an LCZ map (one band of codes 1–17; 101–107 also read as A–G) with a reference: LCZ "
+        return tr("Compares an LCZ map (one band of codes 1–17; 101–107 also read as A–G) with a reference: LCZ "
                 "training-area polygons (a class field with 1–17, 101–107 or A–G, or a WUDAPT KML/KMZ), or an LCZ "
                 "raster (codes 1–17 or 101–107) in any CRS and resolution, warped onto the map's grid with mode "
                 "resampling. Comparison per map cell. A raster that is not an LCZ map (such as the 18-band "
@@ -39,19 +43,20 @@ class AssessAccuracyAlgorithm(DF4LCZAlgorithm):
                 "Outputs: an HTML report with a confusion-matrix plot, plus CSV and JSON.")
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
-        self.addParameter(QgsProcessingParameterRasterLayer(self.LCZ, "LCZ map"))
-        self.addParameter(QgsProcessingParameterFile(self.REFERENCE, "Reference (training-area polygons, KML/KMZ "
-                                                                     "or LCZ raster)"))
-        self.addParameter(QgsProcessingParameterString(self.CLASS_FIELD, "Class field of the polygons (empty: lcz, "
-                                                                         "class… or the KML folders)", optional=True))
-        self.addParameter(QgsProcessingParameterFileDestination(self.REPORT, "Accuracy report", "HTML (*.html)"))
-        self.addParameter(QgsProcessingParameterFileDestination(self.CSV, "Metrics (CSV)", "CSV (*.csv)",
+        self.addParameter(QgsProcessingParameterRasterLayer(self.LCZ, tr("LCZ map")))
+        self.addParameter(QgsProcessingParameterFile(self.REFERENCE, tr("Reference (training-area polygons, "
+                                                                        "KML/KMZ or LCZ raster)")))
+        self.addParameter(QgsProcessingParameterString(self.CLASS_FIELD, tr("Class field of the polygons (empty: "
+                                                                            "lcz, class… or the KML folders)"),
+                                                        optional=True))
+        self.addParameter(QgsProcessingParameterFileDestination(self.REPORT, tr("Accuracy report"), "HTML (*.html)"))
+        self.addParameter(QgsProcessingParameterFileDestination(self.CSV, tr("Metrics (CSV)"), "CSV (*.csv)",
                                                                 optional=True, createByDefault=False))
-        self.addParameter(QgsProcessingParameterFileDestination(self.JSON, "Metrics (JSON)", "JSON (*.json)",
+        self.addParameter(QgsProcessingParameterFileDestination(self.JSON, tr("Metrics (JSON)"), "JSON (*.json)",
                                                                 optional=True, createByDefault=False))
         for name in ("OA", "OA_u", "OA_bu_wudapt", "OA_bu_binary", "OA_w", "kappa"):
             self.addOutput(QgsProcessingOutputNumber(name, name))
-        self.addOutput(QgsProcessingOutputString("METRICS", "All metrics (JSON)"))
+        self.addOutput(QgsProcessingOutputString("METRICS", tr("All metrics (JSON)")))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
         from ..df4lcz_plugin.assess import assess

@@ -1,11 +1,67 @@
-"""What the DF4LCZ algorithms share: feedback adapter, dependency check and error translation."""
+"""What the DF4LCZ algorithms share: Toolbox metadata, the DEVICE choice, feedback adapter, dependency check and
+error translation."""
 
 import contextlib
+import ctypes
+import functools
+import sys
+from pathlib import Path
 
-from qgis.core import QgsProcessingAlgorithm, QgsProcessingException
+from qgis.core import QgsProcessingAlgorithm, QgsProcessingException, QgsProcessingParameterEnum
+from qgis.PyQt.QtCore import QCoreApplication
+from qgis.PyQt.QtGui import QIcon
 
 from ..df4lcz_plugin import dependencies
 from ..df4lcz_plugin.feedback import Canceled, Feedback
+
+RESOURCES = Path(__file__).resolve().parent.parent / "resources"
+HELP_URL = "https://github.com/df4lcz/df4lcz-qgis"
+#: Tags of every DF4LCZ algorithm and model (the Toolbox search matches them).
+TAGS = ("lcz", "local climate zones", "urban", "climate", "wudapt", "sentinel-2", "classification",
+        "segment anything")
+
+
+def tr(text):
+    """``text`` translated in the plugin's "DF4LCZ" context (unchanged until a translation is installed)."""
+    return QCoreApplication.translate("DF4LCZ", text)
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_devices():
+    """Names of the CUDA GPUs of this machine, in PyTorch's order; empty without an NVIDIA driver or GPU.
+
+    Asked of the NVIDIA driver through ctypes, once per process: importing PyTorch at provider load would be slow,
+    and a light install has none. The driver honours CUDA_VISIBLE_DEVICES as PyTorch does.
+    """
+    try:
+        cuda = ctypes.CDLL("nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1")
+    except OSError:
+        return ()
+    count = ctypes.c_int()
+    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return ()
+    names = []
+    for index in range(count.value):
+        device, name = ctypes.c_int(), ctypes.create_string_buffer(256)
+        ok = cuda.cuDeviceGet(ctypes.byref(device), index) == 0 and cuda.cuDeviceGetName(name, 256, device) == 0
+        names.append(name.value.decode(errors="replace") if ok else "GPU")
+    return tuple(names)
+
+
+def device_choices():
+    """DEVICE's choices: auto, cpu, then cuda:N for each GPU present."""
+    return ["auto", "cpu"] + [f"cuda:{index}" for index in range(len(cuda_devices()))]
+
+
+def device_parameter(name):
+    """The DEVICE parameter: a list of the devices present, stored as its text (``cpu``, ``cuda:0``), so saved
+    models, batch runs and ``qgis_process … DEVICE=cpu`` keep their device."""
+    gpus = "; ".join(f"cuda:{index} = {gpu}" for index, gpu in enumerate(cuda_devices()))
+    parameter = QgsProcessingParameterEnum(name, tr("Device (auto: the first GPU if any, else the CPU)")
+                                           + (f" — {gpus}" if gpus else ""), options=device_choices(),
+                                           defaultValue="auto")
+    parameter.setUsesStaticStrings(True)
+    return parameter
 
 
 def gdal_source(layer, parameter):
@@ -50,18 +106,47 @@ def engine_errors():
         raise QgsProcessingException(str(error)) from None
 
 
-class DF4LCZAlgorithm(QgsProcessingAlgorithm):
-    """Base class: group, and the check that the dependency variant a run needs is importable."""
+class ToolboxMetadata:
+    """Group, tags, short description, help link and icon, for the algorithms and the shipped models alike.
+
+    A subclass sets ``description`` (one line), ``keywords`` (tags of its own), ``help_anchor`` (its README
+    section) and ``icon_name`` (``resources/icons/<icon_name>.svg``).
+    """
+
+    description = ""
+    keywords = ()
+    help_anchor = ""
+    icon_name = ""
+
+    def group(self):
+        return tr("Local climate zones")
+
+    def groupId(self):  # noqa: N802 (QGIS API name)
+        return "lcz"
+
+    def tags(self):
+        return list(TAGS + self.keywords)
+
+    def shortDescription(self):  # noqa: N802 (QGIS API name)
+        return tr(self.description)
+
+    def helpUrl(self):  # noqa: N802 (QGIS API name)
+        return f"{HELP_URL}#{self.help_anchor}"
+
+    def svgIconPath(self):  # noqa: N802 (QGIS API name)
+        return str(RESOURCES / "icons" / f"{self.icon_name}.svg")
+
+    def icon(self):
+        return QIcon(self.svgIconPath())
+
+
+class DF4LCZAlgorithm(ToolboxMetadata, QgsProcessingAlgorithm):
+    """Base class: Toolbox metadata, the DEVICE check, and the check that the dependency variant a run needs is
+    importable."""
 
     #: What a run needs of the plugin's dependencies (``df4lcz_plugin.dependencies``): "none" (QGIS's own Python
     #: and GDAL suffice), "light" or "full"; ``needs_for`` may decide it from the parameters.
     needs = "full"
-
-    def group(self):
-        return "Local climate zones"
-
-    def groupId(self):  # noqa: N802 (QGIS API name)
-        return "lcz"
 
     def createInstance(self):  # noqa: N802 (QGIS API name)
         return type(self)()
@@ -71,6 +156,12 @@ class DF4LCZAlgorithm(QgsProcessingAlgorithm):
         return self.needs
 
     def checkParameterValues(self, parameters, context):  # noqa: N802 (QGIS API name)
+        # Before the variant: DEVICE=cuda without a GPU is the user's mistake, not a missing PyTorch.
+        device = parameters.get("DEVICE")
+        if isinstance(device, str) and device and device not in device_choices():
+            found = ", ".join(cuda_devices()) or "no CUDA GPU"
+            return False, (f"DEVICE={device} is not a device of this machine (the NVIDIA driver reports {found}); "
+                           f"choose one of: {', '.join(device_choices())}.")
         variant = self.needs_for(parameters, context)
         lacking = dependencies.missing(variant) if variant != "none" else []
         if lacking:

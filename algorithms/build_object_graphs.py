@@ -7,12 +7,12 @@ from qgis.core import (QgsCoordinateTransform, QgsFeature, QgsFeatureSink, QgsFi
                        QgsProcessingParameterBoolean, QgsProcessingParameterDefinition,
                        QgsProcessingParameterExtent, QgsProcessingParameterFeatureSink, QgsProcessingParameterFile,
                        QgsProcessingParameterFileDestination, QgsProcessingParameterNumber,
-                       QgsProcessingParameterRasterLayer, QgsProcessingParameterString, QgsWkbTypes)
+                       QgsProcessingParameterRasterLayer, QgsWkbTypes)
 from qgis.PyQt.QtCore import QVariant
 
 from ..df4lcz_plugin.outputs import check_output_paths
 from ..df4lcz_plugin.sam import PAPER_AMG_SETTINGS
-from .base import DF4LCZAlgorithm, ProcessingFeedback, engine_errors, gdal_source
+from .base import DF4LCZAlgorithm, ProcessingFeedback, device_parameter, engine_errors, gdal_source, tr
 from .vhr_source import metric_crs, vhr_path, vhr_source_id
 
 _AMG_PARAMETERS = {  # parameter name → (AMG argument, label, integer?, minimum)
@@ -43,15 +43,19 @@ class BuildObjectGraphsAlgorithm(DF4LCZAlgorithm):
     GRAPH_CACHE_HITS = "GRAPH_CACHE_HITS"
 
     needs = "full"  # PyTorch: SAM and the object graphs.
+    description = "Segments VHR imagery into objects with Segment Anything (SAM) and builds their graphs."
+    keywords = ("sam", "segmentation", "objects", "graph", "vhr", "orthophoto", "graph cache")
+    help_anchor = "extract-sam-objects--df4lczbuildobjectgraphs"
+    icon_name = "build_object_graphs"
 
     def name(self):
         return "buildobjectgraphs"
 
     def displayName(self):  # noqa: N802 (QGIS API name)
-        return "Extract SAM objects"
+        return tr("Extract SAM objects")
 
     def shortHelpString(self):  # noqa: N802 (QGIS API name)
-        return ("Segments high-resolution imagery into objects (roofs, trees, lawns, roads) with Segment Anything, "
+        return tr("Segments high-resolution imagery into objects (roofs, trees, lawns, roads) with Segment Anything, "
                 "as DF4LCZ's high-resolution stream sees them, and builds their graphs.\n\n"
                 "The extent is cut into 320 m patches, each resampled to 320 × 320 px (1 m) and segmented by "
                 "automatic mask generation with the paper's settings (12 × 12 points, predicted IoU 0.88, "
@@ -74,33 +78,33 @@ class BuildObjectGraphsAlgorithm(DF4LCZAlgorithm):
                 "defaults are the paper's, as 'Train DF4LCZ model' uses).")
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
-        self.addParameter(QgsProcessingParameterRasterLayer(self.VHR, "High-resolution (VHR) imagery"))
-        self.addParameter(QgsProcessingParameterExtent(self.EXTENT, "Extent", optional=True))
-        self.addParameter(QgsProcessingParameterFile(self.CHECKPOINT, "SAM checkpoint (default: MobileSAM)",
+        self.addParameter(QgsProcessingParameterRasterLayer(self.VHR, tr("High-resolution (VHR) imagery")))
+        self.addParameter(QgsProcessingParameterExtent(self.EXTENT, tr("Extent"), optional=True))
+        self.addParameter(QgsProcessingParameterFile(self.CHECKPOINT, tr("SAM checkpoint (default: MobileSAM)"),
                                                      optional=True, fileFilter="PyTorch checkpoint (*.pt *.pth)"))
-        self.addParameter(QgsProcessingParameterString(self.DEVICE, "Device (auto, cpu, cuda, cuda:N)", "auto"))
-        advanced = [QgsProcessingParameterNumber(self.GRAPH_RADIUS, "Graph radius (fraction of the 320 m patch)",
+        self.addParameter(device_parameter(self.DEVICE))
+        advanced = [QgsProcessingParameterNumber(self.GRAPH_RADIUS, tr("Graph radius (fraction of the 320 m patch)"),
                                                  QgsProcessingParameterNumber.Double, 0.25, minValue=0.0),
-                    QgsProcessingParameterBoolean(self.FAST_SAM, "Fast SAM (bfloat16; not the paper-exact masks)",
+                    QgsProcessingParameterBoolean(self.FAST_SAM, tr("Fast SAM (bfloat16; not the paper-exact masks)"),
                                                   False)]
         for name, (argument, label, integer, minimum) in _AMG_PARAMETERS.items():
             kind = QgsProcessingParameterNumber.Integer if integer else QgsProcessingParameterNumber.Double
-            advanced.append(QgsProcessingParameterNumber(name, label, kind, PAPER_AMG_SETTINGS[argument],
+            advanced.append(QgsProcessingParameterNumber(name, tr(label), kind, PAPER_AMG_SETTINGS[argument],
                                                          minValue=minimum))
         for parameter in advanced:
             parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
             self.addParameter(parameter)
         self.addParameter(QgsProcessingParameterRasterLayer(
-            self.CLASSIFICATION_GRID, "Fill the graph cache for the cells of this Sentinel-2 stack instead",
+            self.CLASSIFICATION_GRID, tr("Fill the graph cache for the cells of this Sentinel-2 stack instead"),
             optional=True))
-        self.addParameter(QgsProcessingParameterNumber(self.RESOLUTION, "Resolution of that classification (m)",
+        self.addParameter(QgsProcessingParameterNumber(self.RESOLUTION, tr("Resolution of that classification (m)"),
                                                        QgsProcessingParameterNumber.Double, 100.0, minValue=10.0))
-        self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, "SAM objects",
+        self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, tr("SAM objects"),
                                                             QgsProcessing.TypeVectorPolygon, optional=True))
-        self.addParameter(QgsProcessingParameterFileDestination(self.GRAPHS, "Object graphs",
+        self.addParameter(QgsProcessingParameterFileDestination(self.GRAPHS, tr("Object graphs"),
                                                                 "Object graphs (*.npz)", optional=True))
-        self.addOutput(QgsProcessingOutputNumber(self.SAM_RUNS, "SAM runs (graph cache mode)"))
-        self.addOutput(QgsProcessingOutputNumber(self.GRAPH_CACHE_HITS, "Graphs already cached (graph cache mode)"))
+        self.addOutput(QgsProcessingOutputNumber(self.SAM_RUNS, tr("SAM runs (graph cache mode)")))
+        self.addOutput(QgsProcessingOutputNumber(self.GRAPH_CACHE_HITS, tr("Graphs already cached (graph cache mode)")))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
         from ..df4lcz_plugin import assets
@@ -136,7 +140,7 @@ class BuildObjectGraphsAlgorithm(DF4LCZAlgorithm):
                  self.GRAPHS: ([graphs_path], (".npz",))})
             checkpoint = (self.parameterAsFile(parameters, self.CHECKPOINT, context)
                           or str(assets.fetch_member(assets.MOBILE_SAM)))
-            device = resolve_device(self.parameterAsString(parameters, self.DEVICE, context))
+            device = resolve_device(self.parameterAsEnumString(parameters, self.DEVICE, context))
             patches = extract_objects(source, bounds, crs.toWkt(), checkpoint, device, amg,
                                       rule, ProcessingFeedback(feedback),
                                       self.parameterAsBool(parameters, self.FAST_SAM, context))
@@ -181,7 +185,7 @@ class BuildObjectGraphsAlgorithm(DF4LCZAlgorithm):
             summary = fill_graph_cache(
                 source, gdal_source(grid_layer, self.CLASSIFICATION_GRID), bounds,
                 self.parameterAsDouble(parameters, self.RESOLUTION, context),
-                resolve_device(self.parameterAsString(parameters, self.DEVICE, context)),
+                resolve_device(self.parameterAsEnumString(parameters, self.DEVICE, context)),
                 self.parameterAsFile(parameters, self.CHECKPOINT, context) or None, amg, rule, vhr_source_id(layer),
                 ProcessingFeedback(feedback), self.parameterAsBool(parameters, self.FAST_SAM, context))
         feedback.pushInfo(f"Graph cache: {summary['cells']} cells, {summary['sam_runs']} SAM runs, "

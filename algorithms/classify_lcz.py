@@ -7,8 +7,7 @@ from qgis.core import (QgsProcessingException, QgsProcessingOutputNumber, QgsPro
                        QgsProcessingParameterBoolean,
                        QgsProcessingParameterDefinition, QgsProcessingParameterEnum, QgsProcessingParameterExtent,
                        QgsProcessingParameterFile, QgsProcessingParameterNumber,
-                       QgsProcessingParameterRasterDestination, QgsProcessingParameterRasterLayer,
-                       QgsProcessingParameterString)
+                       QgsProcessingParameterRasterDestination, QgsProcessingParameterRasterLayer)
 
 from ..df4lcz_plugin import legend
 from ..df4lcz_plugin.clouds import MAX_CLOUD_PERCENT
@@ -16,9 +15,12 @@ from ..df4lcz_plugin.models.backends import BACKENDS, PRECISIONS, converted_path
 from ..df4lcz_plugin.models.registry import ModelError, list_models, model_files, read_card
 from ..df4lcz_plugin.outputs import check_output_paths, geotiff_output
 from ..df4lcz_plugin.sentinel2 import built_from
-from .base import DF4LCZAlgorithm, ProcessingFeedback, engine_errors, gdal_source
+from .base import DF4LCZAlgorithm, ProcessingFeedback, device_parameter, engine_errors, gdal_source, tr
 from .styling import style_on_load
 from .vhr_source import vhr_path, vhr_source_id
+
+#: MODEL's one choice when no model is installed (MODEL_FILE must then name one).
+NO_MODEL = "none installed: give a model file"
 
 
 class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
@@ -44,6 +46,10 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
     DEVICE_USED = "DEVICE_USED"
 
     needs = "light"  # a Sentinel-2-only model on the CPU (OpenVINO); needs_for says when PyTorch is needed.
+    description = "Maps local climate zones (LCZ 1–10, A–G) from a Sentinel-2 stack, optionally fused with VHR."
+    keywords = ("map", "deep learning", "so2sat", "sen2lcz-net", "df4lcz", "fusion", "vhr")
+    help_anchor = "classify--df4lczclassifylcz-classify-local-climate-zones-df4lcz"
+    icon_name = "classify_lcz"
 
     def __init__(self):
         super().__init__()
@@ -53,10 +59,10 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
         return "classifylcz"
 
     def displayName(self):  # noqa: N802 (QGIS API name)
-        return "Classify local climate zones (DF4LCZ)"
+        return tr("Classify local climate zones (DF4LCZ)")
 
     def shortHelpString(self):  # noqa: N802 (QGIS API name)
-        return ("Classifies Local Climate Zones (Stewart & Oke 2012) over an extent. The extent is tiled into "
+        return tr("Classifies Local Climate Zones (Stewart & Oke 2012) over an extent. The extent is tiled into "
                 "output cells of RESOLUTION metres; each cell is classified from the 32×32-pixel (320 m) "
                 "Sentinel-2 patch centred on it, in batches, on the GPU when DEVICE=auto finds one.\n\n"
                 "Sentinel-2 raster: 10 bands B2, B3, B4, B5, B6, B7, B8, B8A, B11, B12 at 10 m on the 0–10000 "
@@ -70,8 +76,9 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
                 "percent, P(LCZ 1–10, A–G) in bands 1–17 and the winning class's (the confidence) in band 18, "
                 "styled on a 0–100 % ramp. No output may be an input or share a file with another output; a failed or killed run "
                 "leaves no partial file.\n\n"
-                "Model: an installed model (default: Sen2LCZ-Net pretrained on So2Sat LCZ42) or a model file "
-                "(.safetensors with its .json card).\n\n"
+                "Model: an installed model, chosen by its id (default: sen2lcznet_so2sat, Sen2LCZ-Net pretrained on "
+                "So2Sat LCZ42; trained models are listed by their file name), or a model file (.safetensors with "
+                "its .json card).\n\n"
                 "VHR imagery (optional; RGB in bands 1–3, ≤ 5 m, any CRS; web/tile layers are rendered at 1 m over "
                 "the EXTENT) feeds models with a high-resolution stream: "
                 "each cell's 320 m footprint goes through SAM, the object graph and the GCN, and the two streams "
@@ -93,51 +100,59 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
                 "and cells/s.")
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
-        self.addParameter(QgsProcessingParameterRasterLayer(self.SENTINEL2, "Sentinel-2 stack (10 bands)"))
-        self.addParameter(QgsProcessingParameterExtent(self.EXTENT, "Extent to classify", optional=True))
-        self.addParameter(QgsProcessingParameterRasterLayer(self.VHR, "High-resolution (VHR) imagery",
+        self.addParameter(QgsProcessingParameterRasterLayer(self.SENTINEL2, tr("Sentinel-2 stack (10 bands)")))
+        self.addParameter(QgsProcessingParameterExtent(self.EXTENT, tr("Extent to classify"), optional=True))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.VHR, tr("High-resolution (VHR) imagery"),
                                                             optional=True))
-        titles = [card.title for card in self.models] or ["(no installed model: give a model file)"]
-        self.addParameter(QgsProcessingParameterEnum(self.MODEL, "Model", options=titles, defaultValue=0))
-        self.addParameter(QgsProcessingParameterFile(self.MODEL_FILE, "Model file (overrides Model)", optional=True,
-                                                     fileFilter="DF4LCZ model (*.safetensors *.json)"))
-        self.addParameter(QgsProcessingParameterNumber(self.RESOLUTION, "Output resolution (m)",
+        self.addParameter(self._model_parameter())
+        self.addParameter(QgsProcessingParameterFile(self.MODEL_FILE, tr("Model file (overrides Model)"),
+                                                     optional=True, fileFilter="DF4LCZ model (*.safetensors *.json)"))
+        self.addParameter(QgsProcessingParameterNumber(self.RESOLUTION, tr("Output resolution (m)"),
                                                        QgsProcessingParameterNumber.Double, 100.0, minValue=10.0))
-        self.addParameter(QgsProcessingParameterString(self.DEVICE, "Device (auto, cpu, cuda, cuda:N)", "auto"))
-        sam_checkpoint = QgsProcessingParameterFile(self.SAM_CHECKPOINT, "SAM checkpoint (default: MobileSAM)",
+        self.addParameter(device_parameter(self.DEVICE))
+        sam_checkpoint = QgsProcessingParameterFile(self.SAM_CHECKPOINT, tr("SAM checkpoint (default: MobileSAM)"),
                                                     optional=True, fileFilter="PyTorch checkpoint (*.pt *.pth)")
-        batch = QgsProcessingParameterNumber(self.BATCH_SIZE, "Batch size (patches)",
+        batch = QgsProcessingParameterNumber(self.BATCH_SIZE, tr("Batch size (patches)"),
                                              QgsProcessingParameterNumber.Integer, 128, minValue=1)
-        max_cloud = QgsProcessingParameterNumber(self.MAX_CLOUD, "Most masked (cloud, shadow) pixels in a cell's "
-                                                 "patch (%)", QgsProcessingParameterNumber.Double,
+        max_cloud = QgsProcessingParameterNumber(self.MAX_CLOUD, tr("Most masked (cloud, shadow) pixels in a cell's "
+                                                                    "patch (%)"), QgsProcessingParameterNumber.Double,
                                                  MAX_CLOUD_PERCENT, minValue=0, maxValue=100)
-        palette = QgsProcessingParameterEnum(self.PALETTE, "Colour palette",
+        palette = QgsProcessingParameterEnum(self.PALETTE, tr("Colour palette"),
                                              options=list(legend.PALETTE_TITLES.values()), defaultValue=0)
-        backend = QgsProcessingParameterEnum(self.BACKEND, "Inference back-end of the Sentinel-2 stream (auto: "
-                                             "OpenVINO on CPU, PyTorch on a GPU)", options=list(BACKENDS),
-                                             defaultValue=0)
-        precision = QgsProcessingParameterEnum(self.PRECISION, "OpenVINO precision (bf16: faster on CPUs with bf16, "
-                                               "99.5 % of cells with the same class)", options=list(PRECISIONS),
-                                               defaultValue=0)
-        fast_sam = QgsProcessingParameterBoolean(self.FAST_SAM, "Fast SAM (bfloat16; not the paper-exact masks)",
+        backend = QgsProcessingParameterEnum(self.BACKEND, tr("Inference back-end of the Sentinel-2 stream (auto: "
+                                                              "OpenVINO on CPU, PyTorch on a GPU)"),
+                                             options=list(BACKENDS), defaultValue=0)
+        precision = QgsProcessingParameterEnum(self.PRECISION, tr("OpenVINO precision (bf16: faster on CPUs with "
+                                                                  "bf16, 99.5 % of cells with the same class)"),
+                                               options=list(PRECISIONS), defaultValue=0)
+        fast_sam = QgsProcessingParameterBoolean(self.FAST_SAM, tr("Fast SAM (bfloat16; not the paper-exact masks)"),
                                                  False)
         for parameter in (sam_checkpoint, fast_sam, batch, max_cloud, backend, precision, palette):
             parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
             self.addParameter(parameter)
-        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "LCZ map"))
-        self.addParameter(QgsProcessingParameterRasterDestination(self.PROBABILITIES, "LCZ probabilities (%)",
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, tr("LCZ map")))
+        self.addParameter(QgsProcessingParameterRasterDestination(self.PROBABILITIES, tr("LCZ probabilities (%)"),
                                                                   optional=True, createByDefault=False))
         self.addParameter(QgsProcessingParameterRasterDestination(
-            self.SOURCE, "Decision source (1 Sentinel-2 only, 2 fused with VHR)", optional=True,
+            self.SOURCE, tr("Decision source (1 Sentinel-2 only, 2 fused with VHR)"), optional=True,
             createByDefault=False))
-        self.addOutput(QgsProcessingOutputString(self.SUMMARY, "Summary (JSON)"))
-        self.addOutput(QgsProcessingOutputNumber(self.CELLS_PER_SECOND, "Cells per second"))
-        self.addOutput(QgsProcessingOutputString(self.DEVICE_USED, "Device used"))
+        self.addOutput(QgsProcessingOutputString(self.SUMMARY, tr("Summary (JSON)")))
+        self.addOutput(QgsProcessingOutputNumber(self.CELLS_PER_SECOND, tr("Cells per second")))
+        self.addOutput(QgsProcessingOutputString(self.DEVICE_USED, tr("Device used")))
+
+    def _model_parameter(self):
+        """MODEL: the installed models by id (stored as the id, so that saved models and batch runs keep their
+        model when another is installed); their titles are in the tooltip."""
+        ids = [card.id for card in self.models] or [NO_MODEL]
+        parameter = QgsProcessingParameterEnum(self.MODEL, tr("Model"), options=ids, defaultValue=ids[0])
+        parameter.setUsesStaticStrings(True)
+        parameter.setHelp("\n".join(f"{card.id}: {card.title}" for card in self.models))
+        return parameter
 
     def needs_for(self, parameters, context):
         """full (PyTorch) with a VHR layer, DEVICE=cuda…, BACKEND=pytorch, or a model whose OpenVINO form is still
         to be converted (from its PyTorch module); else light."""
-        device = self.parameterAsString(parameters, self.DEVICE, context).strip().lower()
+        device = self.parameterAsEnumString(parameters, self.DEVICE, context)
         backend = BACKENDS[self.parameterAsEnum(parameters, self.BACKEND, context)]
         if parameters.get(self.VHR) or device.startswith("cuda") or backend == "pytorch":
             return "full"
@@ -148,6 +163,11 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
         return self.needs if converted else "full"
 
     def checkParameterValues(self, parameters, context):  # noqa: N802 (QGIS API name)
+        model = parameters.get(self.MODEL)
+        installed = [card.id for card in self.models]
+        if isinstance(model, str) and model and model not in installed + [NO_MODEL]:
+            return False, (f"MODEL={model} is not an installed model; installed: {', '.join(installed) or 'none'}. "
+                           "Choose one of them, or give the model's file as MODEL_FILE.")
         ok, message = super().checkParameterValues(parameters, context)
         if ok and not self.models and not self.parameterAsFile(parameters, self.MODEL_FILE, context):
             return False, "No LCZ model is installed; give a model file (MODEL_FILE) or run 'make install'."
@@ -157,10 +177,11 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
         model_file = self.parameterAsFile(parameters, self.MODEL_FILE, context)
         if model_file:
             return Path(model_file)
-        index = self.parameterAsEnum(parameters, self.MODEL, context)
-        if not 0 <= index < len(self.models):
-            raise QgsProcessingException(f"MODEL={index} is not an installed model (0–{len(self.models) - 1}).")
-        return self.models[index].path
+        model = self.parameterAsEnumString(parameters, self.MODEL, context)
+        card = next((card for card in self.models if card.id == model), None)
+        if card is None:
+            raise QgsProcessingException(f"MODEL={model} is not an installed model; give a model file (MODEL_FILE).")
+        return card.path
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
         from ..df4lcz_plugin.classify import classify
@@ -186,13 +207,14 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
                  self.SAM_CHECKPOINT: sam_checkpoint,
                  self.VHR: gdal_source(vhr_layer, self.VHR) if vhr_layer and vhr_layer.providerType() == "gdal"
                  else None},
-                {self.OUTPUT: geotiff_output(output, style=True), self.PROBABILITIES: geotiff_output(probabilities),
+                {self.OUTPUT: geotiff_output(output, style=True),
+                 self.PROBABILITIES: geotiff_output(probabilities, style=True),
                  self.SOURCE: geotiff_output(source)})
         vhr = vhr_path(vhr_layer, bounds, layer.crs(), context, feedback) if vhr_layer is not None else None
         palette_name = list(legend.PALETTE_TITLES)[self.parameterAsEnum(parameters, self.PALETTE, context)]
         engine_feedback = ProcessingFeedback(feedback)
         with engine_errors():
-            device = resolve_device(self.parameterAsString(parameters, self.DEVICE, context))
+            device = resolve_device(self.parameterAsEnumString(parameters, self.DEVICE, context))
             card = read_card(model_path)  # the weights are loaded by the back-end that needs them
             if vhr:
                 open_vhr(vhr)  # unusable imagery is an error whatever the model
@@ -211,7 +233,10 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
                                fast_sam=self.parameterAsBool(parameters, self.FAST_SAM, context),
                                backend=BACKENDS[self.parameterAsEnum(parameters, self.BACKEND, context)],
                                precision=PRECISIONS[self.parameterAsEnum(parameters, self.PRECISION, context)])
-        style_on_load(context, output, Path(output).with_suffix(".qml"), "LCZ map")
+        run_label = layer.name() if bounds is None else \
+            f"{layer.name()}, x {bounds[0]:.0f}–{bounds[2]:.0f}, y {bounds[1]:.0f}–{bounds[3]:.0f}"
+        style_on_load(context, [(output, True, tr("LCZ map")), (probabilities, True, tr("LCZ probabilities")),
+                                (source, False, tr("LCZ decision source"))], run_label)
         results = {self.OUTPUT: output, self.SUMMARY: json.dumps(summary),
                    self.CELLS_PER_SECOND: summary["cells_per_second"], self.DEVICE_USED: summary["device"]}
         for name, path in ((self.PROBABILITIES, probabilities), (self.SOURCE, source)):

@@ -6,13 +6,42 @@ from qgis.core import QgsProcessingModelAlgorithm, QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
 from .assess_accuracy import AssessAccuracyAlgorithm
+from .base import RESOURCES, ToolboxMetadata, tr
 from .build_object_graphs import BuildObjectGraphsAlgorithm
 from .classify_lcz import ClassifyLCZAlgorithm
 from .sentinel2_composite import Sentinel2CompositeAlgorithm
 from .sentinel2_stack import Sentinel2StackAlgorithm
 from .train_model import TrainModelAlgorithm
 
-RESOURCES = Path(__file__).resolve().parent.parent / "resources"
+
+class ShippedModel(ToolboxMetadata, QgsProcessingModelAlgorithm):
+    """A bundled ``resources/models/<stem>.model3``, with the id ``df4lcz:<stem>`` (a model's own id is its
+    title, spaces included), the algorithms' group and Toolbox metadata."""
+
+    #: stem → (short description, README section, keywords)
+    METADATA = {
+        "lcz_from_safe": ("Stacks a Sentinel-2 product and classifies local climate zones, in one step.",
+                          "a-model--resourcesmodelslcz_from_safemodel3", ("safe", "model", "l1c", "l2a")),
+        "lcz_from_composite": ("Composites several Sentinel-2 dates cloud-free and classifies local climate zones.",
+                               "build-a-cloud-free-composite--df4lczsentinel2composite",
+                               ("composite", "cloud-free", "model", "safe")),
+    }
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = Path(path)
+        self.description, self.help_anchor, self.keywords = self.METADATA[self.path.stem]
+        self.icon_name = self.path.stem
+        self.loaded = self.fromFile(str(self.path))
+
+    def name(self):
+        return self.path.stem
+
+    def displayName(self):  # noqa: N802 (QGIS API name)
+        return tr(super().displayName())  # the model's title
+
+    def createInstance(self):  # noqa: N802 (QGIS API name)
+        return ShippedModel(self.path)
 
 
 class DF4LCZProvider(QgsProcessingProvider):
@@ -41,6 +70,6 @@ class DF4LCZProvider(QgsProcessingProvider):
         self.addAlgorithm(TrainModelAlgorithm())
         self.addAlgorithm(AssessAccuracyAlgorithm())
         for path in sorted((RESOURCES / "models").glob("*.model3")):
-            model = QgsProcessingModelAlgorithm()
-            if model.fromFile(str(path)):
+            model = ShippedModel(path)
+            if model.loaded:
                 self.addAlgorithm(model)

@@ -9,7 +9,7 @@ from qgis.core import (QgsProcessing, QgsProcessingException, QgsProcessingOutpu
 
 from ..df4lcz_plugin.clouds import MODES
 from ..df4lcz_plugin.outputs import check_output_paths, geotiff_output
-from .base import DF4LCZAlgorithm, ProcessingFeedback, engine_errors
+from .base import DF4LCZAlgorithm, ProcessingFeedback, engine_errors, tr
 
 
 class Sentinel2CompositeAlgorithm(DF4LCZAlgorithm):
@@ -20,15 +20,19 @@ class Sentinel2CompositeAlgorithm(DF4LCZAlgorithm):
     SUMMARY = "SUMMARY"
 
     needs = "light"  # GDAL, and lightgbm for s2cloudless cloud masks; not PyTorch.
+    description = "Combines several Sentinel-2 dates into one cloud-free 10-band stack (per-pixel median)."
+    keywords = ("composite", "cloud-free", "median", "multi-temporal", "cloud mask", "safe")
+    help_anchor = "build-a-cloud-free-composite--df4lczsentinel2composite"
+    icon_name = "sentinel2_composite"
 
     def name(self):
         return "sentinel2composite"
 
     def displayName(self):  # noqa: N802 (QGIS API name)
-        return "Build cloud-free Sentinel-2 composite"
+        return tr("Build cloud-free Sentinel-2 composite")
 
     def shortHelpString(self):  # noqa: N802 (QGIS API name)
-        return ("Combines several Sentinel-2 acquisitions of the same place into one cloud-free 10-band stack "
+        return tr("Combines several Sentinel-2 acquisitions of the same place into one cloud-free 10-band stack "
                 "(B2, B3, B4, B5, B6, B7, B8, B8A, B11, B12, 10 m, 0–10000), as the LCZ models expect: So2Sat LCZ42 "
                 "and the LCZ Generator work on cloud-free composites.\n\n"
                 "Inputs: product folders (.SAFE or folders of band files; each is stacked first with its cloud and "
@@ -42,13 +46,13 @@ class Sentinel2CompositeAlgorithm(DF4LCZAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
         self.addParameter(QgsProcessingParameterMultipleLayers(
-            self.INPUTS, "Sentinel-2 products (folders) or stacks", QgsProcessing.TypeFile))
-        self.addParameter(QgsProcessingParameterEnum(self.CLOUD_MASK, "Cloud and shadow mask of product folders",
+            self.INPUTS, tr("Sentinel-2 products (folders) or stacks"), QgsProcessing.TypeFile))
+        self.addParameter(QgsProcessingParameterEnum(self.CLOUD_MASK, tr("Cloud and shadow mask of product folders"),
                                                      options=list(MODES), defaultValue=0))
-        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Cloud-free composite"))
-        self.addParameter(QgsProcessingParameterRasterDestination(self.OBSERVATIONS, "Clear observations per pixel",
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, tr("Cloud-free composite")))
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OBSERVATIONS, tr("Clear observations per pixel"),
                                                                   optional=True, createByDefault=True))
-        self.addOutput(QgsProcessingOutputString(self.SUMMARY, "Summary (JSON)"))
+        self.addOutput(QgsProcessingOutputString(self.SUMMARY, tr("Summary (JSON)")))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
         from ..df4lcz_plugin.composite import build_composite

@@ -6,7 +6,7 @@ from qgis.core import (QgsProcessingOutputNumber, QgsProcessingOutputString, Qgs
 from ..df4lcz_plugin import sentinel2
 from ..df4lcz_plugin.clouds import MODES
 from ..df4lcz_plugin.outputs import check_output_paths, geotiff_output
-from .base import DF4LCZAlgorithm, ProcessingFeedback, engine_errors
+from .base import DF4LCZAlgorithm, ProcessingFeedback, engine_errors, tr
 
 
 class Sentinel2StackAlgorithm(DF4LCZAlgorithm):
@@ -20,15 +20,19 @@ class Sentinel2StackAlgorithm(DF4LCZAlgorithm):
     SNOW_PERCENT = "SNOW_PERCENT"
 
     needs = "light"  # GDAL, and lightgbm for s2cloudless cloud masks; not PyTorch.
+    description = "Stacks a Sentinel-2 L1C/L2A product (.SAFE) into the 10-band, 10 m raster the LCZ models read."
+    keywords = ("safe", "l1c", "l2a", "band stack", "cloud mask", "s2cloudless", "jp2")
+    help_anchor = "build-the-sentinel-2-stack--df4lczsentinel2stack"
+    icon_name = "sentinel2_stack"
 
     def name(self):
         return "sentinel2stack"
 
     def displayName(self):  # noqa: N802 (QGIS API name)
-        return "Build Sentinel-2 band stack"
+        return tr("Build Sentinel-2 band stack")
 
     def shortHelpString(self):  # noqa: N802 (QGIS API name)
-        return ("Stacks a Sentinel-2 L1C or L2A product into the 10-band raster the LCZ models read: B2, B3, B4, "
+        return tr("Stacks a Sentinel-2 L1C or L2A product into the 10-band raster the LCZ models read: B2, B3, B4, "
                 "B5, B6, B7, B8, B8A, B11, B12 (So2Sat LCZ42 order) at 10 m, as UInt16 on the 0–10000 reflectance "
                 "scale with nodata 0. The 20 m bands are resampled bilinearly by GDAL, block by block.\n\n"
                 "Input: a .SAFE folder, or a folder of per-band JP2/GeoTIFF files whose names end in the band "
@@ -46,15 +50,15 @@ class Sentinel2StackAlgorithm(DF4LCZAlgorithm):
                 "masked. The cloud, shadow and snow percentages are in the metadata and the outputs.")
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
-        self.addParameter(QgsProcessingParameterFile(self.INPUT, "Sentinel-2 product folder (.SAFE or band files)",
+        self.addParameter(QgsProcessingParameterFile(self.INPUT, tr("Sentinel-2 product folder (.SAFE or band files)"),
                                                      behavior=QgsProcessingParameterFile.Folder))
-        self.addParameter(QgsProcessingParameterEnum(self.CLOUD_MASK, "Cloud and shadow mask", options=list(MODES),
+        self.addParameter(QgsProcessingParameterEnum(self.CLOUD_MASK, tr("Cloud and shadow mask"), options=list(MODES),
                                                      defaultValue=0))
-        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Sentinel-2 stack"))
-        self.addOutput(QgsProcessingOutputString(self.PROCESSING_LEVEL, "Processing level"))
-        self.addOutput(QgsProcessingOutputString(self.CLOUD_MASK_SOURCE, "Cloud mask source"))
-        for name, label in ((self.CLOUD_PERCENT, "Cloud (%)"), (self.SHADOW_PERCENT, "Cloud shadow (%)"),
-                            (self.SNOW_PERCENT, "Snow (%)")):
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, tr("Sentinel-2 stack")))
+        self.addOutput(QgsProcessingOutputString(self.PROCESSING_LEVEL, tr("Processing level")))
+        self.addOutput(QgsProcessingOutputString(self.CLOUD_MASK_SOURCE, tr("Cloud mask source")))
+        for name, label in ((self.CLOUD_PERCENT, tr("Cloud (%)")), (self.SHADOW_PERCENT, tr("Cloud shadow (%)")),
+                            (self.SNOW_PERCENT, tr("Snow (%)"))):
             self.addOutput(QgsProcessingOutputNumber(name, label))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)

