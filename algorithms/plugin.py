@@ -1,16 +1,26 @@
-"""The QGIS plugin object: registers the ``df4lcz`` Processing provider."""
+"""The QGIS plugin object: registers the ``df4lcz`` Processing provider and, in the desktop, the dependency
+installer's menu entry and its notice when the dependencies are missing."""
 
-from qgis.core import QgsApplication
+from qgis.core import Qgis, QgsApplication
+from qgis.PyQt import sip
+from qgis.PyQt.QtWidgets import QAction, QPushButton
 
+from ..df4lcz_plugin import dependencies
+from .install_dialog import InstallDialog
 from .provider import DF4LCZProvider
+
+MENU = f"&{dependencies.MENU}"
 
 
 class DF4LCZPlugin:
-    """Adds the provider in ``initProcessing`` (what ``qgis_process`` calls) and removes it in ``unload``."""
+    """Adds the provider in ``initProcessing`` (what ``qgis_process`` calls); ``initGui`` adds Plugins ▸ DF4LCZ ▸
+    Install dependencies… and, if the light dependencies cannot be imported, a message-bar notice with the same
+    button. ``unload`` removes all of it."""
 
     def __init__(self, iface):
         self.iface = iface
         self.provider = None
+        self.install_action = self.notice = self.dialog = None
 
     def initProcessing(self):  # noqa: N802 (QGIS API name)
         self.provider = DF4LCZProvider()
@@ -18,8 +28,43 @@ class DF4LCZPlugin:
 
     def initGui(self):  # noqa: N802 (QGIS API name)
         self.initProcessing()
+        self.install_action = QAction(dependencies.INSTALL_ENTRY, self.iface.mainWindow())
+        self.install_action.triggered.connect(self.show_installer)
+        self.iface.addPluginToMenu(MENU, self.install_action)
+        lacking = dependencies.missing("light")
+        if lacking:
+            more = f" and {len(lacking) - 1} more" if len(lacking) > 1 else ""
+            self.notice = self.iface.messageBar().createMessage(
+                "DF4LCZ", f"its algorithms need Python packages that are not installed ({lacking[0]}{more}).")
+            button = QPushButton(dependencies.INSTALL_ENTRY, self.notice)
+            button.clicked.connect(self.show_installer)
+            self.notice.layout().addWidget(button)
+            self.iface.messageBar().pushWidget(self.notice, Qgis.Warning)
+
+    def show_installer(self):
+        """Show the installer dialog (one per plugin, kept while a run goes on) and drop the notice."""
+        self._drop_notice()
+        if self.dialog is None:
+            self.dialog = InstallDialog(parent=self.iface.mainWindow())
+        self.dialog.show()
+        self.dialog.raise_()
+        self.dialog.activateWindow()
+
+    def _drop_notice(self):
+        if self.notice is not None and not sip.isdeleted(self.notice):  # the user may have closed it
+            self.iface.messageBar().popWidget(self.notice)
+        self.notice = None
 
     def unload(self):
         if self.provider is not None:
             QgsApplication.processingRegistry().removeProvider(self.provider)
             self.provider = None
+        if self.install_action is not None:
+            self.iface.removePluginMenu(MENU, self.install_action)
+            self.install_action.deleteLater()
+            self.install_action = None
+        self._drop_notice()
+        if self.dialog is not None:
+            self.dialog.stop()
+            self.dialog.deleteLater()
+            self.dialog = None

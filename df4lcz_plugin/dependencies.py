@@ -8,23 +8,37 @@ Two variants, pinned once in ``requirements/`` (shipped with the plugin):
 - ``full`` (``plugin.txt``, which includes ``light.txt``): light plus PyTorch and what rests on it (CUDA, SAM,
   torch-geometric): GPU inference, VHR fusion, object graphs, training. About 5 GB.
 
+For ``full`` the PyTorch build may be chosen where the package index offers a choice (``TORCH_BUILDS``); the
+default is the registry's own PyTorch.
+
 They are installed with ``pip --no-deps --target`` into ``<plugin>/.deps/py<XY>`` (never into QGIS's own Python;
 the pin files are the whole closure, without numpy: QGIS's own numpy < 2 is used), which the plugin puts first on
-``sys.path`` before anything imports them. Command line, run from the plugin folder with the Python QGIS uses::
+``sys.path`` before anything imports them. Each package is installed by its own pip run into a staging folder and
+then moved in, its ``.dist-info`` last: a package counts as installed only once whole, so an interrupted install
+leaves nothing half-installed and the next one finishes the job. Command line, run from the plugin folder with the
+Python QGIS uses (``find_python``)::
 
-    python3 -m df4lcz_plugin.dependencies install --variant light|full [--target DIR]
+    python3 -m df4lcz_plugin.dependencies install --variant light|full [--torch BUILD] [--target DIR]
     python3 -m df4lcz_plugin.dependencies remove [--target DIR]
     python3 -m df4lcz_plugin.dependencies missing --variant light|full [--target DIR]
 
-This module imports nothing from QGIS, so that command runs outside QGIS too.
+``install`` prints ``[done/total] …`` lines (``PROGRESS``) between pip's own messages; SIGTERM or Ctrl+C stops it
+cleanly (exit status 2). The QGIS dialog (``algorithms/install_dialog.py``) runs this same command. This module
+imports nothing from QGIS, so the command runs outside QGIS too.
 """
 
 import argparse
+import contextlib
+import csv
+import importlib.metadata
 import importlib.util
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+from collections import namedtuple
 from pathlib import Path
 
 PLUGIN_ROOT = Path(__file__).resolve().parent.parent
@@ -40,8 +54,34 @@ MODULES = {
 }
 
 
+#: Where QGIS users find the installer: the plugin's entry in the Plugins menu.
+MENU, INSTALL_ENTRY = "DF4LCZ", "Install dependencies…"
+_PYTORCH_INDEX = "https://download.pytorch.org/whl/"
+#: sys.platform → the PyTorch builds the package indexes offer there: build → index serving it (None: the registry
+#: pip is configured with); the first is the default. PyPI's Linux wheels use CUDA (from separate nvidia-* wheels),
+#: its Windows wheels are CPU-only, and macOS has one build (CPU and Apple's MPS).
+TORCH_BUILDS = {
+    "linux": {"cuda": None, "cpu": _PYTORCH_INDEX + "cpu"},
+    "win32": {"cpu": None, "cuda": _PYTORCH_INDEX + "cu130"},  # CUDA 13.0, as PyPI's Linux wheels of the pin
+    "darwin": {"cpu": None},
+}
+#: The packages built per PyTorch flavour; an index other than the registry's tags their versions (``+cpu``).
+_TORCH_PACKAGES = ("torch", "torchvision")
+#: One package to install: version as its dist-info names it; index None = the registry's.
+Pin = namedtuple("Pin", "name version index")
+#: On Windows a console child of a GUI process would open a console window; this keeps it hidden.
+_NO_WINDOW = getattr(subprocess, "CREATE_NO_WINDOW", 0)
+#: The installer's progress lines: ``[done/total] text``.
+PROGRESS = re.compile(r"^\[(\d+)/(\d+)\] ")
+
+
 class InstallError(RuntimeError):
-    """pip is missing or failed, or a folder is not one this installer may delete."""
+    """pip is missing or failed, no Python matching QGIS's was found, or a folder is not one this installer may
+    delete."""
+
+
+class Cancelled(Exception):
+    """The installer was asked to stop (SIGTERM, Ctrl+C)."""
 
 
 def deps_folder(plugin_root):
@@ -52,11 +92,63 @@ def deps_folder(plugin_root):
 def activate(plugin_root):
     """Put the private dependency folder first on ``sys.path`` if it exists. Returns it (or None)."""
     folder = deps_folder(plugin_root)
-    if not folder.is_dir():
-        return None
+    return use(folder) if folder.is_dir() else None
+
+
+def use(folder):
+    """Put ``folder`` (Path) first on ``sys.path`` and forget the import system's cached folder listings, so that
+    what was just installed there can be found. Returns ``folder``."""
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
+    importlib.invalidate_caches()
     return folder
+
+
+def find_python():
+    """Path (str) of the Python interpreter QGIS runs on, to run pip and this module's command.
+
+    Inside QGIS ``sys.executable`` is not to be trusted: embedded Python guesses it from PATH, where another Python
+    (pyenv, conda) may come first. So candidates are looked for where QGIS's Python lives (``sys.exec_prefix``:
+    Linux ``bin/python3.X``, OSGeo4W ``python3.exe``/``python.exe``, QGIS.app ``Contents/MacOS/bin/python3``), then
+    ``sys.executable`` and ``python3.X``/``python3`` on PATH; each is run once. The first of this Python's version
+    and ``sys.exec_prefix`` wins, else the first of its version (its pip installs the same wheels). Raises
+    InstallError naming what was tried when none has the version.
+    """
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    executable, prefix = Path(sys.executable), Path(sys.exec_prefix)
+    candidates = [prefix / "bin" / f"python{version}", prefix / "python3.exe", prefix / "python.exe",
+                  executable.parent / "bin" / "python3", executable, shutil.which(f"python{version}"),
+                  shutil.which("python3")]
+    same_version = []
+    for candidate in dict.fromkeys(str(c) for c in candidates if c):
+        if Path(candidate).is_file() and Path(candidate).name.lower().startswith("python"):
+            identity = _identity(candidate)
+            if identity == (version, _normalised(sys.exec_prefix)):
+                return candidate
+            if identity and identity[0] == version:
+                same_version.append(candidate)
+    if same_version:
+        return same_version[0]
+    raise InstallError(f"No Python {version} interpreter (the version QGIS runs) was found in {prefix} or on PATH. "
+                       f"Install Python {version} and its pip so that python{version} is on PATH, or run the "
+                       "installer's command (python3 -m df4lcz_plugin.dependencies install …) with QGIS's Python "
+                       "yourself.")
+
+
+def _identity(python):
+    """('major.minor', normalised sys.exec_prefix) of the interpreter ``python``, or None if it does not run."""
+    code = "import sys; print('%d.%d' % sys.version_info[:2]); print(sys.exec_prefix)"
+    try:
+        out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60,
+                             creationflags=_NO_WINDOW)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = out.stdout.splitlines()
+    return (lines[0], _normalised(lines[1])) if out.returncode == 0 and len(lines) == 2 else None
+
+
+def _normalised(path):
+    return os.path.normcase(os.path.realpath(path))
 
 
 def missing(variant):
@@ -68,9 +160,10 @@ def missing(variant):
 def install_advice(variant, lacking):
     """What to tell a user whose Python lacks ``lacking`` (human names) of ``variant``: what and how to install."""
     return (f"{', '.join(lacking)} cannot be imported in QGIS's Python, so this needs the plugin's '{variant}' "
-            f"dependencies. Install them: in the plugin folder {PLUGIN_ROOT}, run "
-            f"'python3 -m df4lcz_plugin.dependencies install --variant {variant}' with the Python QGIS uses, "
-            "then restart QGIS.")
+            f"dependencies. Install them from QGIS with Plugins ▸ {MENU} ▸ {INSTALL_ENTRY} (choose '{variant}'), "
+            f"or without QGIS: in the plugin folder {PLUGIN_ROOT}, run "
+            f"'python3 -m df4lcz_plugin.dependencies install --variant {variant}' with the Python QGIS uses. "
+            "Then restart QGIS.")
 
 
 def pins(variant):
@@ -90,49 +183,214 @@ def _read_pins(path):
     return out
 
 
+def torch_builds(platform=sys.platform):
+    """The PyTorch builds offered on ``platform`` (a ``sys.platform`` value): dict build → index URL or None
+    (the registry's), the default first."""
+    return TORCH_BUILDS.get(platform, {"cpu": None})
+
+
+def plan(variant, torch=None, platform=sys.platform):
+    """The packages (list of Pin) that make ``variant`` on ``platform`` with the PyTorch build ``torch``
+    (default: the platform's first). Only PyPI's Linux CUDA build loads CUDA from the nvidia-*/cuda-*/triton
+    pins; the other builds bundle what they need or have no CUDA, so they skip those. Raises InstallError for a
+    build the platform does not offer."""
+    builds = torch_builds(platform)
+    torch = torch or next(iter(builds))
+    if torch not in builds:
+        raise InstallError(f"There is no '{torch}' PyTorch build for {platform}; choose {' or '.join(builds)}.")
+    index = builds[torch]
+    out = []
+    for name, version in pins(variant):
+        if name == "triton" or name.startswith(("nvidia-", "cuda-")):
+            if torch == "cuda" and index is None:
+                out.append(Pin(name, version, None))
+        elif name in _TORCH_PACKAGES and index is not None:
+            out.append(Pin(name, f"{version}+{index.rstrip('/').rsplit('/', 1)[1]}", index))
+        else:
+            out.append(Pin(name, version, None))
+    return out
+
+
+def _dist_name(name):
+    """A project name as pip writes it in ``<name>-<version>.dist-info``."""
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+
 def installed(target, name, version):
     """True if ``target`` holds ``<normalised name>-<version>.dist-info`` (how pip names it)."""
-    return (Path(target) / f"{re.sub(r'[-_.]+', '_', name).lower()}-{version}.dist-info").is_dir()
+    return (Path(target) / f"{_dist_name(name)}-{version}.dist-info").is_dir()
 
 
-def install(variant, target):
-    """pip-install into ``target`` the pins of ``variant`` it lacks; returns them (``name==version``).
+def staging_folder(target):
+    """Where pip unpacks one package before it moves into ``target``: ``.deps/.staging-py<XY>``."""
+    target = Path(target)
+    return target.parent / f".staging-{target.name}"
 
-    A pin whose dist-info is already in ``target`` is skipped, so a new pin costs one download, not a reinstall of
-    PyTorch, and a complete folder costs nothing. pip runs as a child of this Python with ``--no-deps --target``,
-    so it writes nothing outside ``target``; its progress goes to this process's output. Raises InstallError.
+
+def pip_command(pin, staging):
+    """The pip command line (list of str) that installs ``pin`` alone into ``staging`` with this Python:
+    ``--no-deps`` (the pins are the whole closure), from ``pin.index`` instead of the registry when it
+    has one."""
+    index = ["--index-url", pin.index] if pin.index else []
+    return [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--no-deps",
+            "--target", str(staging), *index, f"{pin.name}=={pin.version}"]
+
+
+def install(variant, target, torch=None):
+    """pip-install into ``target`` the packages of ``variant`` (``plan``) it lacks; returns them (list of Pin).
+
+    A package whose dist-info is already in ``target`` is skipped, so a new pin costs one download, not a
+    reinstall of PyTorch, and a complete folder costs nothing. Each package is installed by its own pip run
+    (``install_package``). Prints ``[done/total]`` progress lines and pip's output. Raises InstallError (pip missing
+    or failing) or Cancelled (SIGTERM/SIGINT with ``stop_on_signals``); either way every package in ``target`` is
+    whole.
     """
     target = Path(target)
-    todo = [f"{name}=={version}" for name, version in pins(variant) if not installed(target, name, version)]
+    todo = [pin for pin in plan(variant, torch) if not installed(target, pin.name, pin.version)]
     if not todo:
         print(f"The '{variant}' dependencies are all installed in {target}.", flush=True)
         return todo
     if importlib.util.find_spec("pip") is None:
         raise InstallError(f"{sys.executable} has no pip; install pip for it (Debian: apt install python3-pip).")
-    target.mkdir(parents=True, exist_ok=True)
-    print(f"Installing {len(todo)} package(s) of the '{variant}' dependencies into {target}: {' '.join(todo)}",
-          flush=True)
-    pip = subprocess.run([sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--no-deps",
-                          "--upgrade", "--target", str(target)] + todo)
-    if pip.returncode:
-        raise InstallError(f"pip failed (exit status {pip.returncode}); see its messages above.")
+    print(f"[0/{len(todo)}] Installing {len(todo)} package(s) of the '{variant}' dependencies into {target}; "
+          f"numpy is not among them: they use this Python's ({_numpy_version()}).", flush=True)
+    for done, pin in enumerate(todo, 1):
+        install_package(pin, target)
+        print(f"[{done}/{len(todo)}] {pin.name}=={pin.version} installed.", flush=True)
     return todo
 
 
+def install_package(pin, target):
+    """Install one package (Pin) into ``target`` (Path): pip, run by this Python, unpacks it into the staging
+    folder, then it replaces its older version in ``target`` (``_move_in``). Raises InstallError if pip fails,
+    Cancelled if this process is stopped (``stop_on_signals``); either way the staging folder is removed."""
+    target = Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    staging = staging_folder(target)
+    shutil.rmtree(staging, ignore_errors=True)  # a killed run's leftovers; pip needs an empty folder
+    try:
+        returncode = _run(pip_command(pin, staging))
+        if returncode:
+            raise InstallError(f"pip failed to install {pin.name}=={pin.version} (exit status {returncode}); "
+                               "see its messages above. What was installed before it is kept.")
+        with _signals_held():
+            _move_in(staging, target, pin.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _numpy_version():
+    """This Python's numpy version, read without importing it, or "none"."""
+    try:
+        return importlib.metadata.version("numpy")
+    except importlib.metadata.PackageNotFoundError:
+        return "none"
+
+
+def _run(command):
+    """Run ``command``, echoing its output line by line as it comes; returns its exit status. If this process is
+    stopped meanwhile (Cancelled), the child is stopped too before the exception goes on."""
+    # Hide pip's warning about running as root: it writes only into the staging folder.
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PIP_ROOT_USER_ACTION="ignore")
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+                             env=env, creationflags=_NO_WINDOW)
+    try:
+        for line in child.stdout:
+            print(line, end="", flush=True)
+        return child.wait()
+    finally:
+        if child.poll() is None:
+            child.terminate()
+            child.wait()
+        child.stdout.close()
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Hold SIGTERM and SIGINT back (POSIX) while a package moves into the target: a stop then waits for the move
+    to end, so the package is left whole. Elsewhere (Windows) the dist-info moving last keeps it consistent."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def _move_in(staging, target, name):
+    """Replace package ``name`` in ``target`` by what pip put into ``staging``.
+
+    The old version's dist-info goes first and its files after (per its RECORD); the new files come next, merged
+    into folders other packages share (``nvidia/``, ``cuda/``), and the new dist-info last. So ``target`` records
+    a package only while it is whole, and an interrupted move is redone by the next install.
+    """
+    for old in target.glob(f"{_dist_name(name)}-*.dist-info"):
+        _uninstall(target, old)
+    for entry in sorted(staging.iterdir(), key=lambda p: p.name.endswith(".dist-info")):
+        _merge(entry, target / entry.name)
+
+
+def _uninstall(target, dist_info):
+    """Delete a package's dist-info, then the files its RECORD (CSV: path, hash, size) lists inside ``target`` and
+    the folders that leaves empty."""
+    record = dist_info / "RECORD"
+    rows = list(csv.reader(record.read_text(encoding="utf-8").splitlines())) if record.is_file() else []
+    shutil.rmtree(dist_info)
+    root = os.path.normpath(target)
+    for row in rows:
+        path = os.path.normpath(os.path.join(root, row[0]))
+        if not path.startswith(root + os.sep) or not os.path.isfile(path):
+            continue  # outside target (pip's ../../bin scripts) or already gone
+        os.remove(path)
+        parent = os.path.dirname(path)
+        while parent != root and not os.listdir(parent):
+            os.rmdir(parent)
+            parent = os.path.dirname(parent)
+
+
+def _merge(source, dest):
+    """Move ``source`` to ``dest``: folders present on both sides are merged, anything else replaced."""
+    if source.is_dir() and dest.is_dir() and not dest.is_symlink():
+        for child in source.iterdir():
+            _merge(child, dest / child.name)
+        return
+    if dest.is_dir() and not dest.is_symlink():
+        shutil.rmtree(dest)
+    elif dest.exists() or dest.is_symlink():
+        dest.unlink()
+    os.replace(source, dest)
+
+
 def remove(target):
-    """Delete a dependency folder (``<plugin>/.deps/py<XY>``); refuses any other folder. Returns whether one
-    was there."""
+    """Delete a dependency folder (``<plugin>/.deps/py<XY>``) and its staging folder; refuses any other folder.
+    Returns whether one was there. Raises InstallError if it is not such a folder or cannot be deleted."""
     target = Path(target)
     if target.parent.name != ".deps" or not target.name.startswith("py"):
         raise InstallError(f"{target} is not a plugin dependency folder (<plugin>/.deps/py<XY>); nothing deleted.")
+    shutil.rmtree(staging_folder(target), ignore_errors=True)
     if not target.exists():
         return False
-    shutil.rmtree(target)
+    try:
+        shutil.rmtree(target)
+    except OSError as error:  # Windows: the DLLs of a running QGIS are locked
+        raise InstallError(f"Could not delete all of {target} ({error}). Close QGIS and run this again, or delete "
+                           "the folder yourself.") from None
     return True
 
 
+def stop_on_signals():
+    """Make SIGTERM (and SIGINT, as usual) raise Cancelled in this process: how the QGIS dialog stops it."""
+    def stop(signum, frame):
+        raise Cancelled(f"Stopped by signal {signum}.")
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+
 def main(argv=None):
-    """The command line (module docstring); returns the exit status."""
+    """The command line (module docstring); returns the exit status: 0 done, 1 failed or missing, 2 stopped."""
     parser = argparse.ArgumentParser(prog="python3 -m df4lcz_plugin.dependencies",
                                      description="Install, remove or check the DF4LCZ plugin's private dependencies.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -141,12 +399,18 @@ def main(argv=None):
         sub = commands.add_parser(command, help=text)
         if command != "remove":
             sub.add_argument("--variant", choices=VARIANTS, required=True)
+        if command == "install":
+            builds = torch_builds()
+            sub.add_argument("--torch", choices=builds, default=next(iter(builds)),
+                             help="PyTorch build of the full variant on this platform (default: %(default)s, the "
+                                  "package registry's own)")
         sub.add_argument("--target", type=Path, default=deps_folder(PLUGIN_ROOT),
                          help="dependency folder (default: this plugin's, %(default)s)")
     args = parser.parse_args(argv)
     try:
         if args.command == "install":
-            install(args.variant, args.target)
+            stop_on_signals()
+            install(args.variant, args.target, args.torch)
         elif args.command == "remove":
             print(f"Deleted {args.target}." if remove(args.target) else f"{args.target} does not exist.")
         else:
@@ -157,6 +421,10 @@ def main(argv=None):
     except InstallError as error:
         print(error, file=sys.stderr)
         return 1
+    except Cancelled as error:
+        print(f"{error} The packages installed so far are whole and kept; installing again finishes the job.",
+              file=sys.stderr)
+        return 2
     return 0
 
 

@@ -96,7 +96,8 @@ def test_light_stacks_with_s2cloudless(light, s2_band_dir, tmp_path):
     ("classifylcz", {"SENTINEL2": "stack", "MODEL_FILE": "unconverted", "OUTPUT": "lcz.tif"}),
 ], ids=["buildobjectgraphs", "trainmodel", "classify-pytorch", "classify-vhr", "classify-unconverted-model"])
 def test_light_refuses_what_needs_pytorch(light, s2_stack, tmp_path, algorithm, parameters):
-    """Refused before anything runs, naming the full variant and its command; no output is written."""
+    """Refused before anything runs, naming the full variant, its menu entry and its command; no output is
+    written."""
     unconverted = tmp_path / "model"  # the shipped model without its OpenVINO form: converting needs PyTorch
     unconverted.mkdir()
     for path in model_files(MODEL_CARD):
@@ -108,5 +109,6 @@ def test_light_refuses_what_needs_pytorch(light, s2_stack, tmp_path, algorithm, 
     rc, _, text = run_qgis_process(light[0], f"df4lcz:{algorithm}", parameters, json_output=False)
     text = " ".join(text.split())
     assert rc != 0 and "PyTorch" in text and "'python3 -m df4lcz_plugin.dependencies install --variant full'" in text
+    assert "Plugins ▸ DF4LCZ ▸ Install dependencies… (choose 'full')" in text
     assert "Traceback" not in text
     assert not out.exists()

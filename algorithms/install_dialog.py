@@ -1,0 +1,249 @@
+"""The dependency installer dialog (Plugins ▸ DF4LCZ ▸ Install dependencies…).
+
+It runs the installer's own command line (``python -m df4lcz_plugin.dependencies install|remove``) in a QProcess,
+with the Python interpreter of QGIS's version (``dependencies.find_python``): QGIS stays responsive, the output is a
+live log, the ``[done/total]`` lines drive the progress bar, and Cancel stops the process, which leaves every
+package whole. Nothing is installed into QGIS's own Python.
+"""
+
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+from qgis.PyQt.QtCore import QProcess, QProcessEnvironment, QTimer
+from qgis.PyQt.QtGui import QFontDatabase
+from qgis.PyQt.QtWidgets import (QComboBox, QDialog, QHBoxLayout, QLabel, QMessageBox, QPlainTextEdit, QProgressBar,
+                                 QPushButton, QRadioButton, QVBoxLayout)
+
+from ..df4lcz_plugin import dependencies
+
+#: Variant → (radio button text, what it is enough for).
+VARIANTS = {
+    "light": ("Light: OpenVINO, safetensors, LightGBM, SciPy (about 100 MB)",
+              "Sentinel-2 stack and composites, classification on the CPU, accuracy assessment."),
+    "full": ("Full: light plus PyTorch, torch-geometric, Segment Anything, MobileSAM (about 5 GB)",
+             "Everything: also VHR fusion with SAM, object graphs, training, and NVIDIA GPUs (CUDA)."),
+}
+#: PyTorch build → what it runs on.
+BUILDS = {"cuda": "CUDA: NVIDIA GPUs and the CPU", "cpu": "CPU only, smaller"}
+if sys.platform == "darwin":
+    BUILDS["cpu"] = "CPU and Apple GPUs (MPS)"
+#: How long Cancel waits for the installer to stop cleanly (it finishes moving a package in) before killing it, ms.
+KILL_AFTER_MS = 10000
+
+
+def _display(path):
+    """``path`` with the home folder written ``~``: shorter, and the same for every user."""
+    try:
+        return str(Path("~") / Path(path).relative_to(Path.home()))
+    except ValueError:
+        return str(path)
+
+
+class InstallDialog(QDialog):
+    """Installs or removes the plugin's dependencies in ``target`` (Path; default: this plugin's
+    ``.deps/py<XY>``). Non-modal: ``show()`` it; the work runs in ``self.process`` (a QProcess while running)."""
+
+    def __init__(self, target=None, parent=None):
+        super().__init__(parent)
+        self.target = Path(target) if target else dependencies.deps_folder(dependencies.PLUGIN_ROOT)
+        self.process = None
+        self.restart_prompt = self.remove_prompt = None
+        self._task, self._cancelled, self._partial = None, False, ""
+        self.setWindowTitle(f"{dependencies.MENU}: {dependencies.INSTALL_ENTRY}")
+        self.resize(760, 560)
+        layout = QVBoxLayout(self)
+        intro = QLabel("DF4LCZ runs on Python packages that QGIS does not ship. They are installed with pip into "
+                       "the plugin's own folder; QGIS's Python and its numpy are left as they are.<br>"
+                       f"Folder: <tt>{_display(self.target)}</tt>")
+        intro.setWordWrap(True)
+        layout.addWidget(intro)
+        self.choices, self.states = {}, {}
+        for variant, (title, use) in VARIANTS.items():
+            self.choices[variant] = QRadioButton(title)
+            self.states[variant] = QLabel()
+            row = QHBoxLayout()
+            row.addWidget(QLabel(use), 1)
+            row.addWidget(self.states[variant])
+            row.setContentsMargins(24, 0, 0, 6)
+            layout.addWidget(self.choices[variant])
+            layout.addLayout(row)
+        self.choices["light"].setChecked(True)
+        self.torch = QComboBox()
+        for build, index in dependencies.torch_builds().items():
+            source = urlparse(index).netloc if index else "your package index, the default"
+            self.torch.addItem(f"{BUILDS[build]} (from {source})", build)
+        builds = QHBoxLayout()
+        builds.setContentsMargins(24, 0, 0, 6)
+        builds.addWidget(QLabel("PyTorch build:"))
+        builds.addWidget(self.torch, 1)
+        layout.addLayout(builds)
+        self.progress = QProgressBar()
+        self.progress.setFormat("%v of %m packages")
+        self.status = QLabel()
+        self.status.setWordWrap(True)
+        self.log = QPlainTextEdit()
+        self.log.setReadOnly(True)
+        self.log.setFont(QFontDatabase.systemFont(QFontDatabase.FixedFont))
+        for widget in (self.progress, self.status, self.log):
+            layout.addWidget(widget)
+        buttons = QHBoxLayout()
+        self.remove_button = QPushButton("Remove dependencies")
+        self.install_button = QPushButton("Install")
+        self.cancel_button = QPushButton("Cancel")
+        self.close_button = QPushButton("Close")
+        buttons.addWidget(self.remove_button)
+        buttons.addStretch(1)
+        for button in (self.install_button, self.cancel_button, self.close_button):
+            buttons.addWidget(button)
+        layout.addLayout(buttons)
+        self.install_button.setDefault(True)
+        self.install_button.clicked.connect(self.install)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.remove_button.clicked.connect(self.ask_remove)
+        self.close_button.clicked.connect(self.close)
+        self.choices["full"].toggled.connect(self._update)
+        self.torch.currentIndexChanged.connect(self._update)
+        self._update()
+
+    def variant(self):
+        """The chosen variant: "light" or "full"."""
+        return "full" if self.choices["full"].isChecked() else "light"
+
+    def install_arguments(self):
+        """Arguments (list of str) of the installer's command for the current choices, after the interpreter."""
+        build = ["--torch", self.torch.currentData()] if self.variant() == "full" else []
+        return ["-m", "df4lcz_plugin.dependencies", "install", "--variant", self.variant(), *build,
+                "--target", str(self.target)]
+
+    def running(self):
+        return self.process is not None and self.process.state() != QProcess.NotRunning
+
+    def install(self):
+        """Start installing the chosen variant (no-op while something runs)."""
+        self._start("install", self.install_arguments())
+
+    def ask_remove(self):
+        """Ask (non-modal ``self.remove_prompt``) whether to delete the dependency folder; Yes deletes it."""
+        self.remove_prompt = QMessageBox(QMessageBox.Question, self.windowTitle(),
+                                         f"Delete {_display(self.target)} and every package in it?",
+                                         QMessageBox.Yes | QMessageBox.No, self)
+        self.remove_prompt.buttonClicked.connect(self._remove_answered)
+        self.remove_prompt.open()
+
+    def _remove_answered(self, button):
+        if self.remove_prompt.standardButton(button) == QMessageBox.Yes:
+            self._start("remove", ["-m", "df4lcz_plugin.dependencies", "remove", "--target", str(self.target)])
+
+    def cancel(self):
+        """Stop the running installer: SIGTERM lets it finish moving the current package in (Windows has no such
+        signal for it: it is killed, and the package's dist-info, moved last, keeps the folder consistent)."""
+        if not self.running():
+            return
+        self._cancelled = True
+        self.log.appendPlainText("Cancelling…")
+        process = self.process
+        if sys.platform == "win32":
+            process.kill()
+            return
+        process.terminate()
+        QTimer.singleShot(KILL_AFTER_MS, lambda: self._kill(process))
+
+    def _kill(self, process):
+        if self.process is process and self.running():
+            process.kill()
+
+    def stop(self):
+        """Cancel and wait for the installer to end (for the plugin's unload)."""
+        self.cancel()
+        if self.running() and not self.process.waitForFinished(KILL_AFTER_MS):
+            self.process.kill()
+            self.process.waitForFinished()
+
+    def _start(self, task, arguments):
+        if self.running():
+            return
+        try:
+            python = dependencies.find_python()
+        except dependencies.InstallError as error:
+            self._report(str(error))
+            return
+        self._task, self._cancelled, self._partial = task, False, ""
+        self.process = QProcess(self)
+        self.process.setProgram(python)
+        self.process.setArguments(arguments)
+        self.process.setWorkingDirectory(str(dependencies.PLUGIN_ROOT))
+        environment = QProcessEnvironment.systemEnvironment()
+        environment.insert("PYTHONUNBUFFERED", "1")  # lines as they come, not when a buffer fills
+        environment.insert("PYTHONIOENCODING", "utf-8")
+        self.process.setProcessEnvironment(environment)
+        self.process.setProcessChannelMode(QProcess.MergedChannels)
+        self.process.readyReadStandardOutput.connect(self._read)
+        self.process.finished.connect(self._finished)
+        self.process.errorOccurred.connect(self._error)
+        self.log.appendPlainText(f"$ {python} {' '.join(arguments)}")
+        self.progress.setRange(0, 0)  # busy until the first [done/total] line
+        self.status.setText("Removing…" if task == "remove" else "Installing…")
+        self.process.start()
+        self._update()
+
+    def _read(self):
+        text = self._partial + bytes(self.process.readAllStandardOutput()).decode("utf-8", "replace")
+        *lines, self._partial = text.split("\n")
+        for line in lines:
+            self._line(line.rstrip("\r"))
+
+    def _line(self, line):
+        self.log.appendPlainText(line)
+        progress = dependencies.PROGRESS.match(line)
+        if progress:
+            done, total = int(progress[1]), int(progress[2])
+            self.progress.setRange(0, total)
+            self.progress.setValue(done)
+            self._update()
+
+    def _error(self, error):
+        if error == QProcess.FailedToStart:
+            self._report(f"Could not start {self.process.program()}: {self.process.errorString()}")
+
+    def _finished(self, code, status):
+        if self._partial:
+            self._line(self._partial)
+            self._partial = ""
+        if self.progress.maximum() == 0:  # nothing was to do: no progress line came
+            self.progress.setRange(0, 1)
+        if self._cancelled:
+            self._report("Cancelled. The packages installed so far are whole and kept; Install finishes the job.")
+        elif code or status != QProcess.NormalExit:
+            self._report(f"The installer failed (exit status {code}); the log above says why.")
+        elif self._task == "install":
+            self.progress.setValue(self.progress.maximum())
+            dependencies.use(self.target)
+            self._restart(f"The '{self.variant()}' dependencies are installed. Restart QGIS to use them.")
+        else:
+            self._restart("The dependencies are removed. Restart QGIS so that it stops using them.")
+        self._update()
+
+    def _report(self, text):
+        self.status.setText(text)
+        self.log.appendPlainText(text)
+
+    def _restart(self, text):
+        """Say ``text`` and show it in the non-modal ``self.restart_prompt`` (the dialog reappears if closed)."""
+        self._report(text)
+        self.show()
+        self.restart_prompt = QMessageBox(QMessageBox.Information, self.windowTitle(), text, QMessageBox.Ok, self)
+        self.restart_prompt.open()
+
+    def _update(self):
+        """Enable what may be used now, and show how much of each variant the target holds."""
+        running = self.running()
+        for widget in (self.install_button, self.remove_button, *self.choices.values()):
+            widget.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+        self.torch.setEnabled(not running and self.variant() == "full" and self.torch.count() > 1)
+        for variant, label in self.states.items():
+            pins = dependencies.plan(variant, self.torch.currentData())
+            have = sum(dependencies.installed(self.target, pin.name, pin.version) for pin in pins)
+            label.setText("installed" if have == len(pins) else
+                          "not installed" if have == 0 else f"{have} of {len(pins)} packages installed")

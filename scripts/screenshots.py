@@ -1,0 +1,124 @@
+"""Screenshots of the plugin in the QGIS desktop, for the README.
+
+Usage: ``python3 scripts/screenshots.py [NAME ...]`` (default: every one in SHOTS) writes ``docs/NAME.png``. It
+copies this working tree's plugin into a fresh temporary QGIS profile (no dependencies installed), enables it, and
+starts the QGIS desktop under Xvfb with this same file as its ``--code`` script; there (``DF4LCZ_SHOTS`` set) each
+named function of SHOTS runs in turn. To add a screenshot, write ``def name(png, done)`` that saves ``png`` (Path)
+and then calls ``done()``, waiting on QGIS with ``QTimer`` rather than blocking, and add it to SHOTS.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+QGIS_PROCESS = "/usr/bin/qgis_process.bin"  # /usr/bin/qgis_process is a broken wrapper on Debian's QGIS 3.22
+
+
+def notice(png, done):
+    """The main window just after start: the message bar's notice that the dependencies are missing."""
+    from qgis.PyQt.QtCore import QTimer
+    from qgis.utils import iface
+
+    iface.mainWindow().resize(1280, 720)
+    QTimer.singleShot(1500, _guarded(lambda: (iface.mainWindow().grab().save(str(png)), done())))
+
+
+def install_dialog(png, done):
+    """The installer dialog while it installs the light variant into the fresh profile: progress and live log."""
+    from qgis.PyQt.QtCore import QTimer
+    from qgis.utils import plugins
+
+    plugin = plugins["df4lcz"]
+    plugin.show_installer()
+    dialog = plugin.dialog
+    dialog.install()
+
+    def grab_once_a_few_are_in():
+        if dialog.progress.value() < 4 and dialog.running():
+            QTimer.singleShot(100, _guarded(grab_once_a_few_are_in))
+            return
+        dialog.grab().save(str(png))
+        dialog.stop()
+        done()
+
+    QTimer.singleShot(100, _guarded(grab_once_a_few_are_in))
+
+
+#: Screenshot name → function; the order they run in.
+SHOTS = {"notice": notice, "install_dialog": install_dialog}
+
+
+def _guarded(function):
+    """``function`` made to end QGIS with exit status 1 and a traceback if it raises (else QGIS waits forever)."""
+    def run(*args):
+        try:
+            return function(*args)
+        except Exception:  # noqa: BLE001 (any failure ends the run, with its traceback)
+            traceback.print_exc()
+            sys.stderr.flush()
+            os._exit(1)
+
+    return run
+
+
+def _run_in_qgis(names, out_dir):
+    """Inside the QGIS desktop: take the screenshots ``names`` one after the other, then quit."""
+    from qgis.PyQt.QtCore import QTimer
+
+    queue = list(names)
+
+    def next_shot():
+        if not queue:
+            os._exit(0)  # the desktop's exit path asks questions; nothing is left to save
+        name = queue.pop(0)
+        print(f"screenshot {name}", flush=True)
+        SHOTS[name](out_dir / f"{name}.png", next_shot)
+
+    QTimer.singleShot(2000, _guarded(next_shot))  # let the desktop finish starting
+
+
+def main(names):
+    """Outside QGIS: run the desktop under Xvfb in a fresh profile holding this plugin, taking ``names`` into
+    ``docs/``. Raises SystemExit for an unknown name or a failed or hung (15 min) desktop run."""
+    root = Path(__file__).resolve().parent.parent  # only here: QGIS runs this file without __file__
+    out_dir = root / "docs"
+    sys.path.insert(0, str(root / "scripts"))
+    import plugin_files
+
+    unknown = set(names) - set(SHOTS)
+    if unknown:
+        raise SystemExit(f"no screenshot named {', '.join(sorted(unknown))}; choose from {', '.join(SHOTS)}")
+    with tempfile.TemporaryDirectory(prefix="df4lcz-shots-") as home:
+        home = Path(home)
+        plugin_files.copy(home / ".local/share/QGIS/QGIS3/profiles/default/python/plugins/df4lcz")
+        (home / "run").mkdir(mode=0o700)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON") and k != "QT_QPA_PLATFORM"}
+        # The real cache: pip's wheels and the plugin's assets.
+        env.update(HOME=str(home), XDG_RUNTIME_DIR=str(home / "run"), XDG_DATA_HOME=str(home / ".local/share"),
+                   XDG_CACHE_HOME=os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache")))
+        subprocess.run([QGIS_PROCESS, "plugins", "enable", "df4lcz"], env=dict(env, QT_QPA_PLATFORM="offscreen"),
+                       check=True, capture_output=True)
+        env.update(DF4LCZ_SHOTS=",".join(names), DF4LCZ_SHOT_DIR=str(out_dir))
+        desktop = subprocess.Popen(["xvfb-run", "-a", "-s", "-screen 0 1400x1000x24", "qgis", "--nologo", "--code",
+                                    __file__], env=env, start_new_session=True)
+        try:
+            returncode = desktop.wait(timeout=900)
+        except subprocess.TimeoutExpired:
+            returncode = "timed out"
+        finally:
+            if desktop.poll() is None:  # xvfb-run leaves QGIS and Xvfb behind if it alone is killed
+                os.killpg(desktop.pid, signal.SIGKILL)
+        if returncode != 0:
+            raise SystemExit(f"the QGIS desktop run failed ({returncode}); its messages are above")
+    for name in names:
+        print(out_dir / f"{name}.png")
+
+
+if os.environ.get("DF4LCZ_SHOTS"):
+    _run_in_qgis(os.environ["DF4LCZ_SHOTS"].split(","), Path(os.environ["DF4LCZ_SHOT_DIR"]))
+elif __name__ == "__main__":
+    main(sys.argv[1:] or list(SHOTS))

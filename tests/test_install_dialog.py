@@ -1,0 +1,236 @@
+"""The dependency installer as a QGIS user drives it. The real dialog widget (offscreen) runs the real installer
+command in a QProcess (real pip, the real package index) into a temporary dependency folder: cancel mid-way,
+install again, remove. The plugin in a real QGIS desktop (Xvfb, fresh profile without dependencies) shows its
+Plugins menu entry and its notice, and unloading removes both. The engine's package moves and PyTorch build
+choices are checked on their own."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import plugin_files
+from conftest import QGIS_PROCESS, ROOT
+from df4lcz_plugin import dependencies
+
+#: pip's cache and the assets stay the real user's; QGIS's settings go to the temporary HOME.
+_XDG_CACHE_HOME = str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")))
+
+
+@pytest.fixture(scope="module")
+def plugin(qgis_app):
+    """The working tree's plugin package as QGIS loads it (imported by the qgis_app fixture)."""
+    import df4lcz
+
+    return df4lcz
+
+
+def _wait(dialog, until):
+    """Process Qt events (the QProcess's output and end) until ``until()`` is true; the installer stopping first
+    (with ``until`` still false) fails the test."""
+    from qgis.PyQt.QtTest import QTest
+
+    while not until():
+        assert dialog.running() or until(), f"the installer ended early:\n{dialog.log.toPlainText()}"
+        QTest.qWait(20)
+
+
+def _finish(dialog):
+    """Wait for the dialog's running process to end (its ``finished`` signal handled)."""
+    ended = []
+    dialog.process.finished.connect(lambda *_: ended.append(True))
+    _wait(dialog, lambda: ended)
+
+
+def _whole(target):
+    """{dist-info name: missing files} for every package in ``target``, and the top-level entries no dist-info's
+    RECORD accounts for (what a half-moved package would leave)."""
+    missing, owned = {}, {"bin"}  # bin/: pip's scripts, which RECORD lists outside the folder
+    for dist_info in target.glob("*.dist-info"):
+        paths = [line.rsplit(",", 2)[0] for line in (dist_info / "RECORD").read_text().splitlines()]
+        inside = [p for p in paths if not p.startswith("..")]
+        missing[dist_info.name] = [p for p in inside if not (target / p).exists()]
+        owned |= {Path(p).parts[0] for p in inside}
+    return missing, {p.name for p in target.iterdir()} - owned
+
+
+def test_dialog_install_cancel_resume_remove(plugin, tmp_path):
+    """Light into an empty folder: Cancel after the first package leaves only whole packages; Install again does
+    the rest only, shows the restart prompt and puts the folder on sys.path; Remove (confirmed) deletes it."""
+    from df4lcz.algorithms.install_dialog import InstallDialog
+    from qgis.PyQt.QtWidgets import QMessageBox
+
+    deps = plugin.df4lcz_plugin.dependencies
+    target = tmp_path / ".deps" / f"py{sys.version_info.major}{sys.version_info.minor}"
+    pins = deps.plan("light")
+    dialog = InstallDialog(target)
+    dialog.show()
+    assert dialog.states["light"].text() == "not installed"
+
+    dialog.install_button.click()
+    assert dialog.running() and not dialog.install_button.isEnabled() and dialog.cancel_button.isEnabled()
+    _wait(dialog, lambda: dialog.progress.value() >= 1)  # the first package is in
+    dialog.cancel_button.click()
+    _finish(dialog)
+    assert dialog.status.text().startswith("Cancelled"), dialog.log.toPlainText()
+    missing, strays = _whole(target)
+    kept = [pin for pin in pins if deps.installed(target, pin.name, pin.version)]
+    assert 1 <= len(kept) < len(pins) and len(missing) == len(kept)
+    assert not any(missing.values()) and not strays, (missing, strays)
+    assert not deps.staging_folder(target).exists()
+    assert dialog.states["light"].text() == f"{len(kept)} of {len(pins)} packages installed"
+    assert dialog.restart_prompt is None
+
+    dialog.install_button.click()
+    _finish(dialog)
+    log = dialog.log.toPlainText()
+    rest = len(pins) - len(kept)
+    assert f"[0/{rest}] Installing {rest} package(s)" in log and f"[{rest}/{rest}] " in log, log
+    assert dialog.progress.maximum() == dialog.progress.value() == rest
+    assert all(deps.installed(target, pin.name, pin.version) for pin in pins)
+    assert not any(_whole(target)[0].values())
+    assert dialog.states["light"].text() == "installed"
+    assert dialog.restart_prompt.isVisible() and "Restart QGIS" in dialog.restart_prompt.text()
+    assert sys.path[0] == str(target)
+    sys.path.remove(str(target))  # the folder goes away with tmp_path
+
+    dialog.remove_button.click()
+    dialog.remove_prompt.button(QMessageBox.Yes).click()
+    _finish(dialog)
+    assert not target.exists() and dialog.states["light"].text() == "not installed"
+    assert "removed" in dialog.restart_prompt.text()
+    dialog.close()
+
+
+def test_full_with_the_other_pytorch_build(plugin, tmp_path):
+    """Full is offered with the platform's PyTorch builds; the non-default one (CPU-only here, from
+    download.pytorch.org, which this machine cannot reach) gives this command and these pip command lines."""
+    from df4lcz.algorithms.install_dialog import InstallDialog
+
+    dialog = InstallDialog(tmp_path / ".deps" / "py311")
+    assert not dialog.torch.isEnabled()  # light is chosen
+    dialog.choices["full"].setChecked(True)
+    assert dialog.torch.isEnabled() and [dialog.torch.itemData(i) for i in range(dialog.torch.count())] == \
+        list(dependencies.torch_builds())
+    dialog.torch.setCurrentIndex(1)
+    assert dialog.install_arguments() == ["-m", "df4lcz_plugin.dependencies", "install", "--variant", "full",
+                                          "--torch", "cpu", "--target", str(tmp_path / ".deps" / "py311")]
+    assert dialog.states["full"].text() == "not installed"
+
+    cpu = {pin.name: pin for pin in dependencies.plan("full", "cpu", "linux")}
+    assert cpu["torch"] == ("torch", "2.14.0+cpu", "https://download.pytorch.org/whl/cpu")
+    assert cpu["torchvision"].version.endswith("+cpu") and cpu["timm"].index is None
+    assert not [name for name in cpu if name.startswith(("nvidia-", "cuda-")) or name == "triton"]
+    assert dependencies.pip_command(cpu["torch"], "STAGING")[-3:] == [
+        "--index-url", "https://download.pytorch.org/whl/cpu", "torch==2.14.0+cpu"]
+    # The default is the registry's PyTorch with its CUDA wheels: exactly the pin file.
+    assert dependencies.plan("full") == [(name, version, None) for name, version in dependencies.pins("full")]
+    windows = {pin.name: pin for pin in dependencies.plan("full", "cuda", "win32")}
+    assert windows["torch"].index.endswith("/cu130") and "nvidia-cublas" not in windows
+    assert "nvidia-cublas" not in {pin.name for pin in dependencies.plan("full", platform="win32")}
+    with pytest.raises(dependencies.InstallError, match="no 'cuda' PyTorch build for darwin"):
+        dependencies.plan("full", "cuda", "darwin")
+
+
+def test_install_package_replaces_versions_and_merges_shared_folders(tmp_path):
+    """Real pip, real wheels: a newer version replaces the older one's files; two packages sharing the nvidia/
+    namespace folder both stay whole."""
+    target = tmp_path / ".deps" / "py"
+    for version in ("4.1.0", "4.1.2"):
+        dependencies.install_package(dependencies.Pin("zipp", version, None), target)
+    assert [p.name for p in target.glob("zipp-*.dist-info")] == ["zipp-4.1.2.dist-info"]
+    for name, version in (("nvidia-nvtx", "13.0.85"), ("nvidia-cuda-runtime", "13.0.96")):
+        dependencies.install_package(dependencies.Pin(name, version, None), target)
+    missing, strays = _whole(target)
+    assert len(missing) == 3 and not any(missing.values()) and not strays, (missing, strays)
+    assert not dependencies.staging_folder(target).exists()
+
+
+def test_find_python_finds_qgis_python_not_the_one_on_path():
+    """Inside QGIS, embedded Python takes sys.executable from PATH's python3, which may be another installation
+    (on this machine pyenv's 3.11, with numpy 2): the interpreter found is QGIS's own (same sys.exec_prefix)."""
+    import shutil
+
+    qgis_python = "/usr/bin/python3"
+    probe = ("import sys; sys.executable = sys.argv[1]; from df4lcz_plugin import dependencies as d; "
+             "print(d.find_python())")
+    found = subprocess.run([qgis_python, "-c", probe, shutil.which("python3")], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.strip()
+    where = "import sys; print(sys.version_info[:2], sys.exec_prefix)"
+    assert subprocess.run([found, "-c", where], capture_output=True, text=True).stdout == \
+        subprocess.run([qgis_python, "-c", where], capture_output=True, text=True).stdout
+
+
+_DESKTOP_PROBE = """
+import json, os, traceback
+from qgis.PyQt.QtCore import QTimer
+from qgis.PyQt.QtWidgets import QPushButton
+from qgis.utils import iface, loadPlugin, plugins, startPlugin, unloadPlugin
+
+def entries():
+    for action in iface.pluginMenu().actions():
+        if action.menu() is not None and action.text().replace("&", "") == "DF4LCZ":
+            return [a.text() for a in action.menu().actions()]
+    return []
+
+def notices():
+    return [{"text": item.text(), "buttons": [b.text() for b in item.findChildren(QPushButton)]}
+            for item in iface.messageBar().items()]
+
+def probe():
+    out = {}
+    try:
+        out["entries"], out["notices"] = entries(), notices()
+        out["unloaded"] = unloadPlugin("df4lcz")
+        out["entries_after_unload"], out["notices_after_unload"] = entries(), notices()
+        out["restarted"] = loadPlugin("df4lcz") and startPlugin("df4lcz")
+        buttons = [b for item in iface.messageBar().items() for b in item.findChildren(QPushButton)
+                   if b.text() == "Install dependencies…"]
+        buttons[0].click()
+        dialog = plugins["df4lcz"].dialog
+        out["dialog"] = [dialog.isVisible(), dialog.windowTitle()]
+        out["notices_after_click"] = notices()
+    except Exception:
+        out["error"] = traceback.format_exc()
+    with open(os.environ["DF4LCZ_PROBE"], "w") as f:
+        json.dump(out, f)
+    os._exit(0)
+
+QTimer.singleShot(0, probe)
+"""
+
+
+def test_plugin_menu_and_notice_in_the_qgis_desktop(tmp_path):
+    """A fresh profile holding the plugin without dependencies, in the real QGIS desktop under Xvfb."""
+    home = tmp_path / "home"
+    plugin_files.copy(home / ".local/share/QGIS/QGIS3/profiles/default/python/plugins/df4lcz")
+    (home / "run").mkdir(mode=0o700)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON") and k != "QT_QPA_PLATFORM"}
+    env.update(HOME=str(home), XDG_RUNTIME_DIR=str(home / "run"), XDG_DATA_HOME=str(home / ".local/share"),
+               XDG_CACHE_HOME=_XDG_CACHE_HOME, DF4LCZ_PROBE=str(tmp_path / "probe.json"))
+    subprocess.run([QGIS_PROCESS, "plugins", "enable", "df4lcz"], env=dict(env, QT_QPA_PLATFORM="offscreen"),
+                   check=True, capture_output=True)
+    (tmp_path / "probe.py").write_text(_DESKTOP_PROBE)
+    desktop = subprocess.Popen(["xvfb-run", "-a", "-s", "-screen 0 1400x1000x24", "qgis", "--nologo", "--code",
+                                str(tmp_path / "probe.py")], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output = desktop.communicate(timeout=600)[0]
+    finally:
+        if desktop.poll() is None:
+            os.killpg(desktop.pid, signal.SIGKILL)
+    assert (tmp_path / "probe.json").exists(), output
+    out = json.loads((tmp_path / "probe.json").read_text())
+    assert "error" not in out, out["error"]
+    assert out["entries"] == [dependencies.INSTALL_ENTRY]
+    [notice] = [n for n in out["notices"] if n["text"].startswith("its algorithms need Python packages")]
+    assert "OpenVINO" in notice["text"] and notice["buttons"] == [dependencies.INSTALL_ENTRY]
+    assert out["unloaded"] is True and out["entries_after_unload"] == []
+    assert notice not in out["notices_after_unload"]
+    assert out["restarted"] is True
+    assert out["dialog"] == [True, f"DF4LCZ: {dependencies.INSTALL_ENTRY}"]
+    assert notice not in out["notices_after_click"]
