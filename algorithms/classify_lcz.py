@@ -170,7 +170,8 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
                            "Choose one of them, or give the model's file as MODEL_FILE.")
         ok, message = super().checkParameterValues(parameters, context)
         if ok and not self.models and not self.parameterAsFile(parameters, self.MODEL_FILE, context):
-            return False, "No LCZ model is installed; give a model file (MODEL_FILE) or run 'make install'."
+            return False, ("No LCZ model is installed; give a model file (MODEL_FILE) or reinstall the plugin (its "
+                           "zip ships the Sen2LCZ-Net model).")
         return ok, message
 
     def _model_path(self, parameters, context):
