@@ -18,6 +18,7 @@ test: setup
 bench: setup
 	$(PY) bench/bench_sentinel2.py
 	$(PY) bench/bench_sam.py
+	$(PY) bench/bench_dask.py
 
 # The DF4LCZ paper's protocol on LCZC-GES2 (needs internet and, realistically, a GPU): both split protocols.
 LCZC ?= data/DF4LCZ

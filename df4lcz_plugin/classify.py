@@ -1,5 +1,10 @@
 """Classify LCZ over an extent of a Sentinel-2 stack: tile, batch, infer, write the styled LCZ raster.
 
+One engine for every caller: ``classify`` plans the grid and its tiles, each tile is computed by ``compute_tile``
+and ``tile_result``, and ``map_writer`` writes the results. Who computes the tiles is the only difference: this
+process, one after another (``df4lcz:classifylcz``, the command line without workers), or a Dask cluster
+(``dask_tiles.DaskTiles``, the command line with ``--workers``/``--scheduler``).
+
 Memory is bounded by one tile: at most 64 × 64 output cells and a Sentinel-2 window of at most ``TILE_PX`` pixels a
 side, whatever the RESOLUTION (``tile_cells``), never by the extent; GDAL's block cache is capped at
 ``GDAL_CACHE_BYTES`` during the run. Patches are strided views of the tile window; only one batch is copied.
@@ -8,20 +13,20 @@ side, whatever the RESOLUTION (``tile_cells``), never by the extent; GDAL's bloc
 import contextlib
 import json
 import time
+from dataclasses import dataclass
 
 import numpy as np
 from osgeo import gdal
 
 from . import legend
 from .clouds import MAX_CLOUD_PERCENT
-from .feedback import Feedback
-from .grid import PATCH_PX, make_grid
+from .feedback import Feedback, TileClock
+from .grid import PATCH_PX, OutputGrid, make_grid
 from .fusion import SOURCE_FUSED, SOURCE_NODATA, SOURCE_S2, fuse
-from .lcz_raster import (create_lcz_raster, create_probability_raster, create_source_raster, probability_percent,
-                         write_probability_style, write_style_sidecar)
+from .lcz_raster import probability_percent
+from .map_writer import open_map
 from .models.backends import sentinel2_runner
 from .models.registry import LoadedModel, load_model
-from .outputs import atomic_output
 from .sentinel2_input import InputError, check_values, open_sentinel2, own_mask_band, valid_pixels
 from .vhr_stream import CHUNK_CELLS, FusionCost, VHRStream
 
@@ -103,10 +108,71 @@ def predict_tile(ds, grid, tile, runner, scale, batch_size, nodata_values, on_ba
     return probs, masked
 
 
+@dataclass(frozen=True)
+class TileJob:
+    """What computing any tile of a run needs, picklable for Dask workers: the Sentinel-2 raster (path and WKT
+    projection), the output grid, the model card's path, the back-end settings (``device`` as the user gave it:
+    a worker resolves ``auto`` to its own), the batch size, the input scaling (DN divided by ``scale``), the
+    bands' nodata values, whether 0 is no data, the most masked pixels of a patch, and whether probabilities
+    are written."""
+
+    sentinel2_path: str
+    projection: str
+    grid: OutputGrid
+    model_path: str
+    backend: str
+    device: str
+    precision: str
+    batch_size: int
+    scale: float
+    nodata_values: tuple
+    zero_is_nodata: bool
+    max_masked_px: int
+    probabilities: bool
+
+
+@dataclass
+class TileResult:
+    """What a tile writes: ``codes`` uint8 (rows, cols), LCZ 1–17 and 0 for no data; ``probabilities`` uint8
+    (18, rows, cols) in percent (``lcz_raster.probability_percent``) or None; ``source`` uint8 (rows, cols),
+    the decision source (in-process runs only) or None; ``cloud_cells``, cells left out for the mask band."""
+
+    codes: np.ndarray
+    probabilities: np.ndarray
+    source: np.ndarray
+    cloud_cells: int
+
+
+def compute_tile(job, ds, runner, tile, mask_band, on_batch=lambda n: None):
+    """``predict_tile`` of ``tile`` with ``job``'s settings: float32 (17, rows, cols) probabilities (NaN = not
+    classified) and bool (rows, cols) cells left out for the mask."""
+    return predict_tile(ds, job.grid, tile, runner, job.scale, job.batch_size, job.nodata_values, on_batch,
+                        job.zero_is_nodata, mask_band, job.max_masked_px)
+
+
+def tile_result(probs, masked, probabilities, source=None):
+    """The TileResult of float (17, rows, cols) probabilities (NaN = no data) and bool (rows, cols) ``masked``
+    cells; with ``probabilities``, the percent bands too."""
+    missing = np.isnan(probs[0])
+    codes = np.where(missing, legend.NODATA, np.nan_to_num(probs).argmax(axis=0) + 1).astype(np.uint8)
+    percent = probability_percent(probs, missing) if probabilities else None
+    return TileResult(codes, percent, source, int(masked.sum()))
+
+
+def _tile_size(grid, tile_size):
+    largest = tile_cells(grid.cell_px)
+    if tile_size is None:
+        return largest
+    if not 1 <= tile_size <= largest:
+        raise InputError(f"A tile of {tile_size} × {tile_size} cells is not possible at {grid.resolution:g} m: "
+                         f"give 1 to {largest} cells (its Sentinel-2 window must stay within {TILE_PX} pixels).")
+    return int(tile_size)
+
+
 def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, device="cpu", batch_size=128,
              probabilities_path=None, palette="official_2022", feedback=None, vhr_path=None,
              source_path=None, sam_checkpoint=None, max_cloud=MAX_CLOUD_PERCENT, backend="auto", precision="f32",
-             vhr_source_id=None, fast_sam=False):
+             vhr_source_id=None, fast_sam=False, tile_size=None, executor=None):
     """Classify LCZ over ``bounds`` and write the styled LCZ GeoTIFF (and optionally probabilities).
 
     With ``vhr_path`` and a model that has a ``vhr`` stream, each cell's patch footprint also goes through SAM,
@@ -117,7 +183,8 @@ def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, 
     file); the summary counts SAM runs and cache hits. ``fast_sam``: SAM under bfloat16 autocast (not the
     paper-exact masks; off by default).
 
-    sentinel2_path: 10-band stack (B2…B12, So2Sat order, DN on the 0–10000 scale), projected CRS in metres.
+    sentinel2_path: 10-band stack (B2…B12, So2Sat order, DN on the 0–10000 scale), projected CRS in metres; a
+    GeoTIFF or a VRT mosaic of several stacks (gdalbuildvrt).
     output_path: LCZ GeoTIFF, uint8 codes 1–17, 0 where the patch holds no data; a ``.qml`` sidecar is written.
     model: a ``registry.LoadedModel``, or a ``registry.ModelCard`` (loaded only when needed: with OpenVINO and
     no VHR stream, no PyTorch). bounds: (xmin, ymin, xmax, ymax) in the raster CRS, or None.
@@ -127,94 +194,74 @@ def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, 
     winning class's in band 18; with a ``.qml`` showing band 18.
     max_cloud: % of a patch's pixels with data that the raster's own mask band (clouds and shadows of
     ``sentinel2stack``, or any per-dataset or alpha mask) may hide before the cell is no data.
+    tile_size: output cells per tile side (default and largest: ``tile_cells``); the map does not depend on it.
+    executor: None to compute the tiles here, one after another; or a callable (job, tiles, feedback) →
+    iterable of (tile, TileResult) in the order of ``tiles``, with ``engines`` (the back-ends it used) and
+    ``summary`` (extra summary keys), such as ``dask_tiles.DaskTiles`` (Sentinel-2 stream only: no VHR, no
+    source raster).
     Returns a summary dict (cells, area per class in km², cells masked for cloud, device, cells/s, seconds,
-    fused cells).
-    Raises InputError, grid.GridError, vhr.VHRError, sam.SAMError, feedback.Canceled; no output file is left
-    behind on any error.
+    fused cells, tiles).
+    Raises InputError, grid.GridError, vhr.VHRError, sam.SAMError, feedback.Canceled, and what ``executor``
+    raises (``dask_tiles.TileError``); no output file is left behind on any error.
     """
     feedback = feedback or Feedback()
     if not 0 <= max_cloud <= 100:
         raise InputError(f"MAX_CLOUD {max_cloud} is not a percentage from 0 to 100.")
+    if executor is not None and (vhr_path or source_path):
+        raise InputError("VHR fusion and the decision-source raster run in-process only; classify without a "
+                         "cluster to use them.")
     started = time.perf_counter()
     card = model.card if isinstance(model, LoadedModel) else model
     stream = card.stream("sentinel2")
     ds = open_sentinel2(sentinel2_path, float(stream.get("pixel_size_m", 10)))
     grid = make_grid(ds.GetGeoTransform(), (ds.RasterXSize, ds.RasterYSize), bounds, resolution)
+    tiles = list(iter_tiles(grid, _tile_size(grid, tile_size)))
     top, left = grid.patch_origin(0, 0)
     zero_is_nodata = check_values(ds, (top, left, (grid.rows - 1) * grid.cell_px + PATCH_PX,
                                        (grid.cols - 1) * grid.cell_px + PATCH_PX), feedback)
-    scale = float(stream["input_scaling"]["divide_by"])
-    nodata_values = [ds.GetRasterBand(i + 1).GetNoDataValue() for i in range(ds.RasterCount)]
-    runner, engine = sentinel2_runner(model, backend, device, precision)
+    job = TileJob(str(sentinel2_path), ds.GetProjection(), grid, str(card.path), backend, str(device), precision,
+                  batch_size, float(stream["input_scaling"]["divide_by"]),
+                  tuple(ds.GetRasterBand(i + 1).GetNoDataValue() for i in range(ds.RasterCount)), zero_is_nodata,
+                  int(max_cloud / 100 * PATCH_PX * PATCH_PX), bool(probabilities_path))
     total = grid.rows * grid.cols
-    vhr_stream = None
-    if vhr_path and "vhr" in card.streams:
-        model = model if isinstance(model, LoadedModel) else load_model(card.path, device)
-        grid_bounds = (grid.geotransform[0], grid.geotransform[3] + grid.rows * grid.geotransform[5],
-                       grid.geotransform[0] + grid.cols * grid.geotransform[1], grid.geotransform[3])
-        vhr_stream = VHRStream(model, vhr_path, ds.GetProjection(), grid_bounds, device, sam_checkpoint,
-                               vhr_source_id, fast_sam)
-        alpha = float(card.data["fusion"]["alpha"])
-        feedback.info(f"Fusing with the VHR stream, alpha = {alpha}")
-        cost = FusionCost(vhr_stream.graphs, [grid.patch_bounds(r, c) for r in range(grid.rows)
-                                              for c in range(grid.cols)], grid.resolution, feedback)
-    feedback.info(f"{grid.rows} × {grid.cols} cells of {grid.resolution:g} m, {engine}, model {card.id}")
+    mask_band = own_mask_band(ds)
+    if mask_band is not None:
+        feedback.info(f"The stack's mask band (clouds, shadows) is honoured: a cell whose 320 m patch has more than "
+                      f"{max_cloud:g} % ({job.max_masked_px} px) masked is no data.")
+    vhr = {}
+    if executor is None:
+        runner, engine = sentinel2_runner(model, backend, device, precision)
+        if vhr_path and "vhr" in card.streams:
+            model = model if isinstance(model, LoadedModel) else load_model(card.path, device)
+            vhr["stream"] = VHRStream(model, vhr_path, ds.GetProjection(), grid.bounds(), device, sam_checkpoint,
+                                      vhr_source_id, fast_sam)
+            vhr["alpha"] = float(card.data["fusion"]["alpha"])
+            feedback.info(f"Fusing with the VHR stream, alpha = {vhr['alpha']}")
+            vhr["cost"] = FusionCost(vhr["stream"].graphs, [grid.patch_bounds(r, c) for r in range(grid.rows)
+                                                            for c in range(grid.cols)], grid.resolution, feedback)
+        feedback.info(f"{grid.rows} × {grid.cols} cells of {grid.resolution:g} m in {len(tiles)} tile(s), {engine}, "
+                      f"model {card.id}")
+        results = _in_process(job, ds, runner, tiles, mask_band, vhr, feedback)
+        extra = {}
+    else:
+        feedback.info(f"{grid.rows} × {grid.cols} cells of {grid.resolution:g} m in {len(tiles)} tile(s), model "
+                      f"{card.id}")
+        results = executor(job, tiles, feedback)  # every tile is computed before the map is written
+        engine, extra = "; ".join(executor.engines), executor.summary
     metadata = {"DF4LCZ_MODEL": card.id, "DF4LCZ_SOURCE": str(sentinel2_path), "DF4LCZ_DEVICE": str(device),
                 "DF4LCZ_BACKEND": engine}
     counts = np.zeros(len(legend.CODES) + 1, dtype=np.int64)
     fused_cells = cloud_cells = 0
-    mask_band = own_mask_band(ds)
-    max_masked_px = int(max_cloud / 100 * PATCH_PX * PATCH_PX)
-    if mask_band is not None:
-        feedback.info(f"The stack's mask band (clouds, shadows) is honoured: a cell whose 320 m patch has more than "
-                      f"{max_cloud:g} % ({max_masked_px} px) masked is no data.")
-    done = [0]
-
-    def on_batch(n):
-        done[0] += n
-        feedback.progress(done[0] / total)
-        feedback.check_canceled()
-
     with contextlib.ExitStack() as stack:
         stack.callback(gdal.SetCacheMax, gdal.GetCacheMax())
         gdal.SetCacheMax(GDAL_CACHE_BYTES)
-        lcz_tmp = stack.enter_context(atomic_output(output_path))
-        prob_tmp = stack.enter_context(atomic_output(probabilities_path)) if probabilities_path else None
-        source_tmp = stack.enter_context(atomic_output(source_path)) if source_path else None
-        datasets = {}
-        # Runs first on exit: GDAL must close (and write its .aux.xml) before the files are renamed or removed.
-        stack.callback(datasets.clear)
-        datasets["lcz"] = create_lcz_raster(lcz_tmp, grid, ds.GetProjection(), palette, metadata)
-        if prob_tmp:
-            datasets["probabilities"] = create_probability_raster(prob_tmp, grid, ds.GetProjection(), metadata)
-        if source_tmp:
-            datasets["source"] = create_source_raster(source_tmp, grid, ds.GetProjection(), metadata)
-        for tile in iter_tiles(grid, tile_cells(grid.cell_px)):
-            feedback.check_canceled()
-            probs, masked = predict_tile(ds, grid, tile, runner, scale, batch_size, nodata_values, on_batch,
-                                         zero_is_nodata, mask_band, max_masked_px)
-            cloud_cells += int(masked.sum())
-            missing = np.isnan(probs[0])
-            source = np.where(missing, SOURCE_NODATA, SOURCE_S2).astype(np.uint8)
-            if vhr_stream is not None:
-                cells = list(zip(*np.nonzero(~missing)))
-                for start in range(0, len(cells), CHUNK_CELLS):
-                    feedback.check_canceled()
-                    chunk = cells[start:start + CHUNK_CELLS]
-                    footprints = [grid.patch_bounds(tile[0] + r, tile[1] + c) for r, c in chunk]
-                    for (r, c), p_vhr in zip(chunk, vhr_stream.probabilities(footprints, cost.sam_done)):
-                        if p_vhr is not None:
-                            probs[:, r, c] = fuse(probs[:, r, c], p_vhr, alpha)
-                            source[r, c] = SOURCE_FUSED
-            codes = np.where(missing, legend.NODATA, np.nan_to_num(probs).argmax(axis=0) + 1).astype(np.uint8)
-            counts += np.bincount(codes.ravel(), minlength=len(counts))
-            done[0] += int(missing.sum())
-            datasets["lcz"].GetRasterBand(1).WriteArray(codes, tile[1], tile[0])
-            if "probabilities" in datasets:
-                datasets["probabilities"].WriteArray(probability_percent(probs, missing), tile[1], tile[0])
-            if "source" in datasets:
-                datasets["source"].GetRasterBand(1).WriteArray(source, tile[1], tile[0])
-            fused_cells += int((source == SOURCE_FUSED).sum())
+        writer = stack.enter_context(open_map(grid, ds.GetProjection(), metadata, output_path, palette,
+                                              probabilities_path, source_path))
+        for tile, result in results:
+            writer.write(tile, result)
+            counts += np.bincount(result.codes.ravel(), minlength=len(counts))
+            cloud_cells += result.cloud_cells
+            fused_cells += int((result.source == SOURCE_FUSED).sum()) if result.source is not None else 0
         if counts[legend.NODATA] == total:
             if cloud_cells:
                 raise InputError(f"Every cell of the extent is no data, {cloud_cells} of them under the stack's "
@@ -226,9 +273,6 @@ def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, 
         feedback.warning(f"{100 * cloud_cells / total:.0f} % of the cells are no data under the stack's cloud and "
                          "shadow mask. Build a cloud-free composite of several dates ('Build cloud-free Sentinel-2 "
                          "composite', df4lcz:sentinel2composite) and classify that instead.")
-    write_style_sidecar(output_path, palette)
-    if probabilities_path:
-        write_probability_style(probabilities_path)
     seconds = time.perf_counter() - started
     cell_km2 = grid.resolution ** 2 / 1e6
     summary = {
@@ -239,13 +283,54 @@ def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, 
                      for code in legend.CODES if counts[code]},
         "cloud_masked_cells": cloud_cells,
         "fused_cells": fused_cells,
-        "sam_runs": vhr_stream.graphs.sam_runs if vhr_stream else 0,
-        "graph_cache_hits": vhr_stream.graphs.cache_hits if vhr_stream else 0,
+        "sam_runs": vhr["stream"].graphs.sam_runs if vhr else 0,
+        "graph_cache_hits": vhr["stream"].graphs.cache_hits if vhr else 0,
         "device": str(device),
         "backend": engine,
         "model": card.id,
+        "tiles": len(tiles),
         "seconds": round(seconds, 3),
-        "cells_per_second": round(total / seconds, 1),
+        # Cells computed in this run: a resumed Dask run does not count the tiles it found done.
+        "cells_per_second": round(extra.get("computed_cells", total) / seconds, 1),
+        **extra,
     }
     feedback.info("Summary: " + json.dumps(summary))
     return summary
+
+
+def _in_process(job, ds, runner, tiles, mask_band, vhr, feedback):
+    """(tile, TileResult) of each tile computed here in turn, with progress per batch and a line per tile, VHR
+    fusion when ``vhr`` holds a stream, and cancel between batches."""
+    total = job.grid.rows * job.grid.cols
+    clock = TileClock(feedback, len(tiles), total)
+    done = [0]
+
+    def on_batch(n):
+        done[0] += n
+        feedback.progress(done[0] / total)
+        feedback.check_canceled()
+
+    for tile in tiles:
+        feedback.check_canceled()
+        probs, masked = compute_tile(job, ds, runner, tile, mask_band, on_batch)
+        missing = np.isnan(probs[0])
+        source = np.where(missing, SOURCE_NODATA, SOURCE_S2).astype(np.uint8)
+        if vhr:
+            _fuse_tile(job.grid, tile, probs, source, vhr, feedback)
+        done[0] += int(missing.sum())
+        yield tile, tile_result(probs, masked, job.probabilities, source)
+        clock.tile_done(tile[2] * tile[3])
+
+
+def _fuse_tile(grid, tile, probs, source, vhr, feedback):
+    """Fuse the VHR stream into ``probs`` (17, rows, cols) in place, in chunks with cancel between them, and mark
+    fused cells in ``source``."""
+    cells = list(zip(*np.nonzero(~np.isnan(probs[0]))))
+    for start in range(0, len(cells), CHUNK_CELLS):
+        feedback.check_canceled()
+        chunk = cells[start:start + CHUNK_CELLS]
+        footprints = [grid.patch_bounds(tile[0] + r, tile[1] + c) for r, c in chunk]
+        for (r, c), p_vhr in zip(chunk, vhr["stream"].probabilities(footprints, vhr["cost"].sam_done)):
+            if p_vhr is not None:
+                probs[:, r, c] = fuse(probs[:, r, c], p_vhr, vhr["alpha"])
+                source[r, c] = SOURCE_FUSED

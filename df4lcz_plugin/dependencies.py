@@ -2,9 +2,9 @@
 
 Two variants, pinned once in ``requirements/`` (shipped with the plugin):
 
-- ``light`` (``light.txt``): OpenVINO, safetensors, lightgbm + scipy + narwhals. Enough for the Sentinel-2 stack and
-  composites (s2cloudless cloud masks) and for classifying on the CPU with a Sentinel-2-only model whose OpenVINO
-  form is built (the shipped model's is). About 100 MB.
+- ``light`` (``light.txt``): OpenVINO, safetensors, lightgbm + scipy + narwhals, Dask. Enough for the Sentinel-2
+  stack and composites (s2cloudless cloud masks), for classifying on the CPU with a Sentinel-2-only model whose
+  OpenVINO form is built (the shipped model's is), and for the command line on a Dask cluster. About 100 MB.
 - ``full`` (``plugin.txt``, which includes ``light.txt``): light plus PyTorch and what rests on it (CUDA, SAM,
   torch-geometric): GPU inference, VHR fusion, object graphs, training. About 5 GB.
 
@@ -48,7 +48,7 @@ VARIANTS = {"light": "light.txt", "full": "plugin.txt"}
 #: Variant → {import name: what to tell the user it is}; full needs light's too.
 MODULES = {
     "light": {"openvino": "OpenVINO", "safetensors": "safetensors", "lightgbm": "LightGBM", "scipy": "SciPy",
-              "narwhals": "narwhals"},
+              "narwhals": "narwhals", "dask": "Dask", "distributed": "Dask distributed"},
     "full": {"torch": "PyTorch", "torchvision": "torchvision", "segment_anything": "Segment Anything",
              "mobile_sam": "MobileSAM", "timm": "timm", "cv2": "OpenCV", "torch_geometric": "PyTorch Geometric"},
 }

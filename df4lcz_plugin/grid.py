@@ -37,6 +37,13 @@ class OutputGrid:
         x0, px, _, y0, _, py = self.raster_geotransform
         return (x0 + self.col0_px * px, self.cell_px * px, 0.0, y0 + self.row0_px * py, 0.0, self.cell_px * py)
 
+    def bounds(self, row=0, col=0, rows=None, cols=None):
+        """(xmin, ymin, xmax, ymax) in the raster CRS of the ``rows × cols`` cells from cell (row, col); by default
+        the whole grid."""
+        x0, size, _, y0, _, neg = self.geotransform
+        rows, cols = self.rows - row if rows is None else rows, self.cols - col if cols is None else cols
+        return x0 + col * size, y0 + (row + rows) * neg, x0 + (col + cols) * size, y0 + row * neg
+
     def patch_bounds(self, row, col):
         """(xmin, ymin, xmax, ymax) in the raster CRS of cell (row, col)'s patch footprint (320 m square)."""
         return patch_footprint(self.raster_geotransform, *self.patch_origin(row, col))

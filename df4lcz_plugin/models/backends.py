@@ -113,8 +113,11 @@ class TorchRunner:
             return self.module(tensor).float().cpu().numpy()
 
 
-def sentinel2_runner(model, backend="auto", device="cpu", precision="f32"):
+def sentinel2_runner(model, backend="auto", device="cpu", precision="f32", threads=None):
     """(runner, description) for the Sentinel-2 stream of ``model`` (a registry ModelCard or LoadedModel).
+
+    threads: CPU inference threads (a Dask worker's share of its machine's cores); None or 0: the measured
+    defaults, ``OPENVINO_THREADS`` and ``TORCH_CPU_THREADS``.
 
     A ModelCard with its OpenVINO form already built needs no PyTorch. Raises BackendError when the back-end
     cannot run (OpenVINO not installed, OpenVINO asked for on CUDA, bf16 with PyTorch).
@@ -140,13 +143,13 @@ def sentinel2_runner(model, backend="auto", device="cpu", precision="f32"):
             convert(model.sentinel2, xml)
         elif not xml.exists():
             ensure_converted(card.path)
-        return OpenVINORunner(xml, precision), f"openvino {precision} on cpu"
+        return OpenVINORunner(xml, precision, threads or OPENVINO_THREADS), f"openvino {precision} on cpu"
     if precision != "f32":
         raise BackendError("PRECISION=bf16 is offered with BACKEND=openvino only.")
     if not on_cuda:
         import torch
 
-        torch.set_num_threads(TORCH_CPU_THREADS)
+        torch.set_num_threads(threads or TORCH_CPU_THREADS)
     loaded = model if isinstance(model, LoadedModel) else load_model(card.path, device)
     return TorchRunner(loaded.sentinel2, device), f"pytorch on {device}"
 

@@ -1,0 +1,255 @@
+"""The engine's command line, without QGIS: ``python3 -m df4lcz_plugin classify SENTINEL2 OUTPUT [options]``.
+
+Without ``--workers`` or ``--scheduler`` it runs ``classify.classify`` in this process, exactly as
+``df4lcz:classifylcz`` does; with them the same function has its tiles computed on a Dask cluster
+(``dask_tiles.DaskTiles``): a LocalCluster of N worker processes, or the workers of a running ``dask-scheduler``.
+Bad arguments and unusable inputs exit with status 2 and the reason; failed tiles (``dask_tiles.TileError``) or an
+unreadable raster with 1, a SIGTERM with 143.
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+
+from osgeo import gdal
+
+from . import legend
+from .classify import classify
+from .clouds import MAX_CLOUD_PERCENT
+from .dask_tiles import RETRIES, DaskTiles
+from .device import DeviceError, resolve_device
+from .feedback import Feedback
+from .grid import GridError
+from .models.backends import BACKENDS, PRECISIONS, BackendError
+from .models.registry import ModelError, list_models, model_files, read_card
+from .outputs import OutputPathError, check_output_paths, geotiff_output
+from .sentinel2 import built_from
+from .sentinel2_input import InputError
+from .tile_store import WorkDirError, check_work_dir
+
+gdal.UseExceptions()
+
+#: Errors that mean the arguments or the inputs cannot be classified: exit status 2, as argparse's own.
+USAGE_ERRORS = (OutputPathError, ModelError, InputError, GridError, DeviceError, BackendError, WorkDirError)
+
+EPILOG = """\
+examples:
+  # in this process, as df4lcz:classifylcz does
+  python3 -m df4lcz_plugin classify stack.tif lcz.tif --extent 437000 4170000 442000 4175000
+  # a region: a VRT mosaic of several stacks, on 4 local worker processes
+  gdalbuildvrt region.vrt stack_*.tif
+  python3 -m df4lcz_plugin classify region.vrt lcz.tif --workers 4 --work-dir lcz_tiles
+  # on a cluster: every worker sees the files at the same paths
+  python3 -m df4lcz_plugin classify /shared/region.vrt /shared/lcz.tif --scheduler tcp://head:8786
+
+A killed run, started again with the same arguments and work folder, computes only the missing tiles.
+"""
+
+
+class ConsoleFeedback(Feedback):
+    """Messages on stderr. On a terminal, a progress bar (tqdm) of cells with tiles done and cells/s; in a log,
+    one line per tile."""
+
+    def __init__(self, stream=sys.stderr):
+        self.stream, self.bar = stream, None
+
+    def info(self, text):
+        self._write(text)
+
+    def warning(self, text):
+        self._write(f"Warning: {text}")
+
+    def _write(self, text):
+        if self.bar is None:
+            print(text, file=self.stream, flush=True)
+        else:
+            self.bar.write(text, file=self.stream)  # above the bar
+
+    def tile_done(self, status):
+        if not self.stream.isatty():
+            super().tile_done(status)
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=status.cells_total, initial=status.cells_done - status.cells, unit=" cells",
+                            file=self.stream, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} cells [{elapsed}<"
+                                                         "{remaining}{postfix}]")
+        self.bar.update(status.cells)
+        self.bar.set_postfix_str(f"{status.done}/{status.tiles} tiles, {status.rate:,.0f} cells/s")
+        if status.done == status.tiles:
+            self.bar.close()
+            self.bar = None
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a whole number ≥ 1")
+    return value
+
+
+def _device(text):
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", text.strip().lower()):
+        raise argparse.ArgumentTypeError(f"'{text}' is not auto, cpu, cuda or cuda:N")
+    return text.strip().lower()
+
+
+def build_parser():
+    """(the program's parser, its ``classify`` sub-parser)."""
+    parser = argparse.ArgumentParser(prog="python3 -m df4lcz_plugin",
+                                     description="The DF4LCZ engine on the command line (QGIS is not needed).")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    ids = ", ".join(card.id for card in list_models()) or "none installed"
+    run = commands.add_parser(
+        "classify", help="map local climate zones from a Sentinel-2 stack or mosaic",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Map local climate zones (LCZ) from the Sentinel-2 stream of a model: the styled LCZ GeoTIFF "
+                    "(colour table, class names, .qml) of df4lcz:classifylcz, and optionally its probabilities. "
+                    "The extent is split into tiles of the output grid; without --workers or --scheduler they "
+                    "are computed here, with them on a Dask cluster, and the map is identical. VHR fusion and "
+                    "the decision-source raster are not offered here: use df4lcz:classifylcz in QGIS for them.")
+    run.add_argument("sentinel2", metavar="SENTINEL2", type=Path,
+                     help="10-band Sentinel-2 stack (GeoTIFF, as df4lcz:sentinel2stack writes it), or a VRT mosaic "
+                          "of several stacks in one CRS (gdalbuildvrt)")
+    run.add_argument("output", metavar="OUTPUT", type=Path, help="LCZ GeoTIFF to write (.tif), with its .qml")
+    run.add_argument("--extent", nargs=4, type=float, metavar=("XMIN", "YMIN", "XMAX", "YMAX"),
+                     help="area to map, in the raster's CRS (default: the whole raster)")
+    run.add_argument("--resolution", type=float, default=100.0, help="output cell size in metres (default 100)")
+    run.add_argument("--model", metavar="ID|FILE",
+                     help=f"an installed model's id ({ids}; default the first) or a model file (.json card or "
+                          ".safetensors weights)")
+    run.add_argument("--device", type=_device, default="auto",
+                     help="auto, cpu, cuda or cuda:N (default auto: a GPU if there is one); on a cluster each "
+                          "worker resolves it on its own machine")
+    run.add_argument("--probabilities", metavar="PATH", type=Path,
+                     help="also write the 18-band probability GeoTIFF in percent (.tif)")
+    where = run.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=_positive_int, metavar="N",
+                       help="run the tiles on a local Dask cluster of N worker processes")
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="run the tiles on the workers of a running dask-scheduler (e.g. tcp://head:8786)")
+    run.add_argument("--work-dir", type=Path, metavar="DIR",
+                     help="folder of the finished tiles and their manifest, for resuming (with --workers or "
+                          "--scheduler; default: OUTPUT with the suffix .tiles); emptied after success")
+    run.add_argument("--threads", type=int, metavar="N",
+                     help="CPU inference threads per worker (default: the cores divided by --workers; with "
+                          "--scheduler, all the worker machine's cores)")
+    run.add_argument("--tile-cells", type=_positive_int, metavar="N",
+                     help="output cells per tile side, one task each (default and largest: 64 at 100 m)")
+    run.add_argument("--retries", type=int, default=RETRIES,
+                     help=f"retries of a tile whose task failed (default {RETRIES})")
+    run.add_argument("--batch-size", type=_positive_int, default=128, help="patches per inference batch")
+    run.add_argument("--max-cloud", type=float, default=MAX_CLOUD_PERCENT,
+                     help=f"most masked pixels (%%) in a cell's patch (default {MAX_CLOUD_PERCENT:g})")
+    run.add_argument("--backend", choices=BACKENDS, default="auto", help="default auto: OpenVINO on CPU")
+    run.add_argument("--precision", choices=PRECISIONS, default="f32", help="OpenVINO precision (default f32)")
+    run.add_argument("--palette", choices=list(legend.PALETTE_TITLES), default="official_2022")
+    return parser, run
+
+
+def _model(spec):
+    """The ModelCard ``--model`` names: an installed id, or a model file. Raises ModelError."""
+    cards = list_models()
+    if spec is None:
+        if not cards:
+            raise ModelError("No LCZ model is installed; give --model FILE (a .json card or .safetensors weights).")
+        return cards[0]
+    for card in cards:
+        if card.id == spec:
+            return card
+    if Path(spec).suffix.lower() in (".json", ".safetensors"):
+        return read_card(spec)
+    installed = ", ".join(card.id for card in cards) or "none installed"
+    raise ModelError(f"--model {spec} is neither an installed model's id ({installed}) nor a model file (.json or "
+                     ".safetensors).")
+
+
+def _check(args):
+    """Refuse unusable arguments before anything runs: returns (Sentinel-2 path, ModelCard, device, work dir)."""
+    sentinel2 = args.sentinel2.absolute()
+    if not sentinel2.is_file():
+        raise InputError(f"SENTINEL2 {args.sentinel2} does not exist; give a 10-band Sentinel-2 GeoTIFF or VRT.")
+    try:
+        files = gdal.Open(str(sentinel2)).GetFileList() or [sentinel2]
+    except RuntimeError as error:
+        raise InputError(f"Cannot open SENTINEL2 {args.sentinel2}: {error}") from None
+    card = _model(args.model)
+    check_output_paths({"SENTINEL2": files, "SENTINEL2 (what it was built from)": built_from(sentinel2),
+                        "--model": model_files(card.path)},
+                       {"OUTPUT": geotiff_output(args.output, style=True),
+                        "--probabilities": geotiff_output(args.probabilities)})
+    distributed = args.workers or args.scheduler
+    work_dir = (args.work_dir or args.output.with_suffix(".tiles")) if distributed else None
+    if work_dir is not None:
+        check_work_dir(work_dir)
+    elif args.work_dir:
+        raise WorkDirError("--work-dir is for a run on a cluster; add --workers N or --scheduler ADDRESS.")
+    # On a cluster each worker resolves the device on its own machine; here it must exist now.
+    device = args.device if distributed else resolve_device(args.device)
+    return sentinel2, card, device, work_dir
+
+
+@contextlib.contextmanager
+def _executor(args, work_dir):
+    """None (tiles computed here), or DaskTiles on a LocalCluster (--workers) or a scheduler's cluster."""
+    if work_dir is None:
+        yield None
+        return
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    with contextlib.ExitStack() as stack:
+        if args.scheduler:
+            try:
+                client = stack.enter_context(Client(args.scheduler, timeout="30s"))
+            except OSError as error:
+                raise WorkDirError(f"Cannot reach the Dask scheduler at {args.scheduler}: {error}") from None
+            threads = args.threads or 0
+        else:
+            # The workers' own logs stay quiet: a failed tile is reported once, at the end, by its extent.
+            cluster = stack.enter_context(LocalCluster(n_workers=args.workers, threads_per_worker=1,
+                                                       silence_logs=logging.CRITICAL))
+            client = stack.enter_context(Client(cluster))
+            threads = args.threads if args.threads is not None else max(1, (os.cpu_count() or 1) // args.workers)
+        yield DaskTiles(client, work_dir, args.retries, threads)
+
+
+def _terminated(signum, frame):
+    # A SIGTERM unwinds like an exception, so the cluster's workers are stopped and partial files removed.
+    raise SystemExit(128 + signum)
+
+
+def main(argv=None):
+    """Run the command line; returns the exit status."""
+    parser, classify_parser = build_parser()
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminated)
+    feedback = ConsoleFeedback()
+    try:
+        sentinel2, card, device, work_dir = _check(args)
+        with _executor(args, work_dir) as executor:
+            summary = classify(sentinel2, args.output, card, bounds=args.extent, resolution=args.resolution,
+                               device=device, batch_size=args.batch_size, probabilities_path=args.probabilities,
+                               palette=args.palette, feedback=feedback, max_cloud=args.max_cloud,
+                               backend=args.backend, precision=args.precision, tile_size=args.tile_cells,
+                               executor=executor)
+            if executor is not None:
+                executor.clear()
+    except USAGE_ERRORS as error:
+        classify_parser.error(str(error))  # exits with status 2
+    except RuntimeError as error:  # failed tiles (TileError), or GDAL failing to read a damaged input
+        print(f"{classify_parser.prog}: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{classify_parser.prog}: interrupted; no map was written"
+              + (f", finished tiles are kept in {work_dir}" if work_dir else ""), file=sys.stderr)
+        return 130
+    print(json.dumps(summary))
+    return 0

@@ -1,0 +1,143 @@
+"""Compute the tiles of ``classify.classify`` on a Dask cluster (``distributed``), resumable from a work folder.
+
+Each tile is one task: it reads its own window of the Sentinel-2 raster, runs the model on its worker and writes
+the tile's GeoTIFF into the work folder (``tile_store``). The raster and the model are opened once per worker
+thread (run workers with one thread each: inference uses the cores), not per task. A worker that dies loses only
+its tile, which the scheduler gives to another; a tile whose task raises is retried ``retries`` times, then
+reported by its extent while the other tiles go on. Tiles already in the work folder from a killed run of the
+same manifest are not computed again. Every worker must see the raster and the model at the same paths (a shared
+file system) and import this package (the plugin folder and its ``.deps/py<XY>`` on its PYTHONPATH).
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import threading
+import uuid
+
+from osgeo import gdal
+
+from .assets import sha256_of
+from .classify import GDAL_CACHE_BYTES, compute_tile, tile_result
+from .device import resolve_device
+from .models.backends import sentinel2_runner
+from .models.registry import read_card
+from .sentinel2_input import own_mask_band
+from .tile_store import TileStore, load_tile, save_tile, tile_engine
+from .feedback import TileClock
+
+gdal.UseExceptions()
+
+#: Retries of a task that raised, before its tile is reported as failed.
+RETRIES = 2
+#: Failed tiles listed in the error; the rest are counted.
+LISTED_FAILURES = 20
+_worker = threading.local()  # the raster and the runner of this worker thread
+
+
+class TileError(RuntimeError):
+    """Tiles failed on the cluster after their retries; the finished ones are kept in the work folder."""
+
+
+def _worker_state(job, threads):
+    """(state dict, whether it was made now): this worker thread's open raster, mask band and runner for
+    ``job``, made on its first tile."""
+    key = (job.sentinel2_path, job.model_path, job.backend, job.device, job.precision, threads)
+    state = getattr(_worker, "state", None)
+    if state is not None and state["key"] == key:
+        return state, False
+    gdal.SetCacheMax(GDAL_CACHE_BYTES)
+    ds = gdal.Open(job.sentinel2_path)
+    runner, engine = sentinel2_runner(read_card(job.model_path), job.backend, resolve_device(job.device),
+                                      job.precision, threads)
+    _worker.state = {"key": key, "ds": ds, "mask": own_mask_band(ds), "runner": runner, "engine": engine}
+    return _worker.state, True
+
+
+def run_tile(job, tile, folder, threads):
+    """The Dask task: compute ``tile`` of ``job`` and write its GeoTIFF into the tiles ``folder``. Returns whether
+    this task loaded the model (the worker's first tile)."""
+    state, loaded = _worker_state(job, threads)
+    probs, masked = compute_tile(job, state["ds"], state["runner"], tile, state["mask"])
+    save_tile(folder, job, tile, tile_result(probs, masked, job.probabilities), state["engine"])
+    return loaded
+
+
+def manifest(job, tiles):
+    """What the tiles of a run depend on: the job, the tiling, the input files (size, modification time; all the
+    files of a VRT mosaic) and the model's weights (sha256)."""
+    card = read_card(job.model_path)
+    files = gdal.Open(job.sentinel2_path).GetFileList() or [job.sentinel2_path]
+    return {
+        "format": 1,
+        "job": dataclasses.asdict(job),
+        "tiles_sha256": hashlib.sha256(json.dumps(tiles).encode()).hexdigest(),
+        "inputs": [[path, os.stat(path).st_size, os.stat(path).st_mtime_ns] for path in files],
+        "model_weights_sha256": card.data.get("weights_sha256") or sha256_of(card.weights_path),
+    }
+
+
+class DaskTiles:
+    """The ``executor`` of ``classify.classify`` that runs the tiles on the Dask cluster of ``client``.
+
+    work_dir: the run's work folder (``tile_store.TileStore``). retries: of a tile whose task raised.
+    threads: CPU inference threads per worker (0: the back-end's default). After a call, ``engines`` lists the
+    back-ends the tiles ran on and ``summary`` the run's workers, resumed tiles, model loads and computed cells;
+    ``clear()`` deletes the work folder's tiles once the map is written.
+    """
+
+    def __init__(self, client, work_dir, retries=RETRIES, threads=0):
+        self.client, self.work_dir, self.retries, self.threads = client, work_dir, retries, threads
+        self.store, self.engines, self.summary = None, [], {}
+
+    def __call__(self, job, tiles, feedback):
+        """Compute every tile of ``tiles`` not yet in the work folder, then return an iterator of (tile,
+        TileResult) read back from it in the order of ``tiles``. Raises TileError naming each failed tile."""
+        from distributed import as_completed
+
+        self.store = TileStore(self.work_dir, manifest(job, tiles), feedback)
+        todo = [tile for tile in tiles if not self.store.has(tile)]
+        cells = job.grid.rows * job.grid.cols
+        clock = TileClock(feedback, len(tiles), cells, len(tiles) - len(todo),
+                          cells - sum(t[2] * t[3] for t in todo))
+        workers = len(self.client.nthreads())
+        feedback.info(f"{len(tiles) - len(todo)} of {len(tiles)} tiles already in {self.work_dir}; {len(todo)} to "
+                      f"compute on {workers} Dask worker(s). Dashboard: {self.client.dashboard_link}")
+        run = uuid.uuid4().hex[:8]
+        futures = {self.client.submit(run_tile, job, tile, str(self.store.tiles), self.threads,
+                                      key=f"lcz-tile-{tile[0]}-{tile[1]}-{run}", retries=self.retries): tile
+                   for tile in todo}
+        failed, loads = [], 0
+        try:
+            for future in as_completed(futures):
+                tile = futures.pop(future)
+                if future.status == "error":
+                    failed.append((tile, future.exception()))
+                    continue
+                loads += future.result()
+                clock.tile_done(tile[2] * tile[3])
+                feedback.check_canceled()
+        finally:
+            self.client.cancel(list(futures))  # on cancel or interrupt, what is left stops
+        if failed:
+            raise TileError(self._failures(job.grid, failed, len(tiles)))
+        computed = sum(t[2] * t[3] for t in todo)
+        self.engines = sorted({tile_engine(self.store.tiles, tile) for tile in tiles})
+        self.summary = {"workers": workers, "tiles_resumed": len(tiles) - len(todo), "model_loads": loads,
+                        "computed_cells": computed}
+        return ((tile, load_tile(self.store.tiles, tile)) for tile in tiles)
+
+    def _failures(self, grid, failed, total):
+        lines = [f"  rows {row}–{row + rows - 1}, cols {col}–{col + cols - 1}, --extent "
+                 f"{' '.join(f'{v:.1f}' for v in grid.bounds(row, col, rows, cols))}: "
+                 f"{type(error).__name__}: {error}" for (row, col, rows, cols), error in sorted(failed)]
+        more = len(lines) - LISTED_FAILURES
+        return (f"{len(failed)} of {total} tiles failed {self.retries + 1} times (extents in the raster's CRS, "
+                f"xmin ymin xmax ymax); the {total - len(failed)} others are kept in {self.work_dir}, and running "
+                "the same command again computes only the missing ones:\n" + "\n".join(lines[:LISTED_FAILURES])
+                + (f"\n  … and {more} more" if more > 0 else ""))
+
+    def clear(self):
+        """Delete the tiles and the manifest of the work folder (after the map has been written)."""
+        self.store.clear()
