@@ -49,8 +49,10 @@ def cuda_devices():
 
 
 def device_choices():
-    """DEVICE's choices: auto, cpu, then cuda:N for each GPU present."""
-    return ["auto", "cpu"] + [f"cuda:{index}" for index in range(len(cuda_devices()))]
+    """DEVICE's choices: auto, cpu, then, with GPUs, cuda (the first, as PyTorch and the command line read it)
+    and cuda:N for each."""
+    gpus = [f"cuda:{index}" for index in range(len(cuda_devices()))]
+    return ["auto", "cpu"] + (["cuda"] + gpus if gpus else [])
 
 
 def device_parameter(name):

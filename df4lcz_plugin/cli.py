@@ -87,11 +87,16 @@ class ConsoleFeedback(Feedback):
             self.bar = None
 
 
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a whole number ≥ 1")
-    return value
+def _whole(minimum):
+    """An argparse type: a whole number ≥ ``minimum``."""
+    def parse(text):
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text} is not a whole number ≥ {minimum}")
+        return value
+
+    parse.__name__ = "whole number"  # argparse's word for a value int() cannot read
+    return parse
 
 
 def _device(text):
@@ -130,21 +135,21 @@ def build_parser():
     run.add_argument("--probabilities", metavar="PATH", type=Path,
                      help="also write the 18-band probability GeoTIFF in percent (.tif)")
     where = run.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=_positive_int, metavar="N",
+    where.add_argument("--workers", type=_whole(1), metavar="N",
                        help="run the tiles on a local Dask cluster of N worker processes")
     where.add_argument("--scheduler", metavar="ADDRESS",
                        help="run the tiles on the workers of a running dask-scheduler (e.g. tcp://head:8786)")
     run.add_argument("--work-dir", type=Path, metavar="DIR",
                      help="folder of the finished tiles and their manifest, for resuming (with --workers or "
                           "--scheduler; default: OUTPUT with the suffix .tiles); emptied after success")
-    run.add_argument("--threads", type=int, metavar="N",
+    run.add_argument("--threads", type=_whole(1), metavar="N",
                      help="CPU inference threads per worker (default: the cores divided by --workers; with "
                           "--scheduler, all the worker machine's cores)")
-    run.add_argument("--tile-cells", type=_positive_int, metavar="N",
+    run.add_argument("--tile-cells", type=_whole(1), metavar="N",
                      help="output cells per tile side, one task each (default and largest: 64 at 100 m)")
-    run.add_argument("--retries", type=int, default=RETRIES,
+    run.add_argument("--retries", type=_whole(0), default=RETRIES,
                      help=f"retries of a tile whose task failed (default {RETRIES})")
-    run.add_argument("--batch-size", type=_positive_int, default=128, help="patches per inference batch")
+    run.add_argument("--batch-size", type=_whole(1), default=128, help="patches per inference batch")
     run.add_argument("--max-cloud", type=float, default=MAX_CLOUD_PERCENT,
                      help=f"most masked pixels (%%) in a cell's patch (default {MAX_CLOUD_PERCENT:g})")
     run.add_argument("--backend", choices=BACKENDS, default="auto", help="default auto: OpenVINO on CPU")
@@ -164,14 +169,17 @@ def _model(spec):
         if card.id == spec:
             return card
     if Path(spec).suffix.lower() in (".json", ".safetensors"):
-        return read_card(spec)
+        return read_card(Path(spec).absolute())  # absolute: Dask workers run in folders of their own
     installed = ", ".join(card.id for card in cards) or "none installed"
     raise ModelError(f"--model {spec} is neither an installed model's id ({installed}) nor a model file (.json or "
                      ".safetensors).")
 
 
 def _check(args):
-    """Refuse unusable arguments before anything runs: returns (Sentinel-2 path, ModelCard, device, work dir)."""
+    """Refuse unusable arguments before anything runs: returns (Sentinel-2 path, ModelCard, device, work dir).
+    Paths are made absolute: Dask workers run in folders of their own."""
+    args.output = args.output.absolute()
+    args.probabilities = args.probabilities.absolute() if args.probabilities else None
     sentinel2 = args.sentinel2.absolute()
     if not sentinel2.is_file():
         raise InputError(f"SENTINEL2 {args.sentinel2} does not exist; give a 10-band Sentinel-2 GeoTIFF or VRT.")
@@ -183,13 +191,16 @@ def _check(args):
     check_output_paths({"SENTINEL2": files, "SENTINEL2 (what it was built from)": built_from(sentinel2),
                         "--model": model_files(card.path)},
                        {"OUTPUT": geotiff_output(args.output, style=True),
-                        "--probabilities": geotiff_output(args.probabilities)})
+                        "--probabilities": geotiff_output(args.probabilities, style=True)})
     distributed = args.workers or args.scheduler
-    work_dir = (args.work_dir or args.output.with_suffix(".tiles")) if distributed else None
+    work_dir = (args.work_dir or args.output.with_suffix(".tiles")).absolute() if distributed else None
     if work_dir is not None:
         check_work_dir(work_dir)
-    elif args.work_dir:
-        raise WorkDirError("--work-dir is for a run on a cluster; add --workers N or --scheduler ADDRESS.")
+    else:
+        for option in ("work_dir", "threads"):
+            if getattr(args, option) is not None:
+                raise WorkDirError(f"--{option.replace('_', '-')} is for a run on a cluster; add --workers N or "
+                                   "--scheduler ADDRESS, or leave it out.")
     # On a cluster each worker resolves the device on its own machine; here it must exist now.
     device = args.device if distributed else resolve_device(args.device)
     return sentinel2, card, device, work_dir
@@ -208,9 +219,10 @@ def _executor(args, work_dir):
     with contextlib.ExitStack() as stack:
         if args.scheduler:
             try:
-                client = stack.enter_context(Client(args.scheduler, timeout="30s"))
-            except OSError as error:
-                raise WorkDirError(f"Cannot reach the Dask scheduler at {args.scheduler}: {error}") from None
+                client = stack.enter_context(Client(args.scheduler, timeout="10s"))
+            except (OSError, ValueError, TypeError) as error:  # unreachable, or not an address (no port…)
+                raise WorkDirError(f"Cannot reach the Dask scheduler at {args.scheduler} ({error}); give its "
+                                   "address as printed by 'dask scheduler', e.g. tcp://head:8786.") from None
             threads = args.threads or 0
         else:
             # The workers' own logs stay quiet: a failed tile is reported once, at the end, by its extent.

@@ -133,11 +133,14 @@ def built_from(stack_path):
     for source in [metadata.get("SOURCE", "")] + metadata.get("COMPOSITE_INPUTS", "").split(";"):
         if not source:
             continue
-        if Path(source).is_dir():
-            files += list(find_band_files(source).values())
-            files += [m for m in (_metadata_file(source),) if m]
-        elif Path(source).is_file():
-            files += [Path(source)] + built_from(source)
+        try:
+            if Path(source).is_dir():
+                files += list(find_band_files(source).values())
+                files += [m for m in (_metadata_file(source),) if m]
+            elif Path(source).is_file():
+                files += [Path(source)] + built_from(source)
+        except OSError:
+            continue  # a source this user cannot read (a colleague's stack) cannot be overwritten by them either
     return files
 
 

@@ -18,6 +18,7 @@ import argparse
 import io
 import json
 import pickle
+import re
 import sys
 from pathlib import Path
 
@@ -140,10 +141,14 @@ def train_on_training_areas(sentinel2_path, areas, model_path, report_path, base
     areas: ``training_areas.TrainingAreas``. base_model: a model card/weights path whose Sentinel-2 stream is
     fine-tuned (None: a 3D ResNet11 from scratch). vhr_path: VHR imagery to train the GCN stream as well.
     Warnings of ``class_warnings`` go to ``feedback.warning``, the card and the report's details.
-    Returns (model card path, test metrics dict). Raises SamplingError, Canceled, and the VHR/SAM errors.
+    Returns (model card path, test metrics dict). Raises SamplingError, Canceled, the VHR/SAM errors, and
+    ModelError when the model's file name cannot be its id (``registry.MODEL_ID``: no commas).
     """
-    from .models.registry import save_model
+    from .models.registry import MODEL_ID, ModelError, save_model
 
+    if not re.fullmatch(MODEL_ID, Path(model_path).stem):
+        raise ModelError(f"The model's file name '{Path(model_path).stem}' is its id in Classify's MODEL list, so it "
+                         "may hold letters, digits, '_', '-', '.' and spaces only (no commas); rename it.")
     feedback = feedback or Feedback()
     samples = sample_training_areas(sentinel2_path, areas, seed=seed, feedback=feedback)
     summary = samples.summary()

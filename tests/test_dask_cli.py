@@ -4,6 +4,8 @@ killed by SIGTERM resumes from its work folder, a tile that fails is reported by
 
 import io
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -174,12 +176,42 @@ def test_changed_arguments_discard_the_tiles(s2_stack, reference, tmp_path):
     (["{stack}", "{out}", "--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "not allowed with argument"),
     (["{stack}", "{out}", "--work-dir", "{folder}"], "--work-dir is for a run on a cluster"),
     (["{stack}", "{out}", "--extent", "0", "0", "1000", "1000"], "does not overlap the Sentinel-2 raster"),
+    (["{stack}", "{out}", "--scheduler", "nonsense"], "Cannot reach the Dask scheduler at nonsense (missing port"),
+    (["{stack}", "{out}", "--threads", "2"], "--threads is for a run on a cluster"),
+    (["{stack}", "{out}", "--workers", "1", "--threads", "-3"], "argument --threads: -3 is not a whole number ≥ 1"),
+    (["{stack}", "{out}", "--retries", "-1"], "argument --retries: -1 is not a whole number ≥ 0"),
+    (["{stack}", "{out}", "--probabilities", "{out_upper}"], "would both write"),
 ], ids=["missing-input", "output-is-input", "output-not-geotiff", "probabilities-is-input", "unknown-model", "zero-workers",
-        "workers-and-scheduler", "work-dir-without-cluster", "extent-outside"])
+        "workers-and-scheduler", "work-dir-without-cluster", "extent-outside", "scheduler-not-an-address",
+        "threads-without-cluster", "negative-threads", "negative-retries", "probabilities-style-is-the-maps"])
 def test_bad_arguments_exit_2_with_the_reason(s2_stack, tmp_path, args, message):
-    names = {"missing": tmp_path / "none.tif", "out": tmp_path / "lcz.tif", "stack": s2_stack,
+    names = {"missing": tmp_path / "none.tif", "out": tmp_path / "lcz.tif", "out_upper": tmp_path / "lcz.TIF",
+             "stack": s2_stack,
              "vrt": tmp_path / "lcz.vrt", "folder": tmp_path}
     run = _cli(*[a.format(**names) for a in args])
     assert run.returncode == 2, run.stderr
     assert message in " ".join(run.stderr.split()) and "Traceback" not in run.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_relative_paths_reach_workers_running_elsewhere(s2_stack, tmp_path):
+    """A cluster's workers run in folders of their own (here: this test's, not the command's): relative OUTPUT,
+    --work-dir and --model must still name the same files there."""
+    from distributed import LocalCluster
+
+    models = tmp_path / "models"
+    models.mkdir()
+    for path in MODEL_CARD.parent.glob(f"{MODEL_CARD.stem}.*"):  # card, weights and OpenVINO form
+        shutil.copy2(path, models / path.name)
+    extent = ("437000", "4170000", "439000", "4172000")
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True) as cluster:
+        command = [sys.executable, "-m", "df4lcz_plugin", "classify", str(s2_stack), "rel.tif", "--extent", *extent,
+                   "--model", f"models/{MODEL_CARD.name}", "--work-dir", "tiles", "--scheduler",
+                   cluster.scheduler_address]
+        run = subprocess.run(command, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                             capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    here = _cli(s2_stack, tmp_path / "here.tif", "--extent", *extent)
+    assert here.returncode == 0, here.stderr
+    assert np.array_equal(_read(tmp_path / "rel.tif"), _read(tmp_path / "here.tif"))
+    assert not (tmp_path / "tiles").exists()  # emptied after success, where the command said

@@ -93,7 +93,7 @@ def _bad_inputs(s2_stack, tmp_path):
         "all nodata": ({"SENTINEL2": holed}, "holds no data in the extent"),
         "missing model": ({"MODEL_FILE": tmp_path / "absent.safetensors"}, "absent.json is missing"),
         "corrupt model": ({"MODEL_FILE": corrupt / "m.safetensors"}, "corrupt or truncated"),
-        # "cuda" is no choice (cuda:0, cuda:1… are, when the driver reports GPUs): the message lists them.
+        # "cuda" is a choice only when the driver reports GPUs (then with cuda:0, cuda:1…): the message lists them.
         "cuda": ({"DEVICE": "cuda"}, "DEVICE=cuda is not a device of this machine"),
         "unknown model": ({"MODEL": "sen2lcznet"}, "MODEL=sen2lcznet is not an installed model; installed: "
                                                    "sen2lcznet_so2sat."),

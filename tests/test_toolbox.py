@@ -78,7 +78,7 @@ def test_device_and_model_are_lists_stored_by_name(algorithms):
         gpus = torch.cuda.device_count()
     except ImportError:  # the light install: no GPU can be used
         gpus = 0
-    devices = ["auto", "cpu"] + [f"cuda:{index}" for index in range(gpus)]  # the GPUs PyTorch will see
+    devices = ["auto", "cpu"] + (["cuda"] if gpus else []) + [f"cuda:{i}" for i in range(gpus)]  # PyTorch's GPUs
     for name in ("classifylcz", "trainmodel", "buildobjectgraphs"):
         device = algorithms[name].parameterDefinition("DEVICE")
         assert isinstance(device, QgsProcessingParameterEnum) and device.usesStaticStrings(), name

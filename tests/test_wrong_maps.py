@@ -6,12 +6,14 @@ descriptions; the real Zaragoza WUDAPT map recoded 101–107; hostile copies of 
 
 import json
 import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
 from osgeo import gdal
 
-from conftest import MODEL_CARD, ZURICH, raster_copy, run_qgis_process
+from conftest import MODEL_CARD, QGIS_PROCESS, ZURICH, raster_copy, run_qgis_process
 
 from df4lcz_plugin import assets
 from df4lcz_plugin.vhr import open_vhr, read_patch
@@ -118,14 +120,23 @@ def _hostile_cards():
     def streams_list(card):
         card["streams"] = [card["streams"]["sentinel2"]]
 
+    def no_id(card):
+        del card["id"]
+
+    def comma_id(card):
+        card["id"] = "zurich, v2"  # Processing would split a MODEL value at the comma
+
     return {
         "unknown config key": (unknown_key, "gives architecture 'sen2lcznet' the unknown setting(s) depth"),
         "no input_scaling": (no_scaling, "'streams.sentinel2.input_scaling.divide_by' must be a positive number"),
         "streams as a list": (streams_list, "'streams' must be an object with a 'sentinel2' stream"),
+        "no id": (no_id, "'id' must be a name of letters, digits"),
+        "comma in id": (comma_id, "'id' must be a name of letters, digits"),
     }
 
 
-@pytest.mark.parametrize("case", ["unknown config key", "no input_scaling", "streams as a list"])
+@pytest.mark.parametrize("case", ["unknown config key", "no input_scaling", "streams as a list", "no id",
+                                  "comma in id"])
 def test_hostile_model_card(qgis_env, s2_stack, tmp_path, case):
     edit, message = _hostile_cards()[case]
     card = json.loads(MODEL_CARD.read_text())
@@ -135,6 +146,30 @@ def test_hostile_model_card(qgis_env, s2_stack, tmp_path, case):
     stack = raster_copy(s2_stack, tmp_path / "stack.tif", srcWin=FARMLAND_WINDOW)
     _refused(qgis_env, "df4lcz:classifylcz", {"SENTINEL2": stack, "MODEL_FILE": tmp_path / "m.safetensors",
                                               "OUTPUT": tmp_path / "lcz.tif"}, message, tmp_path)
+
+
+def test_bad_or_duplicate_user_models_are_left_out_of_the_list(qgis_env, tmp_path):
+    """Cards in the user model folder without an id, with a number as id, or with the shipped model's id: the
+    provider still loads, and MODEL lists each id once."""
+    models = Path(qgis_env["XDG_DATA_HOME"]) / "df4lcz" / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    made = []
+    for name, edit in (("noid", lambda c: c.pop("id")), ("number", lambda c: c.update(id=7)),
+                       ("twin", lambda c: None)):
+        card = json.loads(MODEL_CARD.read_text())
+        edit(card)
+        made += [models / f"{name}.json", models / f"{name}.safetensors"]
+        made[-2].write_text(json.dumps(card))
+        shutil.copy(MODEL_CARD.with_suffix(".safetensors"), made[-1])
+    try:
+        listing = subprocess.run([QGIS_PROCESS, "help", "df4lcz:classifylcz"], env=qgis_env, capture_output=True,
+                                 text=True, timeout=120)
+    finally:
+        for path in made:
+            path.unlink()
+    assert listing.returncode == 0 and "Traceback" not in listing.stdout + listing.stderr
+    choices = listing.stdout.split("\nMODEL:")[1].split("Acceptable values")[0]
+    assert "- 0: sen2lcznet_so2sat" in choices and "- 1:" not in choices, choices
 
 
 def test_assess_reads_wudapt_2015_codes(qgis_env, tmp_path):

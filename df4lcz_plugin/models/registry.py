@@ -13,12 +13,15 @@ Listing reads only JSON, so it works without PyTorch.
 import inspect
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..bands import SO2SAT_BANDS
 
 CARD_FORMAT = "df4lcz-model-card/1"
+#: A model id (the file name of a trained model): no commas, which would split a MODEL value in Processing.
+MODEL_ID = r"[\w.\- ]+"
 #: The streams a model may have.
 STREAMS = ("sentinel2", "vhr")
 
@@ -99,6 +102,8 @@ def _check_card(data, card_path):
     def bad(field, what):
         raise ModelError(f"Model card {card_path}: '{field}' {what}. Fix the card or train the model again.")
 
+    if not isinstance(data.get("id"), str) or not re.fullmatch(MODEL_ID, data["id"]):
+        bad("id", "must be a name of letters, digits, '_', '-', '.' or spaces (it is how MODEL chooses the model)")
     streams = data["streams"]
     if not isinstance(streams, dict) or "sentinel2" not in streams:
         bad("streams", "must be an object with a 'sentinel2' stream (and optionally 'vhr'), each an object "
@@ -131,15 +136,17 @@ def _check_card(data, card_path):
 
 
 def list_models():
-    """Installed models (shipped first, then the user's), as ModelCards sorted by id within each folder."""
-    cards = []
+    """Installed models (shipped first, then the user's), as ModelCards sorted by id within each folder; of two
+    models with the same id only the first is listed (MODEL chooses by id)."""
+    cards = {}
     for folder in (builtin_models_dir(), user_models_dir()):
         for card_path in sorted(folder.glob("*.json")):
             try:
-                cards.append(read_card(card_path))
+                card = read_card(card_path)
             except ModelError:
                 continue  # a stray JSON file is not a model
-    return cards
+            cards.setdefault(card.id, card)
+    return list(cards.values())
 
 
 def _architectures():
