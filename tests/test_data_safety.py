@@ -94,6 +94,10 @@ def test_train_never_overwrites(qgis_env, work):
     _refused(qgis_env, "df4lcz:trainmodel", {**common, "BASE_MODEL": work / "base.safetensors",
                                              "OUTPUT_MODEL": work / "base.safetensors", "REPORT": work / "r.html"},
              "OUTPUT_MODEL would overwrite the BASE_MODEL input", work)
+    # Its file name becomes its id in Classify's MODEL list, where a comma would split the value.
+    _refused(qgis_env, "df4lcz:trainmodel", {**common, "OUTPUT_MODEL": work / "zurich, v2.safetensors",
+                                             "REPORT": work / "r.html"},
+             "The model's file name 'zurich, v2' is its id in Classify's MODEL list", work)
 
 
 def test_assess_never_overwrites(qgis_env, tmp_path):
