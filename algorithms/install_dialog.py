@@ -1,12 +1,14 @@
 """The dependency installer dialog (Plugins ▸ DF4LCZ ▸ Install dependencies…).
 
 It runs the installer's own command line (``python -m df4lcz_plugin.dependencies install|remove``) in a QProcess,
-with the Python interpreter of QGIS's version (``dependencies.find_python``): QGIS stays responsive, the output is a
-live log, the ``[done/total]`` lines drive the progress bar, and Cancel stops the process, which leaves every
-package whole. Nothing is installed into QGIS's own Python.
+with the Python interpreter of QGIS's version (``dependencies.find_python``, looked for in a thread): QGIS stays
+responsive, the output is a live log, the ``[done/total]`` lines drive the progress bar, and Cancel stops the
+process, which leaves every package whole. Nothing is installed into QGIS's own Python.
 """
 
+import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -30,6 +32,8 @@ if sys.platform == "darwin":
     BUILDS["cpu"] = "CPU and Apple GPUs (MPS)"
 #: How long Cancel waits for the installer to stop cleanly (it finishes moving a package in) before killing it, ms.
 KILL_AFTER_MS = 10000
+#: Runs ``dependencies.find_python`` (interpreters, seconds at worst) away from the GUI thread.
+_LOOKUP = ThreadPoolExecutor(max_workers=1)
 
 
 def _display(path):
@@ -49,7 +53,11 @@ class InstallDialog(QDialog):
         self.target = Path(target) if target else dependencies.deps_folder(dependencies.PLUGIN_ROOT)
         self.process = None
         self.restart_prompt = self.remove_prompt = None
-        self._task, self._cancelled, self._partial = None, False, ""
+        self._task, self._arguments, self._cancelled, self._partial = None, [], False, ""
+        self._lookup = None  # the Future of dependencies.find_python while the interpreter is looked for
+        self._waiter = QTimer(self)
+        self._waiter.setInterval(50)
+        self._waiter.timeout.connect(self._launch)
         self.setWindowTitle(f"{dependencies.MENU}: {dependencies.INSTALL_ENTRY}")
         self.resize(760, 560)
         layout = QVBoxLayout(self)
@@ -117,7 +125,8 @@ class InstallDialog(QDialog):
                 "--target", str(self.target)]
 
     def running(self):
-        return self.process is not None and self.process.state() != QProcess.NotRunning
+        """True from an Install or Remove click until its installer ends."""
+        return self._lookup is not None or (self.process is not None and self.process.state() != QProcess.NotRunning)
 
     def install(self):
         """Start installing the chosen variant (no-op while something runs)."""
@@ -137,14 +146,19 @@ class InstallDialog(QDialog):
 
     def cancel(self):
         """Stop the running installer: SIGTERM lets it finish moving the current package in (Windows has no such
-        signal for it: it is killed, and the package's dist-info, moved last, keeps the folder consistent)."""
+        signal for it: it and its pip are killed, and the package's dist-info, moved last, keeps the folder
+        consistent). While the interpreter is looked for, the installer is not started."""
         if not self.running():
             return
         self._cancelled = True
         self.log.appendPlainText("Cancelling…")
+        if self._lookup is not None:
+            return
         process = self.process
-        if sys.platform == "win32":
-            process.kill()
+        if sys.platform == "win32":  # kill() would end the installer alone, and its pip would write on
+            taskkill = ["taskkill", "/T", "/F", "/PID", str(process.processId())]
+            if subprocess.run(taskkill, capture_output=True, creationflags=dependencies.NO_WINDOW).returncode:
+                process.kill()
             return
         process.terminate()
         QTimer.singleShot(KILL_AFTER_MS, lambda: self._kill(process))
@@ -156,19 +170,35 @@ class InstallDialog(QDialog):
     def stop(self):
         """Cancel and wait for the installer to end (for the plugin's unload)."""
         self.cancel()
+        self._waiter.stop()
+        self._lookup = None
         if self.running() and not self.process.waitForFinished(KILL_AFTER_MS):
             self.process.kill()
             self.process.waitForFinished()
 
     def _start(self, task, arguments):
+        """Look for the interpreter in ``_LOOKUP``; ``_launch`` starts ``task`` once it is found."""
         if self.running():
             return
-        try:
-            python = dependencies.find_python()
-        except dependencies.InstallError as error:
-            self._report(str(error))
+        self._task, self._arguments, self._cancelled, self._partial = task, arguments, False, ""
+        self._lookup = _LOOKUP.submit(dependencies.find_python)
+        self.progress.setRange(0, 0)
+        self.status.setText("Looking for the Python interpreter QGIS runs…")
+        self._waiter.start()
+        self._update()
+
+    def _launch(self):
+        if not self._lookup.done():
             return
-        self._task, self._cancelled, self._partial = task, False, ""
+        self._waiter.stop()
+        lookup, self._lookup = self._lookup, None
+        try:
+            python = lookup.result()
+        except dependencies.InstallError as error:
+            return self._not_started(str(error))
+        if self._cancelled:
+            return self._not_started("Cancelled before the installer started; nothing changed.")
+        task, arguments = self._task, self._arguments
         self.process = QProcess(self)
         self.process.setProgram(python)
         self.process.setArguments(arguments)
@@ -213,7 +243,7 @@ class InstallDialog(QDialog):
         if self.progress.maximum() == 0:  # nothing was to do: no progress line came
             self.progress.setRange(0, 1)
         if self._cancelled:
-            self._report("Cancelled. The packages installed so far are whole and kept; Install finishes the job.")
+            self._report(self._cancelled_text())
         elif code or status != QProcess.NormalExit:
             self._report(f"The installer failed (exit status {code}); the log above says why.")
         elif self._task == "install":
@@ -223,6 +253,20 @@ class InstallDialog(QDialog):
         else:
             self._restart("The dependencies are removed. Restart QGIS so that it stops using them.")
         self._update()
+
+    def _not_started(self, text):
+        self.progress.setRange(0, 1)
+        self._report(text)
+        self._update()
+
+    def _cancelled_text(self):
+        if self._task == "install":
+            return "Cancelled. The packages installed so far are whole and kept; Install finishes the job."
+        if self.target.exists():
+            return f"Cancelled before anything was deleted: {_display(self.target)} is whole."
+        return ("Cancelled while deleting: the dependencies are removed; Remove dependencies deletes what is left "
+                f"of them in {_display(dependencies.trash_folder(self.target))}. Restart QGIS so that it stops "
+                "using them.")
 
     def _report(self, text):
         self.status.setText(text)

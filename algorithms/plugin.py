@@ -14,8 +14,8 @@ MENU = f"&{dependencies.MENU}"
 
 class DF4LCZPlugin:
     """Adds the provider in ``initProcessing`` (what ``qgis_process`` calls); ``initGui`` adds Plugins ▸ DF4LCZ ▸
-    Install dependencies… and, if the light dependencies cannot be imported, a message-bar notice with the same
-    button. ``unload`` removes all of it."""
+    Install dependencies… and, if the light dependencies are missing (``dependencies.missing``), a message-bar
+    notice with the same button. ``unload`` removes all of it."""
 
     def __init__(self, iface):
         self.iface = iface

@@ -14,9 +14,11 @@ default is the registry's own PyTorch.
 They are installed with ``pip --no-deps --target`` into ``<plugin>/.deps/py<XY>`` (never into QGIS's own Python;
 the pin files are the whole closure, without numpy: QGIS's own numpy < 2 is used), which the plugin puts first on
 ``sys.path`` before anything imports them. Each package is installed by its own pip run into a staging folder and
-then moved in, its ``.dist-info`` last: a package counts as installed only once whole, so an interrupted install
-leaves nothing half-installed and the next one finishes the job. Command line, run from the plugin folder with the
-Python QGIS uses (``find_python``)::
+then moved in, its ``.dist-info`` last: a package counts as installed (``installed``, ``missing``) only once whole,
+so an interrupted install leaves nothing half-installed and the next one finishes the job. One installer at a time
+uses a folder (``.deps/.lock-py<XY>``, held by the installer and its pip). ``remove`` first renames the folder aside
+(``.deps/.trash-py<XY>``), so an interrupted removal leaves the whole folder or a part of the renamed one, which the
+next removal deletes. Command line, run from the plugin folder with the Python QGIS uses (``find_python``)::
 
     python3 -m df4lcz_plugin.dependencies install --variant light|full [--torch BUILD] [--target DIR]
     python3 -m df4lcz_plugin.dependencies remove [--target DIR]
@@ -30,6 +32,7 @@ imports nothing from QGIS, so the command runs outside QGIS too.
 import argparse
 import contextlib
 import csv
+import functools
 import importlib.metadata
 import importlib.util
 import os
@@ -40,6 +43,11 @@ import subprocess
 import sys
 from collections import namedtuple
 from pathlib import Path
+
+if os.name == "nt":
+    import msvcrt
+else:
+    import fcntl
 
 PLUGIN_ROOT = Path(__file__).resolve().parent.parent
 REQUIREMENTS = PLUGIN_ROOT / "requirements"
@@ -52,6 +60,9 @@ MODULES = {
     "full": {"torch": "PyTorch", "torchvision": "torchvision", "segment_anything": "Segment Anything",
              "mobile_sam": "MobileSAM", "timm": "timm", "cv2": "OpenCV", "torch_geometric": "PyTorch Geometric"},
 }
+#: Import name → the pinned distribution providing it, where the two differ.
+_DISTRIBUTIONS = {"cv2": "opencv-python-headless", "segment_anything": "segment-anything",
+                  "mobile_sam": "mobilesam-mirror", "torch_geometric": "torch-geometric"}
 
 
 #: Where QGIS users find the installer: the plugin's entry in the Plugins menu.
@@ -70,7 +81,7 @@ _TORCH_PACKAGES = ("torch", "torchvision")
 #: One package to install: version as its dist-info names it; index None = the registry's.
 Pin = namedtuple("Pin", "name version index")
 #: On Windows a console child of a GUI process would open a console window; this keeps it hidden.
-_NO_WINDOW = getattr(subprocess, "CREATE_NO_WINDOW", 0)
+NO_WINDOW = getattr(subprocess, "CREATE_NO_WINDOW", 0)
 #: The installer's progress lines: ``[done/total] text``.
 PROGRESS = re.compile(r"^\[(\d+)/(\d+)\] ")
 
@@ -104,16 +115,16 @@ def use(folder):
     return folder
 
 
+@functools.cache  # an InstallError is not cached: the next call looks again
 def find_python():
     """Path (str) of the Python interpreter QGIS runs on, to run pip and this module's command.
 
     Inside QGIS ``sys.executable`` is not to be trusted: embedded Python guesses it from PATH, where another Python
     (pyenv, conda) may come first. So candidates are looked for where QGIS's Python lives (``sys.exec_prefix``:
     Linux ``bin/python3.X``, OSGeo4W ``python3.exe``/``python.exe``, QGIS.app ``Contents/MacOS/bin/python3``), then
-    ``sys.executable`` and ``python3.X``/``python3`` on PATH; each is run once. The first of this Python's version
-    and ``sys.exec_prefix`` wins, else the first of its version (its pip installs the same wheels). Raises
-    InstallError naming what was tried when none has the version.
-    """
+    ``sys.executable`` and ``python3.X``/``python3`` on PATH; each is run once (10 s at most). The first of this
+    Python's version and ``sys.exec_prefix`` wins, else the first of its version (its pip installs the same wheels).
+    Raises InstallError naming what was tried when none has the version. Found once per session (cached)."""
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     executable, prefix = Path(sys.executable), Path(sys.exec_prefix)
     candidates = [prefix / "bin" / f"python{version}", prefix / "python3.exe", prefix / "python.exe",
@@ -139,8 +150,8 @@ def _identity(python):
     """('major.minor', normalised sys.exec_prefix) of the interpreter ``python``, or None if it does not run."""
     code = "import sys; print('%d.%d' % sys.version_info[:2]); print(sys.exec_prefix)"
     try:
-        out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60,
-                             creationflags=_NO_WINDOW)
+        out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=10,
+                             creationflags=NO_WINDOW)
     except (OSError, subprocess.TimeoutExpired):
         return None
     lines = out.stdout.splitlines()
@@ -151,17 +162,32 @@ def _normalised(path):
     return os.path.normcase(os.path.realpath(path))
 
 
-def missing(variant):
-    """Human names of the packages ``variant`` needs that cannot be imported (empty when all are present)."""
+def missing(variant, target=None):
+    """Names of the packages ``variant`` lacks, those of ``MODULES`` first as it calls them, then the other pins';
+    empty when all are present.
+
+    When the dependency folder ``target`` (default: this plugin's) exists, it decides: a pinned package is there
+    only with its ``.dist-info`` (of any PyTorch build), which moves in last, so a package whose files were half
+    moved in when its installer was killed is missing. Without the folder, the modules of ``MODULES`` are looked
+    for in QGIS's own Python (``find_spec``), which may provide them itself.
+    """
+    target = Path(target) if target else deps_folder(PLUGIN_ROOT)
     modules = dict(MODULES["light"], **(MODULES["full"] if variant == "full" else {}))
-    return [human for module, human in modules.items() if importlib.util.find_spec(module) is None]
+    if not target.is_dir():
+        return [human for module, human in modules.items() if importlib.util.find_spec(module) is None]
+    humans = {_dist_name(_DISTRIBUTIONS.get(module, module)): human for module, human in modules.items()}
+    lacking = min(([pin.name for pin in plan(variant, build) if not installed(target, pin.name, pin.version)]
+                   for build in torch_builds()), key=len)
+    named = [humans.get(_dist_name(name)) for name in lacking]
+    return [human for human in named if human] + [name for name, human in zip(lacking, named) if not human]
 
 
 def install_advice(variant, lacking):
-    """What to tell a user whose Python lacks ``lacking`` (human names) of ``variant``: what and how to install."""
-    return (f"{', '.join(lacking)} cannot be imported in QGIS's Python, so this needs the plugin's '{variant}' "
-            f"dependencies. Install them from QGIS with Plugins ▸ {MENU} ▸ {INSTALL_ENTRY} (choose '{variant}'), "
-            f"or without QGIS: in the plugin folder {PLUGIN_ROOT}, run "
+    """What to tell a user whose Python lacks ``lacking`` (``missing``) of ``variant``: what and how to install."""
+    shown = ", ".join(lacking[:8]) + (f" and {len(lacking) - 8} more packages" if len(lacking) > 8 else "")
+    return (f"{shown} cannot be imported in QGIS's Python (not installed, or not completely), so this needs the "
+            f"plugin's '{variant}' dependencies. Install them from QGIS with Plugins ▸ {MENU} ▸ {INSTALL_ENTRY} "
+            f"(choose '{variant}'), or without QGIS: in the plugin folder {PLUGIN_ROOT}, run "
             f"'python3 -m df4lcz_plugin.dependencies install --variant {variant}' with the Python QGIS uses. "
             "Then restart QGIS.")
 
@@ -227,6 +253,38 @@ def staging_folder(target):
     return target.parent / f".staging-{target.name}"
 
 
+def trash_folder(target):
+    """Where ``remove`` renames ``target`` before deleting it: ``.deps/.trash-py<XY>``."""
+    target = Path(target)
+    return target.parent / f".trash-{target.name}"
+
+
+@contextlib.contextmanager
+def _locked(target):
+    """Hold the lock of ``target`` (``.deps/.lock-py<XY>``, an OS file lock, which ends with the process) while
+    this installer uses ``target`` and its staging folder; yields the lock file's descriptor, which the pip child
+    inherits (POSIX), so that a killed installer's pip still holds it. Raises InstallError if another holds it."""
+    target = Path(target)
+    lock = target.parent / f".lock-{target.name}"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+    try:
+        try:
+            if os.name == "nt":
+                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            else:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise InstallError(f"Another installer, or the pip it started, is still using {target}; wait for it to "
+                               "end (or stop it), then try again.") from None
+        yield fd
+        if os.name == "nt":
+            os.lseek(fd, 0, os.SEEK_SET)
+            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+    finally:
+        os.close(fd)
+
+
 def pip_command(pin, staging):
     """The pip command line (list of str) that installs ``pin`` alone into ``staging`` with this Python:
     ``--no-deps`` (the pins are the whole closure), from ``pin.index`` instead of the registry when it
@@ -263,20 +321,22 @@ def install(variant, target, torch=None):
 def install_package(pin, target):
     """Install one package (Pin) into ``target`` (Path): pip, run by this Python, unpacks it into the staging
     folder, then it replaces its older version in ``target`` (``_move_in``). Raises InstallError if pip fails,
-    Cancelled if this process is stopped (``stop_on_signals``); either way the staging folder is removed."""
+    Cancelled if this process is stopped (``stop_on_signals``); either way the staging folder is removed. Raises
+    InstallError, touching nothing, while another installer uses ``target`` (``_locked``)."""
     target = Path(target)
-    target.mkdir(parents=True, exist_ok=True)
     staging = staging_folder(target)
-    shutil.rmtree(staging, ignore_errors=True)  # a killed run's leftovers; pip needs an empty folder
-    try:
-        returncode = _run(pip_command(pin, staging))
-        if returncode:
-            raise InstallError(f"pip failed to install {pin.name}=={pin.version} (exit status {returncode}); "
-                               "see its messages above. What was installed before it is kept.")
-        with _signals_held():
-            _move_in(staging, target, pin.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with _locked(target) as lock:
+        target.mkdir(exist_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)  # a killed run's leftovers; pip needs an empty folder
+        try:
+            returncode = _run(pip_command(pin, staging), lock)
+            if returncode:
+                raise InstallError(f"pip failed to install {pin.name}=={pin.version} (exit status {returncode}); "
+                                   "see its messages above. What was installed before it is kept.")
+            with _signals_held():
+                _move_in(staging, target, pin.name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _numpy_version():
@@ -287,13 +347,14 @@ def _numpy_version():
         return "none"
 
 
-def _run(command):
-    """Run ``command``, echoing its output line by line as it comes; returns its exit status. If this process is
-    stopped meanwhile (Cancelled), the child is stopped too before the exception goes on."""
+def _run(command, lock):
+    """Run ``command``, echoing its output line by line as it comes; returns its exit status. The child inherits
+    the descriptor ``lock`` (POSIX). If this process is stopped meanwhile (Cancelled), the child is stopped too
+    before the exception goes on."""
     # Hide pip's warning about running as root: it writes only into the staging folder.
     env = dict(os.environ, PYTHONUNBUFFERED="1", PIP_ROOT_USER_ACTION="ignore")
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-                             env=env, creationflags=_NO_WINDOW)
+                             env=env, creationflags=NO_WINDOW, pass_fds=(lock,) if os.name == "posix" else ())
     try:
         for line in child.stdout:
             print(line, end="", flush=True)
@@ -364,20 +425,43 @@ def _merge(source, dest):
 
 
 def remove(target):
-    """Delete a dependency folder (``<plugin>/.deps/py<XY>``) and its staging folder; refuses any other folder.
-    Returns whether one was there. Raises InstallError if it is not such a folder or cannot be deleted."""
+    """Delete a dependency folder (``<plugin>/.deps/py<XY>``), its staging folder and what an interrupted removal
+    left; refuses any other folder and a symbolic link. The folder is renamed aside (``trash_folder``) before it is
+    deleted, so an interrupted removal leaves it whole or gone. Returns whether one was there. Raises InstallError
+    if it is not such a folder, another installer uses it, or it cannot be deleted."""
     target = Path(target)
-    if target.parent.name != ".deps" or not target.name.startswith("py"):
+    if target.parent.name != ".deps" or not re.fullmatch(r"py\d+", target.name):
         raise InstallError(f"{target} is not a plugin dependency folder (<plugin>/.deps/py<XY>); nothing deleted.")
-    shutil.rmtree(staging_folder(target), ignore_errors=True)
-    if not target.exists():
+    if target.is_symlink():
+        raise InstallError(f"{target} is a symbolic link to {os.readlink(target)}, not a dependency folder of its "
+                           "own; nothing deleted. Delete the link yourself if it should go (what it points to "
+                           "stays).")
+    if not target.parent.is_dir():
         return False
-    try:
-        shutil.rmtree(target)
-    except OSError as error:  # Windows: the DLLs of a running QGIS are locked
-        raise InstallError(f"Could not delete all of {target} ({error}). Close QGIS and run this again, or delete "
-                           "the folder yourself.") from None
+    with _locked(target):
+        shutil.rmtree(staging_folder(target), ignore_errors=True)
+        trash = trash_folder(target)
+        _delete(trash)
+        if not target.exists():
+            return False
+        try:
+            os.replace(target, trash)
+        except OSError as error:  # Windows: a running QGIS holds the DLLs in it
+            raise InstallError(f"Could not remove {target} ({error}); nothing was deleted. Close QGIS (it may be "
+                               "using these packages) and run this again, or delete the folder yourself.") from None
+        _delete(trash)
     return True
+
+
+def _delete(folder):
+    """Delete ``folder`` if it exists; raises InstallError if it cannot."""
+    try:
+        shutil.rmtree(folder)
+    except FileNotFoundError:
+        pass
+    except OSError as error:
+        raise InstallError(f"Could not delete all of {folder} ({error}). Close QGIS (it may be using these files) "
+                           "and remove the dependencies again, or delete the folder yourself.") from None
 
 
 def stop_on_signals():
@@ -414,8 +498,7 @@ def main(argv=None):
         elif args.command == "remove":
             print(f"Deleted {args.target}." if remove(args.target) else f"{args.target} does not exist.")
         else:
-            sys.path.insert(0, str(args.target))  # what QGIS sees: the folder first, then its own Python
-            lacking = missing(args.variant)
+            lacking = missing(args.variant, args.target)
             print("\n".join(lacking) if lacking else f"Nothing of the '{args.variant}' dependencies is missing.")
             return 1 if lacking else 0
     except InstallError as error:

@@ -1,14 +1,16 @@
 """The dependency installer as a QGIS user drives it. The real dialog widget (offscreen) runs the real installer
 command in a QProcess (real pip, the real package index) into a temporary dependency folder: cancel mid-way,
-install again, remove. The plugin in a real QGIS desktop (Xvfb, fresh profile without dependencies) shows its
-Plugins menu entry and its notice, and unloading removes both. The engine's package moves and PyTorch build
-choices are checked on their own."""
+install again, repair a half-moved package, remove, cancel a removal. A killed installer's pip keeps another
+installer out; removal refuses what is not a dependency folder. The plugin in a real QGIS desktop (Xvfb, fresh
+profile without dependencies) shows its Plugins menu entry and its notice, and unloading removes both. The
+engine's package moves and PyTorch build choices are checked on their own."""
 
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -40,10 +42,9 @@ def _wait(dialog, until):
 
 
 def _finish(dialog):
-    """Wait for the dialog's running process to end (its ``finished`` signal handled)."""
-    ended = []
-    dialog.process.finished.connect(lambda *_: ended.append(True))
-    _wait(dialog, lambda: ended)
+    """Wait for the dialog's installer to end: its interpreter found, its process's end handled (QProcess emits
+    ``finished`` as soon as its state is NotRunning)."""
+    _wait(dialog, lambda: not dialog.running())
 
 
 def _whole(target):
@@ -60,7 +61,9 @@ def _whole(target):
 
 def test_dialog_install_cancel_resume_remove(plugin, tmp_path):
     """Light into an empty folder: Cancel after the first package leaves only whole packages; Install again does
-    the rest only, shows the restart prompt and puts the folder on sys.path; Remove (confirmed) deletes it."""
+    the rest only, shows the restart prompt and puts the folder on sys.path. Packages whose files are in but whose
+    dist-info is not (their installer killed while moving them in) are missing, and Install repairs them; Remove
+    (confirmed) deletes the folder."""
     from df4lcz.algorithms.install_dialog import InstallDialog
     from qgis.PyQt.QtWidgets import QMessageBox
 
@@ -73,6 +76,7 @@ def test_dialog_install_cancel_resume_remove(plugin, tmp_path):
 
     dialog.install_button.click()
     assert dialog.running() and not dialog.install_button.isEnabled() and dialog.cancel_button.isEnabled()
+    assert dialog.status.text() == "Looking for the Python interpreter QGIS runs…"
     _wait(dialog, lambda: dialog.progress.value() >= 1)  # the first package is in
     dialog.cancel_button.click()
     _finish(dialog)
@@ -97,6 +101,23 @@ def test_dialog_install_cancel_resume_remove(plugin, tmp_path):
     assert dialog.restart_prompt.isVisible() and "Restart QGIS" in dialog.restart_prompt.text()
     assert sys.path[0] == str(target)
     sys.path.remove(str(target))  # the folder goes away with tmp_path
+    assert deps.missing("light", target) == []
+
+    for name in ("lightgbm", "openvino_telemetry"):
+        [dist_info] = target.glob(f"{name}-*.dist-info")
+        dist_info.rename(tmp_path / dist_info.name)
+    assert (target / "lightgbm" / "__init__.py").is_file() and (target / "openvino_telemetry").is_dir()
+    assert deps.missing("light", target) == ["LightGBM", "openvino-telemetry"]  # user-facing names first
+    cli = subprocess.run([sys.executable, "-m", "df4lcz_plugin.dependencies", "missing", "--variant", "light",
+                          "--target", str(target)], cwd=ROOT, capture_output=True, text=True)
+    assert cli.returncode == 1 and cli.stdout.split() == ["LightGBM", "openvino-telemetry"], cli.stdout + cli.stderr
+    before = len(dialog.log.toPlainText())
+    dialog.install_button.click()
+    _finish(dialog)
+    log = dialog.log.toPlainText()[before:]
+    assert "[0/2] " in log and "[2/2] " in log and deps.missing("light", target) == [], log
+    assert not any(_whole(target)[0].values()) and not _whole(target)[1]
+    sys.path.remove(str(target))
 
     dialog.remove_button.click()
     dialog.remove_prompt.button(QMessageBox.Yes).click()
@@ -104,6 +125,115 @@ def test_dialog_install_cancel_resume_remove(plugin, tmp_path):
     assert not target.exists() and dialog.states["light"].text() == "not installed"
     assert "removed" in dialog.restart_prompt.text()
     dialog.close()
+
+
+def test_cancel_while_removing(plugin, tmp_path):
+    """Cancel while the interpreter is looked for starts nothing; Cancel once the removal runs stops it before it
+    deletes anything, and says so (not what an install's Cancel says)."""
+    from df4lcz.algorithms.install_dialog import InstallDialog
+    from qgis.PyQt.QtWidgets import QMessageBox
+
+    target = tmp_path / ".deps" / "py311"
+    (target / "pkg").mkdir(parents=True)
+    (target / "pkg" / "module.py").write_text("")
+    dialog = InstallDialog(target)
+    for started in (False, True):
+        dialog.remove_button.click()
+        dialog.remove_prompt.button(QMessageBox.Yes).click()
+        if started:
+            _wait(dialog, lambda: dialog.process is not None)
+        dialog.cancel_button.click()
+        _finish(dialog)
+    assert dialog.log.toPlainText().count("Cancelled before the installer started; nothing changed.") == 1
+    assert dialog.status.text() == f"Cancelled before anything was deleted: {target} is whole."
+    assert (target / "pkg" / "module.py").is_file() and dialog.restart_prompt is None
+    dialog.close()
+
+
+def test_interpreter_lookup_leaves_the_dialog_responsive(plugin, tmp_path, monkeypatch):
+    """An interpreter candidate that takes 3 s to answer (QGIS's own place, here) does not freeze the dialog: the
+    click returns at once, and the installer then runs with the interpreter of QGIS's version found after it."""
+    from df4lcz.algorithms.install_dialog import InstallDialog
+    from qgis.PyQt.QtWidgets import QMessageBox
+
+    deps = plugin.df4lcz_plugin.dependencies
+    slow = tmp_path / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+    slow.parent.mkdir()
+    slow.write_text("#!/bin/sh\nsleep 3\n")
+    slow.chmod(0o755)
+    monkeypatch.setattr(sys, "exec_prefix", str(tmp_path))
+    deps.find_python.cache_clear()  # looked for once per session: this session starts here
+    try:
+        dialog = InstallDialog(tmp_path / ".deps" / "py311")
+        dialog.remove_button.click()
+        start = time.monotonic()
+        dialog.remove_prompt.button(QMessageBox.Yes).click()
+        assert time.monotonic() - start < 1 and dialog.running() and dialog.process is None
+        _finish(dialog)
+        assert time.monotonic() - start > 3
+    finally:
+        deps.find_python.cache_clear()
+    log = dialog.log.toPlainText()
+    assert f"$ {sys.executable} -m df4lcz_plugin.dependencies remove" in log and "does not exist" in log, log
+    assert "removed" in dialog.restart_prompt.text()
+    dialog.close()
+
+
+def test_a_killed_installers_pip_keeps_other_installers_out(tmp_path):
+    """The installer killed at once (Windows Cancel, the 10 s SIGKILL) while its pip still runs: another install
+    into that folder is refused instead of deleting the staging folder pip writes into, until pip ends."""
+    import psutil
+
+    target = tmp_path / ".deps" / "py311"
+    zipp = dependencies.Pin("zipp", "4.1.2", None)
+    installer = subprocess.Popen([sys.executable, "-m", "df4lcz_plugin.dependencies", "install", "--variant",
+                                  "light", "--target", str(target)], cwd=ROOT, stdout=subprocess.DEVNULL)
+    pip = None
+    try:
+        deadline = time.monotonic() + 60
+        while not psutil.Process(installer.pid).children() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        [pip] = psutil.Process(installer.pid).children()
+        pip.suspend()  # pip between two lines of output, which it could no longer write
+        installer.kill()
+        installer.wait()
+        with pytest.raises(dependencies.InstallError, match="Another installer, or the pip it started, is still"):
+            dependencies.install_package(zipp, target)
+    finally:
+        installer.kill()
+        if pip is not None:
+            pip.kill()
+    while pip.is_running() and pip.status() != psutil.STATUS_ZOMBIE:  # no longer this process's child to wait for
+        time.sleep(0.01)
+    dependencies.install_package(zipp, target)
+    assert dependencies.installed(target, "zipp", "4.1.2") and not dependencies.staging_folder(target).exists()
+
+
+def test_remove_deletes_only_dependency_folders(tmp_path):
+    """remove refuses folders named like one but not one, and a link; it deletes what an interrupted removal
+    left."""
+    for name in ("pyutils", "py3x", "python"):
+        folder = tmp_path / ".deps" / name
+        folder.mkdir(parents=True)
+        with pytest.raises(dependencies.InstallError, match="is not a plugin dependency folder"):
+            dependencies.remove(folder)
+        assert folder.is_dir()
+    link = tmp_path / "other" / ".deps" / "py311"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(tmp_path / ".deps" / "pyutils")
+    with pytest.raises(dependencies.InstallError, match=f"is a symbolic link to {tmp_path}/.deps/pyutils"):
+        dependencies.remove(link)
+    assert link.is_symlink() and (tmp_path / ".deps" / "pyutils").is_dir()
+
+    target = tmp_path / ".deps" / "py311"
+    trash = dependencies.trash_folder(target)
+    for folder in (target / "pkg", trash / "half"):  # trash: what a removal killed while deleting left
+        folder.mkdir(parents=True)
+        (folder / "module.py").write_text("")
+    assert dependencies.remove(target) is True
+    assert not target.exists() and not trash.exists()
+    (trash / "half").mkdir(parents=True)  # a killed removal, the folder itself already gone
+    assert dependencies.remove(target) is False and not trash.exists()
 
 
 def test_full_with_the_other_pytorch_build(plugin, tmp_path):
