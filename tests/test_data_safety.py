@@ -8,7 +8,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 from osgeo import gdal
@@ -186,3 +188,24 @@ def test_stale_scratch_folder_of_a_killed_process_is_swept(tmp_path):
     with scratch_folder(tmp_path / "composite.tif") as scratch:
         assert scratch.is_dir() and not stale.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("runuser"), reason="needs root to act as another user")
+def test_a_stack_built_from_a_folder_this_user_cannot_read_still_counts_as_readable():
+    """A colleague's stack whose product folder is private to them: 'what it was built from' is simply unknown
+    to this user (who cannot overwrite it either), not a PermissionError that refuses the stack."""
+    folder = Path(tempfile.mkdtemp(prefix="df4lcz-perm-", dir="/tmp"))
+    try:
+        folder.chmod(0o755)
+        (folder / "private").mkdir(mode=0o700)
+        stack = folder / "stack.tif"  # a tiny synthetic raster: only its SOURCE metadata matters here
+        ds = gdal.GetDriverByName("GTiff").Create(str(stack), 4, 4, 1)
+        ds.SetMetadata({"SOURCE": str(folder / "private" / "S2A_MSIL1C.SAFE")})
+        ds = None
+        stack.chmod(0o644)
+        probe = "from df4lcz_plugin.sentinel2 import built_from; import sys; print(built_from(sys.argv[1]))"
+        run = subprocess.run(["runuser", "-u", "nobody", "--", "env", f"PYTHONPATH={ROOT}", "/usr/bin/python3", "-c",
+                              probe, str(stack)], cwd=folder, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0 and run.stdout.strip() == "[]", run.stderr
+    finally:
+        shutil.rmtree(folder)
