@@ -21,8 +21,8 @@ from ..df4lcz_plugin import dependencies
 
 #: Variant → (radio button text, what it is enough for).
 VARIANTS = {
-    "light": ("Light: OpenVINO, safetensors, LightGBM, SciPy (about 100 MB)",
-              "Sentinel-2 stack and composites, classification on the CPU, accuracy assessment."),
+    "light": ("Light: OpenVINO, safetensors, LightGBM, SciPy, Dask (about 100 MB)",
+              "Sentinel-2 stack and composites, classification on the CPU, the Dask command line."),
     "full": ("Full: light plus PyTorch, torch-geometric, Segment Anything, MobileSAM (about 5 GB)",
              "Everything: also VHR fusion with SAM, object graphs, training, and NVIDIA GPUs (CUDA)."),
 }
