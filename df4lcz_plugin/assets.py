@@ -15,6 +15,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .outputs import default_mode
+
 
 class AssetError(RuntimeError):
     """An asset could not be found, downloaded, or failed its sha256 check."""
@@ -177,10 +179,7 @@ def _install(source_copy, target, sha256):
         actual = sha256_of(tmp) if sha256 else None
         if actual != sha256:
             raise AssetError(f"sha256 mismatch: got {actual}, expected {sha256}")
-        # mkstemp makes 0600 files; a shared model or asset must be readable by other users' Dask workers.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        default_mode(tmp)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):

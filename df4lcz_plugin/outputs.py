@@ -166,6 +166,14 @@ def scratch_folder(near):
         _remove(str(path))
 
 
+def default_mode(path):
+    """Give ``path`` the mode a new file gets under the umask (0644 usually): temporary-file helpers (mkstemp,
+    safetensors) make 0600 files, which other users' Dask workers on a shared folder could not read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 @contextlib.contextmanager
 def atomic_output(path):
     """Yield a temporary path beside ``path`` (same extension); on success rename it (and its ``.aux.xml``)
@@ -186,6 +194,7 @@ def atomic_output(path):
             os.replace(tmp_aux, final_aux)
         elif os.path.exists(final_aux):
             os.remove(final_aux)  # a stale sidecar would relabel the new raster
+        default_mode(tmp)
         os.replace(tmp, path)
     finally:
         for leftover in (tmp, tmp_aux):

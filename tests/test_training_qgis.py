@@ -1,6 +1,7 @@
 """``df4lcz:trainmodel`` and ``df4lcz:assessaccuracy`` through ``qgis_process.bin``, chained as a user would."""
 
 import json
+import os
 import subprocess
 
 from osgeo import gdal
@@ -18,6 +19,10 @@ def test_train_then_classify_then_assess(qgis_env, s2_stack, tmp_path):
     assert rc == 0, text
     model = result["results"]["OUTPUT_MODEL"]
     assert model == f"{qgis_env['XDG_DATA_HOME']}/df4lcz/models/df4lcz_model.safetensors"  # the default path
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for path in (model, model.replace(".safetensors", ".json")):  # readable by a cluster's other users
+        assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask, path
     assert "epoch 2/2" in text and "validation OA" in text
     # The trained model is now listed by classifylcz (user model folder of this profile).
     listing = subprocess.run([QGIS_PROCESS, "help", "df4lcz:classifylcz"], env=qgis_env, capture_output=True,
