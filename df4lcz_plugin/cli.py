@@ -243,7 +243,7 @@ def main(argv=None):
     parser, classify_parser = build_parser()
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _terminated)
-    feedback = ConsoleFeedback()
+    feedback, work_dir = ConsoleFeedback(), None
     try:
         sentinel2, card, device, work_dir = _check(args)
         with _executor(args, work_dir) as executor:
@@ -259,9 +259,12 @@ def main(argv=None):
     except RuntimeError as error:  # failed tiles (TileError), or GDAL failing to read a damaged input
         print(f"{classify_parser.prog}: error: {error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"{classify_parser.prog}: interrupted; no map was written"
-              + (f", finished tiles are kept in {work_dir}" if work_dir else ""), file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, SystemExit) as stop:
+        if isinstance(stop, SystemExit) and stop.code != 128 + signal.SIGTERM:
+            raise
+        print(f"{classify_parser.prog}: {'terminated' if isinstance(stop, SystemExit) else 'interrupted'}; no map "
+              "was written" + (f", finished tiles are kept in {work_dir}: run the same command again to resume"
+                               if work_dir else ""), file=sys.stderr)
+        return 130 if isinstance(stop, KeyboardInterrupt) else stop.code
     print(json.dumps(summary))
     return 0

@@ -102,6 +102,7 @@ def test_killed_run_resumes_identically(mosaic, reference, tmp_path):
     proc.send_signal(signal.SIGTERM)
     output = proc.communicate(timeout=120)[0]
     assert proc.returncode == 128 + signal.SIGTERM, output
+    assert "terminated; no map was written, finished tiles are kept in" in output
     _, alive = psutil.wait_procs(workers, timeout=30)
     assert alive == []  # the cluster's worker processes went with it
     kept = len(list(tiles.glob("r*.tif")))
