@@ -39,11 +39,12 @@ def save_tile(folder, job, tile, result, engine):
     under a temporary name then renamed. ``engine``: the back-end that computed it, kept in its metadata."""
     row, col, rows, cols = tile
     bands = [result.codes] + (list(result.probabilities) if result.probabilities is not None else [])
-    x0, size, _, y0, _, neg = job.grid.geotransform
+    xmin, _, _, ymax = job.grid.bounds(row, col, rows, cols)
+    _, size, _, _, _, neg = job.grid.geotransform
     with atomic_output(tile_file(folder, tile)) as tmp:
         ds = gdal.GetDriverByName("GTiff").Create(tmp, cols, rows, len(bands), gdal.GDT_Byte,
                                                   options=["COMPRESS=DEFLATE"])
-        ds.SetGeoTransform((x0 + col * size, size, 0.0, y0 + row * neg, 0.0, neg))
+        ds.SetGeoTransform((xmin, size, 0.0, ymax, 0.0, neg))
         ds.SetProjection(job.projection)
         ds.SetMetadata({_CLOUD_KEY: str(result.cloud_cells), _ENGINE_KEY: engine})
         ds.WriteArray(np.stack(bands))
