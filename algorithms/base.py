@@ -55,15 +55,22 @@ def device_choices():
     return ["auto", "cpu"] + (["cuda"] + gpus if gpus else [])
 
 
-def device_parameter(name):
-    """The DEVICE parameter: a list of the devices present, stored as its text (``cpu``, ``cuda:0``), so saved
-    models, batch runs and ``qgis_process … DEVICE=cpu`` keep their device."""
-    gpus = "; ".join(f"cuda:{index} = {gpu}" for index, gpu in enumerate(cuda_devices()))
-    parameter = QgsProcessingParameterEnum(name, tr("Device (auto: the first GPU if any, else the CPU)")
-                                           + (f" — {gpus}" if gpus else ""), options=device_choices(),
-                                           defaultValue="auto")
+def enum_parameter(name, description, options, default=None):
+    """A list parameter stored as the chosen option's text (static strings), not its index: saved models, batch
+    runs and ``qgis_process … NAME=option`` keep their choice when options are added or reordered. ``default``:
+    an option (the first if None); read the value with ``parameterAsEnumString``."""
+    options = list(options)
+    parameter = QgsProcessingParameterEnum(name, description, options=options,
+                                           defaultValue=options[0] if default is None else default)
     parameter.setUsesStaticStrings(True)
     return parameter
+
+
+def device_parameter(name):
+    """The DEVICE parameter: a list of the devices present, stored as its text (``cpu``, ``cuda:0``)."""
+    gpus = "; ".join(f"cuda:{index} = {gpu}" for index, gpu in enumerate(cuda_devices()))
+    description = tr("Device (auto: the first GPU if any, else the CPU)") + (f" — {gpus}" if gpus else "")
+    return enum_parameter(name, description, device_choices(), "auto")
 
 
 def gdal_source(layer, parameter):
@@ -164,6 +171,14 @@ class DF4LCZAlgorithm(ToolboxMetadata, QgsProcessingAlgorithm):
             found = ", ".join(cuda_devices()) or "no CUDA GPU"
             return False, (f"DEVICE={device} is not a device of this machine (the NVIDIA driver reports {found}); "
                            f"choose one of: {', '.join(device_choices())}.")
+        for definition in self.parameterDefinitions():
+            value = parameters.get(definition.name())
+            if (isinstance(definition, QgsProcessingParameterEnum) and definition.usesStaticStrings()
+                    and value not in (None, "") and not isinstance(value, list)
+                    and str(value) not in definition.options()):
+                # QGIS refuses an index too, with "Incorrect parameter value" alone.
+                return False, (f"{definition.name()}={value} is not one of its options; give the option's name: "
+                               f"{', '.join(definition.options())}.")
         variant = self.needs_for(parameters, context)
         lacking = dependencies.missing(variant) if variant != "none" else []
         if lacking:

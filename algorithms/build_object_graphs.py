@@ -2,17 +2,17 @@
 
 import json
 
-from qgis.core import (QgsCoordinateTransform, QgsFeature, QgsFeatureSink, QgsField, QgsFields, QgsGeometry,
-                       QgsProcessing, QgsProcessingException, QgsProcessingOutputNumber,
-                       QgsProcessingParameterBoolean, QgsProcessingParameterDefinition,
+from qgis.core import (QgsCoordinateTransform, QgsFeature, QgsFeatureSink, QgsFields, QgsGeometry,
+                       QgsProcessingException, QgsProcessingOutputNumber, QgsProcessingParameterBoolean,
                        QgsProcessingParameterExtent, QgsProcessingParameterFeatureSink, QgsProcessingParameterFile,
                        QgsProcessingParameterFileDestination, QgsProcessingParameterNumber,
-                       QgsProcessingParameterRasterLayer, QgsWkbTypes)
-from qgis.PyQt.QtCore import QVariant
+                       QgsProcessingParameterRasterLayer)
+from qgis.PyQt.QtCore import QMetaType
 
 from ..df4lcz_plugin.outputs import check_output_paths
 from ..df4lcz_plugin.sam import PAPER_AMG_SETTINGS
 from .base import DF4LCZAlgorithm, ProcessingFeedback, device_parameter, engine_errors, gdal_source, tr
+from .compat import FLAG_ADVANCED, NUMBER_DOUBLE, NUMBER_INTEGER, SOURCE_VECTOR_POLYGON, WKB_MULTIPOLYGON, field
 from .vhr_source import metric_crs, vhr_path, vhr_source_id
 
 _AMG_PARAMETERS = {  # parameter name → (AMG argument, label, integer?, minimum)
@@ -84,23 +84,23 @@ class BuildObjectGraphsAlgorithm(DF4LCZAlgorithm):
                                                      optional=True, fileFilter="PyTorch checkpoint (*.pt *.pth)"))
         self.addParameter(device_parameter(self.DEVICE))
         advanced = [QgsProcessingParameterNumber(self.GRAPH_RADIUS, tr("Graph radius (fraction of the 320 m patch)"),
-                                                 QgsProcessingParameterNumber.Double, 0.25, minValue=0.0),
+                                                 NUMBER_DOUBLE, 0.25, minValue=0.0),
                     QgsProcessingParameterBoolean(self.FAST_SAM, tr("Fast SAM (bfloat16; not the paper-exact masks)"),
                                                   False)]
         for name, (argument, label, integer, minimum) in _AMG_PARAMETERS.items():
-            kind = QgsProcessingParameterNumber.Integer if integer else QgsProcessingParameterNumber.Double
+            kind = NUMBER_INTEGER if integer else NUMBER_DOUBLE
             advanced.append(QgsProcessingParameterNumber(name, tr(label), kind, PAPER_AMG_SETTINGS[argument],
                                                          minValue=minimum))
         for parameter in advanced:
-            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            parameter.setFlags(parameter.flags() | FLAG_ADVANCED)
             self.addParameter(parameter)
         self.addParameter(QgsProcessingParameterRasterLayer(
             self.CLASSIFICATION_GRID, tr("Fill the graph cache for the cells of this Sentinel-2 stack instead"),
             optional=True))
         self.addParameter(QgsProcessingParameterNumber(self.RESOLUTION, tr("Resolution of that classification (m)"),
-                                                       QgsProcessingParameterNumber.Double, 100.0, minValue=10.0))
+                                                       NUMBER_DOUBLE, 100.0, minValue=10.0))
         self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, tr("SAM objects"),
-                                                            QgsProcessing.TypeVectorPolygon, optional=True))
+                                                            SOURCE_VECTOR_POLYGON, optional=True))
         self.addParameter(QgsProcessingParameterFileDestination(self.GRAPHS, tr("Object graphs"),
                                                                 "Object graphs (*.npz)", optional=True))
         self.addOutput(QgsProcessingOutputNumber(self.SAM_RUNS, tr("SAM runs (graph cache mode)")))
@@ -128,11 +128,8 @@ class BuildObjectGraphsAlgorithm(DF4LCZAlgorithm):
         source = vhr_path(layer, bounds if parameters.get(self.EXTENT) else None, crs, context, feedback)
         graphs_path = self.parameterAsFileOutput(parameters, self.GRAPHS, context)
         fields = QgsFields()
-        for name, kind in (("patch_id", QVariant.Int), ("object_id", QVariant.Int), ("area_m2", QVariant.Double),
-                           ("r", QVariant.Double), ("g", QVariant.Double), ("b", QVariant.Double),
-                           ("cx", QVariant.Double), ("cy", QVariant.Double), ("pred_iou", QVariant.Double),
-                           ("stability", QVariant.Double)):
-            fields.append(QgsField(name, kind))
+        for name in ("patch_id", "object_id", "area_m2", "r", "g", "b", "cx", "cy", "pred_iou", "stability"):
+            fields.append(field(name, QMetaType.Type.Int if name.endswith("_id") else QMetaType.Type.Double))
         with engine_errors():
             check_output_paths(
                 {self.VHR: source, self.CHECKPOINT: self.parameterAsFile(parameters, self.CHECKPOINT, context)},
@@ -145,7 +142,7 @@ class BuildObjectGraphsAlgorithm(DF4LCZAlgorithm):
                                       rule, ProcessingFeedback(feedback),
                                       self.parameterAsBool(parameters, self.FAST_SAM, context))
             sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT, context, fields,
-                                                 QgsWkbTypes.MultiPolygon, crs)
+                                                 WKB_MULTIPOLYGON, crs)
             if sink is None:
                 raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))
             srs_wkt = crs.toWkt()
@@ -162,12 +159,16 @@ class BuildObjectGraphsAlgorithm(DF4LCZAlgorithm):
                     feature.setAttributes([patch.patch_id, rank, float(mask.sum() * pixel_m2)] +
                                           [float(v) for v in x] +
                                           [float(patch.masks.predicted_iou[rank]), float(patch.masks.stability[rank])])
-                    sink.addFeature(feature, QgsFeatureSink.FastInsert)
+                    sink.addFeature(feature, QgsFeatureSink.Flag.FastInsert)
                     objects += 1
             settings = default_settings(amg, rule, assets.sha256_of(checkpoint))
-            write_graph_file(graphs_path, patches, srs_wkt, settings)
+            if graphs_path:  # GRAPHS is optional: the polygons alone were asked for
+                write_graph_file(graphs_path, patches, srs_wkt, settings)
         feedback.pushInfo(f"{objects} objects in {len(patches)} patch(es); settings {json.dumps(settings)}")
-        return {self.OUTPUT: dest_id, self.GRAPHS: graphs_path}
+        results = {self.OUTPUT: dest_id}
+        if graphs_path:
+            results[self.GRAPHS] = graphs_path
+        return results
 
     def _fill_cache(self, layer, parameters, context, feedback, amg, rule):
         """Graph cache mode: SAM on exactly the footprints of 'Classify local climate zones' with the same

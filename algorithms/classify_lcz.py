@@ -4,8 +4,7 @@ import json
 from pathlib import Path
 
 from qgis.core import (QgsProcessingException, QgsProcessingOutputNumber, QgsProcessingOutputString,
-                       QgsProcessingParameterBoolean,
-                       QgsProcessingParameterDefinition, QgsProcessingParameterEnum, QgsProcessingParameterExtent,
+                       QgsProcessingParameterBoolean, QgsProcessingParameterExtent,
                        QgsProcessingParameterFile, QgsProcessingParameterNumber,
                        QgsProcessingParameterRasterDestination, QgsProcessingParameterRasterLayer)
 
@@ -15,7 +14,9 @@ from ..df4lcz_plugin.models.backends import BACKENDS, PRECISIONS, converted_path
 from ..df4lcz_plugin.models.registry import ModelError, list_models, model_files, read_card
 from ..df4lcz_plugin.outputs import check_output_paths, geotiff_output
 from ..df4lcz_plugin.sentinel2 import built_from
-from .base import DF4LCZAlgorithm, ProcessingFeedback, device_parameter, engine_errors, gdal_source, tr
+from .base import (DF4LCZAlgorithm, ProcessingFeedback, device_parameter, engine_errors, enum_parameter, gdal_source,
+                   tr)
+from .compat import FLAG_ADVANCED, NUMBER_DOUBLE, NUMBER_INTEGER
 from .styling import style_on_load
 from .vhr_source import vhr_path, vhr_source_id
 
@@ -108,27 +109,25 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
         self.addParameter(QgsProcessingParameterFile(self.MODEL_FILE, tr("Model file (overrides Model)"),
                                                      optional=True, fileFilter="DF4LCZ model (*.safetensors *.json)"))
         self.addParameter(QgsProcessingParameterNumber(self.RESOLUTION, tr("Output resolution (m)"),
-                                                       QgsProcessingParameterNumber.Double, 100.0, minValue=10.0))
+                                                       NUMBER_DOUBLE, 100.0, minValue=10.0))
         self.addParameter(device_parameter(self.DEVICE))
         sam_checkpoint = QgsProcessingParameterFile(self.SAM_CHECKPOINT, tr("SAM checkpoint (default: MobileSAM)"),
                                                     optional=True, fileFilter="PyTorch checkpoint (*.pt *.pth)")
         batch = QgsProcessingParameterNumber(self.BATCH_SIZE, tr("Batch size (patches)"),
-                                             QgsProcessingParameterNumber.Integer, 128, minValue=1)
+                                             NUMBER_INTEGER, 128, minValue=1)
         max_cloud = QgsProcessingParameterNumber(self.MAX_CLOUD, tr("Most masked (cloud, shadow) pixels in a cell's "
-                                                                    "patch (%)"), QgsProcessingParameterNumber.Double,
+                                                                    "patch (%)"), NUMBER_DOUBLE,
                                                  MAX_CLOUD_PERCENT, minValue=0, maxValue=100)
-        palette = QgsProcessingParameterEnum(self.PALETTE, tr("Colour palette"),
-                                             options=list(legend.PALETTE_TITLES.values()), defaultValue=0)
-        backend = QgsProcessingParameterEnum(self.BACKEND, tr("Inference back-end of the Sentinel-2 stream (auto: "
-                                                              "OpenVINO on CPU, PyTorch on a GPU)"),
-                                             options=list(BACKENDS), defaultValue=0)
-        precision = QgsProcessingParameterEnum(self.PRECISION, tr("OpenVINO precision (bf16: faster on CPUs with "
-                                                                  "bf16, 99.5 % of cells with the same class)"),
-                                               options=list(PRECISIONS), defaultValue=0)
+        palette = enum_parameter(self.PALETTE, tr("Colour palette") + " (" + "; ".join(
+            f"{key}: {title}" for key, title in legend.PALETTE_TITLES.items()) + ")", legend.PALETTE_TITLES)
+        backend = enum_parameter(self.BACKEND, tr("Inference back-end of the Sentinel-2 stream (auto: OpenVINO on "
+                                                  "CPU, PyTorch on a GPU)"), BACKENDS)
+        precision = enum_parameter(self.PRECISION, tr("OpenVINO precision (bf16: faster on CPUs with bf16, 99.5 % of "
+                                                      "cells with the same class)"), PRECISIONS)
         fast_sam = QgsProcessingParameterBoolean(self.FAST_SAM, tr("Fast SAM (bfloat16; not the paper-exact masks)"),
                                                  False)
         for parameter in (sam_checkpoint, fast_sam, batch, max_cloud, backend, precision, palette):
-            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            parameter.setFlags(parameter.flags() | FLAG_ADVANCED)
             self.addParameter(parameter)
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, tr("LCZ map")))
         self.addParameter(QgsProcessingParameterRasterDestination(self.PROBABILITIES, tr("LCZ probabilities (%)"),
@@ -144,8 +143,7 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
         """MODEL: the installed models by id (stored as the id, so that saved models and batch runs keep their
         model when another is installed); their titles are in the tooltip."""
         ids = [card.id for card in self.models] or [NO_MODEL]
-        parameter = QgsProcessingParameterEnum(self.MODEL, tr("Model"), options=ids, defaultValue=ids[0])
-        parameter.setUsesStaticStrings(True)
+        parameter = enum_parameter(self.MODEL, tr("Model"), ids)
         parameter.setHelp("\n".join(f"{card.id}: {card.title}" for card in self.models))
         return parameter
 
@@ -153,7 +151,7 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
         """full (PyTorch) with a VHR layer, DEVICE=cuda…, BACKEND=pytorch, or a model whose OpenVINO form is still
         to be converted (from its PyTorch module); else light."""
         device = self.parameterAsEnumString(parameters, self.DEVICE, context)
-        backend = BACKENDS[self.parameterAsEnum(parameters, self.BACKEND, context)]
+        backend = self.parameterAsEnumString(parameters, self.BACKEND, context)
         if parameters.get(self.VHR) or device.startswith("cuda") or backend == "pytorch":
             return "full"
         try:
@@ -212,7 +210,7 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
                  self.PROBABILITIES: geotiff_output(probabilities, style=True),
                  self.SOURCE: geotiff_output(source)})
         vhr = vhr_path(vhr_layer, bounds, layer.crs(), context, feedback) if vhr_layer is not None else None
-        palette_name = list(legend.PALETTE_TITLES)[self.parameterAsEnum(parameters, self.PALETTE, context)]
+        palette_name = self.parameterAsEnumString(parameters, self.PALETTE, context)
         engine_feedback = ProcessingFeedback(feedback)
         with engine_errors():
             device = resolve_device(self.parameterAsEnumString(parameters, self.DEVICE, context))
@@ -232,8 +230,8 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
                                max_cloud=self.parameterAsDouble(parameters, self.MAX_CLOUD, context),
                                vhr_source_id=vhr_source_id(vhr_layer) if vhr_layer is not None else None,
                                fast_sam=self.parameterAsBool(parameters, self.FAST_SAM, context),
-                               backend=BACKENDS[self.parameterAsEnum(parameters, self.BACKEND, context)],
-                               precision=PRECISIONS[self.parameterAsEnum(parameters, self.PRECISION, context)])
+                               backend=self.parameterAsEnumString(parameters, self.BACKEND, context),
+                               precision=self.parameterAsEnumString(parameters, self.PRECISION, context))
         run_label = layer.name() if bounds is None else \
             f"{layer.name()}, x {bounds[0]:.0f}–{bounds[2]:.0f}, y {bounds[1]:.0f}–{bounds[3]:.0f}"
         style_on_load(context, [(output, True, tr("LCZ map")), (probabilities, True, tr("LCZ probabilities")),

@@ -92,7 +92,7 @@ class InstallDialog(QDialog):
         self.status.setWordWrap(True)
         self.log = QPlainTextEdit()
         self.log.setReadOnly(True)
-        self.log.setFont(QFontDatabase.systemFont(QFontDatabase.FixedFont))
+        self.log.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
         for widget in (self.progress, self.status, self.log):
             layout.addWidget(widget)
         buttons = QHBoxLayout()
@@ -126,7 +126,8 @@ class InstallDialog(QDialog):
 
     def running(self):
         """True from an Install or Remove click until its installer ends."""
-        return self._lookup is not None or (self.process is not None and self.process.state() != QProcess.NotRunning)
+        return self._lookup is not None or (self.process is not None
+                                            and self.process.state() != QProcess.ProcessState.NotRunning)
 
     def install(self):
         """Start installing the chosen variant (no-op while something runs)."""
@@ -134,14 +135,14 @@ class InstallDialog(QDialog):
 
     def ask_remove(self):
         """Ask (non-modal ``self.remove_prompt``) whether to delete the dependency folder; Yes deletes it."""
-        self.remove_prompt = QMessageBox(QMessageBox.Question, self.windowTitle(),
+        self.remove_prompt = QMessageBox(QMessageBox.Icon.Question, self.windowTitle(),
                                          f"Delete {_display(self.target)} and every package in it?",
-                                         QMessageBox.Yes | QMessageBox.No, self)
+                                         QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, self)
         self.remove_prompt.buttonClicked.connect(self._remove_answered)
         self.remove_prompt.open()
 
     def _remove_answered(self, button):
-        if self.remove_prompt.standardButton(button) == QMessageBox.Yes:
+        if self.remove_prompt.standardButton(button) == QMessageBox.StandardButton.Yes:
             self._start("remove", ["-m", "df4lcz_plugin.dependencies", "remove", "--target", str(self.target)])
 
     def cancel(self):
@@ -207,7 +208,7 @@ class InstallDialog(QDialog):
         environment.insert("PYTHONUNBUFFERED", "1")  # lines as they come, not when a buffer fills
         environment.insert("PYTHONIOENCODING", "utf-8")
         self.process.setProcessEnvironment(environment)
-        self.process.setProcessChannelMode(QProcess.MergedChannels)
+        self.process.setProcessChannelMode(QProcess.ProcessChannelMode.MergedChannels)
         self.process.readyReadStandardOutput.connect(self._read)
         self.process.finished.connect(self._finished)
         self.process.errorOccurred.connect(self._error)
@@ -233,7 +234,7 @@ class InstallDialog(QDialog):
             self._update()
 
     def _error(self, error):
-        if error == QProcess.FailedToStart:
+        if error == QProcess.ProcessError.FailedToStart:
             self._report(f"Could not start {self.process.program()}: {self.process.errorString()}")
 
     def _finished(self, code, status):
@@ -244,7 +245,7 @@ class InstallDialog(QDialog):
             self.progress.setRange(0, 1)
         if self._cancelled:
             self._report(self._cancelled_text())
-        elif code or status != QProcess.NormalExit:
+        elif code or status != QProcess.ExitStatus.NormalExit:
             self._report(f"The installer failed (exit status {code}); the log above says why.")
         elif self._task == "install":
             self.progress.setValue(self.progress.maximum())
@@ -276,7 +277,8 @@ class InstallDialog(QDialog):
         """Say ``text`` and show it in the non-modal ``self.restart_prompt`` (the dialog reappears if closed)."""
         self._report(text)
         self.show()
-        self.restart_prompt = QMessageBox(QMessageBox.Information, self.windowTitle(), text, QMessageBox.Ok, self)
+        self.restart_prompt = QMessageBox(QMessageBox.Icon.Information, self.windowTitle(), text,
+                                          QMessageBox.StandardButton.Ok, self)
         self.restart_prompt.open()
 
     def _update(self):

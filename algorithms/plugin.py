@@ -3,9 +3,10 @@ installer's menu entry and its notice when the dependencies are missing."""
 
 from qgis.core import Qgis, QgsApplication
 from qgis.PyQt import sip
-from qgis.PyQt.QtWidgets import QAction, QPushButton
+from qgis.PyQt.QtWidgets import QPushButton
 
 from ..df4lcz_plugin import dependencies
+from .compat import QAction
 from .install_dialog import InstallDialog
 from .provider import DF4LCZProvider
 
@@ -39,7 +40,7 @@ class DF4LCZPlugin:
             button = QPushButton(dependencies.INSTALL_ENTRY, self.notice)
             button.clicked.connect(self.show_installer)
             self.notice.layout().addWidget(button)
-            self.iface.messageBar().pushWidget(self.notice, Qgis.Warning)
+            self.iface.messageBar().pushWidget(self.notice, Qgis.MessageLevel.Warning)
 
     def show_installer(self):
         """Show the installer dialog (one per plugin, kept while a run goes on) and drop the notice."""

@@ -3,13 +3,14 @@
 import json
 from pathlib import Path
 
-from qgis.core import (QgsProcessing, QgsProcessingException, QgsProcessingOutputString,
-                       QgsProcessingParameterEnum, QgsProcessingParameterMultipleLayers,
+from qgis.core import (QgsProcessingException, QgsProcessingOutputString,
+                       QgsProcessingParameterMultipleLayers,
                        QgsProcessingParameterRasterDestination)
 
 from ..df4lcz_plugin.clouds import MODES
 from ..df4lcz_plugin.outputs import check_output_paths, geotiff_output
-from .base import DF4LCZAlgorithm, ProcessingFeedback, engine_errors, tr
+from .base import DF4LCZAlgorithm, ProcessingFeedback, engine_errors, enum_parameter, tr
+from .compat import SOURCE_FILE
 
 
 class Sentinel2CompositeAlgorithm(DF4LCZAlgorithm):
@@ -46,9 +47,8 @@ class Sentinel2CompositeAlgorithm(DF4LCZAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
         self.addParameter(QgsProcessingParameterMultipleLayers(
-            self.INPUTS, tr("Sentinel-2 products (folders) or stacks"), QgsProcessing.TypeFile))
-        self.addParameter(QgsProcessingParameterEnum(self.CLOUD_MASK, tr("Cloud and shadow mask of product folders"),
-                                                     options=list(MODES), defaultValue=0))
+            self.INPUTS, tr("Sentinel-2 products (folders) or stacks"), SOURCE_FILE))
+        self.addParameter(enum_parameter(self.CLOUD_MASK, tr("Cloud and shadow mask of product folders"), MODES))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, tr("Cloud-free composite")))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OBSERVATIONS, tr("Clear observations per pixel"),
                                                                   optional=True, createByDefault=True))
@@ -68,7 +68,7 @@ class Sentinel2CompositeAlgorithm(DF4LCZAlgorithm):
             check_output_paths({self.INPUTS: [f for files in read for f in files]},
                                {self.OUTPUT: geotiff_output(output), self.OBSERVATIONS: geotiff_output(observations)})
             summary = build_composite(inputs, output, observations,
-                                      MODES[self.parameterAsEnum(parameters, self.CLOUD_MASK, context)],
+                                      self.parameterAsEnumString(parameters, self.CLOUD_MASK, context),
                                       ProcessingFeedback(feedback))
         results = {self.OUTPUT: output, self.SUMMARY: json.dumps(summary)}
         if observations:

@@ -1,12 +1,13 @@
 """``df4lcz:sentinel2stack``: build the 10-band, 10 m Sentinel-2 stack the LCZ models read."""
 
-from qgis.core import (QgsProcessingOutputNumber, QgsProcessingOutputString, QgsProcessingParameterEnum,
+from qgis.core import (QgsProcessingOutputNumber, QgsProcessingOutputString,
                        QgsProcessingParameterFile, QgsProcessingParameterRasterDestination)
 
 from ..df4lcz_plugin import sentinel2
 from ..df4lcz_plugin.clouds import MODES
 from ..df4lcz_plugin.outputs import check_output_paths, geotiff_output
-from .base import DF4LCZAlgorithm, ProcessingFeedback, engine_errors, tr
+from .base import DF4LCZAlgorithm, ProcessingFeedback, engine_errors, enum_parameter, tr
+from .compat import FILE_FOLDER
 
 
 class Sentinel2StackAlgorithm(DF4LCZAlgorithm):
@@ -51,9 +52,8 @@ class Sentinel2StackAlgorithm(DF4LCZAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
         self.addParameter(QgsProcessingParameterFile(self.INPUT, tr("Sentinel-2 product folder (.SAFE or band files)"),
-                                                     behavior=QgsProcessingParameterFile.Folder))
-        self.addParameter(QgsProcessingParameterEnum(self.CLOUD_MASK, tr("Cloud and shadow mask"), options=list(MODES),
-                                                     defaultValue=0))
+                                                     behavior=FILE_FOLDER))
+        self.addParameter(enum_parameter(self.CLOUD_MASK, tr("Cloud and shadow mask"), MODES))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, tr("Sentinel-2 stack")))
         self.addOutput(QgsProcessingOutputString(self.PROCESSING_LEVEL, tr("Processing level")))
         self.addOutput(QgsProcessingOutputString(self.CLOUD_MASK_SOURCE, tr("Cloud mask source")))
@@ -70,7 +70,7 @@ class Sentinel2StackAlgorithm(DF4LCZAlgorithm):
             check_output_paths({self.INPUT: list(product.band_files.values()) + [product.metadata_file]},
                                {self.OUTPUT: geotiff_output(output)})
             info = sentinel2.build_stack(folder, output, ProcessingFeedback(feedback),
-                                         MODES[self.parameterAsEnum(parameters, self.CLOUD_MASK, context)])
+                                         self.parameterAsEnumString(parameters, self.CLOUD_MASK, context))
         return {self.OUTPUT: output, self.PROCESSING_LEVEL: info.processing_level,
                 self.CLOUD_MASK_SOURCE: info.cloud_mask_source, self.CLOUD_PERCENT: info.cloud_percent,
                 self.SHADOW_PERCENT: info.shadow_percent, self.SNOW_PERCENT: info.snow_percent}

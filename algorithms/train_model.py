@@ -3,8 +3,8 @@
 import itertools
 from pathlib import Path
 
-from qgis.core import (QgsApplication, QgsProcessing, QgsProcessingException, QgsProcessingOutputNumber,
-                       QgsProcessingParameterBoolean, QgsProcessingParameterDefinition,
+from qgis.core import (QgsApplication, QgsProcessingException, QgsProcessingOutputNumber,
+                       QgsProcessingParameterBoolean,
                        QgsProcessingParameterFeatureSource, QgsProcessingParameterFile,
                        QgsProcessingParameterFileDestination, QgsProcessingParameterNumber,
                        QgsProcessingParameterRasterLayer, QgsProcessingParameterString)
@@ -13,6 +13,7 @@ from ..df4lcz_plugin.models.registry import builtin_models_dir, model_files, use
 from ..df4lcz_plugin.outputs import check_output_paths
 from ..df4lcz_plugin.report import report_files
 from .base import DF4LCZAlgorithm, ProcessingFeedback, device_parameter, engine_errors, gdal_source, tr
+from .compat import FLAG_ADVANCED, NUMBER_INTEGER, SOURCE_VECTOR_POLYGON
 from .vhr_source import vhr_path
 
 def default_model_path():
@@ -74,7 +75,7 @@ class TrainModelAlgorithm(DF4LCZAlgorithm):
                                                             optional=True))
         self.addParameter(QgsProcessingParameterFeatureSource(
             self.TRAINING_AREAS, tr("LCZ training areas (polygons, or a WUDAPT KML/KMZ)"),
-            [QgsProcessing.TypeVectorPolygon]))
+            [SOURCE_VECTOR_POLYGON]))
         self.addParameter(QgsProcessingParameterString(self.CLASS_FIELD, tr("Class field (empty: lcz, class… or the "
                                                                             "KML folders)"), optional=True))
         self.addParameter(QgsProcessingParameterBoolean(self.FINE_TUNE, tr("Fine-tune the pretrained Sen2LCZ-Net "
@@ -83,15 +84,15 @@ class TrainModelAlgorithm(DF4LCZAlgorithm):
                                                                          "shipped Sen2LCZ-Net)"), optional=True,
                                                      fileFilter="DF4LCZ model (*.safetensors *.json)"))
         self.addParameter(QgsProcessingParameterNumber(self.EPOCHS, tr("Epochs"),
-                                                       QgsProcessingParameterNumber.Integer, 30, minValue=1))
+                                                       NUMBER_INTEGER, 30, minValue=1))
         self.addParameter(QgsProcessingParameterNumber(self.BATCH_SIZE, tr("Batch size"),
-                                                       QgsProcessingParameterNumber.Integer, 64, minValue=1))
+                                                       NUMBER_INTEGER, 64, minValue=1))
         self.addParameter(device_parameter(self.DEVICE))
-        seed = QgsProcessingParameterNumber(self.SEED, tr("Random seed"), QgsProcessingParameterNumber.Integer, 0)
+        seed = QgsProcessingParameterNumber(self.SEED, tr("Random seed"), NUMBER_INTEGER, 0)
         points = QgsProcessingParameterNumber(self.POINTS_PER_SIDE, tr("SAM points per side (paper: 12)"),
-                                              QgsProcessingParameterNumber.Integer, 12, minValue=1)
+                                              NUMBER_INTEGER, 12, minValue=1)
         for parameter in (seed, points):
-            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            parameter.setFlags(parameter.flags() | FLAG_ADVANCED)
             self.addParameter(parameter)
         # A default path, which the dialog shows: the model is always saved, by default where 'Classify' finds it.
         # Optional only because qgis_process 3.22 demands every mandatory output, defaults ignored; left empty or

@@ -7,6 +7,7 @@ from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, Qgs
                        QgsProcessingUtils, QgsRasterFileWriter, QgsRasterPipe, QgsRasterProjector, QgsRectangle)
 
 from .base import gdal_source
+from .compat import RASTER_WRITER_SUCCESS
 
 EXPORT_PIXEL_M = 1.0
 PATCH_MARGIN_M = 320.0
@@ -49,7 +50,7 @@ def vhr_path(layer, bounds, crs, context, feedback):
     width, height = (math.ceil(size / EXPORT_PIXEL_M) for size in (extent.width(), extent.height()))
     feedback.pushInfo(f"Rendering the VHR layer '{layer.name()}' at 1 m ({width} × {height} px) into {path}")
     error = QgsRasterFileWriter(path).writeRaster(pipe, width, height, extent, crs, context.transformContext())
-    if error != QgsRasterFileWriter.NoError:
+    if error != RASTER_WRITER_SUCCESS:
         raise QgsProcessingException(f"Could not render the VHR layer '{layer.name()}' (QgsRasterFileWriter "
                                      f"error {int(error)}).")
     return path

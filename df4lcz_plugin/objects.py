@@ -21,6 +21,7 @@ from osgeo import gdal, ogr, osr
 
 from .feedback import Feedback
 from .graph import DEFAULT_GRAPH_RULE, build_graph
+from .ogr_memory import memory_datasource
 from .outputs import atomic_output
 from .sam import PATCH_SIZE_PX, MaskGenerator, PatchMasks, load_sam
 from .vhr import VHRError, open_vhr, overlaps, read_patch
@@ -90,7 +91,7 @@ def mask_polygons(mask, footprint, srs_wkt):
     raster.GetRasterBand(1).WriteArray(mask.astype(np.uint8))
     srs = osr.SpatialReference()
     srs.ImportFromWkt(srs_wkt)
-    source = ogr.GetDriverByName("Memory").CreateDataSource("")  # must outlive the layer (GDAL bindings)
+    source = memory_datasource()  # must outlive the layer (GDAL bindings)
     layer = source.CreateLayer("m", srs, ogr.wkbPolygon)
     layer.CreateField(ogr.FieldDefn("v", ogr.OFTInteger))
     band = raster.GetRasterBand(1)

@@ -178,8 +178,11 @@ def default_mode(path):
 def atomic_output(path):
     """Yield a temporary path beside ``path`` (same extension); on success rename it (and its ``.aux.xml``)
     to ``path``; on any error or SIGTERM/SIGHUP remove them, leaving no half-written file that looks complete
-    and leaving an existing file at ``path`` untouched.
+    and leaving an existing file at ``path`` untouched. Raises IsADirectoryError when ``path`` is empty or a folder
+    (nothing could be renamed onto it).
     """
+    if not str(path) or Path(path).is_dir():
+        raise IsADirectoryError(f"an output must be a file, not the folder '{Path(path).absolute()}'")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _install_signal_handlers()

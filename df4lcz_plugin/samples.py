@@ -17,6 +17,7 @@ import numpy as np
 from osgeo import gdal, ogr, osr
 
 from .clouds import MAX_CLOUD_PERCENT
+from .ogr_memory import memory_datasource
 from .sentinel2_input import check_values, open_sentinel2, own_mask_band
 from .feedback import Feedback
 from .grid import PATCH_PX
@@ -62,7 +63,7 @@ def rasterise_polygons(ds, areas):
     target = ds.GetSpatialRef().Clone()
     target.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
     transform = osr.CoordinateTransformation(areas.srs, target)
-    memory = ogr.GetDriverByName("Memory").CreateDataSource("")  # must outlive its layer
+    memory = memory_datasource()  # must outlive its layer
     layer = memory.CreateLayer("tas", target, ogr.wkbPolygon)
     layer.CreateField(ogr.FieldDefn("burn", ogr.OFTInteger))
     for index, geometry in enumerate(areas.geometries):

@@ -79,7 +79,7 @@ _state = {}
 
 def classify_dialog(png, done):
     """The Toolbox dialog of 'Classify local climate zones' filled in as a user would; then it is run (Run)."""
-    import processing
+    from qgis import processing
     from qgis.PyQt.QtCore import QTimer
 
     out = Path(os.environ["DF4LCZ_SHOT_DATA"])

@@ -15,7 +15,7 @@ PROFILE=${QGIS_PROFILE_DIR:-$HOME/.local/share/QGIS/QGIS3/profiles/default}
 PLUGIN=$PROFILE/python/plugins/df4lcz
 export QT_QPA_PLATFORM=offscreen
 
-apt_packages="qgis python3-qgis qgis-providers python3-venv python3-pip python3-h5py xvfb"
+apt_packages="qgis python3-qgis qgis-providers python3-venv python3-pip python3-h5py xvfb python3-pyqt6"
 if ! dpkg -s $apt_packages >/dev/null 2>&1; then
   echo "== installing Debian packages: $apt_packages"
   $SUDO apt-get update -qq

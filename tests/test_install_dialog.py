@@ -120,7 +120,7 @@ def test_dialog_install_cancel_resume_remove(plugin, tmp_path):
     sys.path.remove(str(target))
 
     dialog.remove_button.click()
-    dialog.remove_prompt.button(QMessageBox.Yes).click()
+    dialog.remove_prompt.button(QMessageBox.StandardButton.Yes).click()
     _finish(dialog)
     assert not target.exists() and dialog.states["light"].text() == "not installed"
     assert "removed" in dialog.restart_prompt.text()
@@ -139,7 +139,7 @@ def test_cancel_while_removing(plugin, tmp_path):
     dialog = InstallDialog(target)
     for started in (False, True):
         dialog.remove_button.click()
-        dialog.remove_prompt.button(QMessageBox.Yes).click()
+        dialog.remove_prompt.button(QMessageBox.StandardButton.Yes).click()
         if started:
             _wait(dialog, lambda: dialog.process is not None)
         dialog.cancel_button.click()
@@ -167,7 +167,7 @@ def test_interpreter_lookup_leaves_the_dialog_responsive(plugin, tmp_path, monke
         dialog = InstallDialog(tmp_path / ".deps" / "py311")
         dialog.remove_button.click()
         start = time.monotonic()
-        dialog.remove_prompt.button(QMessageBox.Yes).click()
+        dialog.remove_prompt.button(QMessageBox.StandardButton.Yes).click()
         assert time.monotonic() - start < 1 and dialog.running() and dialog.process is None
         _finish(dialog)
         assert time.monotonic() - start > 3

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from qgis.core import QgsApplication, QgsProcessingContext, QgsProcessingParameterEnum
+from qgis.core import Qgis, QgsApplication, QgsProcessingContext, QgsProcessingParameterEnum
 from qgis.PyQt.QtCore import QModelIndex
 
 from df4lcz_plugin.models.registry import list_models, user_models_dir
@@ -101,7 +101,9 @@ def test_trained_model_output_shows_its_default_path(algorithms):
     from qgis.gui import QgsGui, QgsProcessingGui
 
     definition = algorithms["trainmodel"].parameterDefinition("OUTPUT_MODEL")
-    wrapper = QgsGui.processingGuiRegistry().createParameterWidgetWrapper(definition, QgsProcessingGui.Standard)
+    # Qgis.ProcessingMode since QGIS 3.36
+    standard = Qgis.ProcessingMode.Standard if hasattr(Qgis, "ProcessingMode") else QgsProcessingGui.WidgetType.Standard
+    wrapper = QgsGui.processingGuiRegistry().createParameterWidgetWrapper(definition, standard)
     widget = wrapper.createWrappedWidget(QgsProcessingContext())  # the caller owns it: keep it alive
     assert widget.isEnabled() and wrapper.parameterValue() == str(_train_module(algorithms).default_model_path())
     assert Path(wrapper.parameterValue()).parent == user_models_dir()

@@ -39,6 +39,17 @@ def test_objects_and_graph_file_headless(qgis_env, tmp_path):
     assert '"points_per_side": 8' in str(graphs["settings_json"])
 
 
+def test_objects_without_graph_file(qgis_env, tmp_path):
+    """GRAPHS is optional: without it the polygons are written and no graph file, not even a partial one (it
+    failed with "[Errno 16] Device or resource busy: '….partial' -> '.'")."""
+    rc, result, text = run_qgis_process(qgis_env, "df4lcz:buildobjectgraphs", {
+        "VHR": ZURICH, "POINTS_PER_SIDE": 4, "CROP_N_LAYERS": 0, "OUTPUT": tmp_path / "objects.gpkg"})
+    assert rc == 0, text
+    assert "GRAPHS" not in result["results"]
+    assert ogr.Open(str(tmp_path / "objects.gpkg")).GetLayer(0).GetFeatureCount() > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["objects.gpkg"]
+
+
 def test_fused_classification(qgis_env, s2_stack, vhr_fixture, fused_model, tmp_path):
     rc, result, text = run_qgis_process(qgis_env, "df4lcz:classifylcz", {
         "SENTINEL2": s2_stack, "EXTENT": _extent(FUSED_EXTENT), "VHR": vhr_fixture, "MODEL_FILE": fused_model,
