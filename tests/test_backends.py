@@ -74,18 +74,28 @@ def test_read_only_model_folder_converts_into_the_cache(s2_stack, tmp_path, monk
 
 def test_backend_choice_through_qgis(qgis_env, s2_stack, tmp_path):
     maps = {}
-    for backend, index in (("openvino", 1), ("pytorch", 2)):
+    for backend in ("openvino", "pytorch"):
         rc, result, text = run_qgis_process(qgis_env, "df4lcz:classifylcz", {
             "SENTINEL2": s2_stack, "EXTENT": f"{FARMLAND_EXTENT[0]},{FARMLAND_EXTENT[2]},{FARMLAND_EXTENT[1]},"
                                               f"{FARMLAND_EXTENT[3]} [EPSG:32618]",
-            "BACKEND": index, "OUTPUT": tmp_path / f"{backend}.tif"})
+            "BACKEND": backend, "OUTPUT": tmp_path / f"{backend}.tif"})
         assert rc == 0, text
         assert json.loads(result["results"]["SUMMARY"])["backend"].startswith(backend)
         maps[backend] = gdal.Open(str(tmp_path / f"{backend}.tif")).ReadAsArray()
     assert np.array_equal(maps["openvino"], maps["pytorch"])
     rc, _, text = run_qgis_process(qgis_env, "df4lcz:classifylcz", {
-        "SENTINEL2": s2_stack, "BACKEND": 2, "PRECISION": 1, "OUTPUT": tmp_path / "x.tif"}, json_output=False)
+        "SENTINEL2": s2_stack, "BACKEND": "pytorch", "PRECISION": "bf16", "OUTPUT": tmp_path / "x.tif"},
+        json_output=False)
     assert rc != 0 and "PRECISION=bf16 is offered with BACKEND=openvino only" in text
+
+
+def test_an_index_for_a_list_parameter_is_refused_with_the_names(qgis_env, s2_stack, tmp_path):
+    """The lists are stored as text; QGIS 3.22 refuses an index for them ("Incorrect parameter value"), and the
+    plugin says which names to give instead."""
+    rc, _, text = run_qgis_process(qgis_env, "df4lcz:classifylcz", {
+        "SENTINEL2": s2_stack, "BACKEND": 2, "OUTPUT": tmp_path / "x.tif"}, json_output=False)
+    assert rc != 0 and "BACKEND=2 is not one of its options; give the option's name: auto, openvino, pytorch." in text
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_tiles_are_bounded_by_pixels():

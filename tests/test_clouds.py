@@ -57,7 +57,7 @@ def test_stack_carries_the_cloud_mask_band(qgis_env, berlin_dir, tmp_path):
     ds = gdal.Open(str(tmp_path / "s.tif"))
     assert ds.GetMetadataItem("CLOUD_PERCENT") == str(out["CLOUD_PERCENT"])
     # The bands are untouched: equal to a stack built without a mask.
-    rc, _, text = run_qgis_process(qgis_env, "df4lcz:sentinel2stack", {"INPUT": berlin_dir, "CLOUD_MASK": 3,
+    rc, _, text = run_qgis_process(qgis_env, "df4lcz:sentinel2stack", {"INPUT": berlin_dir, "CLOUD_MASK": "none",
                                                                        "OUTPUT": tmp_path / "plain.tif"})
     assert rc == 0, text
     assert np.array_equal(ds.ReadAsArray(), gdal.Open(str(tmp_path / "plain.tif")).ReadAsArray())
@@ -174,7 +174,7 @@ def _product_fixture(berlin_dir, root, level):
 @pytest.mark.parametrize("level", ["L1C", "L2A"])
 def test_product_mask_is_read(qgis_env, berlin_dir, tmp_path, level):
     safe, blocks, resolution = _product_fixture(berlin_dir, tmp_path, level)
-    rc, result, text = run_qgis_process(qgis_env, "df4lcz:sentinel2stack", {"INPUT": safe, "CLOUD_MASK": 1,
+    rc, result, text = run_qgis_process(qgis_env, "df4lcz:sentinel2stack", {"INPUT": safe, "CLOUD_MASK": "product",
                                                                             "OUTPUT": tmp_path / "s.tif"})
     assert rc == 0, text
     out = result["results"]
@@ -202,7 +202,7 @@ def test_product_mask_is_read(qgis_env, berlin_dir, tmp_path, level):
 
 
 def test_product_mode_without_a_product_mask_is_refused(qgis_env, berlin_dir, tmp_path):
-    rc, _, text = run_qgis_process(qgis_env, "df4lcz:sentinel2stack", {"INPUT": berlin_dir, "CLOUD_MASK": 1,
+    rc, _, text = run_qgis_process(qgis_env, "df4lcz:sentinel2stack", {"INPUT": berlin_dir, "CLOUD_MASK": "product",
                                                                        "OUTPUT": tmp_path / "s.tif"},
                                    json_output=False)
     assert rc != 0 and "has no product cloud mask (SCL in L2A, MSK_CLASSI_B00" in text

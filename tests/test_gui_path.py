@@ -89,7 +89,7 @@ def test_opening_the_file_uses_the_sidecar_style(qgis_app, s2_stack, tmp_path):
     from qgis.core import QgsRasterLayer
 
     alg = QgsApplication.processingRegistry().createAlgorithmById("df4lcz:classifylcz")
-    results, ok = alg.run({"SENTINEL2": str(s2_stack), "EXTENT": _extent(FARMLAND_EXTENT), "PALETTE": 1,
+    results, ok = alg.run({"SENTINEL2": str(s2_stack), "EXTENT": _extent(FARMLAND_EXTENT), "PALETTE": "classic_wudapt",
                            "OUTPUT": str(tmp_path / "lcz.tif")}, QgsProcessingContext(), QgsProcessingFeedback())
     assert ok
     layer = QgsRasterLayer(str(tmp_path / "lcz.tif"), "lcz")  # keep the layer: it owns the renderer

@@ -91,7 +91,7 @@ def test_light_classifies_like_full_then_assesses(light, qgis_env, s2_stack, tmp
 
 def test_light_stacks_with_s2cloudless(light, s2_band_dir, tmp_path):
     rc, result, text = run_qgis_process(light[0], "df4lcz:sentinel2stack", {
-        "INPUT": s2_band_dir, "CLOUD_MASK": 2, "OUTPUT": tmp_path / "stack.tif"})  # lightgbm from the light folder
+        "INPUT": s2_band_dir, "CLOUD_MASK": "s2cloudless", "OUTPUT": tmp_path / "stack.tif"})  # lightgbm from the light folder
     assert rc == 0, text
     assert result["results"]["CLOUD_MASK_SOURCE"] == "s2cloudless"
 
@@ -99,7 +99,7 @@ def test_light_stacks_with_s2cloudless(light, s2_band_dir, tmp_path):
 @pytest.mark.parametrize("algorithm, parameters", [
     ("buildobjectgraphs", {"VHR": ZURICH, "OUTPUT": "objects.gpkg"}),
     ("trainmodel", {"SENTINEL2": "stack", "TRAINING_AREAS": VIRGINIA_TAS, "REPORT": "report.html"}),
-    ("classifylcz", {"SENTINEL2": "stack", "BACKEND": 2, "OUTPUT": "lcz.tif"}),  # BACKEND=pytorch
+    ("classifylcz", {"SENTINEL2": "stack", "BACKEND": "pytorch", "OUTPUT": "lcz.tif"}),
     ("classifylcz", {"SENTINEL2": "stack", "VHR": ZURICH, "OUTPUT": "lcz.tif"}),
     ("classifylcz", {"SENTINEL2": "stack", "MODEL_FILE": "unconverted", "OUTPUT": "lcz.tif"}),
 ], ids=["buildobjectgraphs", "trainmodel", "classify-pytorch", "classify-vhr", "classify-unconverted-model"])

