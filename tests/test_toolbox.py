@@ -89,6 +89,20 @@ def test_device_and_model_are_lists_stored_by_name(algorithms):
     assert "Sen2LCZ-Net" in model.help()  # the titles, in the tooltip
 
 
+def test_every_list_parameter_is_stored_by_name(algorithms):
+    """Every list of every algorithm and shipped model keeps its option's text, and the lists the engine reads
+    offer the engine's own names."""
+    lists = {(name, p.name()): p for name, alg in algorithms.items() for p in alg.parameterDefinitions()
+             if isinstance(p, QgsProcessingParameterEnum)}
+    assert {key for key, p in lists.items() if not p.usesStaticStrings()} == set()
+    assert lists[("classifylcz", "BACKEND")].options() == ["auto", "openvino", "pytorch"]
+    assert lists[("classifylcz", "PRECISION")].options() == ["f32", "bf16"]
+    assert lists[("classifylcz", "PALETTE")].options() == ["official_2022", "classic_wudapt"]
+    for name in ("sentinel2stack", "sentinel2composite"):
+        assert lists[(name, "CLOUD_MASK")].options() == ["auto", "product", "s2cloudless", "none"]
+        assert lists[(name, "CLOUD_MASK")].defaultValue() == "auto"
+
+
 @pytest.mark.parametrize("name, first", [("lcz_from_safe", "SAFE"), ("lcz_from_composite", "INPUTS")])
 def test_models_ask_for_sentinel2_first(algorithms, name, first):
     alg = algorithms[name].create()  # what the dialog shows
