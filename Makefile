@@ -27,10 +27,12 @@ reproduce: setup
 	$(PY) -m df4lcz_plugin.train lczc-ges2 $(LCZC) --split random --device auto | tee reproduce_random.json
 	$(PY) -m df4lcz_plugin.train lczc-ges2 $(LCZC) --split polygons --device auto | tee reproduce_polygons.json
 
-# The zip the Plugin Manager installs (dist/df4lcz.<version>.zip), validated as plugins.qgis.org does, at most 20 MB.
+# The zip the Plugin Manager installs (dist/df4lcz.<version>.zip), validated as plugins.qgis.org does, at most 20 MB,
+# then scanned with Bandit and detect-secrets as the site scans every upload (a finding there blocks the release).
 package: setup
 	$(PY) scripts/plugin_files.py zip dist
 	.venv/bin/qgis-manage validate --zip dist/df4lcz.$(VERSION).zip --repo --max-size-mb 20
+	$(PY) scripts/release_checks.py dist/df4lcz.$(VERSION).zip
 
 clean:
 	rm -rf dist demo_output .pytest_cache reproduce_*.json

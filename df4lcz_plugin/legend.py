@@ -5,7 +5,7 @@ LCZ 1–10, 11–17 are the land-cover types LCZ A–G, and 0 is no data. So2Sat
 Names follow Stewart & Oke (2012, BAMS 93:1879). Palettes: see ``shared/design/lcz_reference.md`` §2.
 """
 
-from xml.sax.saxutils import quoteattr
+from xml.sax.saxutils import quoteattr  # nosec B406
 
 import numpy as np
 

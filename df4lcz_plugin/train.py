@@ -17,7 +17,7 @@
 import argparse
 import io
 import json
-import pickle
+import pickle  # nosec B403
 import re
 import sys
 from pathlib import Path

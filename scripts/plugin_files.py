@@ -18,9 +18,10 @@ from df4lcz_plugin.models.registry import ModelError, builtin_models_dir, model_
 PLUGIN_NAME = "df4lcz"
 #: The shipped model; the zip must hold its weights, card and OpenVINO form (classification without PyTorch).
 SHIPPED_MODEL = builtin_models_dir() / "sen2lcznet_so2sat.json"
+# .secrets.baseline: the detect-secrets findings accepted for plugins.qgis.org (scripts/release_checks.py).
 # The pin files ship so that the installed plugin can install its own dependencies (df4lcz_plugin.dependencies).
 ITEMS = ("metadata.txt", "__init__.py", "LICENSE", "README.md", "df4lcz_plugin", "algorithms", "resources",
-         "requirements/light.txt", "requirements/plugin.txt")
+         "requirements/light.txt", "requirements/plugin.txt", ".secrets.baseline")
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".*.part")
 
 

@@ -1,6 +1,8 @@
 """The zip the Plugin Manager installs (``make package``): validated by qgis-manage as plugins.qgis.org would,
-at most 20 MB, complete at run time (the shipped model with its OpenVINO form), without development files."""
+at most 20 MB, complete at run time (the shipped model with its OpenVINO form), without development files, and
+passing the site's release checks (Bandit, detect-secrets) as the site runs them."""
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -10,9 +12,14 @@ import zipfile
 import pytest
 
 import plugin_files
+import release_checks
 from conftest import ROOT
 
 QGIS_MANAGE = ROOT / ".venv/bin/qgis-manage"
+_MISSING_TOOLS = [name for name in ("bandit", "detect_secrets") if importlib.util.find_spec(name) is None]
+needs_release_tools = pytest.mark.skipif(
+    bool(_MISSING_TOOLS), reason=f"{', '.join(_MISSING_TOOLS)} not importable: install requirements/dev.txt "
+                                 "('make setup') to run plugins.qgis.org's release checks")
 
 
 @pytest.fixture(scope="module")
@@ -59,3 +66,55 @@ def test_a_zip_without_the_openvino_form_is_refused(tmp_path):
     assert made.returncode == 1 and "Traceback" not in made.stderr
     assert "is missing from" in made.stderr and "run 'make setup' first" in made.stderr
     assert not (tmp_path / "dist").exists()
+
+
+@needs_release_tools
+def test_the_zip_passes_the_plugin_sites_release_checks(package):
+    """Bandit and detect-secrets as plugins.qgis.org runs them on an upload: no finding (the site would block the
+    release) but those accepted (``# nosec``, .secrets.baseline), and each accepted rule justified in
+    scripts/release_checks.ini, one line each, none stale."""
+    result = release_checks.check(package)
+    assert result["blocking"] == []
+    justified = release_checks.accepted_rules()
+    for tool in ("bandit", "detect-secrets"):
+        assert set(justified[tool]) == result["accepted"][tool], tool
+        assert all(len(reason.split()) >= 8 for reason in justified[tool].values()), justified[tool]
+    # The subprocess calls and the asset checksums are what the site's reviewers look at first.
+    assert {"B603", "B310"} <= result["accepted"]["bandit"]
+    assert result["accepted"]["detect-secrets"] == {"HexHighEntropyString"}
+    with zipfile.ZipFile(package) as archive:
+        assert "df4lcz/.secrets.baseline" in archive.namelist() and "df4lcz/.bandit" not in archive.namelist()
+
+
+def _fixture_zip(path, files):
+    """FIXTURE: a tiny plugin zip (folder ``fixture/``) holding ``files`` ({name: text})."""
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, text in files.items():
+            archive.writestr(f"fixture/{name}", text)
+    return path
+
+
+@needs_release_tools
+def test_a_finding_blocks_the_release(tmp_path):
+    """FIXTURE zip with an eval and an AWS access key id (AWS's documented example, split here so that this
+    file is not itself a finding): both are reported, and ``make package``'s command fails naming them."""
+    zip_path = _fixture_zip(tmp_path / "fixture.zip", {
+        "__init__.py": "def run(text):\n    return eval(text)\n",
+        "settings.py": f"KEY_ID = \"{'AKIA' + 'IOSFODNN7EXAMPLE'}\"\n"})
+    blocking = release_checks.check(zip_path)["blocking"]
+    assert [f[:2] for f in blocking if f[0] == "B307"] == [("B307", "fixture/__init__.py:2")]
+    assert ("AWSKeyDetector", "fixture/settings.py:1") in blocking
+    made = subprocess.run([sys.executable, ROOT / "scripts/release_checks.py", zip_path], capture_output=True,
+                          text=True, timeout=600)
+    assert made.returncode == 1 and "Traceback" not in made.stderr, made.stderr
+    assert "BLOCKING B307" in made.stdout and "would block this release" in made.stderr
+
+
+@needs_release_tools
+def test_a_bandit_skip_list_is_refused_not_passed(tmp_path):
+    """FIXTURE zip whose .bandit skips a rule the site runs: Bandit then refuses to scan ("Non-exclusive
+    include/exclude test sets"), which the site records as a tool error, not a pass; so acceptances are inline."""
+    zip_path = _fixture_zip(tmp_path / "fixture.zip", {"__init__.py": "import pickle\n",
+                                                      ".bandit": "[bandit]\nskips = B403\n"})
+    with pytest.raises(release_checks.CheckError, match="Non-exclusive include/exclude"):
+        release_checks.check(zip_path)
