@@ -1,0 +1,282 @@
+"""Killed runs: each long job stopped at moments spread over its own progress (``faults.Moment``), by SIGTERM and
+SIGKILL, then started again. After each stop the inputs are unchanged, no output path holds a half-written
+file (what was there before survives, or the complete new file is there), and the re-run exits 0 with outputs
+identical to an uninterrupted run's. ``make faults`` (DF4LCZ_FAULTS=long) tries more moments."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from osgeo import gdal
+
+from conftest import QGIS_PROCESS, ROOT, raster_copy
+from faults import LONG, Moment, check_outputs_after_stop, partial_files, run_stopped, same_output, snapshot
+
+from df4lcz_plugin.graph import ObjectGraph
+from df4lcz_plugin.graph_cache import GraphCache
+
+STACK_WINDOW = [130, 480, 300, 300]  # srcWin (px) of the real stack: 3 km × 3 km of fields and woods
+OLD_WINDOW = [600, 600, 40, 40]  # "last week's map": another file already at the output path
+
+
+@pytest.fixture(scope="module")
+def small_stack(s2_stack, tmp_path_factory):
+    """A 3 km window of the real stack: 30 × 30 cells at 100 m."""
+    return raster_copy(s2_stack, tmp_path_factory.mktemp("faults_input") / "stack.tif", srcWin=STACK_WINDOW)
+
+
+def _sweep(command, folder, outputs, inputs, moment, reference, old=None, env=None, worker_kill=False):
+    """Stop ``command`` (writing ``outputs``, names in ``folder``) at ``moment``, check what it left, run it
+    again and compare with ``reference`` (a folder of the uninterrupted run's outputs). ``old``: a file placed
+    at the first output path before the run."""
+    outputs = [folder / name for name in outputs]
+    if old is not None:
+        shutil.copy(old, outputs[0])
+    before, inputs_before = snapshot(outputs), snapshot(inputs)
+    stopped = run_stopped(command, moment, folder.parent / f"{folder.name}.fired", env=env, cwd=ROOT)
+    assert stopped.fired, f"{moment} was never reached:\n{stopped.output}"
+    assert snapshot(inputs) == inputs_before, "an input changed"
+    assert "Traceback" not in stopped.output, stopped.output
+    if worker_kill:  # a worker died mid-tile: its task runs again elsewhere, the command carries on
+        assert stopped.returncode == 0, stopped.output
+    else:
+        assert stopped.returncode != 0, stopped.output
+        problems = check_outputs_after_stop(outputs, before, reference)
+        assert problems == [], stopped.output
+        if moment.signal == "TERM":
+            assert partial_files(folder) == [], stopped.output
+        again = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert again.returncode == 0, again.stdout + again.stderr
+    for path in outputs:  # the uninterrupted run's files, and no others
+        if (reference / path.name).exists():
+            assert path.exists() and same_output(path, reference / path.name), path.name
+        else:
+            assert not path.exists(), path.name
+    assert partial_files(folder) == []  # swept by the re-run
+    assert snapshot(inputs) == inputs_before
+    return stopped
+
+
+# --- the command line: in this process, and on a Dask LocalCluster of 2 workers ---------------------------
+
+CLI_OUTPUTS = ["lcz.tif", "p.tif", "lcz.qml", "p.qml", "lcz.tif.aux.xml", "p.tif.aux.xml"]
+IN_PROCESS = [Moment(after=0.3, signal="TERM"), Moment(after=0.8), Moment("batch", 2), Moment("batch", 13, "TERM"),
+              Moment("tile", 5), Moment("mosaic", 1, "TERM"), Moment("mosaic", 9), Moment("rename p.tif"),
+              Moment("rename lcz.tif.aux.xml"), Moment("rename lcz.tif", signal="TERM"), Moment("rename lcz.qml"),
+              Moment("rename p.qml", signal="TERM")]
+if LONG:
+    IN_PROCESS += [Moment("batch", n, s) for n in (1, 5, 9, 20, 27) for s in ("TERM", "KILL")]
+    IN_PROCESS += [Moment(f"rename {f}", 1, s) for f in CLI_OUTPUTS for s in ("TERM", "KILL")]
+# A checkpoint in a Dask worker (batch) stops that worker in the middle of a tile; the others stop the command.
+WORKERS = [Moment(after=0.5, signal="TERM"), Moment(after=1.0), Moment("batch", 2), Moment("batch", 7),
+           Moment("tile", 2, "TERM"), Moment("tile", 5), Moment("mosaic", 4, "TERM"), Moment("rename lcz.tif"),
+           Moment("rename lcz.qml", signal="TERM"), Moment("clear", 1, "TERM"), Moment("clear", 4)]
+if LONG:
+    WORKERS += [Moment("batch", n, "KILL") for n in (1, 4, 10)]
+    WORKERS += [Moment("tile", n, s) for n in (1, 3, 7, 8) for s in ("TERM", "KILL")]
+    WORKERS += [Moment("clear", n, s) for n in (2, 6, 9) for s in ("TERM", "KILL")]
+    WORKERS += [Moment("rename r000010_c000010.tif", 1, s) for s in ("TERM", "KILL")]
+
+
+def _cli_command(stack, folder, workers):
+    return ([sys.executable, "-m", "df4lcz_plugin", "classify", str(stack), str(folder / "lcz.tif"),
+             "--probabilities", str(folder / "p.tif"), "--tile-cells", "10", "--batch-size", "8"]
+            + (["--workers", "2", "--threads", "1"] if workers else []))
+
+
+@pytest.fixture(scope="module")
+def cli_reference(small_stack, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli_reference")
+    run = subprocess.run(_cli_command(small_stack, folder, False), cwd=ROOT, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr
+    codes = gdal.Open(str(folder / "lcz.tif")).ReadAsArray()
+    assert codes.shape == (30, 30) and len(np.unique(codes)) > 2  # a real, varied map
+    return folder
+
+
+@pytest.fixture(scope="module")
+def old_map(small_stack, tmp_path_factory):
+    return raster_copy(small_stack, tmp_path_factory.mktemp("old") / "old.tif", srcWin=OLD_WINDOW, bandList=[1])
+
+
+@pytest.mark.parametrize("moment", IN_PROCESS, ids=str)
+def test_cli_in_process_killed(small_stack, cli_reference, old_map, tmp_path, moment):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    _sweep(_cli_command(small_stack, folder, False), folder, CLI_OUTPUTS, [small_stack], moment, cli_reference,
+           old_map)
+
+
+@pytest.mark.parametrize("moment", WORKERS, ids=str)
+def test_cli_workers_killed(small_stack, cli_reference, old_map, tmp_path, moment):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    stopped = _sweep(_cli_command(small_stack, folder, True), folder, CLI_OUTPUTS, [small_stack], moment,
+                     cli_reference, old_map, worker_kill=moment.point == "batch")
+    if moment.point == "clear":
+        assert "after the map was written" in stopped.output
+    assert not (folder / "lcz.tiles").exists()  # the re-run emptied the work folder
+
+
+# --- QGIS algorithms through qgis_process.bin ------------------------------------------------------------------
+
+def _qgis_command(algorithm, parameters):
+    return [QGIS_PROCESS, "run", algorithm, "--"] + [f"{k}={v}" for k, values in parameters.items()
+                                                     for v in (values if isinstance(values, list) else [values])]
+
+
+def _reference(qgis_env, tmp_path_factory, name, command_for):
+    folder = tmp_path_factory.mktemp(name)
+    run = subprocess.run(command_for(folder), env=qgis_env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    return folder
+
+
+def _classify_command(stack):
+    return lambda folder: _qgis_command("df4lcz:classifylcz", {
+        "SENTINEL2": stack, "RESOLUTION": 100, "BATCH_SIZE": 8, "OUTPUT": folder / "lcz.tif",
+        "PROBABILITIES": folder / "p.tif"})
+
+
+# One tile of 30 × 30 cells in batches of 8 patches.
+CLASSIFY = [Moment(after=0.5, signal="TERM"), Moment("batch", 3), Moment("batch", 40, "TERM"), Moment("batch", 100),
+            Moment("tile", 1, "TERM"), Moment("mosaic", 1), Moment("rename p.tif", signal="TERM"),
+            Moment("rename lcz.tif"), Moment("rename lcz.tif.aux.xml"), Moment("rename lcz.qml", signal="TERM"),
+            Moment("rename p.qml")]
+
+
+@pytest.fixture(scope="module")
+def classify_reference(qgis_env, small_stack, tmp_path_factory):
+    return _reference(qgis_env, tmp_path_factory, "classify_reference", _classify_command(small_stack))
+
+
+@pytest.mark.parametrize("moment", CLASSIFY, ids=str)
+def test_classifylcz_killed(qgis_env, small_stack, classify_reference, old_map, tmp_path, moment):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    _sweep(_classify_command(small_stack)(folder), folder, CLI_OUTPUTS[:4], [small_stack], moment,
+           classify_reference, old_map, env=qgis_env)
+
+
+@pytest.fixture(scope="module")
+def band_folder(s2_band_dir, tmp_path_factory):
+    """The real scene's 13 band files cut to 1 km × 12 km (1200 rows at 10 m: three strips of 512)."""
+    folder = tmp_path_factory.mktemp("bands")
+    for jp2 in sorted(s2_band_dir.glob("*.jp2")):
+        gdal.Translate(str(folder / (jp2.stem + ".tif")), str(jp2), projWin=[440000, 4176000, 441000, 4164000])
+    return folder
+
+
+def _stack_command(bands):
+    return lambda folder: _qgis_command("df4lcz:sentinel2stack", {"INPUT": bands, "CLOUD_MASK": 3,
+                                                                  "OUTPUT": folder / "stack.tif"})
+
+
+STACK = [Moment(after=0.5, signal="TERM"), Moment(after=0.9), Moment("strip", 1), Moment("strip", 2, "TERM"),
+         Moment("strip", 3), Moment("rename stack.tif.aux.xml", signal="TERM"), Moment("rename stack.tif"),
+         Moment("rename stack.tif", signal="TERM"), Moment("strip", 1, "TERM"), Moment("rename stack.tif.aux.xml")]
+
+
+@pytest.mark.parametrize("moment", STACK, ids=str)
+def test_sentinel2stack_killed(qgis_env, band_folder, old_map, tmp_path_factory, tmp_path, moment):
+    reference = _stack_reference(qgis_env, band_folder, tmp_path_factory)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    _sweep(_stack_command(band_folder)(folder), folder, ["stack.tif"], sorted(band_folder.iterdir()), moment,
+           reference, old_map, env=qgis_env)
+
+
+_references = {}
+
+
+def _stack_reference(qgis_env, bands, tmp_path_factory):
+    if "stack" not in _references:
+        _references["stack"] = _reference(qgis_env, tmp_path_factory, "stack_reference", _stack_command(bands))
+    return _references["stack"]
+
+
+@pytest.fixture(scope="module")
+def two_dates(s2_stack, tmp_path_factory):
+    """Two overlapping 4 km windows of the real stack, offset by 1 km: their union is 500 × 500 px (4 strips)."""
+    folder = tmp_path_factory.mktemp("dates")
+    return [raster_copy(s2_stack, folder / "a.tif", srcWin=[130, 480, 400, 400]),
+            raster_copy(s2_stack, folder / "b.tif", srcWin=[230, 580, 400, 400])]
+
+
+def _composite_command(inputs):
+    return lambda folder: _qgis_command("df4lcz:sentinel2composite", {
+        "INPUTS": inputs, "OUTPUT": folder / "composite.tif", "OBSERVATIONS": folder / "obs.tif"})
+
+
+COMPOSITE = [Moment(after=0.5, signal="TERM"), Moment("strip", 1), Moment("strip", 2, "TERM"), Moment("strip", 4),
+             Moment("rename obs.tif", signal="TERM"), Moment("rename obs.tif"), Moment("rename composite.tif"),
+             Moment("rename composite.tif", signal="TERM"), Moment("rename composite.tif.aux.xml"),
+             Moment("strip", 3, "TERM")]
+
+
+@pytest.mark.parametrize("moment", COMPOSITE, ids=str)
+def test_sentinel2composite_killed(qgis_env, two_dates, old_map, tmp_path_factory, tmp_path, moment):
+    if "composite" not in _references:
+        _references["composite"] = _reference(qgis_env, tmp_path_factory, "composite_reference",
+                                              _composite_command(two_dates))
+    folder = tmp_path / "out"
+    folder.mkdir()
+    _sweep(_composite_command(two_dates)(folder), folder, ["composite.tif", "obs.tif"], two_dates, moment,
+           _references["composite"], old_map, env=qgis_env)
+
+
+# --- the graph cache ----------------------------------------------------------------------------------------------
+
+_PUTS = """
+import sys
+import numpy as np
+from df4lcz_plugin.graph import ObjectGraph
+from df4lcz_plugin.graph_cache import GraphCache
+cache = GraphCache(sys.argv[1])
+for i in range(int(sys.argv[2])):
+    rng = np.random.default_rng(i)
+    n = 20 + i % 30
+    cache.put(f"{i:064x}", ObjectGraph(rng.random((n, 5), dtype=np.float32), rng.integers(0, n, (2, 4 * n)),
+                                       rng.random(4 * n, dtype=np.float32)))
+"""
+
+
+def _graph(i):
+    """The graph the script above puts under key i (FIXTURE: random arrays of a real graph's shapes)."""
+    rng = np.random.default_rng(i)
+    n = 20 + i % 30
+    return ObjectGraph(rng.random((n, 5), dtype=np.float32), rng.integers(0, n, (2, 4 * n)),
+                       rng.random(4 * n, dtype=np.float32))
+
+
+GRAPH_CACHE = [Moment("rename *.npz", n, s) for n in (1, 7, 50, 120, 199) for s in ("TERM", "KILL")]
+GRAPH_CACHE += [Moment(after=t) for t in (0.2, 0.6)]
+
+
+@pytest.mark.parametrize("moment", GRAPH_CACHE, ids=str)
+def test_graph_cache_killed_during_put(tmp_path, moment):
+    """A put stopped at any point leaves entries that a later get returns whole and right, or not at all."""
+    cache_dir, count = tmp_path / "cache", 200
+    command = [sys.executable, "-c", _PUTS, str(cache_dir), str(count)]
+    stopped = run_stopped(command, moment, tmp_path / "fired", cwd=ROOT)
+    assert stopped.fired and stopped.returncode != 0, stopped.output
+    cache = GraphCache(cache_dir)
+    done = 0
+    for i in range(count):
+        graph = cache.get(f"{i:064x}")
+        if graph is None:
+            continue
+        done += 1
+        expected = _graph(i)
+        assert all(np.array_equal(getattr(graph, k), getattr(expected, k)) for k in ("x", "edge_index", "edge_weight"))
+    if moment.point is not None:
+        assert done == moment.n - 1  # the entry being renamed is not there; every earlier one is
+    assert all(".partial" not in p.name for p in cache_dir.glob("*/*")) or moment.signal == "KILL"
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert all(cache.get(f"{i:064x}") is not None for i in range(count))
+    assert not [p for p in cache_dir.glob("*/.*partial*")]  # what the killed put left, swept
