@@ -128,3 +128,29 @@ def check_outputs_after_stop(outputs, before, reference_folder):
         if not reference.exists() or not same_output(path, reference):
             problems.append(f"{path.name} is neither the old file nor the complete new one")
     return problems
+
+
+def run_until(command, condition, signum, env=None, cwd=None, timeout=300, victim=None):
+    """Run ``command`` and send ``signum`` when ``condition()`` first holds (polled every 5 ms: a state of the
+    job's own files or processes), or after ``condition`` seconds when it is a number. ``victim(proc)``: the
+    psutil process to signal (default the command). Returns a Stopped; ``fired`` says whether the signal went."""
+    import psutil
+
+    proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    fired, deadline = False, time.monotonic() + timeout
+    started = time.monotonic()
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            due = (time.monotonic() - started >= condition) if isinstance(condition, (int, float)) else condition()
+            if due:
+                target = victim(psutil.Process(proc.pid)) if victim else psutil.Process(proc.pid)
+                if target is not None:
+                    target.send_signal(signum)
+                    fired = True
+                    break
+            time.sleep(0.005)
+        output = proc.communicate(timeout=timeout)[0]
+    finally:
+        _kill_group(proc.pid)
+    return Stopped(proc.returncode, output, fired)

