@@ -133,6 +133,26 @@ def test_cli_workers_killed(small_stack, cli_reference, old_map, tmp_path, momen
     assert not (folder / "lcz.tiles").exists()  # the re-run emptied the work folder
 
 
+def test_tiles_a_manifest_names_that_are_gone_or_cut_short_are_computed_again(small_stack, cli_reference, tmp_path):
+    """A work folder whose manifest names tiles that were deleted or truncated (a disk filling up, a copy cut
+    short): the re-run finds them not done, computes them again and gives the identical map."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    command = _cli_command(small_stack, folder, True)
+    stopped = run_stopped(command, Moment("tile", 6, "TERM"), tmp_path / "fired", cwd=ROOT)
+    assert stopped.fired and stopped.returncode == 143, stopped.output
+    tiles = sorted((folder / "lcz.tiles" / "tiles").glob("r*.tif"))
+    assert len(tiles) >= 6, stopped.output
+    tiles[0].unlink()
+    tiles[1].write_bytes(tiles[1].read_bytes()[:300])  # a GeoTIFF header and nothing else
+    tiles[2].write_bytes(tiles[2].read_bytes()[:-200])  # its last strip gone
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert f"{len(tiles) - 3} of 9 tiles already in" in again.stderr
+    for name in ("lcz.tif", "p.tif"):
+        assert same_output(folder / name, cli_reference / name), name
+
+
 # --- QGIS algorithms through qgis_process.bin ------------------------------------------------------------------
 
 def _qgis_command(algorithm, parameters):
