@@ -144,11 +144,14 @@ def run_until(command, condition, signum, env=None, cwd=None, timeout=300, victi
         while proc.poll() is None and time.monotonic() < deadline:
             due = (time.monotonic() - started >= condition) if isinstance(condition, (int, float)) else condition()
             if due:
-                target = victim(psutil.Process(proc.pid)) if victim else psutil.Process(proc.pid)
-                if target is not None:
-                    target.send_signal(signum)
-                    fired = True
-                    break
+                try:
+                    target = victim(psutil.Process(proc.pid)) if victim else psutil.Process(proc.pid)
+                    if target is not None:
+                        target.send_signal(signum)
+                        fired = True
+                        break
+                except psutil.Error:  # the victim ended just now: wait for the next one
+                    pass
             time.sleep(0.005)
         output = proc.communicate(timeout=timeout)[0]
     finally:

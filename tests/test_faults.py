@@ -214,22 +214,17 @@ STACK = [Moment(after=0.5, signal="TERM"), Moment(after=0.9), Moment("strip", 1)
 STACK = _quick(STACK, (0, 1, 3, 5, 6, 9))
 
 
+@pytest.fixture(scope="module")
+def stack_reference(qgis_env, band_folder, tmp_path_factory):
+    return _reference(qgis_env, tmp_path_factory, "stack_reference", _stack_command(band_folder))
+
+
 @pytest.mark.parametrize("moment", STACK, ids=str)
-def test_sentinel2stack_killed(qgis_env, band_folder, old_map, tmp_path_factory, tmp_path, moment):
-    reference = _stack_reference(qgis_env, band_folder, tmp_path_factory)
+def test_sentinel2stack_killed(qgis_env, band_folder, stack_reference, old_map, tmp_path, moment):
     folder = tmp_path / "out"
     folder.mkdir()
     _sweep(_stack_command(band_folder)(folder), folder, ["stack.tif"], sorted(band_folder.iterdir()), moment,
-           reference, old_map, env=qgis_env)
-
-
-_references = {}
-
-
-def _stack_reference(qgis_env, bands, tmp_path_factory):
-    if "stack" not in _references:
-        _references["stack"] = _reference(qgis_env, tmp_path_factory, "stack_reference", _stack_command(bands))
-    return _references["stack"]
+           stack_reference, old_map, env=qgis_env)
 
 
 @pytest.fixture(scope="module")
@@ -252,15 +247,17 @@ COMPOSITE = [Moment(after=0.5, signal="TERM"), Moment("strip", 1), Moment("strip
 COMPOSITE = _quick(COMPOSITE, (0, 2, 3, 4, 6, 8))
 
 
+@pytest.fixture(scope="module")
+def composite_reference(qgis_env, two_dates, tmp_path_factory):
+    return _reference(qgis_env, tmp_path_factory, "composite_reference", _composite_command(two_dates))
+
+
 @pytest.mark.parametrize("moment", COMPOSITE, ids=str)
-def test_sentinel2composite_killed(qgis_env, two_dates, old_map, tmp_path_factory, tmp_path, moment):
-    if "composite" not in _references:
-        _references["composite"] = _reference(qgis_env, tmp_path_factory, "composite_reference",
-                                              _composite_command(two_dates))
+def test_sentinel2composite_killed(qgis_env, two_dates, composite_reference, old_map, tmp_path, moment):
     folder = tmp_path / "out"
     folder.mkdir()
     _sweep(_composite_command(two_dates)(folder), folder, ["composite.tif", "obs.tif"], two_dates, moment,
-           _references["composite"], old_map, env=qgis_env)
+           composite_reference, old_map, env=qgis_env)
 
 
 # --- the graph cache ----------------------------------------------------------------------------------------------
@@ -335,15 +332,18 @@ def _train_command(stack):
         "REPORT": folder / "r.html"})
 
 
+@pytest.fixture(scope="module")
+def train_reference(qgis_env, s2_stack, tmp_path_factory):
+    return _reference(qgis_env, tmp_path_factory, "train_reference", _train_command(s2_stack))
+
+
 @pytest.mark.parametrize("moment", TRAIN, ids=str)
-def test_trainmodel_killed(qgis_env, s2_stack, tmp_path_factory, tmp_path, moment):
+def test_trainmodel_killed(qgis_env, s2_stack, train_reference, tmp_path, moment):
     """A killed training leaves no half model: the model already of that name survives whole (or, stopped
     between its two renames, is refused by its sha256), and the re-run trains the same weights."""
     from df4lcz_plugin.models.registry import ModelError, load_model
 
-    if "train" not in _references:
-        _references["train"] = _reference(qgis_env, tmp_path_factory, "train_reference", _train_command(s2_stack))
-    reference = _references["train"]
+    reference = train_reference
     folder = tmp_path / "out"
     folder.mkdir()
     for name in MODEL_FILES:  # last week's model of the same name: the shipped one
@@ -395,8 +395,10 @@ def _whole(target, name, version):
         path, digest, _ = line.rsplit(",", 2)
         if not digest:
             continue
-        data = (target / path).read_bytes() if (target / path).is_file() else None
-        if data is None or "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode() != digest:
+        if not (target / path).is_file():
+            return False
+        sha = base64.urlsafe_b64encode(hashlib.sha256((target / path).read_bytes()).digest()).rstrip(b"=").decode()
+        if f"sha256={sha}" != digest:
             return False
     return True
 

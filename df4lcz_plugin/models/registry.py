@@ -198,15 +198,15 @@ def load_model(path, device="cpu"):
     from ..assets import sha256_of
 
     card = read_card(path)
-    expected = card.data.get("weights_sha256")
-    if expected and card.weights_path.is_file() and sha256_of(card.weights_path) != expected:
-        raise ModelError(f"Model weights {card.weights_path} are not the ones its card {card.path} was written "
-                         "for (a training stopped while it replaced this model?). Train it again.")
     try:
         state = load_file(str(card.weights_path), device="cpu")
     except (SafetensorError, OSError, ValueError) as error:
         raise ModelError(f"Model weights {card.weights_path} are corrupt or truncated ({error}). "
                          "Reinstall the model or train it again.") from None
+    expected = card.data.get("weights_sha256")
+    if expected and sha256_of(card.weights_path) != expected:
+        raise ModelError(f"Model weights {card.weights_path} are not the ones its card {card.path} was written "
+                         "for (a training stopped while it replaced this model?). Train it again.")
     modules = {}
     for stream in card.streams:
         module = build_stream(card.stream(stream))
