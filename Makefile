@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 VERSION := $(shell sed -n 's/^version=//p' metadata.txt)
 
-.PHONY: setup install demo test bench package reproduce clean
+.PHONY: setup install demo test faults bench package reproduce clean
 
 setup:
 	bash scripts/setup.sh
@@ -14,6 +14,10 @@ demo: setup
 
 test: setup
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q tests
+
+# Longer kill sweeps than make test's (tests/test_faults.py): more moments per job, SIGTERM and SIGKILL.
+faults: setup
+	DF4LCZ_FAULTS=long QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q tests/test_faults.py
 
 bench: setup
 	$(PY) bench/bench_sentinel2.py

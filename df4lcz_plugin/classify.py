@@ -22,6 +22,7 @@ from . import legend
 from .clouds import MAX_CLOUD_PERCENT
 from .feedback import Feedback, TileClock
 from .grid import PATCH_PX, OutputGrid, make_grid
+from .kill_points import kill_point
 from .fusion import SOURCE_FUSED, SOURCE_NODATA, SOURCE_S2, fuse
 from .lcz_raster import probability_percent
 from .map_writer import open_map
@@ -105,6 +106,7 @@ def predict_tile(ds, grid, tile, runner, scale, batch_size, nodata_values, on_ba
         batch = np.maximum(views[:, offsets_r[rr], offsets_c[cc]].transpose(1, 0, 2, 3).astype(np.float32), 1) / scale
         probs[:, rr, cc] = runner(batch).T
         on_batch(len(rr))
+        kill_point("batch")
     return probs, masked
 
 

@@ -243,7 +243,7 @@ def main(argv=None):
     parser, classify_parser = build_parser()
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _terminated)
-    feedback, work_dir = ConsoleFeedback(), None
+    feedback, work_dir, summary = ConsoleFeedback(), None, None
     try:
         sentinel2, card, device, work_dir = _check(args)
         with _executor(args, work_dir) as executor:
@@ -262,9 +262,13 @@ def main(argv=None):
     except (KeyboardInterrupt, SystemExit) as stop:
         if isinstance(stop, SystemExit) and stop.code != 128 + signal.SIGTERM:
             raise
-        print(f"{classify_parser.prog}: {'terminated' if isinstance(stop, SystemExit) else 'interrupted'}; no map "
-              "was written" + (f", finished tiles are kept in {work_dir}: run the same command again to resume"
-                               if work_dir else ""), file=sys.stderr)
+        stopped = f"{classify_parser.prog}: {'terminated' if isinstance(stop, SystemExit) else 'interrupted'}"
+        if summary is not None:  # stopped while emptying the work folder: the map is complete
+            print(f"{stopped} after the map was written; {work_dir} was not emptied: delete it, or run the same "
+                  "command again", file=sys.stderr)
+        else:
+            print(f"{stopped}; no map was written" + (f", finished tiles are kept in {work_dir}: run the same "
+                                                      "command again to resume" if work_dir else ""), file=sys.stderr)
         return 130 if isinstance(stop, KeyboardInterrupt) else stop.code
     print(json.dumps(summary))
     return 0

@@ -21,6 +21,7 @@ from osgeo import gdal
 
 from .bands import SO2SAT_BANDS
 from .feedback import Feedback
+from .kill_points import kill_point
 from .outputs import atomic_output, scratch_folder
 from .sentinel2 import build_stack, create_stack_raster
 from .sentinel2_input import check_values, open_sentinel2
@@ -156,5 +157,6 @@ def _write(views, gt, width, height, wkt, inputs, output, observations_path, fee
                 obs.GetRasterBand(1).WriteArray(count.astype(np.uint8), 0, row)
             histogram += np.bincount(count.ravel(), minlength=len(histogram))
             feedback.progress((row + rows) / height)
+            kill_point("strip")
         out = obs = None  # only ``datasets`` holds them now
     return histogram

@@ -3,6 +3,8 @@
 import time
 from dataclasses import dataclass
 
+from .kill_points import kill_point
+
 
 class Canceled(RuntimeError):
     """The caller asked to stop; whatever was being written has been removed."""
@@ -71,3 +73,4 @@ class TileClock:
         rate = self.computed / max(time.perf_counter() - self.started, 1e-9)
         self.feedback.progress(self.cells_done / self.cells)
         self.feedback.tile_done(TileStatus(self.done, self.tiles, cells, self.cells_done, self.cells, rate))
+        kill_point("tile")

@@ -9,6 +9,7 @@ from osgeo import gdal
 
 from . import legend
 from .fusion import SOURCE_LABELS, SOURCE_NODATA
+from .outputs import atomic_output
 
 gdal.UseExceptions()
 
@@ -81,14 +82,18 @@ def create_source_raster(path, grid, projection, metadata=None):
 
 def write_style_sidecar(raster_path, palette_name="official_2022"):
     """Write ``<raster>.qml`` (17 labelled classes), which QGIS applies when it opens the raster."""
-    qml_path = Path(raster_path).with_suffix(".qml")
-    qml_path.write_text(legend.qml(palette_name), encoding="utf-8")
-    return qml_path
+    return _write_qml(raster_path, legend.qml(palette_name))
 
 
 def write_probability_style(raster_path):
     """Write ``<raster>.qml`` for a probability raster: its band 18, the winning class's probability, on a
     sequential 0–100 % ramp (the classes' own bands stay readable in the layer's properties)."""
+    return _write_qml(raster_path, legend.confidence_qml(WINNER_BAND))
+
+
+def _write_qml(raster_path, text):
+    # Under a temporary name, renamed when complete: a killed run leaves the old style or the new one.
     qml_path = Path(raster_path).with_suffix(".qml")
-    qml_path.write_text(legend.confidence_qml(WINNER_BAND), encoding="utf-8")
+    with atomic_output(qml_path) as tmp:
+        Path(tmp).write_text(text, encoding="utf-8")
     return qml_path

@@ -6,6 +6,7 @@ import contextlib
 
 from .lcz_raster import (create_lcz_raster, create_probability_raster, create_source_raster,
                          write_probability_style, write_style_sidecar)
+from .kill_points import kill_point
 from .outputs import atomic_output
 
 
@@ -17,6 +18,7 @@ class MapWriter:
 
     def write(self, tile, result):
         """tile: (row, col, rows, cols) in output cells; result: its TileResult (arrays of rows × cols)."""
+        kill_point("mosaic")
         row, col = tile[:2]
         self.datasets["lcz"].GetRasterBand(1).WriteArray(result.codes, col, row)
         if "probabilities" in self.datasets:

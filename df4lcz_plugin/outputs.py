@@ -19,6 +19,8 @@ import socket
 import threading
 from pathlib import Path
 
+from .kill_points import kill_point
+
 #: GDAL writes category names and statistics of a GeoTIFF into this sidecar (PAM).
 AUX_SUFFIX = ".aux.xml"
 #: Signals that end a run and after which no partial file may remain (SIGINT raises KeyboardInterrupt,
@@ -193,11 +195,13 @@ def atomic_output(path):
     try:
         yield tmp
         final_aux = str(path) + AUX_SUFFIX
+        kill_point(f"rename {path.name}{AUX_SUFFIX}")
         if os.path.exists(tmp_aux):
             os.replace(tmp_aux, final_aux)
         elif os.path.exists(final_aux):
             os.remove(final_aux)  # a stale sidecar would relabel the new raster
         default_mode(tmp)
+        kill_point(f"rename {path.name}")
         os.replace(tmp, path)
     finally:
         for leftover in (tmp, tmp_aux):

@@ -22,6 +22,7 @@ from osgeo import gdal
 from .bands import METADATA_BAND_ORDER, NATIVE_RESOLUTION_M, SO2SAT_BANDS, normalise_band_name
 from .clouds import CLOUD, SHADOW, SNOW, cloud_mask
 from .feedback import Feedback
+from .kill_points import kill_point
 from .outputs import atomic_output
 
 gdal.UseExceptions()
@@ -220,6 +221,7 @@ def build_stack(folder, output, feedback=None, cloud_mask_mode="auto"):
                     clear = valid & (classes != CLOUD) & (classes != SHADOW)
                     out.GetRasterBand(1).GetMaskBand().WriteArray(np.where(clear, 255, 0).astype(np.uint8), 0, row)
             feedback.progress((row + rows) / height)
+            kill_point("strip")
         if mask is not None:
             shares = 100 * counts / max(counts.sum(), 1)
             info.cloud_mask_source = mask.source

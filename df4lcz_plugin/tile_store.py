@@ -4,7 +4,10 @@ everything the tiles depend on, so that a killed run resumes where it stopped an
 Layout: ``<work>/df4lcz-manifest.json`` and ``<work>/tiles/r<row>_c<col>.tif`` (row and column of the tile's
 first output cell, six digits). A tile file is band 1 the LCZ codes, then the 18 probability bands when the run
 writes probabilities; its metadata holds the cells masked for cloud and the back-end that computed it. Each file
-is written under a temporary name and renamed (``outputs.atomic_output``), so a tile that is there is complete.
+is written under a temporary name and renamed (``outputs.atomic_output``), so a tile that is there is complete;
+one that cannot be read all the same (a damaged disk, a copy cut short) counts as not done and is computed again.
+The manifest is written atomically and deleted first by ``clear``: a clean-up stopped half-way leaves tiles
+without a manifest, which the next run recognises as a work folder and discards.
 """
 
 import contextlib
@@ -16,12 +19,14 @@ import numpy as np
 from osgeo import gdal
 
 from .classify import TileResult
+from .kill_points import kill_point
 from .outputs import atomic_output
 
 gdal.UseExceptions()
 
 MANIFEST = "df4lcz-manifest.json"
 _TILE_FILE = re.compile(r"r\d{6}_c\d{6}\.tif")
+_TILE_PARTIAL = re.compile(r"\.r\d{6}_c\d{6}\..+\.partial\.tif(\.aux\.xml)?")  # outputs.atomic_output's name
 _CLOUD_KEY, _ENGINE_KEY = "DF4LCZ_CLOUD_CELLS", "DF4LCZ_BACKEND"
 
 
@@ -63,12 +68,23 @@ def tile_engine(folder, tile):
     return gdal.Open(str(tile_file(folder, tile))).GetMetadataItem(_ENGINE_KEY)
 
 
+def _tiles_only(folder):
+    """Whether ``folder`` holds nothing but a ``tiles`` folder of tile files and their partial files: what a
+    ``clear`` stopped after deleting the manifest leaves."""
+    entries = list(folder.iterdir())
+    if [p.name for p in entries] != ["tiles"] or not entries[0].is_dir():
+        return False
+    return all(p.is_file() and (_TILE_FILE.fullmatch(p.name) or _TILE_PARTIAL.fullmatch(p.name))
+               for p in entries[0].iterdir())
+
+
 def check_work_dir(folder):
-    """Raise WorkDirError unless ``folder`` is new, empty, or a work folder (it holds a manifest)."""
+    """Raise WorkDirError unless ``folder`` is new, empty, or a work folder (it holds a manifest, or only tiles
+    left by a stopped clean-up)."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise WorkDirError(f"The work folder {folder} is a file; give a folder (new or empty).")
-    if folder.is_dir() and any(folder.iterdir()) and not (folder / MANIFEST).is_file():
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / MANIFEST).is_file() and not _tiles_only(folder):
         raise WorkDirError(f"The work folder {folder} holds files but no {MANIFEST}: it is not a DF4LCZ work "
                            "folder, and nothing in it is deleted. Give a new or empty folder.")
 
@@ -106,13 +122,22 @@ class TileStore:
         return sorted(p for p in self.tiles.glob("r*_c*.tif") if _TILE_FILE.fullmatch(p.name))
 
     def has(self, tile):
-        return tile_file(self.tiles, tile).is_file()
+        """Whether ``tile``'s file is there and reads back whole; one that does not is deleted (not done)."""
+        path = tile_file(self.tiles, tile)
+        if not path.is_file():
+            return False
+        try:
+            return load_tile(self.tiles, tile).codes.shape == tuple(tile[2:]) or path.unlink()
+        except (RuntimeError, TypeError, ValueError):  # GDAL cannot read it, or its metadata is gone
+            path.unlink(missing_ok=True)
+            return False
 
     def clear(self):
-        """Delete the tiles and the manifest, then the folders if nothing else is in them."""
-        for path in self.finished():
-            path.unlink()
+        """Delete the manifest, then the tiles, then the folders if nothing else is in them."""
         (self.folder / MANIFEST).unlink(missing_ok=True)
+        for path in self.finished():
+            kill_point("clear")
+            path.unlink()
         for folder in (self.tiles, self.folder):
             with contextlib.suppress(OSError):  # not empty: not ours to delete
                 folder.rmdir()

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .feedback import Canceled, Feedback
+from .kill_points import kill_point
 
 PAPER_ALPHA = 0.6
 
@@ -109,6 +110,7 @@ def train_sentinel2(module, x_train, y_train, x_val, y_val, epochs=100, batch_si
         feedback.info(f"Sentinel-2 stream, epoch {epoch + 1}/{epochs} (lr {epoch_lr:.6g}): "
                       f"loss {np.mean(losses):.4f}, validation loss {val_loss:.4f}, validation OA {val_oa:.3f}")
         feedback.progress((epoch + 1) / epochs)
+        kill_point("epoch")
         if val_oa > best_oa:
             best_oa, best_state, result.best_epoch = val_oa, copy.deepcopy(module.state_dict()), epoch + 1
         waited = 0 if val_loss < best_loss else waited + 1

@@ -189,11 +189,13 @@ class LoadedModel:
 def load_model(path, device="cpu"):
     """Load a model (card + safetensors) onto ``device`` in eval mode.
 
-    Raises ModelError when the card is missing or invalid, the weights are corrupt or truncated, or the
-    weights do not fit the architecture the card names.
+    Raises ModelError when the card is missing or invalid, the weights are corrupt or truncated, are not the
+    ones the card's ``weights_sha256`` names, or do not fit the architecture the card names.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
+
+    from ..assets import sha256_of
 
     card = read_card(path)
     try:
@@ -201,6 +203,10 @@ def load_model(path, device="cpu"):
     except (SafetensorError, OSError, ValueError) as error:
         raise ModelError(f"Model weights {card.weights_path} are corrupt or truncated ({error}). "
                          "Reinstall the model or train it again.") from None
+    expected = card.data.get("weights_sha256")
+    if expected and sha256_of(card.weights_path) != expected:
+        raise ModelError(f"Model weights {card.weights_path} are not the ones its card {card.path} was written "
+                         "for (a training stopped while it replaced this model?). Train it again.")
     modules = {}
     for stream in card.streams:
         module = build_stream(card.stream(stream))
@@ -219,6 +225,8 @@ def save_model(path, card_data, modules):
     """Write ``<path>.safetensors`` and ``<path>.json`` from stream modules, each via a temporary file.
 
     ``modules`` maps stream name → torch module. The card gets the weights' sha256. Returns the card path.
+    The weights are renamed into place before the card: a model is listed only once its card is there, and a run
+    stopped between the two renames leaves a card whose sha256 does not match, which ``load_model`` refuses.
     """
     from safetensors.torch import save_file
 
@@ -228,7 +236,7 @@ def save_model(path, card_data, modules):
     weights, card_path = model_files(path)[::-1]
     state = {f"{stream}.{key}": value.detach().cpu().contiguous()
              for stream, module in modules.items() for key, value in module.state_dict().items()}
-    with atomic_output(weights) as tmp_weights, atomic_output(card_path) as tmp_card:
+    with atomic_output(card_path) as tmp_card, atomic_output(weights) as tmp_weights:  # weights renamed first
         save_file(state, tmp_weights)
         card = dict(card_data, format=CARD_FORMAT, streams=card_data["streams"], weights_sha256=sha256_of(tmp_weights))
         Path(tmp_card).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
