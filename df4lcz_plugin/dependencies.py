@@ -181,10 +181,10 @@ def missing(variant, target=None):
     target = Path(target) if target else deps_folder(PLUGIN_ROOT)
     modules = dict(MODULES["light"], **(MODULES["full"] if variant == "full" else {}))
     humans = {_dist_name(_DISTRIBUTIONS.get(module, module)): human for module, human in modules.items()}
-    lacking_names = min(([pin.name for pin in lacking(variant, build, target)] for build in torch_builds()),
-                        key=len)
-    named = [humans.get(_dist_name(name)) for name in lacking_names]
-    return [human for human in named if human] + [name for name, human in zip(lacking_names, named) if not human]
+    names = min(([pin.name for pin in lacking(variant, build, target)] for build in torch_builds()), key=len)
+    absent = {_dist_name(name) for name in names}
+    return ([human for dist, human in humans.items() if dist in absent]
+            + [name for name in names if _dist_name(name) not in humans])
 
 
 def lacking(variant, torch, target):
@@ -223,6 +223,7 @@ def _is_deps_folder(path):
     return path.parent.name == ".deps" and re.fullmatch(r"py\d+", path.name) is not None
 
 
+@functools.cache  # the shipped input files do not change while QGIS runs
 def requirements(variant):
     """{normalised name: specifier string} of ``variant``'s direct dependencies (``<variant>.in``, following ``-r``
     includes) whose environment markers hold for this Python: what ``lacking`` accepts from QGIS's own Python."""

@@ -83,7 +83,7 @@ def test_each_python_checks_its_own_set(version, tmp_path):
     out = _cli(python, "missing", "--variant", "light", "--target", str(tmp_path / ".deps/py"))
     pins = _pins(ROOT / f"requirements/py{version.replace('.', '')}/light-linux.txt")
     assert out.returncode == 1, out.stderr
-    listed = out.stdout.split()
+    listed = out.stdout.splitlines()
     assert len(listed) == len(pins) and "SciPy" in listed and "scipy" not in listed, out.stdout
 
 
@@ -111,7 +111,7 @@ def test_qgis_own_fitting_version_counts(tmp_path):
     for pin in ("scipy==1.15.3", "zipp==4.1.0", "locket==1.0.0"):
         subprocess.run([QGIS_PYTHON, "-m", "pip", "install", "-q", "--no-deps", "--only-binary", ":all:",
                         "--target", str(site), pin], check=True)
-    bare = _cli(QGIS_PYTHON, "missing", "--variant", "light", "--target", str(target)).stdout.split()
+    bare = _cli(QGIS_PYTHON, "missing", "--variant", "light", "--target", str(target)).stdout.splitlines()
     assert "SciPy" in bare and "zipp" in bare and "locket" in bare  # Debian's scipy 1.10.1 is too old
     out = _missing_with(site, target)
     assert "SciPy" not in out and "locket" not in out and "zipp" in out  # zipp: 4.1.0 is not the pin 4.1.2
@@ -124,10 +124,10 @@ def test_qgis_own_fitting_version_counts(tmp_path):
 def _missing_with(site, target):
     """``missing('light', target)`` in QGIS's Python with ``site`` on its sys.path (after the working tree)."""
     code = ("import sys; sys.path.insert(1, sys.argv[1]); from df4lcz_plugin import dependencies as d; "
-            "print(' '.join(d.missing('light', sys.argv[2])))")
+            "print('\\n'.join(d.missing('light', sys.argv[2])))")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     return subprocess.run([QGIS_PYTHON, "-c", code, str(site), str(target)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, check=True).stdout.split()
+                          capture_output=True, text=True, check=True).stdout.splitlines()
 
 
 _CONVERT = """
