@@ -180,7 +180,10 @@ class DF4LCZAlgorithm(ToolboxMetadata, QgsProcessingAlgorithm):
                 return False, (f"{definition.name()}={value} is not one of its options; give the option's name: "
                                f"{', '.join(definition.options())}.")
         variant = self.needs_for(parameters, context)
-        lacking = dependencies.missing(variant) if variant != "none" else []
+        try:
+            lacking = dependencies.missing(variant) if variant != "none" else []
+        except dependencies.InstallError as error:  # no pinned set for this Python
+            return False, str(error)
         if lacking:
             return False, dependencies.install_advice(variant, lacking)
         return super().checkParameterValues(parameters, context)
