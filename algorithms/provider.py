@@ -9,6 +9,7 @@ from .assess_accuracy import AssessAccuracyAlgorithm
 from .base import RESOURCES, ToolboxMetadata, tr
 from .build_object_graphs import BuildObjectGraphsAlgorithm
 from .classify_lcz import ClassifyLCZAlgorithm
+from .lcz_parameters import LCZParametersAlgorithm
 from .sentinel2_composite import Sentinel2CompositeAlgorithm
 from .sentinel2_stack import Sentinel2StackAlgorithm
 from .train_model import TrainModelAlgorithm
@@ -69,6 +70,7 @@ class DF4LCZProvider(QgsProcessingProvider):
         self.addAlgorithm(BuildObjectGraphsAlgorithm())
         self.addAlgorithm(TrainModelAlgorithm())
         self.addAlgorithm(AssessAccuracyAlgorithm())
+        self.addAlgorithm(LCZParametersAlgorithm())
         for path in sorted((RESOURCES / "models").glob("*.model3")):
             model = ShippedModel(path)
             if model.loaded:

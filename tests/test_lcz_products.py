@@ -1,0 +1,90 @@
+"""What LCZ maps are for, through real QGIS (``qgis_process.bin``) on the real WUDAPT map of Zaragoza: the
+urban canopy parameters, the LCZ share per zone and the comparison with the global LCZ map."""
+
+import numpy as np
+import pytest
+from osgeo import gdal
+
+from conftest import raster_copy, run_qgis_process
+from df4lcz_plugin import assets, legend
+from df4lcz_plugin.lcz_parameters import NODATA, PROPERTIES, lookup
+
+ZARAGOZA = assets.fetch(assets.ZARAGOZA_LCZ)  # codes 1–17, nodata −999, EPSG:4326 (© M. Demuzere, WUDAPT)
+
+#: Values of Stewart & Oke (2012) Tables 3–4 written out here, independently of the table module, where the
+#: public copies are wrong or an open range needs the rule: (property, LCZ code, low, high).
+PAPER_SPOT_CHECKS = [
+    ("ISF", 2, 30, 50),      # LCZ4r repeats the building fraction, 40–70
+    ("ISF", 7, 0, 20),       # "< 20": LCZ4r 60–90
+    ("ISF", 15, 90, 100),    # LCZ E "> 90": LCZ4r 0–10
+    ("PSF", 15, 0, 10),      # LCZ E "< 10"
+    ("SAD", 1, 1500, 1800),  # LCZ4r "1.500"
+    ("SAD", 7, 800, 1500),
+    ("HRE", 1, 25, 25),      # "> 25 m": no physical upper limit, the stated bound
+    ("SVF", 8, 0.7, 1.0),    # "> 0.7": the physical limit 1
+    ("AHO", 2, 0, 75),       # "< 75": LCZ4r 74–74
+    ("AHO", 10, 300, 300),   # "> 300"
+]
+
+
+def _band(name):
+    return [p.key for p in PROPERTIES].index(name)
+
+
+@pytest.mark.parametrize("statistic", ["low", "middle", "high"])
+def test_parameters_follow_the_table_for_each_class(qgis_env, tmp_path, statistic):
+    rc, result, text = run_qgis_process(qgis_env, "df4lcz:lczparameters", {
+        "LCZ": ZARAGOZA, "STATISTIC": statistic, "OUTPUT": tmp_path / "ucp.tif"})
+    assert rc == 0, text
+    source = gdal.Open(str(ZARAGOZA))
+    out = gdal.Open(str(tmp_path / "ucp.tif"))
+    assert out.RasterCount == len(PROPERTIES) and out.GetGeoTransform() == source.GetGeoTransform()
+    assert out.GetRasterBand(8).GetDescription() == f"SAD: Surface admittance ({statistic})"
+    assert out.GetRasterBand(8).GetUnitType() == "J m-2 s-1/2 K-1"
+    codes = source.ReadAsArray()
+    values = out.ReadAsArray()
+    table = lookup(statistic)
+    present = [c for c in legend.CODES if (codes == c).any()]
+    assert len(present) >= 12  # the real map has most classes
+    for code in present:
+        cells = values[:, codes == code]
+        assert np.all(cells == table[:, code][:, None]), code
+    assert np.all(values[:, codes == -999] == NODATA)  # the map's nodata stays nodata in every band
+    if (codes == 11).any():
+        assert np.all(values[_band("SAD"), codes == 11] == NODATA)  # LCZ A: admittance unknown
+    for key, code, low, high in PAPER_SPOT_CHECKS:
+        expected = {"low": low, "high": high, "middle": (low + high) / 2}[statistic]
+        assert table[_band(key), code] == pytest.approx(expected), (key, code)
+
+
+def test_wudapt_2015_codes_give_the_same_parameters(qgis_env, tmp_path):
+    """The same map recoded as 101–107 for LCZ A–G (the WUDAPT-2015/UMEP convention)."""
+    recoded = raster_copy(ZARAGOZA, tmp_path / "wudapt2015.tif", outputType=gdal.GDT_Int16)
+    ds = gdal.Open(str(recoded), gdal.GA_Update)
+    codes = ds.ReadAsArray()
+    ds.GetRasterBand(1).WriteArray(np.where(codes >= 11, codes + 90, codes))
+    ds = None
+    for name, path in (("a", ZARAGOZA), ("b", recoded)):
+        rc, _, text = run_qgis_process(qgis_env, "df4lcz:lczparameters", {"LCZ": path, "OUTPUT": tmp_path / f"{name}.tif"})
+        assert rc == 0, text
+    assert np.array_equal(gdal.Open(str(tmp_path / "a.tif")).ReadAsArray(),
+                          gdal.Open(str(tmp_path / "b.tif")).ReadAsArray())
+
+
+def _not_lcz_maps(tmp_path):
+    multi = tmp_path / "ucp.tif"
+    gdal.Translate(str(multi), str(ZARAGOZA), bandList=[1, 1, 1])
+    fractional = raster_copy(ZARAGOZA, tmp_path / "float.tif", outputType=gdal.GDT_Float32, scaleParams=[[1, 17, 0.1, 1.7]])
+    foreign = raster_copy(ZARAGOZA, tmp_path / "foreign.tif", outputType=gdal.GDT_Int16, scaleParams=[[1, 17, 21, 37]])
+    return {"several bands": (multi, "has 3 bands"), "fractions": (fractional, "holds fractional values"),
+            "not LCZ codes": (foreign, "values that are not LCZ codes 1–17 or 101–107")}
+
+
+@pytest.mark.parametrize("case", ["several bands", "fractions", "not LCZ codes"])
+def test_a_raster_that_is_not_an_lcz_map_is_refused(qgis_env, tmp_path, case):
+    path, message = _not_lcz_maps(tmp_path)[case]
+    out = tmp_path / "out"
+    rc, _, text = run_qgis_process(qgis_env, "df4lcz:lczparameters", {"LCZ": path, "OUTPUT": out / "p.tif"},
+                                   json_output=False)
+    assert rc != 0 and message in " ".join(text.split()), text
+    assert "Traceback" not in text and (not out.exists() or list(out.iterdir()) == [])
