@@ -10,6 +10,7 @@ from .base import RESOURCES, ToolboxMetadata, tr
 from .build_object_graphs import BuildObjectGraphsAlgorithm
 from .classify_lcz import ClassifyLCZAlgorithm
 from .lcz_parameters import LCZParametersAlgorithm
+from .lcz_zone_statistics import LCZZoneStatisticsAlgorithm
 from .sentinel2_composite import Sentinel2CompositeAlgorithm
 from .sentinel2_stack import Sentinel2StackAlgorithm
 from .train_model import TrainModelAlgorithm
@@ -71,6 +72,7 @@ class DF4LCZProvider(QgsProcessingProvider):
         self.addAlgorithm(TrainModelAlgorithm())
         self.addAlgorithm(AssessAccuracyAlgorithm())
         self.addAlgorithm(LCZParametersAlgorithm())
+        self.addAlgorithm(LCZZoneStatisticsAlgorithm())
         for path in sorted((RESOURCES / "models").glob("*.model3")):
             model = ShippedModel(path)
             if model.loaded:

@@ -88,3 +88,70 @@ def test_a_raster_that_is_not_an_lcz_map_is_refused(qgis_env, tmp_path, case):
                                    json_output=False)
     assert rc != 0 and message in " ".join(text.split()), text
     assert "Traceback" not in text and (not out.exists() or list(out.iterdir()) == [])
+
+
+def _zones(tmp_path):
+    """FIXTURE: two rectangles on the Zaragoza map's cell edges (the city centre, and farmland to the north-west),
+    as a GeoPackage in EPSG:4326; returns (path, {name: (col0, row0, col1, row1)})."""
+    from osgeo import ogr, osr
+
+    x0, dx, _, y0, _, dy = gdal.Open(str(ZARAGOZA)).GetGeoTransform()
+    windows = {"centre": (600, 380, 640, 420), "farmland": (200, 100, 260, 140)}
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(4326)
+    path = tmp_path / "zones.gpkg"
+    ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
+    layer = ds.CreateLayer("zones", srs, ogr.wkbPolygon)
+    layer.CreateField(ogr.FieldDefn("district", ogr.OFTString))
+    for name, (c0, r0, c1, r1) in windows.items():
+        feature = ogr.Feature(layer.GetLayerDefn())
+        feature.SetField("district", name)
+        xa, xb, ya, yb = x0 + c0 * dx, x0 + c1 * dx, y0 + r0 * dy, y0 + r1 * dy
+        feature.SetGeometry(ogr.CreateGeometryFromWkt(f"POLYGON(({xa} {ya},{xb} {ya},{xb} {yb},{xa} {yb},{xa} {ya}))"))
+        layer.CreateFeature(feature)
+    ds = None
+    return path, windows
+
+
+def test_zone_statistics_count_each_lcz_per_polygon(qgis_env, tmp_path):
+    from osgeo import ogr
+
+    zones, windows = _zones(tmp_path)
+    rc, _, text = run_qgis_process(qgis_env, "df4lcz:lczzonestatistics", {
+        "LCZ": ZARAGOZA, "ZONES": zones, "OUTPUT": tmp_path / "share.gpkg"})
+    assert rc == 0, text
+    codes = gdal.Open(str(ZARAGOZA)).ReadAsArray()
+    _, dx, _, y0, _, dy = gdal.Open(str(ZARAGOZA)).GetGeoTransform()
+    share = ogr.Open(str(tmp_path / "share.gpkg"))  # kept referenced: its layer dies with it
+    layer = share.GetLayer(0)
+    names = [layer.GetLayerDefn().GetFieldDefn(i).GetName() for i in range(layer.GetLayerDefn().GetFieldCount())]
+    assert "LCZ A Dense trees km2" in names and "LCZ 6 Open low-rise pct" in names
+    seen = set()
+    for feature in layer:
+        c0, r0, c1, r1 = windows[feature.GetField("district")]
+        seen.add(feature.GetField("district"))
+        window = codes[r0:r1, c0:c1]
+        # A cell's area on the sphere (R = 6371 km), independent of QGIS's ellipsoid: within 0.5 %.
+        lat = np.radians(y0 + (r0 + r1) / 2 * dy)
+        cell_km2 = (6371.0 * np.radians(dx)) * (6371.0 * np.radians(-dy)) * np.cos(lat)
+        cells = int((window >= 1).sum())
+        assert feature.GetField("LCZ cells km2") == pytest.approx(cells * cell_km2, rel=5e-3)
+        shares = 0.0
+        for code in legend.CODES:
+            km2, pct = (feature.GetField(f"{legend.label(code).replace(':', '').replace(',', '')} {unit}")
+                        for unit in ("km2", "pct"))
+            n = int((window == code).sum())
+            assert km2 == pytest.approx(n * cell_km2, rel=5e-3, abs=1e-9), code
+            assert pct == pytest.approx(100.0 * n / cells), code
+            shares += pct
+        assert shares == pytest.approx(100.0)
+    assert seen == {"centre", "farmland"}
+
+
+def test_zone_statistics_refuse_a_raster_that_is_not_an_lcz_map(qgis_env, tmp_path):
+    zones, _ = _zones(tmp_path)
+    path, message = _not_lcz_maps(tmp_path)["not LCZ codes"]
+    rc, _, text = run_qgis_process(qgis_env, "df4lcz:lczzonestatistics", {
+        "LCZ": path, "ZONES": zones, "OUTPUT": tmp_path / "out" / "share.gpkg"}, json_output=False)
+    assert rc != 0 and message in " ".join(text.split()) and "Traceback" not in text, text
+    assert not (tmp_path / "out" / "share.gpkg").exists()
