@@ -155,3 +155,85 @@ def test_zone_statistics_refuse_a_raster_that_is_not_an_lcz_map(qgis_env, tmp_pa
         "LCZ": path, "ZONES": zones, "OUTPUT": tmp_path / "out" / "share.gpkg"}, json_output=False)
     assert rc != 0 and message in " ".join(text.split()) and "Traceback" not in text, text
     assert not (tmp_path / "out" / "share.gpkg").exists()
+
+
+@pytest.fixture
+def global_map_mirror(qgis_env, tmp_path):
+    """The environment of an offline machine whose asset mirror holds a stand-in for the global LCZ map: this
+    machine has no internet, so the real WUDAPT map of Zaragoza (EPSG:4326, codes 1–17, one band, like
+    lcz_filter_v3.tif but with nodata −999 and 0.00135° cells) is put where the loader looks for its local copy."""
+    mirror = tmp_path / "mirror"
+    (mirror / "data").mkdir(parents=True)
+    (mirror / assets.GLOBAL_LCZ_MAP.mirror_path).symlink_to(ZARAGOZA)
+    return dict(qgis_env, DF4LCZ_ASSET_MIRROR=str(mirror), DF4LCZ_OFFLINE="1")
+
+
+def _utm_grid(tmp_path):
+    """FIXTURE: an LCZ map grid (all LCZ 6) of 100 m cells in UTM 30N (EPSG:32630) over Zaragoza, 12 × 10 km."""
+    from osgeo import osr
+
+    path = tmp_path / "grid.tif"
+    ds = gdal.GetDriverByName("GTiff").Create(str(path), 120, 100, 1, gdal.GDT_Byte)
+    ds.SetGeoTransform((670000.0, 100.0, 0.0, 4618000.0, 0.0, -100.0))
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32630)
+    ds.SetProjection(srs.ExportToWkt())
+    ds.GetRasterBand(1).Fill(6)
+    ds = None
+    return path
+
+
+def test_global_map_window_on_our_grid_then_agreement(global_map_mirror, tmp_path):
+    grid = _utm_grid(tmp_path)
+    rc, result, text = run_qgis_process(global_map_mirror, "df4lcz:globallczmap", {
+        "GRID": grid, "OUTPUT": tmp_path / "global.tif"})
+    assert rc == 0, text
+    assert result["results"]["READ_FROM"].endswith("mirror/data/lcz_filter_v3.tif")
+    out = gdal.Open(str(tmp_path / "global.tif"))
+    assert out.GetGeoTransform() == gdal.Open(str(grid)).GetGeoTransform() and (out.RasterXSize, out.RasterYSize) == (120, 100)
+    assert "32630" in out.GetProjection()
+    window = out.ReadAsArray()
+    # GDAL's own mode warp of the source, independently: the same cells.
+    expected = gdal.Warp("", str(ZARAGOZA), format="MEM", outputBounds=(670000, 4608000, 682000, 4618000), width=120,
+                         height=100, dstSRS="EPSG:32630", resampleAlg="mode", dstNodata=0,
+                         outputType=gdal.GDT_Int32).ReadAsArray()
+    assert np.array_equal(window, np.where(expected < 0, 0, expected)) and len(np.unique(window)) > 5
+    assert (tmp_path / "global.qml").exists()
+    rc, result, text = run_qgis_process(global_map_mirror, "df4lcz:assessaccuracy", {
+        "LCZ": grid, "REFERENCE": tmp_path / "global.tif", "AGREEMENT": "true", "REPORT": tmp_path / "r.html"})
+    assert rc == 0, text
+    assert result["results"]["OA"] == pytest.approx((window == 6).sum() / (window > 0).sum())
+    report = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "Agreement is not accuracy" in report and "LCZ agreement of" in report
+
+
+def test_global_map_window_over_an_extent(global_map_mirror, tmp_path):
+    rc, result, text = run_qgis_process(global_map_mirror, "df4lcz:globallczmap", {
+        "EXTENT": "-0.95,-0.80,41.60,41.70 [EPSG:4326]", "OUTPUT": tmp_path / "global.tif"})
+    assert rc == 0, text
+    out = gdal.Open(str(tmp_path / "global.tif"))
+    x0, dx, _, y0, _, dy = out.GetGeoTransform()
+    assert dx == pytest.approx(gdal.Open(str(ZARAGOZA)).GetGeoTransform()[1])  # the map's own cells
+    assert x0 == pytest.approx(-0.95) and y0 == pytest.approx(41.70)
+    assert set(np.unique(out.ReadAsArray())) <= set(range(18))
+
+
+@pytest.mark.parametrize("case", ["no overlap", "offline without a copy", "not an LCZ map"])
+def test_global_map_bad_input_is_explained(global_map_mirror, tmp_path, case):
+    parameters = {"EXTENT": "-0.95,-0.80,41.60,41.70 [EPSG:4326]", "OUTPUT": tmp_path / "out" / "global.tif"}
+    env = global_map_mirror
+    if case == "no overlap":
+        parameters["EXTENT"] = "10.0,10.2,50.0,50.2 [EPSG:4326]"
+        message = "does not overlap the global LCZ map read"
+    elif case == "offline without a copy":
+        # A real attempt at Zenodo over /vsicurl/ (this machine is offline), then no mirror copy.
+        env = {k: v for k, v in global_map_mirror.items() if k != "DF4LCZ_OFFLINE"}
+        env["DF4LCZ_ASSET_MIRROR"] = str(tmp_path / "empty")
+        message = "'lcz_filter_v3.tif' (Global LCZ map v3"
+    else:
+        parameters["LOCAL_COPY"], message = _not_lcz_maps(tmp_path)["not LCZ codes"][0], "is not an LCZ map"
+    rc, _, text = run_qgis_process(env, "df4lcz:globallczmap", parameters, json_output=False)
+    if case == "offline without a copy" and rc == 0:
+        pytest.skip("this machine reached Zenodo: the offline case cannot be exercised here")
+    assert rc != 0 and message in " ".join(text.split()) and "Traceback" not in text, text
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
