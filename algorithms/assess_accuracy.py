@@ -2,7 +2,8 @@
 
 import json
 
-from qgis.core import (QgsProcessingOutputNumber, QgsProcessingOutputString, QgsProcessingParameterFile,
+from qgis.core import (QgsProcessingOutputNumber, QgsProcessingOutputString, QgsProcessingParameterBoolean,
+                       QgsProcessingParameterFile,
                        QgsProcessingParameterFileDestination, QgsProcessingParameterRasterLayer,
                        QgsProcessingParameterString)
 
@@ -17,6 +18,13 @@ class AssessAccuracyAlgorithm(DF4LCZAlgorithm):
     REPORT = "REPORT"
     CSV = "CSV"
     JSON = "JSON"
+    AGREEMENT = "AGREEMENT"
+
+    #: What the report says when the reference is another map rather than ground truth.
+    AGREEMENT_NOTE = ("Agreement is not accuracy: the reference is another LCZ map (such as the global LCZ map, "
+                      "itself a classification with its own errors), not ground truth. These figures say how often the two "
+                      "maps give the same class, not how often either is right; disagreement may be either map's "
+                      "error. Assess accuracy against training-area polygons.")
 
     needs = "none"  # assessment needs GDAL and matplotlib only (QGIS has them).
     description = "Compares an LCZ map with reference polygons or an LCZ raster: OA, OA_w, kappa, confusion matrix."
@@ -40,6 +48,9 @@ class AssessAccuracyAlgorithm(DF4LCZAlgorithm):
                 "built vs natural, in both meanings found in the literature (the WUDAPT/LCZ Generator one and the "
                 "two-class collapse); OA_w with the Bechtel et al. (2020) weights; Cohen's κ; per-class "
                 "producer's and user's accuracy and F1; the 17 × 17 confusion matrix.\n\n"
+                "AGREEMENT: the reference is another LCZ map, e.g. the window of the global LCZ map from "
+                "'Global LCZ map window' with this map as its GRID; the same figures are then reported as "
+                "agreement, with the warning that agreement is not accuracy.\n\n"
                 "Outputs: an HTML report with a confusion-matrix plot, plus CSV and JSON.")
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
@@ -49,6 +60,9 @@ class AssessAccuracyAlgorithm(DF4LCZAlgorithm):
         self.addParameter(QgsProcessingParameterString(self.CLASS_FIELD, tr("Class field of the polygons (empty: "
                                                                             "lcz, class… or the KML folders)"),
                                                         optional=True))
+        self.addParameter(QgsProcessingParameterBoolean(self.AGREEMENT, tr("The reference is another LCZ map (e.g. the "
+                                                                           "global map): report agreement, not "
+                                                                           "accuracy"), False))
         self.addParameter(QgsProcessingParameterFileDestination(self.REPORT, tr("Accuracy report"), "HTML (*.html)"))
         self.addParameter(QgsProcessingParameterFileDestination(self.CSV, tr("Metrics (CSV)"), "CSV (*.csv)",
                                                                 optional=True, createByDefault=False))
@@ -74,10 +88,15 @@ class AssessAccuracyAlgorithm(DF4LCZAlgorithm):
             cm, metrics = assess(gdal_source(lcz, self.LCZ), reference,
                                  self.parameterAsString(parameters, self.CLASS_FIELD, context) or None,
                                  ProcessingFeedback(feedback))
-            write_report(outputs[self.REPORT], metrics, cm, f"LCZ accuracy of {lcz.name()}",
+            agreement = self.parameterAsBool(parameters, self.AGREEMENT, context)
+            title = f"LCZ agreement of {lcz.name()} with another map" if agreement else f"LCZ accuracy of {lcz.name()}"
+            write_report(outputs[self.REPORT], metrics, cm, title,
                          {"map": lcz.source(), "reference": reference}, csv_path=outputs[self.CSV],
-                         json_path=outputs[self.JSON])
-        feedback.pushInfo(", ".join(f"{k} {metrics[k]:.3f}" for k in ("OA", "OA_u", "OA_bu_wudapt", "OA_w", "kappa")))
+                         json_path=outputs[self.JSON], warnings=(self.AGREEMENT_NOTE,) if agreement else ())
+        if agreement:
+            feedback.pushWarning(self.AGREEMENT_NOTE)
+        feedback.pushInfo(("Agreement: " if agreement else "")
+                          + ", ".join(f"{k} {metrics[k]:.3f}" for k in ("OA", "OA_u", "OA_bu_wudapt", "OA_w", "kappa")))
         results = {name: path for name, path in outputs.items() if path}
         results.update({k: metrics[k] for k in ("OA", "OA_u", "OA_bu_wudapt", "OA_bu_binary", "OA_w", "kappa")})
         results["METRICS"] = json.dumps(json_safe(metrics))

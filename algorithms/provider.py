@@ -9,6 +9,9 @@ from .assess_accuracy import AssessAccuracyAlgorithm
 from .base import RESOURCES, ToolboxMetadata, tr
 from .build_object_graphs import BuildObjectGraphsAlgorithm
 from .classify_lcz import ClassifyLCZAlgorithm
+from .global_lcz_map import GlobalLCZMapAlgorithm
+from .lcz_parameters import LCZParametersAlgorithm
+from .lcz_zone_statistics import LCZZoneStatisticsAlgorithm
 from .sentinel2_composite import Sentinel2CompositeAlgorithm
 from .sentinel2_stack import Sentinel2StackAlgorithm
 from .train_model import TrainModelAlgorithm
@@ -25,6 +28,9 @@ class ShippedModel(ToolboxMetadata, QgsProcessingModelAlgorithm):
         "lcz_from_composite": ("Composites several Sentinel-2 dates cloud-free and classifies local climate zones.",
                                "build-a-cloud-free-composite--df4lczsentinel2composite",
                                ("composite", "cloud-free", "model", "safe")),
+        "lcz_uses": ("Classifies local climate zones, maps their urban canopy parameters and their share per zone.",
+                     "a-model--resourcesmodelslcz_usesmodel3",
+                     ("model", "urban canopy parameters", "zonal histogram", "districts")),
     }
 
     def __init__(self, path):
@@ -69,6 +75,9 @@ class DF4LCZProvider(QgsProcessingProvider):
         self.addAlgorithm(BuildObjectGraphsAlgorithm())
         self.addAlgorithm(TrainModelAlgorithm())
         self.addAlgorithm(AssessAccuracyAlgorithm())
+        self.addAlgorithm(LCZParametersAlgorithm())
+        self.addAlgorithm(LCZZoneStatisticsAlgorithm())
+        self.addAlgorithm(GlobalLCZMapAlgorithm())
         for path in sorted((RESOURCES / "models").glob("*.model3")):
             model = ShippedModel(path)
             if model.loaded:

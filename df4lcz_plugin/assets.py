@@ -127,6 +127,64 @@ S2CLOUDLESS_MODEL = ArchiveMember(
     name="s2cloudless_pixel_s2_cloud_detector_lightGBM_v0.1.txt",
 )
 
+@dataclass(frozen=True)
+class RemoteRaster:
+    """A raster too large to download whole, read by windows: GDAL's ``/vsicurl/`` on its public URL first, then
+    a local copy at ``mirror_path`` in a mirror folder. No sha256: only windows are read; the reader checks the
+    format instead."""
+
+    name: str
+    url: str
+    mirror_path: str
+    description: str = ""
+
+
+#: The global 100 m LCZ map, Gaussian-filtered (Demuzere et al. 2022, ESSD 14:3835; Zenodo record 8419340):
+#: EPSG:4326, 0.000898° cells, codes 1–17, 0 = no data; 389,620 × 155,995 cells.
+GLOBAL_LCZ_MAP = RemoteRaster(
+    name="lcz_filter_v3.tif",
+    url="https://zenodo.org/records/8419340/files/lcz_filter_v3.tif",
+    mirror_path="data/lcz_filter_v3.tif",
+    description="Global LCZ map v3, lcz_filter (Demuzere et al. 2022, ESSD 14:3835), CC BY 4.0",
+)
+
+
+def open_remote_raster(asset, local_copy=None):
+    """(GDAL dataset, where it was read) of a RemoteRaster: ``local_copy`` when given (the user's choice);
+    else ``/vsicurl/<url>`` (unless ``$DF4LCZ_OFFLINE`` is set), else ``<mirror>/<mirror_path>``.
+
+    Raises AssetError listing what was tried and where to put a local copy.
+    """
+    from osgeo import gdal
+
+    candidates = [str(local_copy)] if local_copy else []
+    if not local_copy and not os.environ.get("DF4LCZ_OFFLINE"):
+        candidates.append(f"/vsicurl/{asset.url}")
+    if not local_copy:
+        candidates += [str(mirror / asset.mirror_path) for mirror in mirror_dirs()]
+    tried = []
+    for candidate in candidates:
+        if not candidate.startswith("/vsicurl/") and not os.path.isfile(candidate):
+            tried.append(f"{candidate} (missing)")
+            continue
+        # Fail fast offline, and do not list the server's folder.
+        for key, value in (("GDAL_HTTP_TIMEOUT", "30"), ("GDAL_HTTP_MAX_RETRY", "1"),
+                           ("GDAL_DISABLE_READDIR_ON_OPEN", "EMPTY_DIR")):
+            gdal.SetThreadLocalConfigOption(key, value)
+        try:
+            return gdal.Open(candidate), candidate
+        except RuntimeError as error:
+            tried.append(f"{candidate} ({str(error).strip()})")
+        finally:
+            for key in ("GDAL_HTTP_TIMEOUT", "GDAL_HTTP_MAX_RETRY", "GDAL_DISABLE_READDIR_ON_OPEN"):
+                gdal.SetThreadLocalConfigOption(key, None)
+    raise AssetError(
+        f"'{asset.name}' ({asset.description}) could not be opened. Tried: {'; '.join(tried)}. Without internet, "
+        f"download {asset.url} once elsewhere and give it as the local copy, or put it in a folder named by "
+        f"DF4LCZ_ASSET_MIRROR (as '{asset.mirror_path}')."
+    )
+
+
 def _band_members(archive, folder, file_prefix, cache_folder):
     """The 13 band files ``<folder>/<file_prefix><Bxx>.jp2`` of a Sentinel-2 scene inside ``archive``."""
     return tuple(ArchiveMember(archive, f"{folder}/{file_prefix}{band}.jp2", f"{cache_folder}/{file_prefix}{band}.jp2")

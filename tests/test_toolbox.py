@@ -17,7 +17,7 @@ from conftest import ROOT
 TAGS = {"lcz", "local climate zones", "urban", "climate", "wudapt", "sentinel-2", "classification",
         "segment anything"}
 ALGORITHMS = {"sentinel2stack", "sentinel2composite", "classifylcz", "buildobjectgraphs", "trainmodel",
-              "assessaccuracy", "lcz_from_safe", "lcz_from_composite"}
+              "assessaccuracy", "lczparameters", "lczzonestatistics", "globallczmap", "lcz_from_safe", "lcz_from_composite", "lcz_uses"}
 
 
 def _github_anchor(heading):

@@ -1,0 +1,124 @@
+"""``df4lcz:lczzonestatistics`` ("LCZ share per zone"): km² and % of each LCZ in each polygon of a vector
+layer, counted by QGIS's own ``native:zonalhistogram``."""
+
+import re
+
+from qgis.core import (QgsApplication, QgsCoordinateTransform, QgsDistanceArea, QgsFeature, QgsFeatureSink,
+                       QgsField, QgsFields, QgsGeometry, QgsProcessing, QgsProcessingException,
+                       QgsProcessingParameterFeatureSink, QgsProcessingParameterFeatureSource,
+                       QgsProcessingParameterRasterLayer, QgsProcessingUtils, QgsRectangle, QgsUnitTypes)
+from qgis.PyQt.QtCore import QVariant
+
+from ..df4lcz_plugin import legend
+from .base import DF4LCZAlgorithm, engine_errors, gdal_source, tr
+
+
+def field_names(code):
+    """(km², %) field names of an LCZ code: its legend label without ':' and ',', e.g. "LCZ C Bush scrub km2"."""
+    name = re.sub(r"[:,]", "", legend.label(code))
+    return f"{name} km2", f"{name} pct"
+
+
+class LCZZoneStatisticsAlgorithm(DF4LCZAlgorithm):
+    LCZ = "LCZ"
+    ZONES = "ZONES"
+    OUTPUT = "OUTPUT"
+
+    needs = "none"
+    description = "Area (km²) and share (%) of each LCZ in each polygon, e.g. districts (native:zonalhistogram)."
+    keywords = ("zonal statistics", "zonal histogram", "area", "districts", "share", "lcz_cal_area")
+    help_anchor = "lcz-share-per-zone--df4lczlczzonestatistics"
+    icon_name = "lcz_zone_statistics"
+
+    def name(self):
+        return "lczzonestatistics"
+
+    def displayName(self):  # noqa: N802 (QGIS API name)
+        return tr("LCZ share per zone")
+
+    def shortHelpString(self):  # noqa: N802 (QGIS API name)
+        return tr("For each polygon of ZONES (districts, wards…), the area in km² and the share in % of each LCZ "
+                  "of the LCZ map (one band; codes 1–17, or 101–107 for A–G). The cells are counted by QGIS's "
+                  "Zonal histogram (native:zonalhistogram: a cell counts when its centre is inside the polygon; "
+                  "polygons in another CRS are reprojected). The share is of the polygon's LCZ cells (no data left "
+                  "out); km² = cells × cell area, the cell area measured on the ellipsoid at the polygon's centre "
+                  "for a geographic map (EPSG:4326). Output: the polygons with their fields plus 'LCZ <code> "
+                  "<name> km2' and '… pct' for LCZ 1–10, A–G and 'LCZ cells km2' (GeoPackage keeps the names; a "
+                  "shapefile truncates them to 10 characters). A raster that is not an LCZ map is refused.")
+
+    def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
+        self.addParameter(QgsProcessingParameterRasterLayer(self.LCZ, tr("LCZ map")))
+        self.addParameter(QgsProcessingParameterFeatureSource(self.ZONES, tr("Zones (polygons)"),
+                                                              [QgsProcessing.TypeVectorPolygon]))
+        self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, tr("LCZ share per zone"),
+                                                            QgsProcessing.TypeVectorPolygon))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
+        from ..df4lcz_plugin.assess import read_lcz_map
+
+        layer = self.parameterAsRasterLayer(parameters, self.LCZ, context)
+        zones = self.parameterAsSource(parameters, self.ZONES, context)
+        if zones is None:
+            raise QgsProcessingException(f"{self.ZONES} must be a polygon layer.")
+        with engine_errors():
+            read_lcz_map(gdal_source(layer, self.LCZ))  # refuse a raster that is not an LCZ map, before counting
+        histogram = QgsApplication.processingRegistry().algorithmById("native:zonalhistogram")
+        result, ok = histogram.run({"INPUT_RASTER": layer, "RASTER_BAND": 1, "INPUT_VECTOR": parameters[self.ZONES],
+                                    "COLUMN_PREFIX": "HISTO_", "OUTPUT": "TEMPORARY_OUTPUT"}, context, feedback)
+        if not ok:
+            raise QgsProcessingException("QGIS's Zonal histogram failed; see the log above.")
+        counted = QgsProcessingUtils.mapLayerFromString(result["OUTPUT"], context)
+        histo = {f.name(): int(f.name()[6:]) for f in counted.fields()
+                 if f.name().startswith("HISTO_") and f.name()[6:].lstrip("-").isdigit()}
+        original = [f.name() for f in zones.fields()]
+        fields = QgsFields(zones.fields())
+        for code in legend.CODES:
+            for name in field_names(code):
+                fields.append(QgsField(name, QVariant.Double))
+        fields.append(QgsField("LCZ cells km2", QVariant.Double))
+        sink, dest = self.parameterAsSink(parameters, self.OUTPUT, context, fields, zones.wkbType(),
+                                          zones.sourceCrs())
+        cell_km2 = self._cell_area(layer, zones.sourceCrs(), context)
+        total = counted.featureCount() or 1
+        for index, feature in enumerate(counted.getFeatures()):
+            if feedback.isCanceled():
+                break
+            counts = dict.fromkeys(legend.CODES, 0)
+            for name, value in histo.items():
+                code = int(legend.normalise_codes([value])[0])
+                if code:
+                    counts[code] += int(feature[name] or 0)
+            cells = sum(counts.values())
+            km2 = cell_km2(feature.geometry())
+            attributes = [feature[name] for name in original]
+            for code in legend.CODES:
+                attributes += [counts[code] * km2, 100.0 * counts[code] / cells if cells else None]
+            attributes.append(cells * km2)
+            out = QgsFeature(fields)
+            out.setGeometry(feature.geometry())
+            out.setAttributes(attributes)
+            sink.addFeature(out, QgsFeatureSink.FastInsert)
+            feedback.setProgress(100.0 * (index + 1) / total)
+        return {self.OUTPUT: dest}
+
+    @staticmethod
+    def _cell_area(layer, zones_crs, context):
+        """geometry (in ``zones_crs``) → km² of one LCZ cell there: constant for a map in metres, measured on
+        the ellipsoid at the geometry's centre for a geographic map."""
+        crs = layer.crs()
+        dx, dy = layer.rasterUnitsPerPixelX(), layer.rasterUnitsPerPixelY()
+        if not crs.isGeographic():
+            if crs.mapUnits() != QgsUnitTypes.DistanceMeters:
+                raise QgsProcessingException(f"The LCZ map's CRS ({crs.authid()}) is in neither metres nor degrees; "
+                                             "reproject it (Warp) to a metric CRS first.")
+            return lambda geometry: dx * dy / 1e6
+        distance = QgsDistanceArea()
+        distance.setSourceCrs(crs, context.transformContext())
+        distance.setEllipsoid(crs.ellipsoidAcronym() or "EPSG:7030")
+        to_map = QgsCoordinateTransform(zones_crs, crs, context.transformContext())
+
+        def area(geometry):
+            centre = to_map.transform(geometry.centroid().asPoint())
+            cell = QgsGeometry.fromRect(QgsRectangle(centre.x(), centre.y(), centre.x() + dx, centre.y() + dy))
+            return distance.convertAreaMeasurement(distance.measureArea(cell), QgsUnitTypes.AreaSquareKilometers)
+        return area
