@@ -2,7 +2,7 @@
 
 - ``QAction`` is in QtWidgets in Qt 5 and in QtGui in Qt 6; QGIS's ``qgis.PyQt`` shims re-export neither way
   (3.22's ``qgis.PyQt.QtGui`` has no QAction, QGIS 4's ``qgis.PyQt.QtWidgets`` none either).
-- QGIS moved these enums into ``Qgis`` after 3.22 (``Qgis.WkbType`` in 3.30, the Processing ones and
+- QGIS moved these enums into ``Qgis`` after 3.22 (``Qgis.WkbType`` and the unit enums in 3.30, the Processing ones and
   ``Qgis.RasterFileWriterResult`` in 3.36). Later 3.x releases keep the old class-level names only as
   monkey-patched aliases, which QGIS 4 may drop. Each constant below is the ``Qgis`` member where this QGIS has
   the enum, else 3.22's own scoped member (3.22 has no unscoped-only name here).
@@ -11,7 +11,7 @@
 """
 
 from qgis.core import (Qgis, QgsField, QgsProcessing, QgsProcessingParameterDefinition, QgsProcessingParameterFile,
-                       QgsProcessingParameterNumber, QgsRasterFileWriter, QgsWkbTypes)
+                       QgsProcessingParameterNumber, QgsRasterFileWriter, QgsUnitTypes, QgsWkbTypes)
 from qgis.PyQt.QtCore import QVariant
 
 try:
@@ -34,6 +34,11 @@ else:
     SOURCE_FILE = QgsProcessing.SourceType.TypeFile
     FILE_FOLDER = QgsProcessingParameterFile.Behavior.Folder
 
+if hasattr(Qgis, "DistanceUnit"):  # QGIS ≥ 3.30
+    DISTANCE_METERS, AREA_SQUARE_KILOMETERS = Qgis.DistanceUnit.Meters, Qgis.AreaUnit.SquareKilometers
+else:
+    DISTANCE_METERS = QgsUnitTypes.DistanceUnit.DistanceMeters
+    AREA_SQUARE_KILOMETERS = QgsUnitTypes.AreaUnit.AreaSquareKilometers
 WKB_MULTIPOLYGON = Qgis.WkbType.MultiPolygon if hasattr(Qgis, "WkbType") else QgsWkbTypes.Type.MultiPolygon
 RASTER_WRITER_SUCCESS = (Qgis.RasterFileWriterResult.Success if hasattr(Qgis, "RasterFileWriterResult")
                          else QgsRasterFileWriter.WriterError.NoError)

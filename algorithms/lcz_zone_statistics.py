@@ -4,13 +4,14 @@ layer, counted by QGIS's own ``native:zonalhistogram``."""
 import re
 
 from qgis.core import (QgsApplication, QgsCoordinateTransform, QgsDistanceArea, QgsFeature, QgsFeatureSink,
-                       QgsField, QgsFields, QgsGeometry, QgsProcessing, QgsProcessingException,
+                       QgsFields, QgsGeometry, QgsProcessingException,
                        QgsProcessingParameterFeatureSink, QgsProcessingParameterFeatureSource,
-                       QgsProcessingParameterRasterLayer, QgsProcessingUtils, QgsRectangle, QgsUnitTypes)
-from qgis.PyQt.QtCore import QVariant
+                       QgsProcessingParameterRasterLayer, QgsProcessingUtils, QgsRectangle)
+from qgis.PyQt.QtCore import QMetaType
 
 from ..df4lcz_plugin import legend
 from .base import DF4LCZAlgorithm, engine_errors, gdal_source, tr
+from .compat import AREA_SQUARE_KILOMETERS, DISTANCE_METERS, SOURCE_VECTOR_POLYGON, field
 
 
 def field_names(code):
@@ -49,9 +50,9 @@ class LCZZoneStatisticsAlgorithm(DF4LCZAlgorithm):
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
         self.addParameter(QgsProcessingParameterRasterLayer(self.LCZ, tr("LCZ map")))
         self.addParameter(QgsProcessingParameterFeatureSource(self.ZONES, tr("Zones (polygons)"),
-                                                              [QgsProcessing.TypeVectorPolygon]))
+                                                              [SOURCE_VECTOR_POLYGON]))
         self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, tr("LCZ share per zone"),
-                                                            QgsProcessing.TypeVectorPolygon))
+                                                            SOURCE_VECTOR_POLYGON))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
         from ..df4lcz_plugin.assess import read_lcz_map
@@ -74,8 +75,8 @@ class LCZZoneStatisticsAlgorithm(DF4LCZAlgorithm):
         fields = QgsFields(zones.fields())
         for code in legend.CODES:
             for name in field_names(code):
-                fields.append(QgsField(name, QVariant.Double))
-        fields.append(QgsField("LCZ cells km2", QVariant.Double))
+                fields.append(field(name, QMetaType.Type.Double))
+        fields.append(field("LCZ cells km2", QMetaType.Type.Double))
         sink, dest = self.parameterAsSink(parameters, self.OUTPUT, context, fields, zones.wkbType(),
                                           zones.sourceCrs())
         cell_km2 = self._cell_area(layer, zones.sourceCrs(), context)
@@ -97,7 +98,7 @@ class LCZZoneStatisticsAlgorithm(DF4LCZAlgorithm):
             out = QgsFeature(fields)
             out.setGeometry(feature.geometry())
             out.setAttributes(attributes)
-            sink.addFeature(out, QgsFeatureSink.FastInsert)
+            sink.addFeature(out, QgsFeatureSink.Flag.FastInsert)
             feedback.setProgress(100.0 * (index + 1) / total)
         return {self.OUTPUT: dest}
 
@@ -108,7 +109,7 @@ class LCZZoneStatisticsAlgorithm(DF4LCZAlgorithm):
         crs = layer.crs()
         dx, dy = layer.rasterUnitsPerPixelX(), layer.rasterUnitsPerPixelY()
         if not crs.isGeographic():
-            if crs.mapUnits() != QgsUnitTypes.DistanceMeters:
+            if crs.mapUnits() != DISTANCE_METERS:
                 raise QgsProcessingException(f"The LCZ map's CRS ({crs.authid()}) is in neither metres nor degrees; "
                                              "reproject it (Warp) to a metric CRS first.")
             return lambda geometry: dx * dy / 1e6
@@ -120,5 +121,5 @@ class LCZZoneStatisticsAlgorithm(DF4LCZAlgorithm):
         def area(geometry):
             centre = to_map.transform(geometry.centroid().asPoint())
             cell = QgsGeometry.fromRect(QgsRectangle(centre.x(), centre.y(), centre.x() + dx, centre.y() + dy))
-            return distance.convertAreaMeasurement(distance.measureArea(cell), QgsUnitTypes.AreaSquareKilometers)
+            return distance.convertAreaMeasurement(distance.measureArea(cell), AREA_SQUARE_KILOMETERS)
         return area
