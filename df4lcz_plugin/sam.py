@@ -173,6 +173,85 @@ def _batched_predictor(sam_model):
     return BatchedPredictor(sam_model)
 
 
+#: Prompts per mask-decoder call on the CPU: the decoder's image-side tensors (prompts × 4096 × 256 floats) stay
+#: in cache, 2× faster per prompt than the library's 64 here, with the same numbers (bench/bench_sam.py).
+DECODER_BATCH_CPU = 4
+
+
+def _exact_generator(sam_model, settings, decoder_batch):
+    """A ``SamAutomaticMaskGenerator`` with ``settings`` that gives its exact masks with less work.
+
+    The library decodes every prompt to three 256² mask logits, upsamples all of them to 1024² and then to the
+    crop's own size, and only then drops those under ``pred_iou_thresh`` (about 60 % with the paper's settings).
+    The predicted IoU comes from the decoder's transformer alone, so here the transformer runs on every prompt,
+    and the mask upscaling, the hypernetwork product and the upsampling (``Sam.postprocess_masks``) only on the
+    prompts with a mask above the threshold: the same operations on a subset of the batch, hence the same
+    numbers. Everything after (stability score, boxes, crop-edge filter, RLE, NMS, small regions) is the
+    library's own code (``segment_anything.utils.amg``). ``decoder_batch`` prompts go through the decoder per
+    call (the library's ``points_per_batch``; the masks do not depend on it).
+    """
+    import torch
+    from segment_anything import SamAutomaticMaskGenerator
+    from segment_anything.utils.amg import (MaskData, batched_mask_to_box, calculate_stability_score,
+                                            is_box_near_crop_edge, mask_to_rle_pytorch, uncrop_masks)
+
+    class ExactGenerator(SamAutomaticMaskGenerator):
+        def _decode(self, in_points, in_labels):
+            """(masks (P', 3, h, w) logits at the crop's size, iou_preds (P', 3), kept prompt indices (P',))."""
+            model = self.predictor.model
+            decoder = model.mask_decoder
+            sparse, dense = model.prompt_encoder(points=(in_points, in_labels), boxes=None, masks=None)
+            # MaskDecoder.predict_masks, split after the transformer (segment_anything/modeling/mask_decoder.py).
+            tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+            tokens = torch.cat((tokens.unsqueeze(0).expand(sparse.size(0), -1, -1), sparse), dim=1)
+            src = torch.repeat_interleave(self.predictor.features, tokens.shape[0], dim=0) + dense
+            pos_src = torch.repeat_interleave(model.prompt_encoder.get_dense_pe(), tokens.shape[0], dim=0)
+            b, c, h, w = src.shape
+            hs, src = decoder.transformer(src, pos_src, tokens)
+            iou_preds = decoder.iou_prediction_head(hs[:, 0, :])[:, 1:]  # multimask output: tokens 1–3
+            kept = torch.nonzero((iou_preds > self.pred_iou_thresh).any(1) if self.pred_iou_thresh > 0.0
+                                 else torch.ones(b, dtype=torch.bool, device=hs.device))[:, 0]
+            if len(kept) == 0:
+                return iou_preds.new_zeros((0, 3, *self.predictor.original_size)), iou_preds[kept], kept
+            upscaled = decoder.output_upscaling(src[kept].transpose(1, 2).view(len(kept), c, h, w))
+            hyper_in = torch.stack([decoder.output_hypernetworks_mlps[i](hs[kept, 1 + i, :])
+                                    for i in range(decoder.num_mask_tokens)], dim=1)
+            n, c, h, w = upscaled.shape
+            low_res = (hyper_in @ upscaled.view(n, c, h * w)).view(n, -1, h, w)[:, 1:]
+            masks = model.postprocess_masks(low_res, self.predictor.input_size, self.predictor.original_size)
+            return masks, iou_preds[kept], kept
+
+        def _process_batch(self, points, im_size, crop_box, orig_size):
+            # SamAutomaticMaskGenerator._process_batch (segment-anything 1.0) with _decode for predict_torch.
+            orig_h, orig_w = orig_size
+            transformed_points = self.predictor.transform.apply_coords(points, im_size)
+            in_points = torch.as_tensor(transformed_points, device=self.predictor.device)
+            in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=in_points.device)
+            masks, iou_preds, kept = self._decode(in_points[:, None, :], in_labels[:, None])
+            data = MaskData(masks=masks.flatten(0, 1), iou_preds=iou_preds.flatten(0, 1),
+                            points=torch.as_tensor(points[kept.cpu().numpy()].repeat(masks.shape[1], axis=0)))
+            del masks
+            if self.pred_iou_thresh > 0.0:
+                data.filter(data["iou_preds"] > self.pred_iou_thresh)
+            data["stability_score"] = calculate_stability_score(
+                data["masks"], self.predictor.model.mask_threshold, self.stability_score_offset)
+            if self.stability_score_thresh > 0.0:
+                data.filter(data["stability_score"] >= self.stability_score_thresh)
+            data["masks"] = data["masks"] > self.predictor.model.mask_threshold
+            data["boxes"] = batched_mask_to_box(data["masks"])
+            keep_mask = ~is_box_near_crop_edge(data["boxes"], crop_box, [0, 0, orig_w, orig_h])
+            if not torch.all(keep_mask):
+                data.filter(keep_mask)
+            data["masks"] = uncrop_masks(data["masks"], crop_box, orig_h, orig_w)
+            data["rles"] = mask_to_rle_pytorch(data["masks"])
+            del data["masks"]
+            return data
+
+    generator = ExactGenerator(sam_model, **settings)
+    generator.points_per_batch = decoder_batch
+    return generator
+
+
 class MaskGenerator:
     """Automatic mask generation on 320×320 uint8 RGB patches with the paper's settings (overridable).
 
@@ -188,9 +267,11 @@ class MaskGenerator:
         self.settings = {**PAPER_AMG_SETTINGS, **settings}
         self.fast = fast
         if fast:
-            sam_model = _bfloat16(sam_model)
-        self._generator = SamAutomaticMaskGenerator(sam_model, **self.settings)
-        self._generator.predictor = _batched_predictor(sam_model)
+            self._generator = SamAutomaticMaskGenerator(_bfloat16(sam_model), **self.settings)
+        else:
+            batch = self.settings.get("points_per_batch", 64 if sam_model.device.type == "cuda" else DECODER_BATCH_CPU)
+            self._generator = _exact_generator(sam_model, self.settings, batch)
+        self._generator.predictor = _batched_predictor(self._generator.predictor.model)
 
     def __call__(self, rgb):
         """Masks of ``rgb`` (uint8, (320, 320, 3)), filtered as the paper does. Zero masks is a legal result."""
@@ -214,8 +295,9 @@ class MaskGenerator:
         predictor.queue[:] = [(features[i:i + 1], tuple(t.shape[-2:]), crop.shape[:2])
                               for i, (t, crop) in enumerate(zip(transformed, crops))]
 
-    def many(self, rgbs):
-        """PatchMasks of each uint8 (320, 320, 3) patch of ``rgbs``."""
+    def many(self, rgbs, paper_filter=True):
+        """PatchMasks of each uint8 (320, 320, 3) patch of ``rgbs``; ``paper_filter=False`` keeps every AMG mask
+        (a shared-segmentation tile, ``sam_tiles``: the paper's rules apply to each footprint's composed masks)."""
         import torch
 
         for rgb in rgbs:
@@ -225,10 +307,12 @@ class MaskGenerator:
             self._encode(rgbs)
             results = [self._generator.generate(rgb) for rgb in rgbs]
         self._generator.predictor.queue.clear()
-        return [self._filter(records) for records in results]
+        return [self._filter(records, paper_filter) for records in results]
 
-    def _filter(self, records):
-        records = sorted((r for r in records if r["area"] >= MIN_MASK_AREA_PX), key=lambda r: -r["area"])[:MAX_MASKS]
+    def _filter(self, records, paper_filter=True):
+        records = sorted(records, key=lambda r: -r["area"])
+        if paper_filter:
+            records = [r for r in records if r["area"] >= MIN_MASK_AREA_PX][:MAX_MASKS]
         empty = np.zeros((0,), np.float32)
         if not records:
             return PatchMasks(np.zeros((0, PATCH_SIZE_PX, PATCH_SIZE_PX), bool), np.zeros((0, 4), np.float32),
