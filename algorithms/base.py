@@ -7,7 +7,8 @@ import functools
 import sys
 from pathlib import Path
 
-from qgis.core import QgsProcessingAlgorithm, QgsProcessingException, QgsProcessingParameterEnum
+from qgis.core import (QgsProcessingAlgorithm, QgsProcessingException, QgsProcessingParameterDefinition,
+                       QgsProcessingParameterEnum)
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
@@ -63,6 +64,19 @@ def device_parameter(name):
                                            + (f" — {gpus}" if gpus else ""), options=device_choices(),
                                            defaultValue="auto")
     parameter.setUsesStaticStrings(True)
+    return parameter
+
+
+def segmentation_parameter(name):
+    """The advanced SEGMENTATION parameter, stored as its text: ``tiles`` (shared segmentation, SAM once per
+    320 m tile; the default) or ``footprint`` (the paper's: SAM on each footprint)."""
+    from ..df4lcz_plugin.vhr_stream import SEGMENTATIONS
+
+    parameter = QgsProcessingParameterEnum(name, tr("Segmentation (tiles: SAM once per 320 m tile, shared by "
+                                                    "overlapping footprints; footprint: the paper's, SAM per footprint)"),
+                                           options=list(SEGMENTATIONS), defaultValue="tiles")
+    parameter.setUsesStaticStrings(True)
+    parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
     return parameter
 
 
