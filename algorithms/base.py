@@ -70,7 +70,7 @@ def device_parameter(name):
 def segmentation_parameter(name):
     """The advanced SEGMENTATION parameter, stored as its text: ``tiles`` (shared segmentation, SAM once per
     320 m tile; the default) or ``footprint`` (the paper's: SAM on each footprint)."""
-    from ..df4lcz_plugin.vhr_stream import SEGMENTATIONS
+    from ..df4lcz_plugin.graph import SEGMENTATIONS
 
     parameter = QgsProcessingParameterEnum(name, tr("Segmentation (tiles: SAM once per 320 m tile, shared by "
                                                     "overlapping footprints; footprint: the paper's, SAM per footprint)"),

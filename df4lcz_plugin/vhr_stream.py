@@ -15,22 +15,13 @@ import time
 from collections import OrderedDict
 
 from . import assets, sam_tiles
-from .graph import DEFAULT_GRAPH_RULE, build_graph
+from .graph import DEFAULT_GRAPH_RULE, build_graph, segmentation_of
 from .graph_cache import GraphCache, file_identity
 from .sam import PAPER_AMG_SETTINGS, MaskGenerator, load_sam
 from .vhr import MIN_COVERAGE, VHRError, open_vhr, overlaps, read_patch
 
-SEGMENTATIONS = ("tiles", "footprint")
 #: Decoded SAM tiles kept in memory (a few MB each): a row of footprints reuses its neighbours' tiles.
 TILES_IN_MEMORY = 32
-
-
-def segmentation_of(rule):
-    """``tiles`` or ``footprint`` from a graph rule (no key: ``footprint``, the paper's). Raises ValueError."""
-    mode = (rule or {}).get("segmentation", "footprint")
-    if mode not in SEGMENTATIONS:
-        raise ValueError(f"unknown segmentation {mode!r} in the graph rule; supported: {', '.join(SEGMENTATIONS)}")
-    return mode
 
 #: Footprints per SAM call on a CUDA GPU (the image encoder batched over their crops).
 SAM_BATCH_CUDA = 4
