@@ -128,8 +128,9 @@ class FootprintGraphs:
                 todo.append(tile)
         patches = [(tile, *read_patch(self.source, sam_tiles.tile_bounds(tile), self.srs_wkt)) for tile in todo]
         for tile, rgb, coverage in patches:
-            if coverage == 0:  # no imagery, no objects: no SAM
+            if coverage == 0:  # no imagery, no objects: no SAM (cached too, so that cost estimates know it)
                 found[tile] = sam_tiles.no_masks(self.settings)
+                self.cache.put_arrays(self.tile_key(tile), sam_tiles.pack(found[tile]))
         todo = [(tile, rgb) for tile, rgb, coverage in patches if coverage > 0]
         for start in range(0, len(todo), self.batch):
             chunk = todo[start:start + self.batch]
