@@ -120,6 +120,11 @@ def _mosaic(path):
     return path
 
 
+def _show(name, section):
+    """Each section to stderr as soon as it is measured (the JSON report follows at the end)."""
+    print(name, json.dumps(section), file=sys.stderr, flush=True)
+
+
 def main():
     import torch
     from segment_anything import SamAutomaticMaskGenerator
@@ -158,12 +163,13 @@ def main():
         np.array_equal(a["segmentation"], b["segmentation"]) and a["bbox"] == b["bbox"]
         and a["predicted_iou"] == b["predicted_iou"] and a["stability_score"] == b["stability_score"]
         for a, b in zip(reference, fast_records))
-    report["one_footprint"] = {
+    report["one_footprint"] = section = {
         "amg_masks": len(reference), "kept_masks": len(exact._filter(reference)),
         "baseline_library_seconds": round(library_s, 2), "exact_fast_seconds": round(exact_s, 2),
         "speedup_exact_fast_vs_library": round(library_s / exact_s, 2),
         "exact_fast_masks_identical_to_library": identical,
         "profile_library": library_stages, "profile_exact_fast": exact_stages}
+    _show("one_footprint", section)
 
     # 3. Fast SAM (bfloat16): not identical, measured.
     per_footprint = [exact._filter(reference)] + [exact(p) for p in patches[1:]]
@@ -173,6 +179,7 @@ def main():
     report["fast_sam_bfloat16"] = {"seconds": round(bf16_s, 2), "speedup_vs_library": round(library_s / bf16_s, 2),
                                    "exact_masks_matched_iou_0.5": round(share, 3),
                                    "bf16_masks_matched_iou_0.5": round(back, 3)}
+    _show("fast_sam_bfloat16", report["fast_sam_bfloat16"])
 
     # 4. Shared segmentation against per-footprint SAM, on the real orthophoto.
     with tempfile.TemporaryDirectory() as folder:
@@ -196,6 +203,7 @@ def main():
             "per_footprint_matched_iou_0.5_mean": round(float(np.mean([r["per_footprint_matched_iou_0.5"]
                                                                       for r in rows])), 3),
             "composed_matched_iou_0.5_mean": round(float(np.mean([r["composed_matched_iou_0.5"] for r in rows])), 3)}
+        _show("shared_vs_per_footprint_real", report["shared_vs_per_footprint_real"])
 
         # 5. RESOLUTION=100 over a 1280 m area (synthetic mosaic): 100 cells whose footprints lie inside it.
         if not args.skip_area:
