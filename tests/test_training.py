@@ -405,11 +405,12 @@ def test_training_with_vhr_trains_the_gcn_and_chooses_alpha(s2_stack, tmp_path, 
     from df4lcz_plugin.models.registry import load_model
 
     assert load_model(card_path).modules["vhr"] is not None and metrics["n"] > 0
-    # Shared segmentation by default: the card says so, and a classification over the training area with
-    # the new model composes its footprints from the tiles the training segmented, without SAM.
+    # Shared segmentation by default: the card says so, and a classification over the training squares with
+    # the new model (cells whose footprints lie among the samples' footprints) composes its footprints from the
+    # tiles the training segmented, without SAM.
     from df4lcz_plugin.classify import classify
 
     assert card.stream("vhr")["graph_rule"]["segmentation"] == "tiles"
     summary = classify(s2_stack, tmp_path / "lcz.tif", load_model(card_path),
-                       bounds=(440200, 4172300, 441200, 4172900), vhr_path=vhr)
+                       bounds=(440300, 4172400, 441100, 4172800), vhr_path=vhr)
     assert summary["sam_runs"] == 0 and summary["fused_cells"] > 0
