@@ -72,9 +72,9 @@ def segmentation_parameter(name):
     320 m tile; the default) or ``footprint`` (the paper's: SAM on each footprint)."""
     from ..df4lcz_plugin.graph import SEGMENTATIONS
 
-    parameter = QgsProcessingParameterEnum(name, tr("Segmentation (tiles: SAM once per 320 m tile, shared by "
-                                                    "overlapping footprints; footprint: the paper's, SAM per footprint)"),
-                                           options=list(SEGMENTATIONS), defaultValue="tiles")
+    label = tr("Segmentation (tiles: SAM once per 320 m tile, shared by overlapping footprints; footprint: the "
+               "paper's, SAM per footprint)")
+    parameter = QgsProcessingParameterEnum(name, label, options=list(SEGMENTATIONS), defaultValue="tiles")
     parameter.setUsesStaticStrings(True)
     parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
     return parameter
