@@ -13,6 +13,7 @@ from qgis.PyQt.QtGui import QIcon
 
 from ..df4lcz_plugin import dependencies
 from ..df4lcz_plugin.feedback import Canceled, Feedback
+from .compat import FLAG_ADVANCED
 
 RESOURCES = Path(__file__).resolve().parent.parent / "resources"
 HELP_URL = "https://github.com/df4lcz/df4lcz-qgis"
@@ -71,6 +72,18 @@ def device_parameter(name):
     gpus = "; ".join(f"cuda:{index} = {gpu}" for index, gpu in enumerate(cuda_devices()))
     description = tr("Device (auto: the first GPU if any, else the CPU)") + (f" — {gpus}" if gpus else "")
     return enum_parameter(name, description, device_choices(), "auto")
+
+
+def segmentation_parameter(name):
+    """The advanced SEGMENTATION parameter, stored as its text: ``tiles`` (shared segmentation, SAM once per
+    320 m tile; the default) or ``footprint`` (the paper's: SAM on each footprint)."""
+    from ..df4lcz_plugin.graph import SEGMENTATIONS
+
+    label = tr("Segmentation (tiles: SAM once per 320 m tile, shared by overlapping footprints; footprint: the "
+               "paper's, SAM per footprint)")
+    parameter = enum_parameter(name, label, SEGMENTATIONS, "tiles")
+    parameter.setFlags(parameter.flags() | FLAG_ADVANCED)
+    return parameter
 
 
 def gdal_source(layer, parameter):

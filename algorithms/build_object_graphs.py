@@ -11,7 +11,8 @@ from qgis.PyQt.QtCore import QMetaType
 
 from ..df4lcz_plugin.outputs import check_output_paths
 from ..df4lcz_plugin.sam import PAPER_AMG_SETTINGS
-from .base import DF4LCZAlgorithm, ProcessingFeedback, device_parameter, engine_errors, gdal_source, tr
+from .base import (DF4LCZAlgorithm, ProcessingFeedback, device_parameter, engine_errors, gdal_source,
+                   segmentation_parameter, tr)
 from .compat import FLAG_ADVANCED, NUMBER_DOUBLE, NUMBER_INTEGER, SOURCE_VECTOR_POLYGON, WKB_MULTIPOLYGON, field
 from .vhr_source import metric_crs, vhr_path, vhr_source_id
 
@@ -37,6 +38,7 @@ class BuildObjectGraphsAlgorithm(DF4LCZAlgorithm):
     DEVICE = "DEVICE"
     CLASSIFICATION_GRID = "CLASSIFICATION_GRID"
     RESOLUTION = "RESOLUTION"
+    SEGMENTATION = "SEGMENTATION"
     OUTPUT = "OUTPUT"
     GRAPHS = "GRAPHS"
     SAM_RUNS = "SAM_RUNS"
@@ -74,8 +76,10 @@ class BuildObjectGraphsAlgorithm(DF4LCZAlgorithm):
                 "CLASSIFICATION_GRID: SAM then runs on exactly the 320 m footprints 'Classify local climate zones' "
                 "will use, and their graphs go into the graph cache (no polygons, no graph file), so that SAM runs "
                 "once, overnight or on a GPU machine, and later classifications and trainings with the same imagery "
-                "reuse them. Use the SAM settings and graph radius of the model you will classify with (the "
-                "defaults are the paper's, as 'Train DF4LCZ model' uses).")
+                "reuse them. Use the SAM settings, graph radius and SEGMENTATION of the model you will classify "
+                "with (the defaults are those 'Train DF4LCZ model' uses). SEGMENTATION tiles (default): SAM runs "
+                "once per 320 m tile of a fixed grid and each footprint's objects are composed from its tiles, "
+                "so overlapping footprints share the work; footprint: the paper's, SAM on each footprint.")
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
         self.addParameter(QgsProcessingParameterRasterLayer(self.VHR, tr("High-resolution (VHR) imagery")))
@@ -99,6 +103,7 @@ class BuildObjectGraphsAlgorithm(DF4LCZAlgorithm):
             optional=True))
         self.addParameter(QgsProcessingParameterNumber(self.RESOLUTION, tr("Resolution of that classification (m)"),
                                                        NUMBER_DOUBLE, 100.0, minValue=10.0))
+        self.addParameter(segmentation_parameter(self.SEGMENTATION))
         self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, tr("SAM objects"),
                                                             SOURCE_VECTOR_POLYGON, optional=True))
         self.addParameter(QgsProcessingParameterFileDestination(self.GRAPHS, tr("Object graphs"),
@@ -177,6 +182,7 @@ class BuildObjectGraphsAlgorithm(DF4LCZAlgorithm):
         from ..df4lcz_plugin.vhr_stream import fill_graph_cache
 
         grid_layer = self.parameterAsRasterLayer(parameters, self.CLASSIFICATION_GRID, context)
+        rule = {**rule, "segmentation": self.parameterAsEnumString(parameters, self.SEGMENTATION, context)}
         crs = grid_layer.crs()
         extent = (self.parameterAsExtent(parameters, self.EXTENT, context, crs) if parameters.get(self.EXTENT)
                   else grid_layer.extent())

@@ -12,7 +12,8 @@ from qgis.core import (QgsApplication, QgsProcessingException, QgsProcessingOutp
 from ..df4lcz_plugin.models.registry import builtin_models_dir, model_files, user_models_dir
 from ..df4lcz_plugin.outputs import check_output_paths
 from ..df4lcz_plugin.report import report_files
-from .base import DF4LCZAlgorithm, ProcessingFeedback, device_parameter, engine_errors, gdal_source, tr
+from .base import (DF4LCZAlgorithm, ProcessingFeedback, device_parameter, engine_errors, gdal_source,
+                   segmentation_parameter, tr)
 from .compat import FLAG_ADVANCED, NUMBER_INTEGER, SOURCE_VECTOR_POLYGON
 from .vhr_source import vhr_path
 
@@ -28,6 +29,7 @@ def default_model_path():
 class TrainModelAlgorithm(DF4LCZAlgorithm):
     SENTINEL2 = "SENTINEL2"
     VHR = "VHR"
+    SEGMENTATION = "SEGMENTATION"
     TRAINING_AREAS = "TRAINING_AREAS"
     CLASS_FIELD = "CLASS_FIELD"
     FINE_TUNE = "FINE_TUNE"
@@ -62,7 +64,11 @@ class TrainModelAlgorithm(DF4LCZAlgorithm):
                 "out with a warning. Class balance: the loss is weighted by inverse class frequency.\n\n"
                 "Sentinel-2 stream: the pretrained Sen2LCZ-Net fine-tuned (default, fast on a CPU), or the DF4LCZ "
                 "3D ResNet11 from scratch (untick 'Fine-tune'; a GPU job). With VHR imagery the GCN stream is "
-                "trained on SAM graphs of each sample's footprint and the fusion weight α chosen on validation.\n\n"
+                "trained on SAM graphs of each sample's footprint and the fusion weight α chosen on validation. "
+                "SEGMENTATION (advanced): tiles (default) runs SAM once per 320 m tile of a fixed grid and "
+                "composes each footprint's objects from its tiles, as samples every 50 m overlap many times; "
+                "footprint is the paper's, SAM on each footprint. The card records it, and classification "
+                "with the model uses the same kind of graph.\n\n"
                 "Progress is reported per epoch with the loss and validation OA; cancelling keeps the best model "
                 "so far. Outputs: the model (.safetensors + .json card with the training summary and test "
                 "metrics; by default df4lcz_model.safetensors in the user model folder, or df4lcz_model_2… when that "
@@ -94,6 +100,7 @@ class TrainModelAlgorithm(DF4LCZAlgorithm):
         for parameter in (seed, points):
             parameter.setFlags(parameter.flags() | FLAG_ADVANCED)
             self.addParameter(parameter)
+        self.addParameter(segmentation_parameter(self.SEGMENTATION))
         # A default path, which the dialog shows: the model is always saved, by default where 'Classify' finds it.
         # Optional only because qgis_process 3.22 demands every mandatory output, defaults ignored; left empty or
         # skipped, it is still the default path.
@@ -142,7 +149,8 @@ class TrainModelAlgorithm(DF4LCZAlgorithm):
                 device=resolve_device(self.parameterAsEnumString(parameters, self.DEVICE, context)),
                 seed=self.parameterAsInt(parameters, self.SEED, context),
                 amg_settings={"points_per_side": self.parameterAsInt(parameters, self.POINTS_PER_SIDE, context)},
-                feedback=ProcessingFeedback(feedback))
+                feedback=ProcessingFeedback(feedback),
+                segmentation=self.parameterAsEnumString(parameters, self.SEGMENTATION, context))
         feedback.pushInfo(f"Model {card}; test OA {metrics['OA']:.3f}, OA_w {metrics['OA_w']:.3f}")
         return {self.OUTPUT_MODEL: str(Path(card).with_suffix(".safetensors")), self.REPORT: report,
                 "OA": metrics["OA"], "OA_w": metrics["OA_w"], "kappa": metrics["kappa"]}

@@ -3,7 +3,8 @@
 Node features (5, each in [0, 1]): mean R, G, B over the mask (/255) and the bbox centre (cx, cy) / 320.
 Adjacency: the paper leaves the rule open, so it is explicit here and recorded in the model card:
 ``{"rule": "radius", "radius": r}`` joins two nodes when their centres are at most ``r`` apart (r in the same
-[0, 1] units as cx, cy; default 0.25 = 80 m on a 320 m patch). These graphs' A is binary and symmetric, without
+[0, 1] units as cx, cy; default 0.25 = 80 m on a 320 m patch), and ``"segmentation"`` says how the masks were
+made (``segmentation_of``). These graphs' A is binary and symmetric, without
 self-loops. ``normalised_edges`` takes any A (the LCZC-GES2 graphs read by ``train`` may be asymmetric and keep
 self-loops, as the authors' loader does) and normalises it as Spektral's ``NormalizeAdj``: Â = D^-1/2 A D^-1/2
 with D = diag(row sums of A), no identity added, and 0 where a degree is 0.
@@ -16,6 +17,8 @@ import numpy as np
 from .sam import PATCH_SIZE_PX
 
 DEFAULT_GRAPH_RULE = {"rule": "radius", "radius": 0.25}
+#: How a footprint's masks are made (``vhr_stream``): shared 320 m SAM tiles, or SAM on the footprint (the paper's).
+SEGMENTATIONS = ("tiles", "footprint")
 
 
 @dataclass
@@ -55,6 +58,15 @@ def adjacency(centres, rule=None):
     a = distances <= float(rule["radius"])
     np.fill_diagonal(a, False)
     return a
+
+
+def segmentation_of(rule):
+    """``tiles`` or ``footprint`` from a graph rule's ``segmentation`` (none: ``footprint``, the paper's and older
+    models'). Raises ValueError for another value."""
+    mode = (rule or {}).get("segmentation", "footprint")
+    if mode not in SEGMENTATIONS:
+        raise ValueError(f"unknown segmentation {mode!r} in the graph rule; supported: {', '.join(SEGMENTATIONS)}")
+    return mode
 
 
 def normalised_edges(a):

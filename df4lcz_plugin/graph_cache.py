@@ -1,6 +1,7 @@
 """SAM work is never repeated: the object graph of every footprint is kept in an on-disk cache.
 
-One ``.npz`` file per graph (``x``, ``edge_index``, ``edge_weight``; numpy only, no pickles), named by the sha256 of
+One ``.npz`` file per graph (``x``, ``edge_index``, ``edge_weight``; numpy only, no pickles), and one per
+shared-segmentation SAM tile (``sam_tiles.pack``: bit-packed masks, compressed), named by the sha256 of
 its key: the VHR source's identity (``source_id``: path, size and modification time of a file, or a web layer's
 URI), the footprint (xmin, ymin, xmax, ymax, rounded to the centimetre) and its CRS, the SAM checkpoint's sha256,
 the AMG settings and the graph rule. Any change of imagery, checkpoint or settings is a new key, so a stale graph
@@ -58,20 +59,31 @@ class GraphCache:
 
     def get(self, key):
         """The cached ObjectGraph, or None. A hit refreshes the file's time (least recently used goes first)."""
-        path = self._path(key)
+        data = self.get_arrays(key)
         try:
-            with np.load(path, allow_pickle=False) as data:
-                graph = ObjectGraph(data["x"], data["edge_index"], data["edge_weight"])
-            os.utime(path)
-            return graph
-        except (OSError, ValueError, KeyError):  # absent, or half a file from a crash: recompute
+            return None if data is None else ObjectGraph(data["x"], data["edge_index"], data["edge_weight"])
+        except KeyError:  # not a graph: recompute
             return None
 
     def put(self, key, graph):
+        self.put_arrays(key, {"x": graph.x, "edge_index": graph.edge_index, "edge_weight": graph.edge_weight})
+
+    def get_arrays(self, key):
+        """The cached dict of arrays (a graph, or the SAM masks of a shared-segmentation tile), or None."""
+        path = self._path(key)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {name: data[name] for name in data.files}
+            os.utime(path)
+            return arrays
+        except (OSError, ValueError, EOFError):  # absent, or half a file from a crash: recompute
+            return None
+
+    def put_arrays(self, key, arrays):
         path = self._path(key)
         with atomic_output(path) as tmp:
             with open(tmp, "wb") as handle:
-                np.savez(handle, x=graph.x, edge_index=graph.edge_index, edge_weight=graph.edge_weight)
+                np.savez_compressed(handle, **arrays)
         self._writes += 1
         if self._writes % _TRIM_EVERY == 1:
             self.trim()

@@ -135,12 +135,15 @@ def _probabilities(module, x, device):
 
 
 def train_on_training_areas(sentinel2_path, areas, model_path, report_path, base_model=None, vhr_path=None,
-                            epochs=30, batch_size=64, device="cpu", seed=0, amg_settings=None, feedback=None):
+                            epochs=30, batch_size=64, device="cpu", seed=0, amg_settings=None, feedback=None,
+                            segmentation="tiles"):
     """Train a DF4LCZ model on LCZ training areas and write it (safetensors + card) and an accuracy report.
 
     areas: ``training_areas.TrainingAreas``. base_model: a model card/weights path whose Sentinel-2 stream is
     fine-tuned (None: a 3D ResNet11 from scratch). vhr_path: VHR imagery to train the GCN stream as well.
     Warnings of ``class_warnings`` go to ``feedback.warning``, the card and the report's details.
+    segmentation: ``tiles`` (shared segmentation, the default: footprints every 50 m overlap many times) or
+    ``footprint`` (the paper's, one SAM run per sample); recorded in the card's graph rule (``vhr_stream``).
     Returns (model card path, test metrics dict). Raises SamplingError, Canceled, the VHR/SAM errors, and
     ModelError when the model's file name cannot be its id (``registry.MODEL_ID``: no commas).
     """
@@ -171,7 +174,7 @@ def train_on_training_areas(sentinel2_path, areas, model_path, report_path, base
     fusion, p_test = None, p_s2["test"]
     if vhr_path:
         gcn, vhr_card, alpha, p_test = _train_vhr(sentinel2_path, vhr_path, split, y, p_s2, epochs, device, seed,
-                                                   amg_settings, feedback)
+                                                   amg_settings, feedback, segmentation)
         streams["vhr"] = vhr_card
         modules["vhr"] = gcn.cpu()
         fusion = {"alpha": alpha}
@@ -206,7 +209,8 @@ def train_on_training_areas(sentinel2_path, areas, model_path, report_path, base
     return card_path, metrics
 
 
-def _train_vhr(sentinel2_path, vhr_path, split, y, p_s2, epochs, device, seed, amg_settings, feedback):
+def _train_vhr(sentinel2_path, vhr_path, split, y, p_s2, epochs, device, seed, amg_settings, feedback,
+               segmentation):
     """Graphs of every sample's footprint, the GCN trained on them, α chosen on validation; test P fused."""
     from osgeo import gdal
 
@@ -218,7 +222,8 @@ def _train_vhr(sentinel2_path, vhr_path, split, y, p_s2, epochs, device, seed, a
 
     ds = gdal.Open(str(sentinel2_path))
     gt, wkt = ds.GetGeoTransform(), ds.GetProjection()
-    footprints = FootprintGraphs(vhr_path, wkt, device, amg_settings=amg_settings)  # graph cache, then SAM
+    rule = {**DEFAULT_GRAPH_RULE, "segmentation": segmentation}
+    footprints = FootprintGraphs(vhr_path, wkt, device, amg_settings=amg_settings, graph_rule=rule)  # cache, SAM
     graphs = {}
     for name, s in split.items():
         graphs[name] = []
@@ -226,7 +231,8 @@ def _train_vhr(sentinel2_path, vhr_path, split, y, p_s2, epochs, device, seed, a
             feedback.check_canceled()
             graph = footprints.graph(patch_footprint(gt, r - PATCH_PX // 2, c - PATCH_PX // 2))
             graphs[name].append(graph if graph is not None and graph.num_nodes else None)
-    feedback.info(f"Object graphs: {footprints.sam_runs} SAM run(s), {footprints.cache_hits} from the graph cache.")
+    feedback.info(f"Object graphs ({segmentation} segmentation): {footprints.sam_runs} SAM run(s), "
+                  f"{footprints.cache_hits} from the graph cache.")
     has = {name: np.array([g is not None for g in graphs[name]], bool) for name in graphs}
     if has["train"].sum() == 0 or has["validation"].sum() == 0:
         from .vhr import VHRError
@@ -242,7 +248,7 @@ def _train_vhr(sentinel2_path, vhr_path, split, y, p_s2, epochs, device, seed, a
     if has["test"].any():
         p_test[has["test"]] = alpha * p_test[has["test"]] + (1 - alpha) * gcn_probabilities(
             result.module, pick("test"), device)
-    card = {"architecture": "object_gcn", "config": {}, "graph_rule": DEFAULT_GRAPH_RULE,
+    card = {"architecture": "object_gcn", "config": {}, "graph_rule": rule,
             "sam": {"architecture": "vit_t", "checkpoint_sha256": assets.MOBILE_SAM.sha256,
                     "amg": {**PAPER_AMG_SETTINGS, **(amg_settings or {})}}}
     return result.module, card, alpha, p_test

@@ -4,15 +4,24 @@
 (loaded only when a graph is missing) and stores the result, so that no footprint is segmented twice: a
 re-run, another α or model, or a run after a cancel reuses every graph already made. Classification and
 training both read graphs through it.
+
+Segmentation mode, recorded in the graph rule (``"segmentation"``) and so in the model card and the cache keys:
+``tiles`` (shared segmentation, ``sam_tiles``: SAM once per 320 m tile of a fixed grid, each footprint composed
+from its tiles; the tiles are cached too, so classification, training and the object graphs share them) or
+``footprint`` (the paper's: one SAM run per footprint; a rule without the key, as in older models).
 """
 
 import time
+from collections import OrderedDict
 
-from . import assets
-from .graph import DEFAULT_GRAPH_RULE, build_graph
+from . import assets, sam_tiles
+from .graph import DEFAULT_GRAPH_RULE, build_graph, segmentation_of
 from .graph_cache import GraphCache, file_identity
 from .sam import PAPER_AMG_SETTINGS, MaskGenerator, load_sam
 from .vhr import MIN_COVERAGE, VHRError, open_vhr, overlaps, read_patch
+
+#: Decoded SAM tiles kept in memory (a few MB each): a row of footprints reuses its neighbours' tiles.
+TILES_IN_MEMORY = 32
 
 #: Footprints per SAM call on a CUDA GPU (the image encoder batched over their crops).
 SAM_BATCH_CUDA = 4
@@ -36,6 +45,7 @@ class FootprintGraphs:
         self.checkpoint = checkpoint or assets.fetch_member(assets.MOBILE_SAM)
         self.settings = {**PAPER_AMG_SETTINGS, **(amg_settings or {})}
         self.rule = graph_rule or DEFAULT_GRAPH_RULE
+        self.segmentation = segmentation_of(self.rule)
         self.fast = fast
         # Footprints per SAM call: the image encoder batched over them pays on a GPU; on the CPU it measured no
         # faster (bench/bench_sam.py), so one at a time.
@@ -44,12 +54,28 @@ class FootprintGraphs:
         self.cache = cache or GraphCache()
         self._sha256 = assets.sha256_of(self.checkpoint)
         self._generator = None
+        self._tiles = OrderedDict()
         self.sam_runs = self.cache_hits = 0
         self.sam_seconds = 0.0
 
+    def _sam_settings(self):
+        return {**self.settings, "fast_sam": True} if self.fast else self.settings  # other masks, other key
+
     def key(self, footprint):
-        settings = {**self.settings, "fast_sam": True} if self.fast else self.settings  # other masks, other key
-        return GraphCache.key(self.source_id, footprint, self.srs_wkt, self._sha256, settings, self.rule)
+        return GraphCache.key(self.source_id, footprint, self.srs_wkt, self._sha256, self._sam_settings(), self.rule)
+
+    def tile_key(self, tile):
+        """Cache key of the SAM masks of a shared-segmentation tile (no graph rule: masks only)."""
+        return GraphCache.key(self.source_id, sam_tiles.tile_bounds(tile), self.srs_wkt, self._sha256,
+                              self._sam_settings(), {"sam_tile_m": sam_tiles.TILE_M})
+
+    def sam_runs_needed(self, footprints):
+        """SAM runs that the graphs of ``footprints`` still need at most: footprints not in the cache, or, with
+        shared segmentation, the distinct tiles of those footprints not in the cache."""
+        missing = [f for f in footprints if self.key(f) not in self.cache]
+        if self.segmentation == "footprint":
+            return len(missing)
+        return sum(self.tile_key(t) not in self.cache for t in sam_tiles.tiles_of(missing))
 
     def graph(self, footprint):
         """The ObjectGraph of ``footprint`` (xmin, ymin, xmax, ymax in ``srs_wkt``), or None when the imagery
@@ -71,6 +97,13 @@ class FootprintGraphs:
             results.append(None)
             if coverage >= MIN_COVERAGE:
                 todo.append((index, key, rgb))
+        if self.segmentation == "tiles":
+            tiles = self._tile_masks(sam_tiles.tiles_of([footprints[index] for index, _, _ in todo]), on_sam)
+            for index, key, rgb in todo:
+                masks = sam_tiles.compose(footprints[index], tiles, self.settings)
+                results[index] = build_graph(rgb, masks, self.rule)
+                self.cache.put(key, results[index])
+            return results
         for start in range(0, len(todo), self.batch):
             chunk = todo[start:start + self.batch]
             for (index, key, rgb), masks in zip(chunk, self._segment([rgb for _, _, rgb in chunk])):
@@ -80,14 +113,47 @@ class FootprintGraphs:
                 on_sam()
         return results
 
-    def _segment(self, rgbs):
+    def _tile_masks(self, tiles, on_sam=None):
+        """{tile: PatchMasks of all its AMG masks}: from memory, the cache, or SAM (``batch`` tiles per call)."""
+        found, todo = {}, []
+        for tile in tiles:
+            if tile in self._tiles:
+                self._tiles.move_to_end(tile)
+                found[tile] = self._tiles[tile]
+                continue
+            arrays = self.cache.get_arrays(self.tile_key(tile))
+            if arrays is not None:
+                found[tile] = sam_tiles.unpack(arrays, self.settings)
+            else:
+                todo.append(tile)
+        patches = [(tile, *read_patch(self.source, sam_tiles.tile_bounds(tile), self.srs_wkt)) for tile in todo]
+        for tile, rgb, coverage in patches:
+            if coverage == 0:  # no imagery, no objects: no SAM (cached too, so that cost estimates know it)
+                found[tile] = sam_tiles.no_masks(self.settings)
+                self.cache.put_arrays(self.tile_key(tile), sam_tiles.pack(found[tile]))
+        todo = [(tile, rgb) for tile, rgb, coverage in patches if coverage > 0]
+        for start in range(0, len(todo), self.batch):
+            chunk = todo[start:start + self.batch]
+            for (tile, _), masks in zip(chunk, self._segment([rgb for _, rgb in chunk], paper_filter=False)):
+                self.cache.put_arrays(self.tile_key(tile), sam_tiles.pack(masks))
+                found[tile] = masks
+            if on_sam is not None:
+                on_sam()
+        for tile in tiles:
+            self._tiles[tile] = found[tile]
+            self._tiles.move_to_end(tile)
+        while len(self._tiles) > max(TILES_IN_MEMORY, len(tiles)):
+            self._tiles.popitem(last=False)
+        return found
+
+    def _segment(self, rgbs, paper_filter=True):
         import torch
 
         started = time.perf_counter()
         if self._generator is None:
             self._generator = MaskGenerator(load_sam(self.checkpoint, self.device), fast=self.fast, **self.settings)
         torch.manual_seed(0)  # AMG is deterministic; the seed guards any stochastic kernel
-        masks = self._generator.many(rgbs)
+        masks = self._generator.many(rgbs, paper_filter)
         self.sam_runs += len(rgbs)
         self.sam_seconds += time.perf_counter() - started
         return masks
@@ -138,13 +204,17 @@ class FusionCost:
     def __init__(self, graphs, footprints, resolution_m, feedback):
         self.graphs, self.feedback = graphs, feedback
         self.cached = sum(graphs.key(f) in graphs.cache for f in footprints)
-        self.remaining = len(footprints) - self.cached
+        self.remaining = graphs.sam_runs_needed(footprints)
         self._next_report = 1
-        message = (f"Fused run: {len(footprints)} cells, {self.cached} object graphs already in the cache, up to "
-                   f"{self.remaining} SAM runs (cells without imagery need none).")
-        if resolution_m < 320:
-            message += (f" RESOLUTION=320, the paper's scene level, needs about {(320 / resolution_m) ** 2:.0f}× "
-                        f"fewer SAM runs than {resolution_m:g} m.")
+        message = f"Fused run: {len(footprints)} cells, {self.cached} object graphs already in the cache, "
+        if graphs.segmentation == "tiles":
+            message += (f"shared segmentation: up to {self.remaining} SAM tiles of 320 m to segment (each piece of "
+                        "ground once; cells without imagery need none).")
+        else:
+            message += f"up to {self.remaining} SAM runs (cells without imagery need none)."
+            if resolution_m < 320:
+                message += (f" RESOLUTION=320, the paper's scene level, needs about {(320 / resolution_m) ** 2:.0f}× "
+                            f"fewer SAM runs than {resolution_m:g} m.")
         feedback.info(message)
 
     def sam_done(self):

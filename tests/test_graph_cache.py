@@ -109,7 +109,7 @@ def test_buildobjectgraphs_fills_the_cache_for_a_classification(qgis_env, s2_sta
     # The fixture model's SAM settings (conftest FAST_AMG) and the default graph radius.
     rc, result, text = run_qgis_process(env, "df4lcz:buildobjectgraphs", {
         "VHR": vhr_fixture, "CLASSIFICATION_GRID": s2_stack, "EXTENT": extent, "RESOLUTION": 100,
-        "POINTS_PER_SIDE": 4, "CROP_N_LAYERS": 0})
+        "POINTS_PER_SIDE": 4, "CROP_N_LAYERS": 0, "SEGMENTATION": "footprint"})
     assert rc == 0, text
     assert result["results"]["SAM_RUNS"] == 2 and result["results"]["GRAPH_CACHE_HITS"] == 0
     rc, result, text = run_qgis_process(env, "df4lcz:classifylcz", {
@@ -118,3 +118,43 @@ def test_buildobjectgraphs_fills_the_cache_for_a_classification(qgis_env, s2_sta
     assert rc == 0, text
     summary = json.loads(result["results"]["SUMMARY"])
     assert summary["sam_runs"] == 0 and summary["graph_cache_hits"] == 2 and summary["fused_cells"] == 2
+
+
+@pytest.fixture
+def tiles_model(fused_model, tmp_path):
+    """The fixture model with shared segmentation in its card's graph rule (same weights)."""
+    import shutil
+
+    card = json.loads(fused_model.read_text())
+    card["streams"]["vhr"]["graph_rule"] = {**card["streams"]["vhr"]["graph_rule"], "segmentation": "tiles"}
+    path = tmp_path / "df4lcz_fixture_tiles.json"
+    path.write_text(json.dumps(card))
+    shutil.copy(fused_model.with_suffix(".safetensors"), path.with_suffix(".safetensors"))
+    return path
+
+
+def test_shared_segmentation_tiles_serve_the_object_graphs_and_any_classification(
+        qgis_env, s2_stack, vhr_fixture, tiles_model, tmp_path, monkeypatch):
+    """buildobjectgraphs (SEGMENTATION tiles, the default) segments the 4 tiles under the imagery once; a
+    classification at another RESOLUTION, whose footprints are all new, then composes them without SAM."""
+    env = dict(qgis_env, DF4LCZ_GRAPH_CACHE=str(tmp_path / "cache"))
+    extent = f"{WIDE_EXTENT[0]},{WIDE_EXTENT[2]},{WIDE_EXTENT[1]},{WIDE_EXTENT[3]} [EPSG:32618]"
+    rc, result, text = run_qgis_process(env, "df4lcz:buildobjectgraphs", {
+        "VHR": vhr_fixture, "CLASSIFICATION_GRID": s2_stack, "EXTENT": extent, "RESOLUTION": 100,
+        "POINTS_PER_SIDE": 4, "CROP_N_LAYERS": 0})
+    assert rc == 0, text
+    assert result["results"]["SAM_RUNS"] == 4
+    assert "shared segmentation: up to" in text and "SAM tiles of 320 m to segment" in text
+
+    class Log(Feedback):
+        lines = []
+
+        def info(self, line):
+            self.lines.append(line)
+
+    log = Log()
+    monkeypatch.setenv("DF4LCZ_GRAPH_CACHE", str(tmp_path / "cache"))
+    summary = classify(s2_stack, tmp_path / "lcz.tif", load_model(tiles_model), bounds=WIDE_EXTENT,
+                       resolution=50, vhr_path=vhr_fixture, feedback=log)
+    assert summary["sam_runs"] == 0 and summary["graph_cache_hits"] == 0 and summary["fused_cells"] >= 2
+    assert any("shared segmentation: up to" in line for line in log.lines)

@@ -372,12 +372,13 @@ def test_empty_intersection(s2_stack, model, tmp_path):
         assess(tmp_path / "lcz.tif", assets.fetch(assets.ZARAGOZA_LCZ))
 
 
-def test_training_with_vhr_trains_the_gcn_and_chooses_alpha(s2_stack, tmp_path):
+def test_training_with_vhr_trains_the_gcn_and_chooses_alpha(s2_stack, tmp_path, monkeypatch):
     """FIXTURE: the real Zürich orthophoto tiled 3 × 3 (1312.5 × 900 m) and placed over the Virginia scene, with
     six 100 m training squares labelled LCZ 6 and 9 arbitrarily. It exercises the VHR training path (SAM graphs
     of each sample's footprint, GCN, α on validation); the labels mean nothing."""
     from conftest import FAST_AMG, ZURICH
 
+    monkeypatch.setenv("DF4LCZ_GRAPH_CACHE", str(tmp_path / "cache"))
     tiles = []
     for i in range(3):
         for j in range(3):
@@ -404,3 +405,12 @@ def test_training_with_vhr_trains_the_gcn_and_chooses_alpha(s2_stack, tmp_path):
     from df4lcz_plugin.models.registry import load_model
 
     assert load_model(card_path).modules["vhr"] is not None and metrics["n"] > 0
+    # Shared segmentation by default: the card says so, and a classification over the training squares with
+    # the new model (cells whose footprints lie among the samples' footprints) composes its footprints from the
+    # tiles the training segmented, without SAM.
+    from df4lcz_plugin.classify import classify
+
+    assert card.stream("vhr")["graph_rule"]["segmentation"] == "tiles"
+    summary = classify(s2_stack, tmp_path / "lcz.tif", load_model(card_path),
+                       bounds=(440300, 4172400, 441100, 4172800), vhr_path=vhr)
+    assert summary["sam_runs"] == 0 and summary["fused_cells"] > 0

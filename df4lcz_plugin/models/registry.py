@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..bands import SO2SAT_BANDS
+from ..graph import SEGMENTATIONS
 
 CARD_FORMAT = "df4lcz-model-card/1"
 #: A model id (the file name of a trained model): no commas, which would split a MODEL value in Processing.
@@ -133,6 +134,8 @@ def _check_card(data, card_path):
         for field in ("graph_rule", "sam"):
             if not isinstance(streams["vhr"].get(field), dict):
                 bad(f"streams.vhr.{field}", "must be an object")
+        if streams["vhr"]["graph_rule"].get("segmentation", "footprint") not in SEGMENTATIONS:
+            bad("streams.vhr.graph_rule.segmentation", f"must be one of {', '.join(SEGMENTATIONS)}")
 
 
 def list_models():

@@ -1,0 +1,152 @@
+"""Shared segmentation and the exact fast SAM step on the real Zürich orthophoto (SWISSIMAGE © swisstopo):
+SAM once per 320 m tile, footprints composed from their tiles; the fast path against segment-anything's own
+generator."""
+
+import numpy as np
+import pytest
+
+from df4lcz_plugin import assets, graph, sam, sam_tiles, vhr
+from df4lcz_plugin.graph_cache import GraphCache
+from df4lcz_plugin.vhr_stream import FootprintGraphs
+
+from conftest import ZURICH
+
+#: A 320 m footprint over the orthophoto (LV95; x 2679062.5–2679500, y 1247700–1248000), 94 % covered: it
+#: overlaps the tiles on both sides of the seam at x = 2679360 and the empty tiles above y = 1248000.
+FOOTPRINT = (2679100.0, 1247690.0, 2679420.0, 1248010.0)
+TILES_RULE = {**graph.DEFAULT_GRAPH_RULE, "segmentation": "tiles"}
+#: Reduced AMG settings with enough masks that some meet the seam (few do: SAM's masks avoid a patch's border).
+SEAM_AMG = {"points_per_side": 8, "crop_n_layers": 0}
+
+
+@pytest.fixture(scope="module")
+def mobile_sam():
+    return sam.load_sam(assets.fetch_member(assets.MOBILE_SAM))
+
+
+def _wkt():
+    return vhr.open_vhr(ZURICH).dataset.GetProjection()
+
+
+def test_exact_fast_path_gives_the_reference_masks(mobile_sam):
+    """The fast path (transformer on every prompt, mask upscaling and upsampling only where a mask passes the
+    predicted-IoU threshold, 4 prompts per decoder call) against SamAutomaticMaskGenerator, record by record,
+    on two real patches with a crop layer (5 crops each)."""
+    from segment_anything import SamAutomaticMaskGenerator
+
+    source = vhr.open_vhr(ZURICH)
+    settings = {"points_per_side": 6, "crop_n_layers": 1}
+    generator = sam.MaskGenerator(mobile_sam, **settings)
+    library = SamAutomaticMaskGenerator(mobile_sam, **generator.settings)
+    assert generator._generator.points_per_batch == sam.DECODER_BATCH_CPU != library.points_per_batch
+    for x0 in (2679062.5, 2679180.0):
+        rgb, _ = vhr.read_patch(source, (x0, 1247680.0, x0 + 320, 1248000.0), source.dataset.GetProjection())
+        reference, fast = library.generate(rgb), generator._generator.generate(rgb)
+        assert len(reference) == len(fast) > 5
+        for a, b in zip(reference, fast):
+            assert np.array_equal(a["segmentation"], b["segmentation"])
+            assert (a["bbox"], a["predicted_iou"], a["stability_score"]) == \
+                (b["bbox"], b["predicted_iou"], b["stability_score"])
+
+
+def _by_hand(footprint, tiles):
+    """The composed masks, computed the plain way: the 2 × 2 tiles as one 640 × 640 mosaic, each mask placed
+    in it, pieces joined across a seam where their seam pixels overlap with IoU ≥ 0.5 (best pairs first, each
+    mask once per seam), the footprint's window cut out, < 50 px dropped, the 50 largest kept."""
+    keys = sorted(tiles, key=lambda t: (t[1], t[0]))
+    i0, j0 = keys[0]
+    pieces = []  # (tile, index, mosaic mask)
+    for tile in keys:
+        for index, mask in enumerate(tiles[tile].masks):
+            canvas = np.zeros((640, 640), bool)
+            r, c = (tile[1] - j0) * 320, (tile[0] - i0) * 320
+            canvas[r:r + 320, c:c + 320] = mask
+            pieces.append((tile, index, canvas))
+    group = {(t, i): (t, i) for t, i, _ in pieces}
+
+    def root(node):
+        while group[node] != node:
+            node = group[node]
+        return node
+
+    for a_tile in keys:
+        for b_tile, axis in (((a_tile[0] + 1, a_tile[1]), 1), ((a_tile[0], a_tile[1] + 1), 0)):
+            if b_tile not in tiles:
+                continue
+            candidates = []
+            for i, a in enumerate(tiles[a_tile].masks):
+                for j, b in enumerate(tiles[b_tile].masks):
+                    edge_a, edge_b = (a[:, -1], b[:, 0]) if axis == 1 else (a[-1, :], b[0, :])
+                    union = (edge_a | edge_b).sum()
+                    if union and (edge_a & edge_b).sum() / union >= 0.5:
+                        candidates.append((-(edge_a & edge_b).sum() / union, i, j))
+            used_a, used_b = set(), set()
+            for _, i, j in sorted(candidates):
+                if i not in used_a and j not in used_b:
+                    used_a.add(i)
+                    used_b.add(j)
+                    group[root((b_tile, j))] = root((a_tile, i))
+    objects = {}
+    for tile, index, canvas in pieces:
+        objects.setdefault(root((tile, index)), np.zeros((640, 640), bool))
+        objects[root((tile, index))] |= canvas
+    x0, r0 = int(round(footprint[0])), int(round(-footprint[3]))
+    top, left = r0 - j0 * 320, x0 - i0 * 320
+    cut = [m[top:top + 320, left:left + 320] for m in objects.values()]
+    cut = sorted((m for m in cut if m.sum() >= 50), key=lambda m: -m.sum())[:50]
+    boxes = []
+    for m in cut:
+        rows, cols = np.nonzero(m)
+        boxes.append([cols.min(), rows.min(), cols.max() - cols.min(), rows.max() - rows.min()])
+    return np.array(cut), np.array(boxes, np.float32)
+
+
+def test_composed_graph_equals_the_one_built_by_hand(mobile_sam, tmp_path):
+    """A footprint's graph in shared segmentation equals the graph built by hand from the same tiles' masks
+    (SAM run here on each tile) and the footprint's own pixels."""
+    wkt = _wkt()
+    tiles = sam_tiles.footprint_tiles(FOOTPRINT)
+    assert len(tiles) == 4
+    source = vhr.open_vhr(ZURICH)
+    generator = sam.MaskGenerator(mobile_sam, **SEAM_AMG)
+    masks = {}
+    for tile in tiles:
+        rgb, coverage = vhr.read_patch(source, sam_tiles.tile_bounds(tile), wkt)
+        masks[tile] = generator.many([rgb], paper_filter=False)[0] if coverage else sam_tiles.no_masks()
+    assert sum(len(m) > 0 for m in masks.values()) == 2  # the two tiles under the imagery
+    expected_masks, expected_boxes = _by_hand(FOOTPRINT, masks)
+    joined = sum(len(sam_tiles.seam_joins(masks[a], masks[b], 1)) for a, b in zip(tiles[2:], tiles[3:]))
+    assert joined >= 1  # an object cut by the seam at x = 2679360 was joined
+    rgb, _ = vhr.read_patch(source, FOOTPRINT, wkt)
+    expected = graph.build_graph(rgb, sam.PatchMasks(expected_masks, expected_boxes, np.zeros(0), np.zeros(0)))
+
+    graphs = FootprintGraphs(ZURICH, wkt, amg_settings=SEAM_AMG, graph_rule=TILES_RULE,
+                             cache=GraphCache(tmp_path / "cache"))
+    composed = graphs.graph(FOOTPRINT)
+    assert graphs.sam_runs == 2  # the empty tiles need no SAM
+    assert composed.num_nodes == len(expected_masks) > 20
+    assert np.array_equal(composed.x, expected.x)
+    assert np.array_equal(composed.edge_index, expected.edge_index)
+    assert np.array_equal(composed.edge_weight, expected.edge_weight)
+    # A footprint 50 m to the right needs no more SAM: its tiles are in memory and in the cache.
+    shifted = (FOOTPRINT[0] + 50, FOOTPRINT[1], FOOTPRINT[2] + 50, FOOTPRINT[3])
+    assert graphs.graph(shifted).num_nodes > 10 and graphs.sam_runs == 2
+    fresh = FootprintGraphs(ZURICH, wkt, amg_settings=SEAM_AMG, graph_rule=TILES_RULE,
+                            cache=GraphCache(tmp_path / "cache"))
+    near = (FOOTPRINT[0] + 20, FOOTPRINT[1], FOOTPRINT[2] + 20, FOOTPRINT[3])
+    assert fresh.graph(near).num_nodes > 10 and fresh.sam_runs == 0  # the tiles come from the disk cache
+    assert fresh.sam_runs_needed([near, FOOTPRINT]) == 0
+
+
+def test_seam_joins_are_one_to_one():
+    """FIXTURE (two hand-drawn 320 px tiles): a mask cut by the seam is joined to its other half, a nested
+    mask touching the seam at the same rows to nothing (one-to-one), a mask away from the seam to nothing."""
+    left, right = np.zeros((3, 320, 320), bool), np.zeros((1, 320, 320), bool)
+    left[0, 100:200, 250:] = True  # the left half of a roof
+    left[1, 120:180, 300:] = True  # a smaller object inside it, also at the seam
+    left[2, 10:20, 10:20] = True
+    right[0, 100:200, :40] = True  # the right half of the roof
+    a = sam.PatchMasks(left, np.zeros((3, 4)), np.zeros(3), np.zeros(3))
+    b = sam.PatchMasks(right, np.zeros((1, 4)), np.zeros(1), np.zeros(1))
+    assert sam_tiles.seam_joins(a, b, axis=1) == [(0, 0)]
+    assert sam_tiles.seam_joins(a, b, axis=0) == []
