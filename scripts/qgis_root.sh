@@ -52,15 +52,21 @@ build() {
 
 # in_root DIR CMD...: CMD inside DIR, with the host's CA bundle, pip settings and caches.
 in_root() {
-    local dir=$1; shift
+    local dir=$1 status; shift
     # The host's CA bundle and pip configuration: registries here are reached through them.
-    mkdir -p "$dir/etc/ssl/certs" "$dir/root/.config/pip"
+    mkdir -p "$dir/etc/ssl/certs"
     cp /etc/ssl/certs/ca-certificates.crt "$dir/etc/ssl/certs/host-ca-certificates.crt"
     [ -f /etc/pip.conf ] && cp /etc/pip.conf "$dir/etc/pip.conf"
     [ -f "$HOME/.config/pip/pip.conf" ] && cp "$HOME/.config/pip/pip.conf" "$dir/etc/pip-host-user.conf"
     cp /etc/resolv.conf "$dir/etc/resolv.conf"
-    local assets=${XDG_CACHE_HOME:-$HOME/.cache}/df4lcz pipcache=${PIP_CACHE_DIR:-$HOME/.cache/pip}
+    local assets=${XDG_CACHE_HOME:-$HOME/.cache}/df4lcz pipcache=${PIP_CACHE_DIR:-$HOME/.cache/pip} scratch
     mkdir -p "$assets" "$pipcache"
+    # The run's /tmp (profile, installed packages, test files) is a host folder deleted afterwards: the cached
+    # root stays as built.
+    scratch=$(mktemp -d "${TMPDIR:-/var/tmp}/df4lcz-root.XXXXXX")
+    chmod 1777 "$scratch"
+    trap 'rm -rf "$scratch"' EXIT
+    trap 'exit 143' TERM INT
     local -a env=(PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8
                   XDG_CACHE_HOME=/root/.cache PIP_CACHE_DIR=/var/cache/pip
                   SSL_CERT_FILE=/etc/ssl/certs/host-ca-certificates.crt PIP_CERT=/etc/ssl/certs/host-ca-certificates.crt
@@ -70,7 +76,7 @@ in_root() {
         case $name in PIP_CERT|PIP_CACHE_DIR|PIP_CONFIG_FILE) ;; PIP_*|DF4LCZ_*) env+=("$name=$value") ;; esac
     done < <(env)
     unshare --mount --propagation private -- bash -euc '
-        dir=$1 here=$2 assets=$3 pipcache=$4; shift 4
+        dir=$1 here=$2 assets=$3 pipcache=$4 scratch=$5; shift 5
         mount -t proc proc "$dir/proc"
         mount --rbind /dev "$dir/dev"
         mount --rbind /sys "$dir/sys"
@@ -78,8 +84,12 @@ in_root() {
         mount --bind "$here" "$dir$here"
         mount --bind "$assets" "$dir/root/.cache/df4lcz"
         mount --bind "$pipcache" "$dir/var/cache/pip"
-        exec chroot "$dir" /usr/bin/env -i "$@"' _ "$dir" "$HERE" "$assets" "$pipcache" "${env[@]}" \
-        bash -c 'cd "$0" && exec "$@"' "$HERE" "$@"
+        mount --bind "$scratch" "$dir/tmp"
+        exec chroot "$dir" /usr/bin/env -i "$@"' _ "$dir" "$HERE" "$assets" "$pipcache" "$scratch" "${env[@]}" \
+        bash -c 'cd "$0" && exec "$@"' "$HERE" "$@" || status=$?
+    rm -rf "$scratch"
+    trap - EXIT
+    return "${status:-0}"
 }
 
 [ -d "$ROOT" ] || build

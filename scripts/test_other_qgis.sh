@@ -11,7 +11,6 @@ cd "$(dirname "$0")/.."
 if [ "${1:-}" = --inside ]; then  # in the root: ZIP REFERENCE_DIR
     zip=$2 reference=$3
     home=$(mktemp -d /tmp/df4lcz-home.XXXXXX)
-    trap 'rm -rf "$home"' EXIT
     plugins=$home/.local/share/QGIS/QGIS3/profiles/default/python/plugins
     mkdir -p "$plugins"
     unzip -q "$zip" -d "$plugins"

@@ -35,7 +35,7 @@ def test_demo_map_equals_the_reference(qgis_env, stack, tmp_path, backend):
         **{key: tmp_path / name for key, name in names.items()}})
     assert rc == 0, text
     codes = gdal.Open(str(tmp_path / names["OUTPUT"])).ReadAsArray()
-    assert codes.shape == (178, 178) and codes.min() >= 1 and codes.max() <= 17
+    assert codes.shape == (179, 178) and codes.min() >= 1 and codes.max() <= 17
     if KEEP:
         Path(KEEP).mkdir(parents=True, exist_ok=True)
         for name in names.values():
