@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 VERSION := $(shell sed -n 's/^version=//p' metadata.txt)
 
-.PHONY: setup install demo test test-qgis-3.40 test-qgis-3.44 bench package reproduce clean
+.PHONY: setup install demo test test-qgis-3.40 test-qgis-3.44 bench package pins reproduce clean
 
 setup:
 	bash scripts/setup.sh
@@ -27,6 +27,10 @@ bench: setup
 	$(PY) bench/bench_sentinel2.py
 	$(PY) bench/bench_sam.py
 	$(PY) bench/bench_dask.py
+
+# The pinned dependency sets requirements/py3XX/*.txt, resolved by uv from requirements/*.in (never edited by hand).
+pins: setup
+	$(PY) scripts/compile_pins.py
 
 # The DF4LCZ paper's protocol on LCZC-GES2 (needs internet and, realistically, a GPU): both split protocols.
 LCZC ?= data/DF4LCZ

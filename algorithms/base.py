@@ -165,7 +165,10 @@ class DF4LCZAlgorithm(ToolboxMetadata, QgsProcessingAlgorithm):
             return False, (f"DEVICE={device} is not a device of this machine (the NVIDIA driver reports {found}); "
                            f"choose one of: {', '.join(device_choices())}.")
         variant = self.needs_for(parameters, context)
-        lacking = dependencies.missing(variant) if variant != "none" else []
+        try:
+            lacking = dependencies.missing(variant) if variant != "none" else []
+        except dependencies.InstallError as error:  # no pinned set for this Python
+            return False, str(error)
         if lacking:
             return False, dependencies.install_advice(variant, lacking)
         return super().checkParameterValues(parameters, context)

@@ -286,8 +286,13 @@ class InstallDialog(QDialog):
             widget.setEnabled(not running)
         self.cancel_button.setEnabled(running)
         self.torch.setEnabled(not running and self.variant() == "full" and self.torch.count() > 1)
-        for variant, label in self.states.items():
-            pins = dependencies.plan(variant, self.torch.currentData())
-            have = sum(dependencies.installed(self.target, pin.name, pin.version) for pin in pins)
-            label.setText("installed" if have == len(pins) else
-                          "not installed" if have == 0 else f"{have} of {len(pins)} packages installed")
+        try:
+            for variant, label in self.states.items():
+                pins = dependencies.plan(variant, self.torch.currentData())
+                lack = len(dependencies.lacking(variant, self.torch.currentData(), self.target))
+                inside = sum(dependencies.installed(self.target, pin.name, pin.version) for pin in pins)
+                label.setText("installed" if not lack else "not installed" if not inside else
+                              f"{len(pins) - lack} of {len(pins)} packages installed")
+        except dependencies.InstallError as error:  # no pinned set for this Python
+            self.install_button.setEnabled(False)
+            self.status.setText(str(error))

@@ -31,11 +31,14 @@ class DF4LCZPlugin:
         self.install_action = QAction(dependencies.INSTALL_ENTRY, self.iface.mainWindow())
         self.install_action.triggered.connect(self.show_installer)
         self.iface.addPluginToMenu(MENU, self.install_action)
-        lacking = dependencies.missing("light")
-        if lacking:
+        try:
+            lacking = dependencies.missing("light")
             more = f" and {len(lacking) - 1} more" if len(lacking) > 1 else ""
-            self.notice = self.iface.messageBar().createMessage(
-                "DF4LCZ", f"its algorithms need Python packages that are not installed ({lacking[0]}{more}).")
+            text = f"its algorithms need Python packages that are not installed ({lacking[0]}{more})." if lacking else ""
+        except dependencies.InstallError as error:  # no pinned set for this Python
+            text = str(error)
+        if text:
+            self.notice = self.iface.messageBar().createMessage("DF4LCZ", text)
             button = QPushButton(dependencies.INSTALL_ENTRY, self.notice)
             button.clicked.connect(self.show_installer)
             self.notice.layout().addWidget(button)

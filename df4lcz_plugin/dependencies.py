@@ -1,18 +1,25 @@
 """The plugin's private Python dependencies: where they live, which are missing, and the one installer.
 
-Two variants, pinned once in ``requirements/`` (shipped with the plugin):
+Two variants, each pinned per Python and platform in ``requirements/`` (shipped with the plugin):
 
-- ``light`` (``light.txt``): OpenVINO, safetensors, lightgbm + scipy + narwhals, Dask. Enough for the Sentinel-2
+- ``light``: OpenVINO, safetensors, lightgbm + scipy + narwhals, Dask. Enough for the Sentinel-2
   stack and composites (s2cloudless cloud masks), for classifying on the CPU with a Sentinel-2-only model whose
   OpenVINO form is built (the shipped model's is), and for the command line on a Dask cluster. About 100 MB.
-- ``full`` (``plugin.txt``, which includes ``light.txt``): light plus PyTorch and what rests on it (CUDA, SAM,
+- ``full``: light plus PyTorch and what rests on it (CUDA, SAM,
   torch-geometric): GPU inference, VHR fusion, object graphs, training. About 5 GB.
+
+Their direct dependencies and the versions wanted are ``requirements/light.in`` and ``full.in``; uv's resolver
+(``scripts/compile_pins.py``) turns them into the sets ``requirements/py3XX/<variant>-<platform>.txt`` (``pin_file``),
+each the whole closure without numpy, wheels only: QGIS's own numpy is used, and nothing is built from source.
+A package counts as present (``lacking``) when the dependency folder holds its pinned version, or, when the folder
+holds none of it, when QGIS's own Python has a version within the input file's range (the exact pin for the
+closure's other packages): Debian's python3-scipy, for example.
 
 For ``full`` the PyTorch build may be chosen where the package index offers a choice (``TORCH_BUILDS``); the
 default is the registry's own PyTorch.
 
-They are installed with ``pip --no-deps --target`` into ``<plugin>/.deps/py<XY>`` (never into QGIS's own Python;
-the pin files are the whole closure, without numpy: QGIS's own numpy < 2 is used), which the plugin puts first on
+They are installed with ``pip --no-deps --only-binary :all: --target`` into ``<plugin>/.deps/py<XY>`` (never into
+QGIS's own Python), which the plugin puts first on
 ``sys.path`` before anything imports them. Each package is installed by its own pip run into a staging folder and
 then moved in, its ``.dist-info`` last: a package counts as installed (``installed``, ``missing``) only once whole,
 so an interrupted install leaves nothing half-installed and the next one finishes the job. One installer at a time
@@ -51,8 +58,13 @@ else:
 
 PLUGIN_ROOT = Path(__file__).resolve().parent.parent
 REQUIREMENTS = PLUGIN_ROOT / "requirements"
-#: Variant → its pin file in REQUIREMENTS.
-VARIANTS = {"light": "light.txt", "full": "plugin.txt"}
+#: The variants; ``<variant>.in`` in REQUIREMENTS lists each one's direct dependencies.
+VARIANTS = ("light", "full")
+#: sys.platform → (the pin files' platform name, the machine (platform.machine()) their wheels are for).
+PLATFORMS = {"linux": ("linux", "x86_64"), "win32": ("windows", "AMD64"), "darwin": ("macos", "arm64")}
+#: Packages older sets installed and the plugin no longer wants; ``install`` deletes them from its folder
+#: (openvino-telemetry sends usage analytics; OpenVINO works without it).
+WITHDRAWN = ("openvino-telemetry",)
 #: Variant → {import name: what to tell the user it is}; full needs light's too.
 MODULES = {
     "light": {"openvino": "OpenVINO", "safetensors": "safetensors", "lightgbm": "LightGBM", "scipy": "SciPy",
@@ -87,8 +99,8 @@ PROGRESS = re.compile(r"^\[(\d+)/(\d+)\] ")
 
 
 class InstallError(RuntimeError):
-    """pip is missing or failed, no Python matching QGIS's was found, or a folder is not one this installer may
-    delete."""
+    """pip is missing or failed, no Python matching QGIS's was found, there is no pinned set for this Python, or a
+    folder is not one this installer may delete."""
 
 
 class Cancelled(Exception):
@@ -163,23 +175,102 @@ def _normalised(path):
 
 
 def missing(variant, target=None):
-    """Names of the packages ``variant`` lacks, those of ``MODULES`` first as it calls them, then the other pins';
-    empty when all are present.
-
-    When the dependency folder ``target`` (default: this plugin's) exists, it decides: a pinned package is there
-    only with its ``.dist-info`` (of any PyTorch build), which moves in last, so a package whose files were half
-    moved in when its installer was killed is missing. Without the folder, the modules of ``MODULES`` are looked
-    for in QGIS's own Python (``find_spec``), which may provide them itself.
-    """
+    """Names of the packages ``variant`` lacks (``lacking``, for the PyTorch build that lacks fewest), those of
+    ``MODULES`` first as it calls them, then the other pins'; empty when all are present. ``target``: the dependency
+    folder (default: this plugin's). Raises InstallError when there is no set for this Python (``pin_file``)."""
     target = Path(target) if target else deps_folder(PLUGIN_ROOT)
     modules = dict(MODULES["light"], **(MODULES["full"] if variant == "full" else {}))
-    if not target.is_dir():
-        return [human for module, human in modules.items() if importlib.util.find_spec(module) is None]
     humans = {_dist_name(_DISTRIBUTIONS.get(module, module)): human for module, human in modules.items()}
-    lacking = min(([pin.name for pin in plan(variant, build) if not installed(target, pin.name, pin.version)]
-                   for build in torch_builds()), key=len)
-    named = [humans.get(_dist_name(name)) for name in lacking]
-    return [human for human in named if human] + [name for name, human in zip(lacking, named) if not human]
+    lacking_names = min(([pin.name for pin in lacking(variant, build, target)] for build in torch_builds()),
+                        key=len)
+    named = [humans.get(_dist_name(name)) for name in lacking_names]
+    return [human for human in named if human] + [name for name, human in zip(lacking_names, named) if not human]
+
+
+def lacking(variant, torch, target):
+    """The Pins of ``plan(variant, torch)`` not present for a Python using the dependency folder ``target``: a pin
+    is present when ``target`` holds its version (its ``.dist-info``, which moves in last, so a package whose files
+    were half moved in when its installer was killed is lacking), or, when ``target`` holds none of it, when QGIS's
+    own Python (``sys.path`` without any plugin dependency folder) has a version that ``wanted`` accepts."""
+    return [pin for pin in plan(variant, torch) if not installed(target, pin.name, pin.version)
+            and (any(Path(target).glob(f"{_dist_name(pin.name)}-*.dist-info")) or not provided(variant, pin))]
+
+
+def provided(variant, pin):
+    """The version (str) of ``pin``'s package that QGIS's own Python (``sys.path`` without plugin dependency
+    folders) has, if ``variant`` accepts it in place of the pin: within ``requirements(variant)``'s range for a
+    direct dependency, the pin's version for the others; else None."""
+    _, specifiers = _packaging()
+    path = [entry for entry in sys.path if not _is_deps_folder(Path(entry or "."))]
+    found = next(iter(importlib.metadata.distributions(name=pin.name, path=path)), None)
+    wanted = requirements(variant).get(_dist_name(pin.name), f"=={pin.version}")
+    if found is not None and specifiers.SpecifierSet(wanted).contains(found.version, prereleases=True):
+        return found.version
+    return None
+
+
+def _packaging():
+    """The ``packaging`` modules (requirements, specifiers): the installed one, else pip's own copy (before the
+    light set, which has it, is installed)."""
+    try:
+        from packaging import requirements, specifiers
+    except ImportError:
+        from pip._vendor.packaging import requirements, specifiers
+    return requirements, specifiers
+
+
+def _is_deps_folder(path):
+    return path.parent.name == ".deps" and re.fullmatch(r"py\d+", path.name) is not None
+
+
+def requirements(variant):
+    """{normalised name: specifier string} of ``variant``'s direct dependencies (``<variant>.in``, following ``-r``
+    includes) whose environment markers hold for this Python: what ``lacking`` accepts from QGIS's own Python."""
+    out = {}
+    for line in _lines(REQUIREMENTS / f"{variant}.in"):
+        requirement = _packaging()[0].Requirement(line)
+        if requirement.marker is None or requirement.marker.evaluate():
+            out[_dist_name(requirement.name)] = str(requirement.specifier)
+    return out
+
+
+def _lines(path):
+    """The requirement lines of a requirements file without comments, with its ``-r`` includes' lines."""
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.split("#")[0].strip()
+        if line.startswith("-r "):
+            out += _lines(path.parent / line[3:].strip())
+        elif line:
+            out.append(line)
+    return out
+
+
+def supported_pythons(platform=sys.platform):
+    """The Python versions ("3.11", …) that have pinned sets for ``platform`` (a sys.platform value)."""
+    name = PLATFORMS.get(platform, (platform,))[0]
+    return sorted((f"3.{p.name[3:]}" for p in REQUIREMENTS.glob("py3*") if (p / f"full-{name}.txt").is_file()),
+                  key=lambda version: int(version[2:]))
+
+
+def pin_file(variant, platform=sys.platform, python=None):
+    """The pin file (Path) of ``variant`` for ``python`` ("3.X", default: this one) on ``platform`` (a sys.platform
+    value; for the running one, the machine counts too). Raises InstallError naming the supported Pythons and
+    platforms when there is none."""
+    import platform as platform_module
+
+    python = python or f"{sys.version_info.major}.{sys.version_info.minor}"
+    name, machine = PLATFORMS.get(platform, (None, None))
+    path = REQUIREMENTS / f"py{python.replace('.', '')}" / f"{variant}-{name}.txt"
+    running = platform == sys.platform and platform_module.machine() != machine
+    if name is None or running or not path.is_file():
+        versions = ", ".join(supported_pythons("linux"))
+        here = f"Python {python} on {platform} {platform_module.machine() if platform == sys.platform else ''}"
+        raise InstallError(f"DF4LCZ's dependencies are pinned (wheels only) for Python {versions} on Linux x86_64, "
+                           f"Windows x86_64 and macOS 14+ on Apple silicon; this QGIS runs {here.strip()}, for "
+                           "which there is no set. Use a QGIS release built on one of those Pythons (QGIS 3.22 to "
+                           "3.44 and 4.x are).")
+    return path
 
 
 def install_advice(variant, lacking):
@@ -192,21 +283,10 @@ def install_advice(variant, lacking):
             "Then restart QGIS.")
 
 
-def pins(variant):
-    """(name, version) of every ``name==version`` pin of ``variant``, following ``-r`` includes."""
-    return _read_pins(REQUIREMENTS / VARIANTS[variant])
-
-
-def _read_pins(path):
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.split("#")[0].strip()
-        if line.startswith("-r "):
-            out += _read_pins(path.parent / line[3:].strip())
-        elif line:
-            name, version = line.split("==")
-            out.append((name.strip(), version.strip()))
-    return out
+def pins(variant, platform=sys.platform):
+    """(name, version) of every ``name==version`` pin of ``variant`` for this Python on ``platform`` (``pin_file``;
+    raises its InstallError)."""
+    return [tuple(part.strip() for part in line.split("==")) for line in _lines(pin_file(variant, platform))]
 
 
 def torch_builds(platform=sys.platform):
@@ -226,7 +306,7 @@ def plan(variant, torch=None, platform=sys.platform):
         raise InstallError(f"There is no '{torch}' PyTorch build for {platform}; choose {' or '.join(builds)}.")
     index = builds[torch]
     out = []
-    for name, version in pins(variant):
+    for name, version in pins(variant, platform):
         if name == "triton" or name.startswith(("nvidia-", "cuda-")):
             if torch == "cuda" and index is None:
                 out.append(Pin(name, version, None))
@@ -287,24 +367,30 @@ def _locked(target):
 
 def pip_command(pin, staging):
     """The pip command line (list of str) that installs ``pin`` alone into ``staging`` with this Python:
-    ``--no-deps`` (the pins are the whole closure), from ``pin.index`` instead of the registry when it
-    has one."""
+    ``--no-deps`` (the pins are the whole closure), a wheel only (never a build from source), from ``pin.index``
+    instead of the registry when it has one."""
     index = ["--index-url", pin.index] if pin.index else []
-    return [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--no-deps",
-            "--target", str(staging), *index, f"{pin.name}=={pin.version}"]
+    return [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--no-deps", "--only-binary",
+            ":all:", "--target", str(staging), *index, f"{pin.name}=={pin.version}"]
 
 
 def install(variant, target, torch=None):
     """pip-install into ``target`` the packages of ``variant`` (``plan``) it lacks; returns them (list of Pin).
 
-    A package whose dist-info is already in ``target`` is skipped, so a new pin costs one download, not a
-    reinstall of PyTorch, and a complete folder costs nothing. Each package is installed by its own pip run
+    A package present (``lacking``: in ``target``, or a fitting version in QGIS's own Python) is skipped, so a new
+    pin costs one download, not a reinstall of PyTorch, and a complete folder costs nothing. ``WITHDRAWN``
+    packages are deleted from ``target`` first. Each package is installed by its own pip run
     (``install_package``). Prints ``[done/total]`` progress lines and pip's output. Raises InstallError (pip missing
     or failing) or Cancelled (SIGTERM/SIGINT with ``stop_on_signals``); either way every package in ``target`` is
     whole.
     """
     target = Path(target)
-    todo = [pin for pin in plan(variant, torch) if not installed(target, pin.name, pin.version)]
+    todo = lacking(variant, torch, target)
+    _withdraw(target)
+    for pin in plan(variant, torch):
+        if pin not in todo and not installed(target, pin.name, pin.version):
+            print(f"{pin.name} {provided(variant, pin)} of QGIS's own Python is used instead of the pinned "
+                  f"{pin.version}.", flush=True)
     if not todo:
         print(f"The '{variant}' dependencies are all installed in {target}.", flush=True)
         return todo
@@ -316,6 +402,16 @@ def install(variant, target, torch=None):
         install_package(pin, target)
         print(f"[{done}/{len(todo)}] {pin.name}=={pin.version} installed.", flush=True)
     return todo
+
+
+def _withdraw(target):
+    """Delete the ``WITHDRAWN`` packages from ``target`` (an older set's), whole, under its lock."""
+    found = [old for name in WITHDRAWN for old in target.glob(f"{_dist_name(name)}-*.dist-info")]
+    if found:
+        with _locked(target), _signals_held():
+            for old in found:
+                _uninstall(target, old)
+                print(f"Deleted {old.name[:-len('.dist-info')]}: the plugin no longer uses it.", flush=True)
 
 
 def install_package(pin, target):

@@ -19,9 +19,11 @@ from df4lcz_plugin.models.registry import ModelError, builtin_models_dir, model_
 PLUGIN_NAME = "df4lcz"
 #: The shipped model; the zip must hold its weights, card and OpenVINO form (classification without PyTorch).
 SHIPPED_MODEL = builtin_models_dir() / "sen2lcznet_so2sat.json"
-# The pin files ship so that the installed plugin can install its own dependencies (df4lcz_plugin.dependencies).
+# The pin files and their inputs ship so that the installed plugin can install and check its own dependencies
+# (df4lcz_plugin.dependencies); the development tools' pins (py3XX/dev.txt) do not.
 ITEMS = ("metadata.txt", "__init__.py", "LICENSE", "README.md", "df4lcz_plugin", "algorithms", "resources",
-         "requirements/light.txt", "requirements/plugin.txt")
+         "requirements/light.in", "requirements/full.in",
+         *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "requirements").glob("py3*/*-*.txt")))
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".*.part")
 
 

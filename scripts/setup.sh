@@ -2,8 +2,8 @@
 # Everything `make demo` and `make test` need, on a fresh Debian bookworm machine; idempotent.
 #  1. Debian QGIS (and the Debian Python packages the tests use) if missing
 #  2. the development venv .venv (Debian Python, --system-site-packages)
-#  3. the plugin's pinned dependencies (the "full" variant) in <plugin>/.deps/py<XY> of the default QGIS profile,
-#     without numpy, by the plugin's own installer (df4lcz_plugin.dependencies)
+#  3. the plugin's dependencies (the "full" set pinned for this Python) in <plugin>/.deps/py<XY> of the default QGIS
+#     profile, without numpy, by the plugin's own installer (df4lcz_plugin.dependencies)
 #  4. assets (weights, test scene, checkpoints) into the per-user cache
 #  5. the shipped LCZ model, converted from the So2Sat Keras weights
 #  6. the plugin copied into the default profile and enabled
@@ -30,10 +30,13 @@ if [ ! -x .venv/bin/python ]; then
   echo "== creating .venv"
   /usr/bin/python3 -m venv --system-site-packages .venv
 fi
-stamp=$(cat requirements/dev.txt .venv-constraints.txt | sha256sum | cut -c1-16)
+# The development tools pinned for this Python (scripts/compile_pins.py), wheels only.
+DEV=requirements/py$PYVER/dev.txt
+[ -f "$DEV" ] || { echo "no development pins for Python $PYVER ($DEV); see scripts/compile_pins.py"; exit 1; }
+stamp=$(cat "$DEV" .venv-constraints.txt | sha256sum | cut -c1-16)
 if [ "$(cat .venv/.dev-stamp 2>/dev/null)" != "$stamp" ]; then
   echo "== installing development tools"
-  .venv/bin/pip install -q --disable-pip-version-check -r requirements/dev.txt -c .venv-constraints.txt
+  .venv/bin/pip install -q --disable-pip-version-check --only-binary :all: -r "$DEV" -c .venv-constraints.txt
   echo "$stamp" > .venv/.dev-stamp
 fi
 

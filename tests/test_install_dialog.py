@@ -69,7 +69,10 @@ def test_dialog_install_cancel_resume_remove(plugin, tmp_path):
 
     deps = plugin.df4lcz_plugin.dependencies
     target = tmp_path / ".deps" / f"py{sys.version_info.major}{sys.version_info.minor}"
-    pins = deps.plan("light")
+    telemetry = deps.Pin("openvino-telemetry", "2025.2.0", None)  # an older set's: withdrawn, install deletes it
+    deps.install_package(telemetry, target)
+    # What to install: the pins this Python (the venv, with the development tools' click) does not provide itself.
+    plan, pins = deps.plan("light"), deps.lacking("light", None, target)
     dialog = InstallDialog(target)
     dialog.show()
     assert dialog.states["light"].text() == "not installed"
@@ -81,12 +84,14 @@ def test_dialog_install_cancel_resume_remove(plugin, tmp_path):
     dialog.cancel_button.click()
     _finish(dialog)
     assert dialog.status.text().startswith("Cancelled"), dialog.log.toPlainText()
+    assert "Deleted openvino_telemetry-2025.2.0: the plugin no longer uses it." in dialog.log.toPlainText()
+    assert not list(target.glob("openvino_telemetry*"))
     missing, strays = _whole(target)
     kept = [pin for pin in pins if deps.installed(target, pin.name, pin.version)]
     assert 1 <= len(kept) < len(pins) and len(missing) == len(kept)
     assert not any(missing.values()) and not strays, (missing, strays)
     assert not deps.staging_folder(target).exists()
-    assert dialog.states["light"].text() == f"{len(kept)} of {len(pins)} packages installed"
+    assert dialog.states["light"].text() == f"{len(kept) + len(plan) - len(pins)} of {len(plan)} packages installed"
     assert dialog.restart_prompt is None
 
     dialog.install_button.click()
@@ -103,14 +108,14 @@ def test_dialog_install_cancel_resume_remove(plugin, tmp_path):
     sys.path.remove(str(target))  # the folder goes away with tmp_path
     assert deps.missing("light", target) == []
 
-    for name in ("lightgbm", "openvino_telemetry"):
+    for name in ("lightgbm", "msgpack"):
         [dist_info] = target.glob(f"{name}-*.dist-info")
         dist_info.rename(tmp_path / dist_info.name)
-    assert (target / "lightgbm" / "__init__.py").is_file() and (target / "openvino_telemetry").is_dir()
-    assert deps.missing("light", target) == ["LightGBM", "openvino-telemetry"]  # user-facing names first
+    assert (target / "lightgbm" / "__init__.py").is_file() and (target / "msgpack").is_dir()
+    assert deps.missing("light", target) == ["LightGBM", "msgpack"]  # user-facing names first
     cli = subprocess.run([sys.executable, "-m", "df4lcz_plugin.dependencies", "missing", "--variant", "light",
                           "--target", str(target)], cwd=ROOT, capture_output=True, text=True)
-    assert cli.returncode == 1 and cli.stdout.split() == ["LightGBM", "openvino-telemetry"], cli.stdout + cli.stderr
+    assert cli.returncode == 1 and cli.stdout.split() == ["LightGBM", "msgpack"], cli.stdout + cli.stderr
     before = len(dialog.log.toPlainText())
     dialog.install_button.click()
     _finish(dialog)

@@ -3,7 +3,7 @@ profile as the Plugin Manager does, its own installer run with QGIS's Python (re
 then real QGIS. PyTorch is absent; the Sentinel-2 classification runs on OpenVINO, equals the full install's and
 is styled; what needs PyTorch refuses and names the full variant.
 
-It downloads about 100 MB (openvino 59 MB, scipy 39 MB, lightgbm 3.5 MB, …); pip runs with the real user's
+It downloads about 100 MB (openvino 59 MB, scipy 39 MB, lightgbm 3.5 MB, …), wheels only; pip runs with the real user's
 XDG_CACHE_HOME, so its own cache keeps the wheels between runs wherever the index lets it cache them."""
 
 import json
@@ -57,6 +57,7 @@ def test_light_install_has_no_torch(light):
     env, plugin = light
     deps = dependencies.deps_folder(plugin)
     assert all(dependencies.installed(deps, name, version) for name, version in dependencies.pins("light"))
+    assert not list(deps.glob("openvino_telemetry*"))  # usage analytics: not in any set
     probe = ("import sys, importlib.util as u; sys.path.insert(0, sys.argv[1]); "
              "print(u.find_spec('torch') is None, u.find_spec('openvino').origin.startswith(sys.argv[1]))")
     found = subprocess.run([QGIS_PYTHON, "-c", probe, str(deps)], env=env, capture_output=True, text=True)

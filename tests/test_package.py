@@ -40,8 +40,11 @@ def test_the_zip_holds_what_runs_and_nothing_for_developers(package):
     model = "resources/lcz_models/sen2lcznet_so2sat"
     assert {f"{model}.json", f"{model}.safetensors"} <= inside
     assert {n.rsplit(".", 1)[1] for n in inside if n.startswith(f"{model}.openvino-")} == {"xml", "bin"}
-    assert {"metadata.txt", "__init__.py", "LICENSE", "resources/icon.png", "requirements/light.txt",
-            "requirements/plugin.txt"} <= inside
+    sets = {f"requirements/py{python}/{variant}-{platform}.txt" for python in (311, 312, 313, 314)
+            for variant in ("light", "full") for platform in ("linux", "windows", "macos")}
+    assert {"metadata.txt", "__init__.py", "LICENSE", "resources/icon.png", "requirements/light.in",
+            "requirements/full.in", *sets} <= inside
+    assert not [name for name in inside if name.endswith("dev.txt") or name.endswith("dev.in")]
     assert not {name.split("/")[0] for name in inside} & {"scripts", "tests", "bench", ".ci", "Makefile", "docs"}
     assert "requirements/dev.txt" not in inside and not any("__pycache__" in n or n.endswith(".pyc") for n in inside)
 
