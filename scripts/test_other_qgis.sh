@@ -14,7 +14,7 @@ if [ "${1:-}" = --inside ]; then  # in the root: ZIP REFERENCE_DIR
     plugins=$home/.local/share/QGIS/QGIS3/profiles/default/python/plugins
     mkdir -p "$plugins"
     unzip -q "$zip" -d "$plugins"
-    echo "QGIS $(HOME=$home qgis_process.bin --version 2>/dev/null | grep -m1 QGIS), $(python3 -V)," \
+    echo "$(HOME=$home qgis_process.bin --version 2>/dev/null | grep -m1 QGIS), $(python3 -V)," \
          "numpy $(python3 -c 'import numpy; print(numpy.__version__)')," \
          "GDAL $(python3 -c 'from osgeo import gdal; print(gdal.__version__)')"
     for variant in light full; do
