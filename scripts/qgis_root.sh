@@ -85,6 +85,11 @@ in_root() {
         mount --bind "$assets" "$dir/root/.cache/df4lcz"
         mount --bind "$pipcache" "$dir/var/cache/pip"
         mount --bind "$scratch" "$dir/tmp"
+        # Folders the checkout links to outside itself (a git worktree'"'"'s resources/lcz_models), at their path.
+        find "$here" -maxdepth 2 -type l -xtype d -print0 | while IFS= read -r -d "" link; do
+            target=$(readlink -f "$link")
+            case $target in "$here"/*) ;; *) mkdir -p "$dir$target"; mount --bind "$target" "$dir$target" ;; esac
+        done
         exec chroot "$dir" /usr/bin/env -i "$@"' _ "$dir" "$HERE" "$assets" "$pipcache" "$scratch" "${env[@]}" \
         bash -c 'cd "$0" && exec "$@"' "$HERE" "$@" || status=$?
     rm -rf "$scratch"
