@@ -97,6 +97,7 @@ in_root() {
     return "${status:-0}"
 }
 
+[ "$(id -u)" = 0 ] || { echo "$0 needs root: debootstrap, chroot and mounts (run it with sudo)" >&2; exit 1; }
 [ -d "$ROOT" ] || build
 if [ "${2:-}" = run ]; then
     shift 2
