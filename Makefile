@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 VERSION := $(shell sed -n 's/^version=//p' metadata.txt)
 
-.PHONY: setup install demo test faults bench package pins reproduce clean
+.PHONY: setup install demo test test-qgis-3.40 test-qgis-3.44 faults bench package pins reproduce clean
 
 setup:
 	bash scripts/setup.sh
@@ -14,6 +14,14 @@ demo: setup
 
 test: setup
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q tests
+
+# The plugin zip on Debian's QGIS 3.40 (trixie) / 3.44 (sid) in a cached Debian root (scripts/qgis_root.sh,
+# run as root): installed as a user would, then the integration tests there (scripts/test_other_qgis.sh).
+test-qgis-3.40: setup
+	bash scripts/test_other_qgis.sh trixie
+
+test-qgis-3.44: setup
+	bash scripts/test_other_qgis.sh sid
 
 # Longer kill sweeps than make test's (tests/test_faults.py): more moments per job, SIGTERM and SIGKILL.
 faults: setup

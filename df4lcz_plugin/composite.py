@@ -6,7 +6,8 @@ So2Sat/LCZ lineage: Schmitt et al. 2019, "Aggregating cloud-free Sentinel-2 imag
 ISPRS Annals IV-2/W7): it is robust to clouds and shadows the mask missed, which are bright or dark outliers.
 
 All inputs are brought onto one 10 m grid (the first input's CRS and pixel grid, over the union of the
-inputs' extents) by GDAL warped VRTs, which honour each input's mask band, so a masked pixel arrives as no data.
+inputs' extents) by GDAL warped VRTs, which honour each input's mask band (or, without one, its nodata value), so a
+masked pixel arrives as no data.
 The composite is written in strips of ``STRIP_ROWS`` rows: memory is bounded by one strip of every input.
 """
 
@@ -24,7 +25,7 @@ from .feedback import Feedback
 from .kill_points import kill_point
 from .outputs import atomic_output, scratch_folder
 from .sentinel2 import build_stack, create_stack_raster
-from .sentinel2_input import check_values, open_sentinel2
+from .sentinel2_input import check_values, open_sentinel2, own_mask_band
 
 gdal.UseExceptions()
 
@@ -73,6 +74,16 @@ def _union_grid(datasets, names):
     return (gt[0] + col0 * gt[1], gt[1], 0.0, gt[3] - row0 * abs(gt[5]), 0.0, gt[5]), col1 - col0, row1 - row0, wkt
 
 
+def _source_nodata(ds):
+    """The warper's source nodata for ``ds``: "None" when it has its own mask band, else its nodata (default).
+
+    Given both a per-dataset mask and a nodata value, GDAL before 3.12 honours both, GDAL 3.12 and later the
+    nodata alone: clouds would count as clear. So a masked stack is warped by its mask alone, which in
+    ``sentinel2stack``'s stacks also hides the no-data pixels (0 values are dropped after warping anyway).
+    """
+    return "None" if own_mask_band(ds) is not None else None
+
+
 def build_composite(inputs, output, observations_path=None, cloud_mask_mode="auto", feedback=None):
     """Write the median composite of ``inputs`` to ``output`` (10 bands, So2Sat order, UInt16, nodata 0) and,
     optionally, the number of clear observations per pixel to ``observations_path`` (Byte).
@@ -107,9 +118,9 @@ def build_composite(inputs, output, observations_path=None, cloud_mask_mode="aut
             datasets.append(ds)
         gt, width, height, wkt = _union_grid(datasets, [str(p) for p in inputs])
         bounds = (gt[0], gt[3] + gt[5] * height, gt[0] + gt[1] * width, gt[3])
-        # Each input on the common grid; masked and no-data pixels come out as 0 (the warper honours masks).
+        # Each input on the common grid; masked and no-data pixels come out as 0.
         views = [gdal.Warp("", ds, format="VRT", dstSRS=wkt, outputBounds=bounds, width=width, height=height,
-                           resampleAlg="bilinear", dstNodata=0) for ds in datasets]
+                           resampleAlg="bilinear", dstNodata=0, srcNodata=_source_nodata(ds)) for ds in datasets]
         try:
             histogram = _write(views, gt, width, height, wkt, inputs, output, observations_path, feedback)
         finally:

@@ -5,6 +5,7 @@ Usage: ``python scripts/plugin_files.py copy PLUGIN_DIR`` or ``python scripts/pl
 """
 
 import configparser
+import os
 import shutil
 import sys
 import zipfile
@@ -35,7 +36,9 @@ def files():
         if path.is_file():
             out.append(Path(item))
         else:
-            out += [p.relative_to(ROOT) for p in sorted(path.rglob("*"))
+            # os.walk follows a linked folder (resources/lcz_models in a git worktree), as copy() does.
+            found = [Path(folder, name) for folder, _, names in os.walk(path, followlinks=True) for name in names]
+            out += [p.relative_to(ROOT) for p in sorted(found)
                     if p.is_file() and "__pycache__" not in p.parts and not p.name.endswith(".part")]
     return out
 

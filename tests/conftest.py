@@ -61,19 +61,26 @@ def raster_copy(source, target, **translate_options):
 @pytest.fixture(scope="session")
 def qgis_env(tmp_path_factory):
     """Environment of a throwaway QGIS profile: HOME is temporary, the working tree's plugin is installed in it
-    and enabled; its private dependencies link to the real installation's; assets come from the real cache."""
-    home = tmp_path_factory.mktemp("home")
-    plugin_dir = home / ".local/share/QGIS/QGIS3/profiles/default/python/plugins/df4lcz"
-    plugin_files.copy(plugin_dir)
-    real_deps = dependencies.deps_folder(REAL_PROFILE / "python/plugins/df4lcz")
-    assert real_deps.is_dir(), f"run 'make setup' first: {real_deps} is missing"
-    link = dependencies.deps_folder(plugin_dir)
-    link.parent.mkdir(parents=True, exist_ok=True)
-    link.symlink_to(real_deps)
+    and enabled; its private dependencies link to the real installation's; assets come from the real cache.
+
+    With ``DF4LCZ_QGIS_HOME`` set, that HOME is used as it is: a profile whose plugin a user installed from the
+    zip, dependencies included (``make test-qgis-3.40``)."""
+    if os.environ.get("DF4LCZ_QGIS_HOME"):
+        home = Path(os.environ["DF4LCZ_QGIS_HOME"])
+        assert (home / ".local/share/QGIS/QGIS3/profiles/default/python/plugins/df4lcz/metadata.txt").is_file()
+    else:
+        home = tmp_path_factory.mktemp("home")
+        plugin_dir = home / ".local/share/QGIS/QGIS3/profiles/default/python/plugins/df4lcz"
+        plugin_files.copy(plugin_dir)
+        real_deps = dependencies.deps_folder(REAL_PROFILE / "python/plugins/df4lcz")
+        assert real_deps.is_dir(), f"run 'make setup' first: {real_deps} is missing"
+        link = dependencies.deps_folder(plugin_dir)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(real_deps)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     env.update(HOME=str(home), XDG_CACHE_HOME=str(assets.cache_dir().parent), QT_QPA_PLATFORM="offscreen",
                XDG_RUNTIME_DIR=str(home / "run"), XDG_DATA_HOME=str(home / ".local/share"))
-    (home / "run").mkdir(mode=0o700)
+    (home / "run").mkdir(mode=0o700, exist_ok=True)
     subprocess.run([QGIS_PROCESS, "plugins", "enable", "df4lcz"], env=env, check=True, capture_output=True)
     return env
 
