@@ -210,11 +210,13 @@ def test_relative_paths_reach_workers_running_elsewhere(s2_stack, tmp_path):
     for path in MODEL_CARD.parent.glob(f"{MODEL_CARD.stem}.*"):  # card, weights and OpenVINO form
         shutil.copy2(path, models / path.name)
     extent = ("437000", "4170000", "439000", "4172000")
+    # The plugin first, before what PYTHONPATH already holds (another QGIS's test run puts the dependencies there).
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True) as cluster:
         command = [sys.executable, "-m", "df4lcz_plugin", "classify", str(s2_stack), "rel.tif", "--extent", *extent,
                    "--model", f"models/{MODEL_CARD.name}", "--work-dir", "tiles", "--scheduler",
                    cluster.scheduler_address]
-        run = subprocess.run(command, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        run = subprocess.run(command, cwd=tmp_path, env=env,
                              capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     here = _cli(s2_stack, tmp_path / "here.tif", "--extent", *extent)
