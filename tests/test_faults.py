@@ -23,8 +23,9 @@ from faults import (LONG, Moment, check_outputs_after_stop, partial_files, run_s
 from df4lcz_plugin.graph import ObjectGraph
 from df4lcz_plugin.graph_cache import GraphCache
 
+
 def _quick(moments, keep):
-    """``make test`` tries the moments at indices ``keep`` of a slower job; ``make faults`` tries them all."""
+    """``make test`` tries the moments at indices ``keep`` of a slow job (training); ``make faults`` tries them all."""
     return moments if LONG else [moments[i] for i in keep]
 
 
@@ -178,7 +179,6 @@ CLASSIFY = [Moment(after=0.5, signal="TERM"), Moment("batch", 3), Moment("batch"
             Moment("tile", 1, "TERM"), Moment("mosaic", 1), Moment("rename p.tif", signal="TERM"),
             Moment("rename lcz.tif"), Moment("rename lcz.tif.aux.xml"), Moment("rename lcz.qml", signal="TERM"),
             Moment("rename p.qml")]
-CLASSIFY = _quick(CLASSIFY, (0, 2, 5, 7, 8, 9))
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +211,6 @@ def _stack_command(bands):
 STACK = [Moment(after=0.5, signal="TERM"), Moment(after=0.9), Moment("strip", 1), Moment("strip", 2, "TERM"),
          Moment("strip", 3), Moment("rename stack.tif.aux.xml", signal="TERM"), Moment("rename stack.tif"),
          Moment("rename stack.tif", signal="TERM"), Moment("strip", 1, "TERM"), Moment("rename stack.tif.aux.xml")]
-STACK = _quick(STACK, (0, 1, 3, 5, 6, 9))
 
 
 @pytest.fixture(scope="module")
@@ -244,7 +243,6 @@ COMPOSITE = [Moment(after=0.5, signal="TERM"), Moment("strip", 1), Moment("strip
              Moment("rename obs.tif", signal="TERM"), Moment("rename obs.tif"), Moment("rename composite.tif"),
              Moment("rename composite.tif", signal="TERM"), Moment("rename composite.tif.aux.xml"),
              Moment("strip", 3, "TERM")]
-COMPOSITE = _quick(COMPOSITE, (0, 2, 3, 4, 6, 8))
 
 
 @pytest.fixture(scope="module")
