@@ -204,7 +204,7 @@ def band_folder(s2_band_dir, tmp_path_factory):
 
 
 def _stack_command(bands):
-    return lambda folder: _qgis_command("df4lcz:sentinel2stack", {"INPUT": bands, "CLOUD_MASK": 3,
+    return lambda folder: _qgis_command("df4lcz:sentinel2stack", {"INPUT": bands, "CLOUD_MASK": "none",
                                                                   "OUTPUT": folder / "stack.tif"})
 
 

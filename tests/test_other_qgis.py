@@ -13,7 +13,6 @@ import pytest
 from osgeo import gdal, osr
 
 from conftest import run_qgis_process
-from df4lcz_plugin.models.backends import BACKENDS
 
 EXTENT = "-75.72,-75.52,37.59,37.75 [EPSG:4326]"  # scripts/demo.py's
 KEEP, REFERENCE = os.environ.get("DF4LCZ_MAP_KEEP"), os.environ.get("DF4LCZ_REFERENCE_MAP")
@@ -31,7 +30,7 @@ def stack(qgis_env, s2_band_dir, tmp_path_factory):
 def test_demo_map_equals_the_reference(qgis_env, stack, tmp_path, backend):
     names = {"OUTPUT": f"lcz_{backend}.tif", "PROBABILITIES": f"p_{backend}.tif"}
     rc, _, text = run_qgis_process(qgis_env, "df4lcz:classifylcz", {
-        "SENTINEL2": stack, "EXTENT": EXTENT, "RESOLUTION": 100, "BACKEND": BACKENDS.index(backend),
+        "SENTINEL2": stack, "EXTENT": EXTENT, "RESOLUTION": 100, "BACKEND": backend,
         **{key: tmp_path / name for key, name in names.items()}})
     assert rc == 0, text
     codes = gdal.Open(str(tmp_path / names["OUTPUT"])).ReadAsArray()
