@@ -80,11 +80,12 @@ in_root() {
         mount -t proc proc "$dir/proc"
         mount --rbind /dev "$dir/dev"
         mount --rbind /sys "$dir/sys"
-        mkdir -p "$dir$here" "$dir/root/.cache/df4lcz" "$dir/var/cache/pip" "$dir/tmp"
+        mkdir -p "$dir/root/.cache/df4lcz" "$dir/var/cache/pip" "$dir/tmp"
+        mount --bind "$scratch" "$dir/tmp"  # first: a checkout under /tmp (CI clones anywhere) goes on top of it
+        mkdir -p "$dir$here"
         mount --bind "$here" "$dir$here"
         mount --bind "$assets" "$dir/root/.cache/df4lcz"
         mount --bind "$pipcache" "$dir/var/cache/pip"
-        mount --bind "$scratch" "$dir/tmp"
         # Folders the checkout links to outside itself (a git worktree'"'"'s resources/lcz_models), at their path.
         find "$here" -maxdepth 2 -type l -xtype d -print0 | while IFS= read -r -d "" link; do
             target=$(readlink -f "$link")
