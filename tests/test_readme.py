@@ -36,7 +36,7 @@ EXAMPLES = readme_examples()
 
 
 def test_the_readme_has_its_examples():
-    assert len(EXAMPLES) == 3 and sum(map(len, EXAMPLES)) == 4
+    assert len(EXAMPLES) == 4 and sum(map(len, EXAMPLES)) == 6
 
 
 @pytest.mark.parametrize("commands", EXAMPLES, ids=[" ; ".join(c[2] for c in commands) for commands in EXAMPLES])
