@@ -65,5 +65,5 @@ class LCZParametersAlgorithm(DF4LCZAlgorithm):
             classes = write_parameter_raster(source, output, statistic)
         feedback.pushInfo(f"{sum(classes.values())} LCZ cells, {len(classes)} classes; {len(PROPERTIES)} bands "
                           f"({statistic} of each range).")
-        style_on_load(context, [(output, False, tr("LCZ urban canopy parameters"))], layer.name())
+        style_on_load(context, [(output, True, tr("LCZ urban canopy parameters"))], layer.name())
         return {self.OUTPUT: output, self.CLASSES: json.dumps(classes)}

@@ -54,6 +54,8 @@ class Property:
 
 
 _NAN = float("nan")
+#: The band the raster's ``.qml`` shows: the height of roughness elements.
+STYLED_BAND = "HRE"
 PROPERTIES = (
     Property("SVF", "Sky view factor", "1 (fraction 0–1)", (
         (0.2, 0.4), (0.3, 0.6), (0.2, 0.6), (0.5, 0.7), (0.5, 0.8), (0.6, 0.9), (0.2, 0.5), (0.7, 1.0),
@@ -122,8 +124,8 @@ def parameter_bands(codes, statistic="middle"):
 
 def write_parameter_raster(lcz_path, out_path, statistic="middle"):
     """Write ``out_path``: a float32 GeoTIFF on the LCZ map's grid (same size, geotransform and CRS), one band
-    per property of PROPERTIES (description "<key>: <title> (<statistic>)", unit set), nodata NODATA; written
-    atomically. Returns {code: cells} of the LCZ cells found.
+    per property of PROPERTIES (description "<key>: <title> (<statistic>)", unit set), nodata NODATA, and its
+    ``.qml`` (the STYLED_BAND on a sequential ramp); written atomically. Returns {code: cells} of the LCZ cells found.
 
     Raises ValueError (``assess.AssessmentError``) when ``lcz_path`` is not an LCZ map (several bands,
     fractional values, values that are not LCZ codes 1–17 or 101–107) or holds no LCZ cell.
@@ -131,6 +133,7 @@ def write_parameter_raster(lcz_path, out_path, statistic="middle"):
     from osgeo import gdal
 
     from .assess import AssessmentError, read_lcz_map
+    from .lcz_raster import write_ramp_style
     from .outputs import atomic_output
 
     ds, codes = read_lcz_map(lcz_path)
@@ -152,5 +155,8 @@ def write_parameter_raster(lcz_path, out_path, statistic="middle"):
             band.WriteArray(values)
         out.FlushCache()
         out = None
+    # QGIS opens it on the height band (the one a map of urban form usually shows), over the table's range.
+    styled = next(i for i, prop in enumerate(PROPERTIES) if prop.key == STYLED_BAND)
+    write_ramp_style(out_path, styled + 1, 0, np.nanmax(PROPERTIES[styled].ranges), PROPERTIES[styled].unit)
     present, counts = np.unique(codes[codes != legend.NODATA], return_counts=True)
     return {int(c): int(n) for c, n in zip(present, counts)}

@@ -91,6 +91,11 @@ def write_probability_style(raster_path):
     return _write_qml(raster_path, legend.confidence_qml(WINNER_BAND))
 
 
+def write_ramp_style(raster_path, band, minimum, maximum, unit):
+    """Write ``<raster>.qml`` showing ``band`` on the sequential ramp over ``minimum``–``maximum`` (``unit``)."""
+    return _write_qml(raster_path, legend.ramp_qml(band, minimum, maximum, unit))
+
+
 def _write_qml(raster_path, text):
     # Under a temporary name, renamed when complete: a killed run leaves the old style or the new one.
     qml_path = Path(raster_path).with_suffix(".qml")

@@ -123,16 +123,23 @@ CONFIDENCE_RAMP = ((0, "#ffffcc"), (25, "#a1dab4"), (50, "#41b6c4"), (75, "#2c7f
 
 
 def confidence_qml(band):
-    """A QGIS layer style (QML text): a pseudocolour renderer on ``band`` (a probability in percent, 0–100) with
-    the sequential CONFIDENCE_RAMP, interpolated; the nodata value stays transparent."""
-    items = "\n".join(f'          <item value="{value}" color="{colour}" alpha="255" label="{value} %"/>'
-                      for value, colour in CONFIDENCE_RAMP)
+    """A QGIS layer style (QML text) for ``band``, a probability in percent (0–100): ``ramp_qml`` over 0–100 %."""
+    return ramp_qml(band, 0, 100, "%")
+
+
+def ramp_qml(band, minimum, maximum, unit):
+    """A QGIS layer style (QML text): a pseudocolour renderer on ``band`` with the sequential CONFIDENCE_RAMP
+    stretched over ``minimum``–``maximum`` (in the band's ``unit``, shown in the labels), interpolated; the nodata
+    value stays transparent."""
+    stops = [(minimum + (maximum - minimum) * f / 100, colour) for f, colour in CONFIDENCE_RAMP]
+    items = "\n".join(f'          <item value="{value:g}" color="{colour}" alpha="255" label="{value:g} {unit}"/>'
+                      for value, colour in stops)
     return _style(f"""    <rasterrenderer type="singlebandpseudocolor" band="{band}" opacity="1" alphaBand="-1" nodataColor=""
-                    classificationMin="0" classificationMax="100">
+                    classificationMin="{minimum:g}" classificationMax="{maximum:g}">
 {_MIN_MAX}
       <rastershader>
-        <colorrampshader colorRampType="INTERPOLATED" classificationMode="1" clip="0" minimumValue="0"
-                         maximumValue="100" labelPrecision="0">
+        <colorrampshader colorRampType="INTERPOLATED" classificationMode="1" clip="0" minimumValue="{minimum:g}"
+                         maximumValue="{maximum:g}" labelPrecision="1">
 {items}
         </colorrampshader>
       </rastershader>

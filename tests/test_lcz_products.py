@@ -57,6 +57,21 @@ def test_parameters_follow_the_table_for_each_class(qgis_env, tmp_path, statisti
         assert table[_band(key), code] == pytest.approx(expected), (key, code)
 
 
+def test_opening_the_parameters_shows_the_height_band_on_a_ramp(qgis_app, tmp_path):
+    """The raster's .qml (QGIS applies it when the file is opened): the height band, 0 m to the table's top."""
+    from qgis.core import QgsApplication, QgsProcessingContext, QgsProcessingFeedback, QgsRasterLayer
+    from qgis.core import QgsSingleBandPseudoColorRenderer
+
+    alg = QgsApplication.processingRegistry().createAlgorithmById("df4lcz:lczparameters")
+    _, ok = alg.run({"LCZ": str(ZARAGOZA), "OUTPUT": str(tmp_path / "ucp.tif")}, QgsProcessingContext(),
+                    QgsProcessingFeedback())
+    assert ok
+    layer = QgsRasterLayer(str(tmp_path / "ucp.tif"), "ucp")  # keep the layer: it owns the renderer
+    renderer = layer.renderer()
+    assert isinstance(renderer, QgsSingleBandPseudoColorRenderer) and renderer.band() == _band("HRE") + 1
+    assert (renderer.classificationMin(), renderer.classificationMax()) == (0, 30)  # LCZ A: trees 3–30 m
+
+
 def test_wudapt_2015_codes_give_the_same_parameters(qgis_env, tmp_path):
     """The same map recoded as 101–107 for LCZ A–G (the WUDAPT-2015/UMEP convention)."""
     recoded = raster_copy(ZARAGOZA, tmp_path / "wudapt2015.tif", outputType=gdal.GDT_Int16)
