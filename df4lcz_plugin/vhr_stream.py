@@ -44,8 +44,9 @@ class FootprintGraphs:
         self.device = device
         self.checkpoint = checkpoint or assets.fetch_member(assets.MOBILE_SAM)
         self.settings = {**PAPER_AMG_SETTINGS, **(amg_settings or {})}
-        self.rule = graph_rule or DEFAULT_GRAPH_RULE
-        self.segmentation = segmentation_of(self.rule)
+        self.segmentation = segmentation_of(graph_rule or DEFAULT_GRAPH_RULE)
+        # The mode always written out: a card without it (footprint) and an explicit footprint share cache keys.
+        self.rule = {**(graph_rule or DEFAULT_GRAPH_RULE), "segmentation": self.segmentation}
         self.fast = fast
         # Footprints per SAM call: the image encoder batched over them pays on a GPU; on the CPU it measured no
         # faster (bench/bench_sam.py), so one at a time.
