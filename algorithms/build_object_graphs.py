@@ -10,7 +10,7 @@ from qgis.core import (QgsCoordinateTransform, QgsFeature, QgsFeatureSink, QgsFi
 from qgis.PyQt.QtCore import QMetaType
 
 from ..df4lcz_plugin.outputs import check_output_paths
-from ..df4lcz_plugin.sam import PAPER_AMG_SETTINGS
+from ..df4lcz_plugin.vhr.sam import PAPER_AMG_SETTINGS
 from .base import (DF4LCZAlgorithm, ProcessingFeedback, device_parameter, engine_errors, gdal_source,
                    segmentation_parameter, tr)
 from .compat import FLAG_ADVANCED, NUMBER_DOUBLE, NUMBER_INTEGER, SOURCE_VECTOR_POLYGON, WKB_MULTIPOLYGON, field
@@ -114,7 +114,7 @@ class BuildObjectGraphsAlgorithm(DF4LCZAlgorithm):
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
         from ..df4lcz_plugin import assets
         from ..df4lcz_plugin.device import resolve_device
-        from ..df4lcz_plugin.objects import default_settings, extract_objects, mask_polygons, write_graph_file
+        from ..df4lcz_plugin.vhr.objects import default_settings, extract_objects, mask_polygons, write_graph_file
 
         layer = self.parameterAsRasterLayer(parameters, self.VHR, context)
         amg = {argument: (self.parameterAsInt if integer else self.parameterAsDouble)(parameters, name, context)
@@ -179,7 +179,7 @@ class BuildObjectGraphsAlgorithm(DF4LCZAlgorithm):
         """Graph cache mode: SAM on exactly the footprints of 'Classify local climate zones' with the same
         SENTINEL2 (CLASSIFICATION_GRID), EXTENT and RESOLUTION; no polygons or graph file."""
         from ..df4lcz_plugin.device import resolve_device
-        from ..df4lcz_plugin.vhr_stream import fill_graph_cache
+        from ..df4lcz_plugin.vhr.stream import fill_graph_cache
 
         grid_layer = self.parameterAsRasterLayer(parameters, self.CLASSIFICATION_GRID, context)
         rule = {**rule, "segmentation": self.parameterAsEnumString(parameters, self.SEGMENTATION, context)}

@@ -188,7 +188,7 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
         from ..df4lcz_plugin.classify import classify
         from ..df4lcz_plugin.device import resolve_device
-        from ..df4lcz_plugin.vhr import open_vhr
+        from ..df4lcz_plugin.vhr.imagery import open_vhr
 
         layer = self.parameterAsRasterLayer(parameters, self.SENTINEL2, context)
         sentinel2_path = gdal_source(layer, self.SENTINEL2)

@@ -4,15 +4,18 @@ footprint at a time through segment-anything's own ``SamAutomaticMaskGenerator``
 
 1. profile: where one footprint's seconds go (image encoder, mask decoder and its transformer, mask upsampling,
    stability score, boxes, RLE, NMS, small-region removal), for the library and for the exact fast path;
-2. exact fast path (``sam.MaskGenerator``): seconds per footprint, and whether its masks are the library's;
+2. exact fast path (``vhr.sam.MaskGenerator``: OpenVINO image encoder, lean decoder): seconds per footprint on
+   each real footprint, whether its masks are the library's, and how far its scores are;
 3. fast SAM (bfloat16, opt-in): share of the exact masks matched at IoU ≥ 0.5, both ways;
-4. shared segmentation (``sam_tiles``) against per-footprint SAM on the real orthophoto: share of per-footprint
+4a. SAM against itself: per-footprint masks of footprints shifted by a few metres, on their common window (the
+   ceiling of any shared segmentation's agreement);
+4. shared segmentation (``vhr.sam_tiles``) against per-footprint SAM on the real orthophoto: share of per-footprint
    masks matched by a composed mask at IoU ≥ 0.5 (and the reverse), node counts, node-feature differences;
 5. shared segmentation at RESOLUTION=100 over a 1280 × 1280 m area: SAM seconds per output cell. SYNTHETIC
    imagery, for timing only: a mosaic of the Zürich orthophoto and its mirror images (no larger real VHR is at
    hand); agreement (4) is measured on the real image only.
 
-Usage: ``python bench/bench_sam.py [--device auto|cpu|cuda] [--footprints N] [--skip-area]``. Prints a JSON report.
+Usage: ``python bench/bench_sam.py [--device auto|cpu|cuda] [--footprints N] [--shifts M ...] [--skip-area]``. Prints a JSON report.
 """
 
 import argparse
@@ -72,7 +75,7 @@ class Stages:
         return lambda: setattr(owner, name, function) if owner.__dict__.get(name) is timed else None
 
 
-def _profile(generator, model, rgb, library):
+def _profile(generator, model, rgb):
     """(records, total seconds, {stage: seconds}) of one ``generate`` with stage timers around it."""
     import segment_anything.automatic_mask_generator as amg_module
     import torch
@@ -83,18 +86,49 @@ def _profile(generator, model, rgb, library):
             stages.wrap(model.mask_decoder.transformer, "forward", "decoder transformer"),
             stages.wrap(model.mask_decoder.output_upscaling, "forward", "decoder mask upscaling"),
             stages.wrap(model, "postprocess_masks", "mask upsampling 256 → 1024 → crop")]
-    # The library's post-processing (the fast path calls the same functions, bound when it is built).
+    # The library's post-processing.
     for name, label in (("calculate_stability_score", "stability score"), ("batched_mask_to_box", "boxes"),
                         ("mask_to_rle_pytorch", "RLE"), ("rle_to_mask", "RLE decode"),
                         ("remove_small_regions", "small-region removal"), ("batched_nms", "NMS")):
-        if library:
-            undo.append(stages.wrap(amg_module, name, label))
+        undo.append(stages.wrap(amg_module, name, label))
     with torch.inference_mode():
         records, seconds = _timed(lambda: generator.generate(rgb))
     for step in undo:
         step()
     profile = {k: round(v, 2) for k, v in sorted(stages.seconds.items(), key=lambda kv: -kv[1])}
     return records, seconds, {"total": round(seconds, 2), **profile}
+
+
+def _profile_fast(generator, model, rgb):
+    """(PatchMasks of all AMG masks, total seconds, {stage: seconds}) of ``MaskGenerator.many`` on one patch."""
+    stages = Stages()
+    undo = [stages.wrap(generator, "_encode", f"image encoder ({generator.engine})"),
+            stages.wrap(model.mask_decoder.output_upscaling, "forward", "decoder mask upscaling"),
+            stages.wrap(model, "postprocess_masks", "mask upsampling 256 → 1024 → crop")]
+    masks, seconds = _timed(lambda: generator.many([rgb], paper_filter=False)[0])
+    for step in undo:
+        step()
+    profile = {k: round(v, 2) for k, v in sorted(stages.seconds.items(), key=lambda kv: -kv[1])}
+    profile["transformer and the rest"] = round(seconds - sum(stages.seconds.values()), 2)
+    return masks, seconds, {"total": round(seconds, 2), **profile}
+
+
+def _shift_stability(exact, source, wkt, x_left, shifts):
+    """SAM's own answer to a shift, on the real orthophoto: per-footprint masks of the footprint at x_left and of
+    the one ``shift`` metres right of it, compared where they overlap (masks cut to the common window, < 50 px
+    dropped). No shared segmentation can agree with per-footprint SAM better than SAM agrees with itself."""
+    from df4lcz_plugin.vhr.imagery import read_patch
+
+    def masks_at(dx):
+        return exact(read_patch(source, (x_left + dx, ZURICH_TOP - 320, x_left + dx + 320, ZURICH_TOP), wkt)[0]).masks
+
+    base, rows = masks_at(0), []
+    for dx in shifts:
+        a, b = base[:, :, dx:], masks_at(dx)[:, :, :320 - dx]
+        a, b = (m[m.reshape(len(m), -1).sum(1) >= 50] for m in (a, b))
+        rows.append({"shift_m": dx, "matched_iou_0.5": round(_matched(a, b)[0], 3),
+                     "shifted_matched_iou_0.5": round(_matched(b, a)[0], 3)})
+    return rows
 
 
 def _mosaic(path):
@@ -129,17 +163,20 @@ def main():
     import torch
     from segment_anything import SamAutomaticMaskGenerator
 
-    from df4lcz_plugin import assets, sam, sam_tiles
+    from df4lcz_plugin import assets
+    from df4lcz_plugin.vhr import sam, sam_tiles
     from df4lcz_plugin.device import resolve_device
-    from df4lcz_plugin.graph import DEFAULT_GRAPH_RULE, build_graph
-    from df4lcz_plugin.graph_cache import GraphCache
-    from df4lcz_plugin.vhr import open_vhr, read_patch
-    from df4lcz_plugin.vhr_stream import FootprintGraphs
+    from df4lcz_plugin.vhr.graph import DEFAULT_GRAPH_RULE, build_graph
+    from df4lcz_plugin.vhr.graph_cache import GraphCache
+    from df4lcz_plugin.vhr.imagery import open_vhr, read_patch
+    from df4lcz_plugin.vhr.stream import FootprintGraphs
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--footprints", type=int, default=3, help="real footprints for the agreement (4)")
     parser.add_argument("--skip-area", action="store_true", help="leave out the 1280 m area timing (5)")
+    parser.add_argument("--shifts", type=int, nargs="*", default=[2, 10, 40, 80],
+                        help="metres of the per-footprint shift stability (4a)")
     args = parser.parse_args()
     device = resolve_device(args.device)
     zurich = assets.fetch(assets.ZURICH_ORTHO)
@@ -156,30 +193,41 @@ def main():
     report = {"device": str(device), "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
               "checkpoint": "MobileSAM vit_t", "settings": sam.PAPER_AMG_SETTINGS}
 
-    # 1–2. One footprint: library (baseline) and the exact fast path, with their stages.
-    reference, library_s, library_stages = _profile(library, model, patches[0], library=True)
-    fast_records, exact_s, exact_stages = _profile(exact._generator, model, patches[0], library=False)
-    identical = len(reference) == len(fast_records) and all(
-        np.array_equal(a["segmentation"], b["segmentation"]) and a["bbox"] == b["bbox"]
-        and a["predicted_iou"] == b["predicted_iou"] and a["stability_score"] == b["stability_score"]
-        for a, b in zip(reference, fast_records))
+    # 1–2. Each footprint: library (baseline) and the exact fast path, the first with their stages.
+    rows, library_total, exact_total = [], 0.0, 0.0
+    for index, rgb in enumerate(patches):
+        reference, library_s, library_stages = _profile(library, model, rgb)
+        fast, exact_s, exact_stages = _profile_fast(exact, model, rgb)
+        reference = exact._filter(reference, paper_filter=False)
+        library_total, exact_total = library_total + library_s, exact_total + exact_s
+        rows.append({"footprint_xmin": footprints[index][0], "amg_masks": len(reference),
+                     "baseline_library_seconds": round(library_s, 2), "exact_fast_seconds": round(exact_s, 2),
+                     "masks_identical": reference.masks.shape == fast.masks.shape
+                     and bool((reference.masks == fast.masks).all()) and np.array_equal(reference.bbox, fast.bbox),
+                     "max_abs_diff_predicted_iou": float(np.abs(reference.predicted_iou - fast.predicted_iou).max()),
+                     "max_abs_diff_stability": float(np.abs(reference.stability - fast.stability).max())})
+        if index == 0:
+            profiles = {"profile_library": library_stages, "profile_exact_fast": exact_stages}
     report["one_footprint"] = section = {
-        "amg_masks": len(reference), "kept_masks": len(exact._filter(reference)),
-        "baseline_library_seconds": round(library_s, 2), "exact_fast_seconds": round(exact_s, 2),
-        "speedup_exact_fast_vs_library": round(library_s / exact_s, 2),
-        "exact_fast_masks_identical_to_library": identical,
-        "profile_library": library_stages, "profile_exact_fast": exact_stages}
+        "encoder": exact.engine, "footprints": rows,
+        "speedup_exact_fast_vs_library": round(library_total / exact_total, 2),
+        "all_masks_identical": all(r["masks_identical"] for r in rows), **profiles}
+    library_s = library_total / len(patches)
     _show("one_footprint", section)
 
     # 3. Fast SAM (bfloat16): not identical, measured.
-    per_footprint = [exact._filter(reference)] + [exact(p) for p in patches[1:]]
+    per_footprint = [exact(p) for p in patches]
     bf16, bf16_s = _timed(lambda: sam.MaskGenerator(model, fast=True)(patches[0]))
     share, _ = _matched(per_footprint[0].masks, bf16.masks)
     back, _ = _matched(bf16.masks, per_footprint[0].masks)
-    report["fast_sam_bfloat16"] = {"seconds": round(bf16_s, 2), "speedup_vs_library": round(library_s / bf16_s, 2),
+    report["fast_sam_bfloat16"] = {"seconds": round(bf16_s, 2), "speedup_vs_library": round(rows[0]["baseline_library_seconds"] / bf16_s, 2),
                                    "exact_masks_matched_iou_0.5": round(share, 3),
                                    "bf16_masks_matched_iou_0.5": round(back, 3)}
     _show("fast_sam_bfloat16", report["fast_sam_bfloat16"])
+
+    # 4a. The ceiling of any shared segmentation: per-footprint SAM against itself, shifted.
+    report["per_footprint_shift_stability_real"] = _shift_stability(exact, source, wkt, x_left, args.shifts)
+    _show("per_footprint_shift_stability_real", report["per_footprint_shift_stability_real"])
 
     # 4. Shared segmentation against per-footprint SAM, on the real orthophoto.
     with tempfile.TemporaryDirectory() as folder:
@@ -217,7 +265,7 @@ def main():
                 "area_m": [AREA_M, AREA_M], "cells": len(cells), "sam_tiles": area.sam_runs,
                 "sam_seconds": round(area.sam_seconds, 1), "total_seconds": round(area_s, 1),
                 "sam_seconds_per_cell": round(area.sam_seconds / len(cells), 2),
-                "baseline_per_footprint_seconds_per_cell": round(library_s, 2),
+                "baseline_per_footprint_seconds_per_cell": round(library_s, 2),  # mean of section 1
                 "speedup_per_cell_vs_baseline": round(library_s * len(cells) / area.sam_seconds, 1),
                 "city_scale_sam_seconds_per_cell": round(area.sam_seconds / area.sam_runs * (100 / 320) ** 2, 2),
                 "mean_nodes": round(float(np.mean([g.num_nodes for g in made if g is not None])), 1)}

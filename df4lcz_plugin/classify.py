@@ -29,7 +29,7 @@ from .map_writer import open_map
 from .models.backends import sentinel2_runner
 from .models.registry import LoadedModel, load_model
 from .sentinel2_input import InputError, check_values, open_sentinel2, own_mask_band, valid_pixels
-from .vhr_stream import CHUNK_CELLS, FusionCost, VHRStream
+from .vhr.stream import CHUNK_CELLS, FusionCost, VHRStream
 
 gdal.UseExceptions()
 

@@ -198,10 +198,11 @@ def lacking(variant, torch, target):
 
 def provided(variant, pin):
     """The version (str) of ``pin``'s package that QGIS's own Python (``sys.path`` without plugin dependency
-    folders) has, if ``variant`` accepts it in place of the pin: within ``requirements(variant)``'s range for a
-    direct dependency, the pin's version for the others; else None."""
+    folders, and without a virtual environment's own folders: scripts/setup.sh runs this from the development
+    venv, whose tools QGIS never sees) has, if ``variant`` accepts it in place of the pin: within
+    ``requirements(variant)``'s range for a direct dependency, the pin's version for the others; else None."""
     _, specifiers = _packaging()
-    path = [entry for entry in sys.path if not _is_deps_folder(Path(entry or "."))]
+    path = [entry for entry in sys.path if not _is_deps_folder(Path(entry or ".")) and not _in_venv(entry)]
     found = next(iter(importlib.metadata.distributions(name=pin.name, path=path)), None)
     wanted = requirements(variant).get(_dist_name(pin.name), f"=={pin.version}")
     if found is not None and specifiers.SpecifierSet(wanted).contains(found.version, prereleases=True):
@@ -217,6 +218,10 @@ def _packaging():
     except ImportError:
         from pip._vendor.packaging import requirements, specifiers
     return requirements, specifiers
+
+
+def _in_venv(entry):
+    return sys.prefix != sys.base_prefix and Path(entry or ".").resolve().is_relative_to(Path(sys.prefix).resolve())
 
 
 def _is_deps_folder(path):

@@ -26,7 +26,7 @@ import numpy as np
 
 from .bands import SO2SAT_BANDS
 from .feedback import Feedback
-from .graph import DEFAULT_GRAPH_RULE, ObjectGraph, normalised_edges
+from .vhr.graph import DEFAULT_GRAPH_RULE, ObjectGraph, normalised_edges
 from .legend import label as class_name
 from .metrics import confusion_matrix, lcz_metrics, paper_oa_b_n
 from .samples import SPLITS, class_weights, read_patches, sample_training_areas
@@ -143,7 +143,7 @@ def train_on_training_areas(sentinel2_path, areas, model_path, report_path, base
     fine-tuned (None: a 3D ResNet11 from scratch). vhr_path: VHR imagery to train the GCN stream as well.
     Warnings of ``class_warnings`` go to ``feedback.warning``, the card and the report's details.
     segmentation: ``tiles`` (shared segmentation, the default: footprints every 50 m overlap many times) or
-    ``footprint`` (the paper's, one SAM run per sample); recorded in the card's graph rule (``vhr_stream``).
+    ``footprint`` (the paper's, one SAM run per sample); recorded in the card's graph rule (``vhr.stream``).
     Returns (model card path, test metrics dict). Raises SamplingError, Canceled, the VHR/SAM errors, and
     ModelError when the model's file name cannot be its id (``registry.MODEL_ID``: no commas).
     """
@@ -217,8 +217,8 @@ def _train_vhr(sentinel2_path, vhr_path, split, y, p_s2, epochs, device, seed, a
     from . import assets
     from .grid import PATCH_PX, patch_footprint
     from .models.gcn import ObjectGCN
-    from .sam import PAPER_AMG_SETTINGS
-    from .vhr_stream import FootprintGraphs
+    from .vhr.sam import PAPER_AMG_SETTINGS
+    from .vhr.stream import FootprintGraphs
 
     ds = gdal.Open(str(sentinel2_path))
     gt, wkt = ds.GetGeoTransform(), ds.GetProjection()
@@ -235,7 +235,7 @@ def _train_vhr(sentinel2_path, vhr_path, split, y, p_s2, epochs, device, seed, a
                   f"{footprints.cache_hits} from the graph cache.")
     has = {name: np.array([g is not None for g in graphs[name]], bool) for name in graphs}
     if has["train"].sum() == 0 or has["validation"].sum() == 0:
-        from .vhr import VHRError
+        from .vhr.imagery import VHRError
         raise VHRError("The VHR imagery covers no training or no validation sample footprint; the GCN stream "
                        "cannot be trained. Leave VHR empty to train the Sentinel-2 stream only.")
     pick = lambda name: [g for g in graphs[name] if g is not None]  # noqa: E731

@@ -144,12 +144,12 @@ def fused_model(s2_stack, model, vhr_fixture, tmp_path_factory):
     VHR patches labelled LCZ 5 and 6 for the GCN. Its weights mean nothing; it exists to exercise fusion."""
     import torch
 
-    from df4lcz_plugin import sam
-    from df4lcz_plugin.graph import DEFAULT_GRAPH_RULE, build_graph
+    from df4lcz_plugin.vhr import sam
+    from df4lcz_plugin.vhr.graph import DEFAULT_GRAPH_RULE, build_graph
     from df4lcz_plugin.models.gcn import ObjectGCN
     from df4lcz_plugin.models.registry import save_model
     from df4lcz_plugin.models.resnet3d import ResNet11_3D
-    from df4lcz_plugin.vhr import open_vhr, read_patch
+    from df4lcz_plugin.vhr.imagery import open_vhr, read_patch
 
     torch.manual_seed(0)
     stack = gdal.Open(str(s2_stack)).ReadAsArray(400, 400, 256, 256).astype(np.float32) / 10000

@@ -20,8 +20,8 @@ from conftest import MODEL_CARD, QGIS_PROCESS, ROOT, raster_copy
 from faults import (LONG, Moment, check_outputs_after_stop, partial_files, run_stopped, run_until, same_output,
                     snapshot)
 
-from df4lcz_plugin.graph import ObjectGraph
-from df4lcz_plugin.graph_cache import GraphCache
+from df4lcz_plugin.vhr.graph import ObjectGraph
+from df4lcz_plugin.vhr.graph_cache import GraphCache
 
 
 def _quick(moments, keep):
@@ -263,8 +263,8 @@ def test_sentinel2composite_killed(qgis_env, two_dates, composite_reference, old
 _PUTS = """
 import sys
 import numpy as np
-from df4lcz_plugin.graph import ObjectGraph
-from df4lcz_plugin.graph_cache import GraphCache
+from df4lcz_plugin.vhr.graph import ObjectGraph
+from df4lcz_plugin.vhr.graph_cache import GraphCache
 cache = GraphCache(sys.argv[1])
 for i in range(int(sys.argv[2])):
     rng = np.random.default_rng(i)

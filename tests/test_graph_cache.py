@@ -8,8 +8,8 @@ import pytest
 
 from df4lcz_plugin.classify import classify
 from df4lcz_plugin.feedback import Canceled, Feedback
-from df4lcz_plugin.graph import ObjectGraph
-from df4lcz_plugin.graph_cache import GraphCache
+from df4lcz_plugin.vhr.graph import ObjectGraph
+from df4lcz_plugin.vhr.graph_cache import GraphCache
 from df4lcz_plugin.models.registry import load_model
 
 from conftest import FUSED_EXTENT, run_qgis_process

@@ -6,11 +6,12 @@ import pytest
 import torch
 from osgeo import gdal, ogr
 
-from df4lcz_plugin import assets, fusion, sam
-from df4lcz_plugin.graph import build_graph
+from df4lcz_plugin import assets, fusion
+from df4lcz_plugin.vhr import sam
+from df4lcz_plugin.vhr.graph import build_graph
 from df4lcz_plugin.grid import make_grid
 from df4lcz_plugin.models.registry import load_model
-from df4lcz_plugin.vhr import open_vhr, read_patch
+from df4lcz_plugin.vhr.imagery import open_vhr, read_patch
 
 from conftest import FAST_AMG, FUSED_EXTENT, MODEL_CARD, ZURICH, raster_copy, run_qgis_process
 

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from df4lcz_plugin import assets, fusion, graph, sam, vhr
+from df4lcz_plugin import assets, fusion
+from df4lcz_plugin.vhr import graph, imagery, sam
 from df4lcz_plugin.models.gcn import ObjectGCN
 
 from conftest import ZURICH, FAST_AMG
@@ -47,10 +48,10 @@ def mobile_sam():
 
 @pytest.fixture(scope="module")
 def zurich_patch():
-    source = vhr.open_vhr(ZURICH)
+    source = imagery.open_vhr(ZURICH)
     gt = source.dataset.GetGeoTransform()
     bounds = (gt[0] + 100, gt[3] - 300 - 10, gt[0] + 420, gt[3] + 10)  # 320 m, 2 % outside the image
-    return vhr.read_patch(source, bounds, source.dataset.GetProjection())
+    return imagery.read_patch(source, bounds, source.dataset.GetProjection())
 
 
 def test_real_sam_masks_make_a_graph(mobile_sam, zurich_patch):

@@ -17,7 +17,7 @@ from osgeo import gdal
 from conftest import MODEL_CARD, QGIS_PROCESS, ZURICH, raster_copy, run_qgis_process
 
 from df4lcz_plugin import assets
-from df4lcz_plugin.vhr import open_vhr, read_patch
+from df4lcz_plugin.vhr.imagery import open_vhr, read_patch
 
 from test_data_safety import FARMLAND_WINDOW, _refused
 

@@ -52,19 +52,24 @@ def converted_path(card):
     return cache_dir() / "openvino" / name
 
 
-def convert(module, xml_path):
-    """Convert a PyTorch Sentinel-2 stream to OpenVINO IR at ``xml_path`` (+ ``.bin``), fp32, batch dynamic.
+def convert(module, xml_path, input_shape=(-1, 10, 32, 32)):
+    """Convert a PyTorch module to OpenVINO IR at ``xml_path`` (+ ``.bin``), fp32 weights; ``input_shape``
+    (float32, -1 a dynamic dimension) defaults to a Sentinel-2 stream's (B, 10, 32, 32).
 
     Written under temporary names and renamed, so a half-written model is never picked up.
     """
+    import warnings
+
     import openvino as ov
     import torch
 
     xml_path = Path(xml_path)
     xml_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = xml_path.with_name(f".{xml_path.stem}.{os.getpid()}.partial.xml")
-    with torch.no_grad():
-        network = ov.convert_model(module.eval(), example_input=torch.zeros(1, 10, 32, 32), input=[(-1, 10, 32, 32)])
+    example = torch.zeros([1 if size == -1 else size for size in input_shape])
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape asserts traced as constants
+        network = ov.convert_model(module.eval(), example_input=example, input=[tuple(input_shape)])
     try:
         ov.save_model(network, str(tmp), compress_to_fp16=False)
         os.replace(tmp.with_suffix(".bin"), xml_path.with_suffix(".bin"))

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..bands import SO2SAT_BANDS
-from ..graph import SEGMENTATIONS
+from ..vhr.graph import SEGMENTATIONS
 
 CARD_FORMAT = "df4lcz-model-card/1"
 #: A model id (the file name of a trained model): no commas, which would split a MODEL value in Processing.

@@ -14,11 +14,12 @@ from its tiles; the tiles are cached too, so classification, training and the ob
 import time
 from collections import OrderedDict
 
-from . import assets, sam_tiles
+from .. import assets
+from . import sam_tiles
 from .graph import DEFAULT_GRAPH_RULE, build_graph, segmentation_of
 from .graph_cache import GraphCache, file_identity
 from .sam import PAPER_AMG_SETTINGS, MaskGenerator, load_sam
-from .vhr import MIN_COVERAGE, VHRError, open_vhr, overlaps, read_patch
+from .imagery import MIN_COVERAGE, VHRError, open_vhr, overlaps, read_patch
 
 #: Decoded SAM tiles kept in memory (a few MB each): a row of footprints reuses its neighbours' tiles.
 TILES_IN_MEMORY = 32
@@ -239,9 +240,9 @@ def fill_graph_cache(vhr_path, sentinel2_path, bounds, resolution, device="cpu",
 
     Raises InputError, GridError, VHRError, sam.SAMError, Canceled.
     """
-    from .feedback import Feedback
-    from .grid import make_grid
-    from .sentinel2_input import open_sentinel2
+    from ..feedback import Feedback
+    from ..grid import make_grid
+    from ..sentinel2_input import open_sentinel2
 
     feedback = feedback or Feedback()
     ds = open_sentinel2(sentinel2_path)

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 import numpy as np
 from osgeo import gdal, ogr, osr
 
-from .feedback import Feedback
+from ..feedback import Feedback
 from .graph import DEFAULT_GRAPH_RULE, build_graph
-from .ogr_memory import memory_datasource
-from .outputs import atomic_output
+from ..ogr_memory import memory_datasource
+from ..outputs import atomic_output
 from .sam import PATCH_SIZE_PX, MaskGenerator, PatchMasks, load_sam
-from .vhr import VHRError, open_vhr, overlaps, read_patch
+from .imagery import VHRError, open_vhr, overlaps, read_patch
 
 PATCH_M = 320.0
 
