@@ -89,7 +89,7 @@ class BuildObjectGraphsAlgorithm(DF4LCZAlgorithm):
         self.addParameter(device_parameter(self.DEVICE))
         advanced = [QgsProcessingParameterNumber(self.GRAPH_RADIUS, tr("Graph radius (fraction of the 320 m patch)"),
                                                  NUMBER_DOUBLE, 0.25, minValue=0.0),
-                    QgsProcessingParameterBoolean(self.FAST_SAM, tr("Fast SAM (bfloat16; not the paper-exact masks)"),
+                    QgsProcessingParameterBoolean(self.FAST_SAM, tr("Fast SAM (bfloat16, pays on a GPU only; not the paper-exact masks)"),
                                                   False)]
         for name, (argument, label, integer, minimum) in _AMG_PARAMETERS.items():
             kind = NUMBER_INTEGER if integer else NUMBER_DOUBLE
