@@ -134,7 +134,7 @@ def test_dialog_install_cancel_resume_remove(plugin, tmp_path):
 
 def test_cancel_while_removing(plugin, tmp_path):
     """Cancel while the interpreter is looked for starts nothing; Cancel once the removal runs stops it before it
-    deletes anything, and says so (not what an install's Cancel says)."""
+    deletes anything, and says so (not what an install's Cancel says); if the removal won the race, the status says what is left."""
     from df4lcz.algorithms.install_dialog import InstallDialog
     from qgis.PyQt.QtWidgets import QMessageBox
 
@@ -150,8 +150,13 @@ def test_cancel_while_removing(plugin, tmp_path):
         dialog.cancel_button.click()
         _finish(dialog)
     assert dialog.log.toPlainText().count("Cancelled before the installer started; nothing changed.") == 1
-    assert dialog.status.text() == f"Cancelled before anything was deleted: {target} is whole."
-    assert (target / "pkg" / "module.py").is_file() and dialog.restart_prompt is None
+    if (target / "pkg" / "module.py").is_file():  # the usual case: Cancel came before the folder was moved aside
+        assert dialog.status.text() == f"Cancelled before anything was deleted: {target} is whole."
+        assert dialog.restart_prompt is None
+    else:  # on a loaded machine the one-file removal can move the folder aside first: then the status says so
+        assert not target.exists() and dialog.status.text().startswith("Cancelled while deleting: the dependencies "
+                                                                        "are removed")
+        assert str(target.parent / ".trash-py311") in dialog.status.text()
     dialog.close()
 
 
