@@ -223,10 +223,10 @@ def image_encoder(sam_model, backend="auto"):
 
     if backend not in ENCODER_BACKENDS:
         raise SAMError(f"SAM encoder backend '{backend}' is not one of {', '.join(ENCODER_BACKENDS)}.")
-    on_cpu = sam_model.device.type == "cpu"
-    if backend == "openvino" and not (on_cpu and openvino_available()):
+    usable = sam_model.device.type == "cpu" and openvino_available()
+    if backend == "openvino" and not usable:
         raise SAMError("The SAM encoder runs on OpenVINO on the CPU only, with the 'openvino' package installed.")
-    if backend == "pytorch" or not (on_cpu and openvino_available()):
+    if backend == "pytorch" or not usable:
         return sam_model.image_encoder, f"pytorch on {sam_model.device}"
     try:
         return _OpenVINOEncoder(sam_model.image_encoder), "openvino f32 on cpu"
