@@ -4,7 +4,7 @@ footprint at a time through segment-anything's own ``SamAutomaticMaskGenerator``
 
 1. profile: where one footprint's seconds go (image encoder, mask decoder and its transformer, mask upsampling,
    stability score, boxes, RLE, NMS, small-region removal), for the library and for the exact fast path;
-2. exact fast path (``vhr.sam.MaskGenerator``: OpenVINO image encoder, lean decoder): seconds per footprint on
+2. exact fast path (``vhr.sam.MaskGenerator``: OpenVINO image encoder, folded decoder ``vhr.sam_decoder``): seconds per footprint on
    each real footprint, whether its masks are the library's, and how far its scores are;
 3. fast SAM (bfloat16, opt-in): share of the exact masks matched at IoU ≥ 0.5, both ways;
 4a. SAM against itself: per-footprint masks of footprints shifted by a few metres, on their common window (the
@@ -102,14 +102,17 @@ def _profile(generator, model, rgb):
 def _profile_fast(generator, model, rgb):
     """(PatchMasks of all AMG masks, total seconds, {stage: seconds}) of ``MaskGenerator.many`` on one patch."""
     stages = Stages()
+    transformer = generator._generator._transformer
     undo = [stages.wrap(generator, "_encode", f"image encoder ({generator.engine})"),
+            stages.wrap(transformer, "layers", "decoder transformer layers (folded)"),
+            stages.wrap(transformer, "final", "decoder final attention (folded)"),
             stages.wrap(model.mask_decoder.output_upscaling, "forward", "decoder mask upscaling"),
             stages.wrap(model, "postprocess_masks", "mask upsampling 256 → 1024 → crop")]
     masks, seconds = _timed(lambda: generator.many([rgb], paper_filter=False)[0])
     for step in undo:
         step()
     profile = {k: round(v, 2) for k, v in sorted(stages.seconds.items(), key=lambda kv: -kv[1])}
-    profile["transformer and the rest"] = round(seconds - sum(stages.seconds.values()), 2)
+    profile["the rest"] = round(seconds - sum(stages.seconds.values()), 2)
     return masks, seconds, {"total": round(seconds, 2), **profile}
 
 

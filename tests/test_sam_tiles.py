@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from df4lcz_plugin import assets
-from df4lcz_plugin.vhr import graph, imagery, sam, sam_tiles
+from df4lcz_plugin.vhr import graph, imagery, sam, sam_decoder, sam_tiles
 from df4lcz_plugin.vhr.graph_cache import GraphCache
 from df4lcz_plugin.vhr.stream import FootprintGraphs
 
@@ -30,9 +30,10 @@ def _wkt():
 
 
 def test_exact_fast_path_gives_the_reference_masks(mobile_sam):
-    """The fast path (image encoder on OpenVINO, one crop a call; transformer on every prompt, mask upscaling and
-    upsampling only where a mask passes the predicted-IoU threshold, 4 prompts per decoder call) against
-    SamAutomaticMaskGenerator on PyTorch, mask by mask, on two real patches with a crop layer (5 crops each)."""
+    """The fast path (image encoder on OpenVINO, one crop a call; the folded decoder transformer on every prompt,
+    mask upscaling and upsampling only where a mask passes the predicted-IoU threshold, 4 prompts per decoder
+    call) against SamAutomaticMaskGenerator on PyTorch, mask by mask, on two real patches with a crop layer (5
+    crops each)."""
     from segment_anything import SamAutomaticMaskGenerator
 
     source = imagery.open_vhr(ZURICH)
@@ -40,17 +41,46 @@ def test_exact_fast_path_gives_the_reference_masks(mobile_sam):
     generator = sam.MaskGenerator(mobile_sam, **settings)
     assert generator.engine == "openvino f32 on cpu"
     library = SamAutomaticMaskGenerator(mobile_sam, **generator.settings)
-    assert generator._generator.points_per_batch == sam.DECODER_BATCH_CPU != library.points_per_batch
+    assert generator._generator.points_per_batch == sam_decoder.DECODER_BATCH_CPU != library.points_per_batch
     for x0 in (2679062.5, 2679180.0):
         rgb, _ = imagery.read_patch(source, (x0, 1247680.0, x0 + 320, 1248000.0), source.dataset.GetProjection())
         reference = generator._filter(library.generate(rgb), paper_filter=False)
         fast = generator.many([rgb], paper_filter=False)[0]
         assert len(reference) == len(fast) > 5
         assert np.array_equal(reference.masks, fast.masks) and np.array_equal(reference.bbox, fast.bbox)
-        # The scores come from other matrix products (OpenVINO's encoder; 4 prompts a decoder call, not 64), so
-        # they may differ in float32's last bits (measured ≤ 4e-6) while every mask is the same.
+        # The scores come from other matrix products (OpenVINO's encoder; the folded attentions sum in another
+        # order), so they may differ in float32's last bits (measured ≤ 6e-6) while every mask is the same.
         assert np.abs(reference.predicted_iou - fast.predicted_iou).max() < 1e-4
         assert np.abs(reference.stability - fast.stability).max() < 1e-4
+
+
+def test_folded_transformer_equals_the_library_transformer(mobile_sam):
+    """``sam_decoder.PromptTransformer`` against segment-anything's TwoWayTransformer on a real patch's image
+    embedding and 6 one-point prompts: every token and image-token output within float32 rounding."""
+    import torch
+    from segment_anything import SamPredictor
+
+    source = imagery.open_vhr(ZURICH)
+    rgb, _ = imagery.read_patch(source, FOOTPRINT, source.dataset.GetProjection())
+    predictor, decoder = SamPredictor(mobile_sam), mobile_sam.mask_decoder
+    with torch.inference_mode():
+        predictor.set_image(rgb)
+        points = torch.tensor([[[100.0, 80.0]], [[500.0, 520.0]], [[900.0, 40.0]], [[10.0, 1000.0]],
+                               [[640.0, 300.0]], [[333.0, 777.0]]])
+        sparse, dense = mobile_sam.prompt_encoder(points=(points, torch.ones(6, 1, dtype=torch.int)), boxes=None,
+                                                  masks=None)
+        tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+        tokens = torch.cat((tokens.unsqueeze(0).expand(6, -1, -1), sparse), dim=1)
+        image_pe = mobile_sam.prompt_encoder.get_dense_pe()
+        hs, keys = decoder.transformer(predictor.features.expand(6, -1, -1, -1) + dense, image_pe.expand(6, -1, -1, -1),
+                                       tokens)
+        folded = sam_decoder.PromptTransformer(decoder.transformer)
+        folded.prepare(predictor.features + dense[:1], image_pe)
+        queries, folded_keys = folded.layers(tokens)
+        folded_hs = folded.final(queries, folded_keys, tokens, list(range(5)))
+    assert folded_keys.shape == keys.shape and folded_hs.shape == hs[:, :5].shape
+    assert (folded_keys - keys).abs().max() < 1e-4 and (folded_hs - hs[:, :5]).abs().max() < 1e-4
+    assert keys.abs().mean() > 0.05 and hs.abs().mean() > 0.1  # real outputs, not zeros
 
 
 def test_the_sam_encoder_backend_is_checked(mobile_sam):

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .sam_decoder import DECODER_BATCH_CPU, exact_generator
+
 PATCH_SIZE_PX = 320
 MIN_MASK_AREA_PX = 50
 MAX_MASKS = 50
@@ -236,149 +238,6 @@ def image_encoder(sam_model, backend="auto"):
         return sam_model.image_encoder, "pytorch on cpu (OpenVINO could not convert the encoder)"
 
 
-#: Prompts per mask-decoder call on the CPU: the decoder's image-side tensors (prompts × 4096 × 256 floats) stay
-#: in cache, faster per prompt than the library's 64 here (bench/bench_sam.py). The masks are the same; the scores
-#: come from matrix products over another batch, so they may differ in float32's last bits (measured ≤ 4e-7).
-DECODER_BATCH_CPU = 4
-
-
-def _attention(attention, q, k, v):
-    """``segment_anything.modeling.transformer.Attention.forward`` after the input projections: q, k, v already
-    split into heads (a batch of 1 broadcasts)."""
-    import math
-
-    import torch
-
-    attn = q @ k.permute(0, 1, 3, 2)
-    attn = torch.softmax(attn / math.sqrt(q.shape[-1]), dim=-1)
-    return attention.out_proj(attention._recombine_heads(attn @ v))
-
-
-class _SharedFirstLayer:
-    """SAM's ``TwoWayTransformer`` for many point prompts on one image, with the first layer's image side done
-    once: there the image tokens (embedding + dense no-mask embedding) and their positional encoding are the same
-    for every prompt, so their key/value projections (tokens → image) and query projection (image → tokens) are
-    computed for one prompt and broadcast. Every operation is the library's own (TwoWayAttentionBlock with
-    ``skip_first_layer_pe``), on the same numbers, so the outputs are identical; the second layer and the final
-    attention run per prompt, as in the library (segment_anything/modeling/transformer.py)."""
-
-    def __init__(self, transformer):
-        if not transformer.layers[0].skip_first_layer_pe:
-            raise ValueError("the SAM transformer's first layer adds the query PE; the shared path does not apply")
-        self.transformer = transformer
-        self._image = None
-
-    def prepare(self, image_embedding, image_pe):
-        """The per-image tensors: image_embedding (1, C, H, W) with the dense embedding added, image_pe likewise."""
-        layer = self.transformer.layers[0]
-        to_image, to_tokens = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
-        keys = image_embedding.flatten(2).permute(0, 2, 1)
-        key_pe = image_pe.flatten(2).permute(0, 2, 1)
-        k = keys + key_pe
-        self._image = (keys, key_pe,
-                       to_image._separate_heads(to_image.k_proj(k), to_image.num_heads),
-                       to_image._separate_heads(to_image.v_proj(keys), to_image.num_heads),
-                       to_tokens._separate_heads(to_tokens.q_proj(k), to_tokens.num_heads))
-
-    def __call__(self, point_embedding):
-        """(queries (B, T, C), keys (B, HW, C)) as ``TwoWayTransformer.forward`` gives them for the prepared image."""
-        keys, key_pe, k_image, v_image, q_image = self._image
-        layer, b = self.transformer.layers[0], point_embedding.shape[0]
-        queries = layer.norm1(layer.self_attn(q=point_embedding, k=point_embedding, v=point_embedding))
-        to_image = layer.cross_attn_token_to_image
-        q = to_image._separate_heads(to_image.q_proj(queries + point_embedding), to_image.num_heads)
-        queries = layer.norm2(queries + _attention(to_image, q, k_image.expand(b, -1, -1, -1),
-                                                   v_image.expand(b, -1, -1, -1)))
-        queries = layer.norm3(queries + layer.mlp(queries))
-        to_tokens = layer.cross_attn_image_to_token
-        k = to_tokens._separate_heads(to_tokens.k_proj(queries + point_embedding), to_tokens.num_heads)
-        v = to_tokens._separate_heads(to_tokens.v_proj(queries), to_tokens.num_heads)
-        keys = layer.norm4(keys + _attention(to_tokens, q_image.expand(b, -1, -1, -1), k, v))
-        key_pe = key_pe.expand(b, -1, -1)
-        for block in self.transformer.layers[1:]:
-            queries, keys = block(queries=queries, keys=keys, query_pe=point_embedding, key_pe=key_pe)
-        final = self.transformer.final_attn_token_to_image(q=queries + point_embedding, k=keys + key_pe, v=keys)
-        return self.transformer.norm_final_attn(queries + final), keys
-
-
-def _exact_generator(sam_model, settings, decoder_batch):
-    """A ``SamAutomaticMaskGenerator`` with ``settings`` that gives its exact masks with less work.
-
-    The library decodes every prompt to three 256² mask logits, upsamples all of them to 1024² and then to the
-    crop's own size, and only then drops those under ``pred_iou_thresh`` (about 60 % with the paper's settings).
-    The predicted IoU comes from the decoder's transformer alone, so here the transformer runs on every prompt
-    (its first layer's image side once per crop, ``_SharedFirstLayer``), and the mask upscaling, the
-    hypernetwork product and the upsampling (``Sam.postprocess_masks``) only on the prompts with a mask above
-    the threshold: the same operations on a subset of the batch, hence the same masks (scores to float32
-    rounding, ``DECODER_BATCH_CPU``). Everything after (stability score, boxes, crop-edge filter, RLE, NMS, small regions) is the
-    library's own code (``segment_anything.utils.amg``). ``decoder_batch`` prompts go through the decoder per
-    call (the library's ``points_per_batch``; the masks do not depend on it).
-    """
-    import torch
-    from segment_anything import SamAutomaticMaskGenerator
-    from segment_anything.utils.amg import (MaskData, batched_mask_to_box, calculate_stability_score,
-                                            is_box_near_crop_edge, mask_to_rle_pytorch, uncrop_masks)
-
-    class ExactGenerator(SamAutomaticMaskGenerator):
-        def _decode(self, in_points, in_labels):
-            """(masks (P', 3, h, w) logits at the crop's size, iou_preds (P', 3), kept prompt indices (P',))."""
-            model = self.predictor.model
-            decoder = model.mask_decoder
-            sparse, dense = model.prompt_encoder(points=(in_points, in_labels), boxes=None, masks=None)
-            # MaskDecoder.predict_masks, split after the transformer (segment_anything/modeling/mask_decoder.py).
-            tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
-            tokens = torch.cat((tokens.unsqueeze(0).expand(sparse.size(0), -1, -1), sparse), dim=1)
-            if self._prepared is not self.predictor.features:  # a new crop: its image side of layer 1, once
-                # No mask prompt: the dense embedding is the no-mask embedding, the same for every prompt.
-                self._transformer.prepare(self.predictor.features + dense[:1], model.prompt_encoder.get_dense_pe())
-                self._prepared = self.predictor.features
-            b, (_, c, h, w) = tokens.shape[0], self.predictor.features.shape
-            hs, src = self._transformer(tokens)
-            iou_preds = decoder.iou_prediction_head(hs[:, 0, :])[:, 1:]  # multimask output: tokens 1–3
-            kept = torch.nonzero((iou_preds > self.pred_iou_thresh).any(1) if self.pred_iou_thresh > 0.0
-                                 else torch.ones(b, dtype=torch.bool, device=hs.device))[:, 0]
-            if len(kept) == 0:
-                return iou_preds.new_zeros((0, 3, *self.predictor.original_size)), iou_preds[kept], kept
-            upscaled = decoder.output_upscaling(src[kept].transpose(1, 2).view(len(kept), c, h, w))
-            hyper_in = torch.stack([decoder.output_hypernetworks_mlps[i](hs[kept, 1 + i, :])
-                                    for i in range(decoder.num_mask_tokens)], dim=1)
-            n, c, h, w = upscaled.shape
-            low_res = (hyper_in @ upscaled.view(n, c, h * w)).view(n, -1, h, w)[:, 1:]
-            masks = model.postprocess_masks(low_res, self.predictor.input_size, self.predictor.original_size)
-            return masks, iou_preds[kept], kept
-
-        def _process_batch(self, points, im_size, crop_box, orig_size):
-            # SamAutomaticMaskGenerator._process_batch (segment-anything 1.0) with _decode for predict_torch.
-            orig_h, orig_w = orig_size
-            transformed_points = self.predictor.transform.apply_coords(points, im_size)
-            in_points = torch.as_tensor(transformed_points, device=self.predictor.device)
-            in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=in_points.device)
-            masks, iou_preds, kept = self._decode(in_points[:, None, :], in_labels[:, None])
-            data = MaskData(masks=masks.flatten(0, 1), iou_preds=iou_preds.flatten(0, 1),
-                            points=torch.as_tensor(points[kept.cpu().numpy()].repeat(masks.shape[1], axis=0)))
-            del masks
-            if self.pred_iou_thresh > 0.0:
-                data.filter(data["iou_preds"] > self.pred_iou_thresh)
-            data["stability_score"] = calculate_stability_score(
-                data["masks"], self.predictor.model.mask_threshold, self.stability_score_offset)
-            if self.stability_score_thresh > 0.0:
-                data.filter(data["stability_score"] >= self.stability_score_thresh)
-            data["masks"] = data["masks"] > self.predictor.model.mask_threshold
-            data["boxes"] = batched_mask_to_box(data["masks"])
-            keep_mask = ~is_box_near_crop_edge(data["boxes"], crop_box, [0, 0, orig_w, orig_h])
-            if not torch.all(keep_mask):
-                data.filter(keep_mask)
-            data["masks"] = uncrop_masks(data["masks"], crop_box, orig_h, orig_w)
-            data["rles"] = mask_to_rle_pytorch(data["masks"])
-            del data["masks"]
-            return data
-
-    generator = ExactGenerator(sam_model, **settings)
-    generator.points_per_batch = decoder_batch
-    generator._transformer, generator._prepared = _SharedFirstLayer(sam_model.mask_decoder.transformer), None
-    return generator
-
-
 class MaskGenerator:
     """Automatic mask generation on 320×320 uint8 RGB patches with the paper's settings (overridable).
 
@@ -400,7 +259,7 @@ class MaskGenerator:
             self._encoder, self.engine = self._generator.predictor.model.image_encoder, "pytorch bfloat16 autocast"
         else:
             batch = self.settings.get("points_per_batch", 64 if sam_model.device.type == "cuda" else DECODER_BATCH_CPU)
-            self._generator = _exact_generator(sam_model, self.settings, batch)
+            self._generator = exact_generator(sam_model, self.settings, batch)
             self._encoder, self.engine = image_encoder(sam_model, encoder)
         self._generator.predictor = _batched_predictor(self._generator.predictor.model)
 

@@ -1,0 +1,226 @@
+"""SAM's mask decoder for automatic mask generation: the library's masks with a fraction of its work on the CPU.
+
+Automatic mask generation (AMG) decodes a few hundred one-point prompts against the same image embedding: the
+paper's settings give 144 + 4 × 36 = 288 prompts per 320 m patch. The library runs the mask decoder's
+``TwoWayTransformer`` (``segment_anything/modeling/transformer.py``) on a copy of the 64 × 64 = 4096 image tokens
+for each prompt, projecting all 4096 tokens through every attention's 256 → 128 input projections, then
+upscales and upsamples three masks for every prompt, and only then drops the ~60 % under ``pred_iou_thresh``.
+
+Here the same arithmetic is reordered (exact up to float32 rounding, so the masks are the library's):
+
+- the first layer's image side (tokens + dense no-mask embedding, and its positional encoding) is the same for
+  every prompt: its projections are computed once per crop;
+- an attention of T = 7 prompt tokens on the N = 4096 image tokens projects the T tokens instead of the N:
+  ``q·(W_k x + b_k) = (W_kᵀ q)·x + q·b_k``, where softmax over the image tokens drops the constant ``q·b_k``, and
+  ``Σ a (W_v x + b_v) = W_v (Σ a x) + b_v`` since the weights sum to 1;
+- an attention of the N image tokens on the T tokens folds ``q_proj`` into the T keys and ``out_proj`` into the T
+  values (its bias shared out over the heads, whose weights each sum to 1);
+- the final attention runs on the IoU token for every prompt and on the three multimask tokens only for the
+  prompts kept; mask upscaling and upsampling (``Sam.postprocess_masks``) only for the masks above the threshold.
+
+This cuts the transformer's per-prompt work from 1.9 to 0.7 GFLOP (bench/bench_sam.py measures the seconds).
+"""
+
+import math
+
+#: Prompts per decoder call on the CPU: the (prompts × 4096 × 256) float32 image-token tensors stay in cache
+#: (bench/bench_sam.py). The masks do not depend on it.
+DECODER_BATCH_CPU = 4
+
+
+def _by_head(linear, heads):
+    """(weight (H, d, C), bias (H, d)) of an attention's input projection C → H·d, split by head."""
+    out, c = linear.weight.shape
+    return linear.weight.view(heads, out // heads, c), linear.bias.view(heads, out // heads)
+
+
+def _tokens_to_image(attention, q_in, keys, key_pe):
+    """``attention(q=q_in, k=keys + key_pe, v=keys)`` (segment-anything ``Attention``) for q_in (B, T, C) tokens on
+    keys (B, N, C) image tokens, key_pe (N, C), with k_proj and v_proj applied to the T side: (B, T, C)."""
+    import torch
+
+    heads, (b, t, c) = attention.num_heads, q_in.shape
+    w_k, _ = _by_head(attention.k_proj, heads)
+    w_v, b_v = _by_head(attention.v_proj, heads)
+    d = w_k.shape[1]
+    q = attention.q_proj(q_in).view(b, t, heads, d)
+    q_k = torch.einsum("bthd,hdc->bhtc", q, w_k).reshape(b, heads * t, c) / math.sqrt(d)
+    pe_scores = (q_k.reshape(b * heads * t, c) @ key_pe.T).view(b, heads * t, -1)
+    weights = torch.softmax(torch.baddbmm(pe_scores, q_k, keys.transpose(1, 2)), dim=-1)  # (B, H·T, N)
+    mixed = (weights @ keys).view(b, heads, t, c)
+    out = torch.einsum("bhtc,hdc->bthd", mixed, w_v) + b_v
+    return attention.out_proj(out.reshape(b, t, heads * d))
+
+
+def _image_to_tokens_scores(attention, keys, key_pe, k_in):
+    """Scores (B, H, T, N) before softmax of ``attention(q=keys + key_pe, k=k_in, ...)``: the N image tokens
+    keys (B, N, C), key_pe (N, C) on the T tokens k_in (B, T, C), with q_proj applied to the T side."""
+    import torch
+
+    heads, (b, t, c) = attention.num_heads, k_in.shape
+    w_q, b_q = _by_head(attention.q_proj, heads)
+    k = attention.k_proj(k_in).view(b, t, heads, -1) / math.sqrt(w_q.shape[1])
+    k_q = torch.einsum("bthd,hdc->bhtc", k, w_q).reshape(b, heads * t, c)
+    bias = torch.einsum("bthd,hd->bht", k, b_q).reshape(b, heads * t, 1)
+    pe_scores = (k_q.reshape(b * heads * t, c) @ key_pe.T).view(b, heads * t, -1)
+    return torch.baddbmm(bias + pe_scores, k_q, keys.transpose(1, 2)).view(b, heads, t, -1)
+
+
+def _image_to_tokens_residual(attention, keys, scores, v_in):
+    """keys (B, N, C) or (N, C) + the output of the image tokens' attention on the T tokens v_in (B, T, C), from its scores
+    (B, H, T, N), with out_proj applied to the T values."""
+    import torch
+
+    heads, (b, t, _) = attention.num_heads, v_in.shape
+    w_o = attention.out_proj.weight  # (C, H·d)
+    v = attention.v_proj(v_in).view(b, t, heads, -1)
+    v_o = torch.einsum("bthd,chd->bhtc", v, w_o.view(w_o.shape[0], heads, -1)) + attention.out_proj.bias / heads
+    weights = torch.softmax(scores, dim=2).reshape(b, heads * t, -1)
+    return torch.baddbmm(keys, weights.transpose(1, 2), v_o.reshape(b, heads * t, -1))
+
+
+def _block(block, queries, keys, query_pe, key_pe):
+    """``TwoWayAttentionBlock.forward`` (a layer after the first) on the folded attentions."""
+    q = queries + query_pe
+    queries = block.norm1(queries + block.self_attn(q=q, k=q, v=queries))
+    queries = block.norm2(queries + _tokens_to_image(block.cross_attn_token_to_image, queries + query_pe, keys, key_pe))
+    queries = block.norm3(queries + block.mlp(queries))
+    scores = _image_to_tokens_scores(block.cross_attn_image_to_token, keys, key_pe, queries + query_pe)
+    return queries, block.norm4(_image_to_tokens_residual(block.cross_attn_image_to_token, keys, scores, queries))
+
+
+class PromptTransformer:
+    """SAM's ``TwoWayTransformer`` for many point prompts on one image embedding, folded as the module docstring
+    says: ``prepare`` once per crop, then ``layers`` and ``final`` per prompt batch.
+
+    Raises ValueError for a transformer whose first layer adds the query PE (not SAM's).
+    """
+
+    def __init__(self, transformer):
+        if not transformer.layers[0].skip_first_layer_pe:
+            raise ValueError("the SAM transformer's first layer adds the query PE; the folded path does not apply")
+        self.transformer = transformer
+        self._image = None
+
+    def prepare(self, image_embedding, image_pe):
+        """image_embedding (1, C, 64, 64) float32 with the dense no-mask embedding added; image_pe likewise."""
+        layer = self.transformer.layers[0]
+        to_image, to_tokens = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
+        keys = image_embedding.flatten(2)[0].T.contiguous()  # (N, C)
+        key_pe = image_pe.flatten(2)[0].T.contiguous()
+        with_pe = keys + key_pe
+
+        def by_head(x, heads):  # (N, H·d) → (H, N, d)
+            return x.view(len(x), heads, -1).transpose(0, 1)
+
+        d = to_tokens.internal_dim // to_tokens.num_heads
+        self._image = (keys, key_pe,
+                       by_head(to_image.k_proj(with_pe), to_image.num_heads).transpose(1, 2).contiguous(),
+                       by_head(to_image.v_proj(keys), to_image.num_heads).contiguous(),
+                       (by_head(to_tokens.q_proj(with_pe), to_tokens.num_heads).transpose(1, 2) / math.sqrt(d))
+                       .contiguous())
+
+    def layers(self, tokens):
+        """(queries (B, T, C), keys (B, N, C)) after the transformer's layers, for tokens (B, T, C): the output,
+        IoU and prompt tokens of B prompts."""
+        import torch
+
+        keys, key_pe, k_image, v_image, q_image = self._image
+        first, (b, t, _) = self.transformer.layers[0], tokens.shape
+        # The first layer (skip_first_layer_pe): the image side is the prepared one, heads as the batch.
+        queries = first.norm1(first.self_attn(q=tokens, k=tokens, v=tokens))
+        to_image, to_tokens = first.cross_attn_token_to_image, first.cross_attn_image_to_token
+        heads = to_image.num_heads
+        q = to_image.q_proj(queries + tokens).view(b * t, heads, -1).transpose(0, 1)  # (H, B·T, d)
+        weights = torch.softmax(q @ k_image / math.sqrt(q.shape[-1]), dim=-1)
+        queries = first.norm2(queries + to_image.out_proj((weights @ v_image).transpose(0, 1).reshape(b, t, -1)))
+        queries = first.norm3(queries + first.mlp(queries))
+        heads = to_tokens.num_heads
+        k = to_tokens.k_proj(queries + tokens).view(b * t, heads, -1).transpose(0, 1)
+        scores = (k @ q_image).view(heads, b, t, -1).transpose(0, 1)  # (B, H, T, N)
+        keys = first.norm4(_image_to_tokens_residual(to_tokens, keys, scores, queries))
+        for block in self.transformer.layers[1:]:
+            queries, keys = _block(block, queries, keys, tokens, key_pe)
+        return queries, keys
+
+    def final(self, queries, keys, tokens, index):
+        """The final attention and norm for the tokens at ``index`` only (each token's row is independent):
+        (B, len(index), C)."""
+        transformer, q = self.transformer, queries[:, index]
+        out = _tokens_to_image(transformer.final_attn_token_to_image, q + tokens[:, index], keys, self._image[1])
+        return transformer.norm_final_attn(q + out)
+
+
+def exact_generator(sam_model, settings, decoder_batch):
+    """A ``SamAutomaticMaskGenerator`` with ``settings`` whose decoder is ``PromptTransformer`` and which
+    upscales and upsamples only the masks above ``pred_iou_thresh``: the library's masks, in the library's order
+    (scores to float32 rounding). Everything after the decoder (stability score, boxes, crop-edge filter, RLE,
+    NMS, small regions) is the library's own code (``segment_anything.utils.amg``). ``decoder_batch`` prompts a
+    decoder call (the library's ``points_per_batch``).
+    """
+    import torch
+    from segment_anything import SamAutomaticMaskGenerator
+    from segment_anything.utils.amg import (MaskData, batched_mask_to_box, calculate_stability_score,
+                                            is_box_near_crop_edge, mask_to_rle_pytorch, uncrop_masks)
+
+    class ExactGenerator(SamAutomaticMaskGenerator):
+        def _decode(self, in_points, in_labels):
+            """(masks (M, h, w) logits at the crop's size, their predicted IoU (M,), their prompts (M,)) for the
+            masks above pred_iou_thresh, prompt-major as the library's flatten(0, 1) then filter."""
+            model = self.predictor.model
+            decoder, features = model.mask_decoder, self.predictor.features
+            sparse, dense = model.prompt_encoder(points=(in_points, in_labels), boxes=None, masks=None)
+            # MaskDecoder.predict_masks's tokens: IoU token, mask tokens, the point and its padding point.
+            tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+            tokens = torch.cat((tokens.unsqueeze(0).expand(sparse.size(0), -1, -1), sparse), dim=1)
+            if self._prepared is not features:  # a new crop (no mask prompt: one dense no-mask embedding)
+                self._transformer.prepare(features + dense[:1], model.prompt_encoder.get_dense_pe())
+                self._prepared = features
+            queries, keys = self._transformer.layers(tokens)
+            iou_token = self._transformer.final(queries, keys, tokens, [0])[:, 0]
+            iou_preds = decoder.iou_prediction_head(iou_token)[:, 1:]  # multimask output: mask tokens 1–3
+            passed = (iou_preds > self.pred_iou_thresh if self.pred_iou_thresh > 0.0
+                      else torch.ones_like(iou_preds, dtype=torch.bool))
+            kept = torch.nonzero(passed.any(1))[:, 0]
+            rows = torch.nonzero(passed)
+            if len(kept) == 0:
+                return iou_preds.new_zeros((0, *self.predictor.original_size)), iou_preds[passed], rows[:, 0]
+            n_tokens = decoder.num_mask_tokens
+            mask_tokens = self._transformer.final(queries[kept], keys[kept], tokens[kept], list(range(2, 1 + n_tokens)))
+            _, c, h, w = features.shape
+            upscaled = decoder.output_upscaling(keys[kept].transpose(1, 2).reshape(len(kept), c, h, w))
+            hyper_in = torch.stack([decoder.output_hypernetworks_mlps[i](mask_tokens[:, i - 1])
+                                    for i in range(1, n_tokens)], dim=1)
+            n, c, h, w = upscaled.shape
+            low_res = (hyper_in @ upscaled.view(n, c, h * w)).view(n, -1, h, w)[passed[kept]]
+            masks = model.postprocess_masks(low_res[:, None], self.predictor.input_size, self.predictor.original_size)
+            return masks[:, 0], iou_preds[passed], rows[:, 0]
+
+        def _process_batch(self, points, im_size, crop_box, orig_size):
+            # SamAutomaticMaskGenerator._process_batch (segment-anything 1.0) with _decode for predict_torch and
+            # its pred_iou_thresh filter.
+            orig_h, orig_w = orig_size
+            transformed_points = self.predictor.transform.apply_coords(points, im_size)
+            in_points = torch.as_tensor(transformed_points, device=self.predictor.device)
+            in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=in_points.device)
+            masks, iou_preds, prompts = self._decode(in_points[:, None, :], in_labels[:, None])
+            data = MaskData(masks=masks, iou_preds=iou_preds, points=torch.as_tensor(points[prompts.cpu().numpy()]))
+            del masks
+            data["stability_score"] = calculate_stability_score(
+                data["masks"], self.predictor.model.mask_threshold, self.stability_score_offset)
+            if self.stability_score_thresh > 0.0:
+                data.filter(data["stability_score"] >= self.stability_score_thresh)
+            data["masks"] = data["masks"] > self.predictor.model.mask_threshold
+            data["boxes"] = batched_mask_to_box(data["masks"])
+            keep_mask = ~is_box_near_crop_edge(data["boxes"], crop_box, [0, 0, orig_w, orig_h])
+            if not torch.all(keep_mask):
+                data.filter(keep_mask)
+            data["masks"] = uncrop_masks(data["masks"], crop_box, orig_h, orig_w)
+            data["rles"] = mask_to_rle_pytorch(data["masks"])
+            del data["masks"]
+            return data
+
+    generator = ExactGenerator(sam_model, **settings)
+    generator.points_per_batch = decoder_batch
+    generator._transformer, generator._prepared = PromptTransformer(sam_model.mask_decoder.transformer), None
+    return generator
