@@ -4,9 +4,10 @@ Automatic mask generation (AMG) decodes a few hundred one-point prompts against 
 paper's settings give 144 + 4 × 36 = 288 prompts per 320 m patch. The library runs the mask decoder's
 ``TwoWayTransformer`` (``segment_anything/modeling/transformer.py``) on a copy of the 64 × 64 = 4096 image tokens
 for each prompt, projecting all 4096 tokens through every attention's 256 → 128 input projections, then
-upscales and upsamples three masks for every prompt, and only then drops the ~60 % under ``pred_iou_thresh``.
+upscales the image tokens and upsamples three masks for every prompt, and only then drops the ~60 % under ``pred_iou_thresh``.
 
-Here the same arithmetic is reordered (exact up to float32 rounding, so the masks are the library's):
+Here the same arithmetic is reordered, exact up to float32 rounding (a score or logit within rounding of a
+threshold could fall the other way; on the tested real patches every mask and box is the library's):
 
 - the first layer's image side (tokens + dense no-mask embedding, and its positional encoding) is the same for
   every prompt: its projections are computed once per crop;
@@ -16,15 +17,17 @@ Here the same arithmetic is reordered (exact up to float32 rounding, so the mask
 - an attention of the N image tokens on the T tokens folds ``q_proj`` into the T keys and ``out_proj`` into the T
   values (its bias shared out over the heads, whose weights each sum to 1);
 - the final attention runs on the IoU token for every prompt and on the three multimask tokens only for the
-  prompts kept; mask upscaling and upsampling (``Sam.postprocess_masks``) only for the masks above the threshold.
+  prompts kept; mask upscaling only for the prompts with a mask above the threshold, and upsampling
+  (``Sam.postprocess_masks``) only for those masks.
 
-This cuts the transformer's per-prompt work from 1.9 to 0.7 GFLOP (bench/bench_sam.py measures the seconds).
+This cuts the transformer's work per prompt from the library's 2.7 GFLOP (ten 4096 × 256 → 128 projections of
+0.27 GFLOP each) to about 0.9 GFLOP; bench/bench_sam.py measures the seconds.
 """
 
 import math
 
-#: Prompts per decoder call on the CPU: the (prompts × 4096 × 256) float32 image-token tensors stay in cache
-#: (bench/bench_sam.py). The masks do not depend on it.
+#: Prompts per decoder call on the CPU: the fastest of 1, 2, 4, 8 and 16 on the development CPU (9.1, 8.0 and
+#: 9.9 s a patch for 2, 4 and 8). The masks do not depend on it.
 DECODER_BATCH_CPU = 4
 
 
@@ -103,7 +106,8 @@ class PromptTransformer:
         self._image = None
 
     def prepare(self, image_embedding, image_pe):
-        """image_embedding (1, C, 64, 64) float32 with the dense no-mask embedding added; image_pe likewise."""
+        """image_embedding (1, C, 64, 64) float32 with the dense no-mask embedding added; image_pe (1, C, 64, 64),
+        the prompt encoder's dense positional encoding."""
         layer = self.transformer.layers[0]
         to_image, to_tokens = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
         keys = image_embedding.flatten(2)[0].T.contiguous()  # (N, C)
@@ -186,13 +190,14 @@ def exact_generator(sam_model, settings, decoder_batch):
             if len(kept) == 0:
                 return iou_preds.new_zeros((0, *self.predictor.original_size)), iou_preds[passed], rows[:, 0]
             n_tokens = decoder.num_mask_tokens
-            mask_tokens = self._transformer.final(queries[kept], keys[kept], tokens[kept], list(range(2, 1 + n_tokens)))
+            kept_keys = keys[kept]
+            mask_tokens = self._transformer.final(queries[kept], kept_keys, tokens[kept], list(range(2, 1 + n_tokens)))
             _, c, h, w = features.shape
-            upscaled = decoder.output_upscaling(keys[kept].transpose(1, 2).reshape(len(kept), c, h, w))
+            upscaled = decoder.output_upscaling(kept_keys.transpose(1, 2).reshape(len(kept), c, h, w))
             hyper_in = torch.stack([decoder.output_hypernetworks_mlps[i](mask_tokens[:, i - 1])
                                     for i in range(1, n_tokens)], dim=1)
-            n, c, h, w = upscaled.shape
-            low_res = (hyper_in @ upscaled.view(n, c, h * w)).view(n, -1, h, w)[passed[kept]]
+            n, c_up, h_up, w_up = upscaled.shape
+            low_res = (hyper_in @ upscaled.view(n, c_up, h_up * w_up)).view(n, -1, h_up, w_up)[passed[kept]]
             masks = model.postprocess_masks(low_res[:, None], self.predictor.input_size, self.predictor.original_size)
             return masks[:, 0], iou_preds[passed], rows[:, 0]
 
