@@ -69,8 +69,7 @@ def test_folded_transformer_equals_the_library_transformer(mobile_sam):
                                [[640.0, 300.0]], [[333.0, 777.0]]])
         sparse, dense = mobile_sam.prompt_encoder(points=(points, torch.ones(6, 1, dtype=torch.int)), boxes=None,
                                                   masks=None)
-        tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
-        tokens = torch.cat((tokens.unsqueeze(0).expand(6, -1, -1), sparse), dim=1)
+        tokens = sam_decoder.prompt_tokens(decoder, sparse)
         image_pe = mobile_sam.prompt_encoder.get_dense_pe()
         hs, keys = decoder.transformer(predictor.features.expand(6, -1, -1, -1) + dense, image_pe.expand(6, -1, -1, -1),
                                        tokens)

@@ -4,7 +4,8 @@ Automatic mask generation (AMG) decodes a few hundred one-point prompts against 
 paper's settings give 144 + 4 × 36 = 288 prompts per 320 m patch. The library runs the mask decoder's
 ``TwoWayTransformer`` (``segment_anything/modeling/transformer.py``) on a copy of the 64 × 64 = 4096 image tokens
 for each prompt, projecting all 4096 tokens through every attention's 256 → 128 input projections, then
-upscales the image tokens and upsamples three masks for every prompt, and only then drops the ~60 % under ``pred_iou_thresh``.
+upscales the image tokens and upsamples three masks for every prompt, and only then drops the ~60 % under
+``pred_iou_thresh``.
 
 Here the same arithmetic is reordered, exact up to float32 rounding (a score or logit within rounding of a
 threshold could fall the other way; on the tested real patches every mask and box is the library's):
@@ -37,6 +38,16 @@ def _by_head(linear, heads):
     return linear.weight.view(heads, out // heads, c), linear.bias.view(heads, out // heads)
 
 
+def _dot_image_tokens(x, keys, key_pe, bias=None):
+    """``bias + x @ (keys + key_pe)ᵀ``: (B, M, N) for x (B, M, C), keys (B, N, C), key_pe (N, C), bias (B, M, 1)
+    or None; the shared key_pe goes through one matrix product over all B·M rows instead of a (B, N, C) sum."""
+    import torch
+
+    b, m, c = x.shape
+    pe_scores = (x.reshape(b * m, c) @ key_pe.T).view(b, m, -1)
+    return torch.baddbmm(pe_scores if bias is None else bias + pe_scores, x, keys.transpose(1, 2))
+
+
 def _tokens_to_image(attention, q_in, keys, key_pe):
     """``attention(q=q_in, k=keys + key_pe, v=keys)`` (segment-anything ``Attention``) for q_in (B, T, C) tokens on
     keys (B, N, C) image tokens, key_pe (N, C), with k_proj and v_proj applied to the T side: (B, T, C)."""
@@ -48,8 +59,7 @@ def _tokens_to_image(attention, q_in, keys, key_pe):
     d = w_k.shape[1]
     q = attention.q_proj(q_in).view(b, t, heads, d)
     q_k = torch.einsum("bthd,hdc->bhtc", q, w_k).reshape(b, heads * t, c) / math.sqrt(d)
-    pe_scores = (q_k.reshape(b * heads * t, c) @ key_pe.T).view(b, heads * t, -1)
-    weights = torch.softmax(torch.baddbmm(pe_scores, q_k, keys.transpose(1, 2)), dim=-1)  # (B, H·T, N)
+    weights = torch.softmax(_dot_image_tokens(q_k, keys, key_pe), dim=-1)  # (B, H·T, N)
     mixed = (weights @ keys).view(b, heads, t, c)
     out = torch.einsum("bhtc,hdc->bthd", mixed, w_v) + b_v
     return attention.out_proj(out.reshape(b, t, heads * d))
@@ -65,13 +75,12 @@ def _image_to_tokens_scores(attention, keys, key_pe, k_in):
     k = attention.k_proj(k_in).view(b, t, heads, -1) / math.sqrt(w_q.shape[1])
     k_q = torch.einsum("bthd,hdc->bhtc", k, w_q).reshape(b, heads * t, c)
     bias = torch.einsum("bthd,hd->bht", k, b_q).reshape(b, heads * t, 1)
-    pe_scores = (k_q.reshape(b * heads * t, c) @ key_pe.T).view(b, heads * t, -1)
-    return torch.baddbmm(bias + pe_scores, k_q, keys.transpose(1, 2)).view(b, heads, t, -1)
+    return _dot_image_tokens(k_q, keys, key_pe, bias).view(b, heads, t, -1)
 
 
 def _image_to_tokens_residual(attention, keys, scores, v_in):
-    """keys (B, N, C) or (N, C) + the output of the image tokens' attention on the T tokens v_in (B, T, C), from its scores
-    (B, H, T, N), with out_proj applied to the T values."""
+    """keys (B, N, C) or (N, C) + the output of the image tokens' attention on the T tokens v_in (B, T, C), from
+    its scores (B, H, T, N), with out_proj applied to the T values."""
     import torch
 
     heads, (b, t, _) = attention.num_heads, v_in.shape
@@ -90,6 +99,15 @@ def _block(block, queries, keys, query_pe, key_pe):
     queries = block.norm3(queries + block.mlp(queries))
     scores = _image_to_tokens_scores(block.cross_attn_image_to_token, keys, key_pe, queries + query_pe)
     return queries, block.norm4(_image_to_tokens_residual(block.cross_attn_image_to_token, keys, scores, queries))
+
+
+def prompt_tokens(decoder, sparse):
+    """``MaskDecoder.predict_masks``'s tokens (B, 5 + P, C) float32: the IoU token, the 4 mask tokens, then the
+    sparse prompt embeddings (B, P, C) (a point and its padding point, P = 2)."""
+    import torch
+
+    tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+    return torch.cat((tokens.unsqueeze(0).expand(sparse.size(0), -1, -1), sparse), dim=1)
 
 
 class PromptTransformer:
@@ -174,9 +192,7 @@ def exact_generator(sam_model, settings, decoder_batch):
             model = self.predictor.model
             decoder, features = model.mask_decoder, self.predictor.features
             sparse, dense = model.prompt_encoder(points=(in_points, in_labels), boxes=None, masks=None)
-            # MaskDecoder.predict_masks's tokens: IoU token, mask tokens, the point and its padding point.
-            tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
-            tokens = torch.cat((tokens.unsqueeze(0).expand(sparse.size(0), -1, -1), sparse), dim=1)
+            tokens = prompt_tokens(decoder, sparse)
             if self._prepared is not features:  # a new crop (no mask prompt: one dense no-mask embedding)
                 self._transformer.prepare(features + dense[:1], model.prompt_encoder.get_dense_pe())
                 self._prepared = features
