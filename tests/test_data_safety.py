@@ -203,8 +203,14 @@ def test_a_stack_built_from_a_folder_this_user_cannot_read_still_counts_as_reada
         ds.SetMetadata({"SOURCE": str(folder / "private" / "S2A_MSIL1C.SAFE")})
         ds = None
         stack.chmod(0o644)
+        # The engine is copied where nobody can read it: the checkout may sit in a private folder (mktemp -d).
+        shutil.copytree(ROOT / "df4lcz_plugin", folder / "code" / "df4lcz_plugin",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        for path in [folder / "code", *(folder / "code").rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
         probe = "from df4lcz_plugin.sentinel2 import built_from; import sys; print(built_from(sys.argv[1]))"
-        run = subprocess.run(["runuser", "-u", "nobody", "--", "env", f"PYTHONPATH={ROOT}", "/usr/bin/python3", "-c",
+        run = subprocess.run(["runuser", "-u", "nobody", "--", "env", f"PYTHONPATH={folder / 'code'}",
+                              "/usr/bin/python3", "-c",
                               probe, str(stack)], cwd=folder, capture_output=True, text=True, timeout=120)
         assert run.returncode == 0 and run.stdout.strip() == "[]", run.stderr
     finally:
