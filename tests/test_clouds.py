@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from osgeo import gdal
 
-from df4lcz_plugin import assets, clouds, sentinel2
-from df4lcz_plugin.bands import SO2SAT_BANDS
+from df4lcz_plugin import assets
+from df4lcz_plugin.sentinel2 import clouds
+from df4lcz_plugin.sentinel2.stack import Sentinel2Error, build_stack, read_product_info
+from df4lcz_plugin.sentinel2.bands import SO2SAT_BANDS
 from df4lcz_plugin.grid import make_grid
 from df4lcz_plugin.samples import sample_training_areas
 from df4lcz_plugin.training_areas import read_training_areas
@@ -31,8 +33,8 @@ def berlin_dir():
 def berlin_stacks(berlin_dir, tmp_path_factory):
     """The real Berlin scene stacked with its s2cloudless mask, and without a mask."""
     folder = tmp_path_factory.mktemp("berlin")
-    masked = sentinel2.build_stack(berlin_dir, folder / "masked.tif")
-    sentinel2.build_stack(berlin_dir, folder / "plain.tif", cloud_mask_mode="none")
+    masked = build_stack(berlin_dir, folder / "masked.tif")
+    build_stack(berlin_dir, folder / "plain.tif", cloud_mask_mode="none")
     return folder / "masked.tif", folder / "plain.tif", masked
 
 
@@ -297,7 +299,7 @@ def test_composite_then_classify_model(qgis_env, berlin_stacks, tmp_path):
     ("reflectance 0-1", "look like reflectance on a 0–1 scale"),
 ])
 def test_composite_refuses_careless_inputs(berlin_stacks, tmp_path, case, message):
-    from df4lcz_plugin.composite import build_composite
+    from df4lcz_plugin.sentinel2.composite import build_composite
 
     masked = berlin_stacks[0]
     other = raster_copy(masked, tmp_path / "other.tif")
@@ -325,5 +327,5 @@ def test_two_files_for_one_band_are_refused(berlin_dir, tmp_path):
     for band in BANDS:
         shutil.copy(berlin_dir / f"{STAMP}_{band}.jp2", tmp_path)
     raster_copy(berlin_dir / f"{STAMP}_B02.jp2", tmp_path / "old_output_B12.tif")  # an earlier output, say
-    with pytest.raises(sentinel2.Sentinel2Error, match="holds two files for band B12"):
-        sentinel2.read_product_info(tmp_path)
+    with pytest.raises(Sentinel2Error, match="holds two files for band B12"):
+        read_product_info(tmp_path)

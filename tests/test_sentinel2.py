@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from osgeo import gdal
 
-from df4lcz_plugin import sentinel2
-from df4lcz_plugin.bands import SO2SAT_BANDS
+from df4lcz_plugin.sentinel2.stack import Sentinel2Error, build_stack
+from df4lcz_plugin.sentinel2.bands import SO2SAT_BANDS
 from df4lcz_plugin.feedback import Canceled, Feedback
 
 MTD_L2A = """<?xml version="1.0" encoding="UTF-8"?>
@@ -55,7 +55,7 @@ def _fake_l2a_safe(root, s2_band_dir):
 
 def test_l2a_offset_is_removed(tmp_path, s2_band_dir):
     safe = _fake_l2a_safe(tmp_path, s2_band_dir)
-    info = sentinel2.build_stack(safe, tmp_path / "stack.tif")
+    info = build_stack(safe, tmp_path / "stack.tif")
     assert (info.processing_level, info.processing_baseline) == ("Level-2A", "05.09")
     ds = gdal.Open(str(tmp_path / "stack.tif"))
     dn = gdal.Open(str(s2_band_dir / "s2_B02.jp2")).ReadAsArray().astype(int)
@@ -68,8 +68,8 @@ def test_l2a_offset_is_removed(tmp_path, s2_band_dir):
 def test_missing_band_is_named(tmp_path, s2_band_dir):
     for band in ("B02", "B03", "B04"):
         shutil.copy(s2_band_dir / f"s2_{band}.jp2", tmp_path)
-    with pytest.raises(sentinel2.Sentinel2Error, match="lacks Sentinel-2 band.*B5, B6, B7, B8, B8A, B11, B12"):
-        sentinel2.build_stack(tmp_path, tmp_path / "out.tif")
+    with pytest.raises(Sentinel2Error, match="lacks Sentinel-2 band.*B5, B6, B7, B8, B8A, B11, B12"):
+        build_stack(tmp_path, tmp_path / "out.tif")
     assert not (tmp_path / "out.tif").exists()
 
 
@@ -84,5 +84,5 @@ def test_cancel_leaves_no_output(tmp_path, s2_band_dir):
             return self.strips >= 1
 
     with pytest.raises(Canceled):
-        sentinel2.build_stack(s2_band_dir, tmp_path / "stack.tif", CancelAfterFirstStrip())
+        build_stack(s2_band_dir, tmp_path / "stack.tif", CancelAfterFirstStrip())
     assert list(tmp_path.iterdir()) == []

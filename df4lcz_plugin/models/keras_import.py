@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import assets
-from ..bands import SO2SAT_BANDS
+from ..sentinel2.bands import SO2SAT_BANDS
 from .registry import builtin_models_dir, save_model
 
 SEN2LCZ_CONFIG = {"in_bands": 10, "num_classes": 17, "width": 16, "convs_per_block": 4, "drop_rate": 0.2}

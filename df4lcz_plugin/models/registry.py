@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..bands import SO2SAT_BANDS
+from ..sentinel2.bands import SO2SAT_BANDS
 from ..vhr.graph import SEGMENTATIONS
 
 CARD_FORMAT = "df4lcz-model-card/1"

@@ -242,7 +242,7 @@ def fill_graph_cache(vhr_path, sentinel2_path, bounds, resolution, device="cpu",
     """
     from ..feedback import Feedback
     from ..grid import make_grid
-    from ..sentinel2_input import open_sentinel2
+    from ..sentinel2.checks import open_sentinel2
 
     feedback = feedback or Feedback()
     ds = open_sentinel2(sentinel2_path)

@@ -21,11 +21,11 @@ import numpy as np
 from osgeo import gdal
 
 from .bands import SO2SAT_BANDS
-from .feedback import Feedback
-from .kill_points import kill_point
-from .outputs import atomic_output, scratch_folder
-from .sentinel2 import build_stack, create_stack_raster
-from .sentinel2_input import check_values, open_sentinel2, own_mask_band
+from ..feedback import Feedback
+from ..kill_points import kill_point
+from ..outputs import atomic_output, scratch_folder
+from .stack import build_stack, create_stack_raster
+from .checks import check_values, open_sentinel2, own_mask_band
 
 gdal.UseExceptions()
 
@@ -88,10 +88,10 @@ def build_composite(inputs, output, observations_path=None, cloud_mask_mode="aut
     """Write the median composite of ``inputs`` to ``output`` (10 bands, So2Sat order, UInt16, nodata 0) and,
     optionally, the number of clear observations per pixel to ``observations_path`` (Byte).
 
-    inputs: product folders (.SAFE or band files; stacked first by ``sentinel2.build_stack`` with
+    inputs: product folders (.SAFE or band files; stacked first by ``stack.build_stack`` with
     ``cloud_mask_mode``) or 10-band stacks (their mask band and nodata are honoured).
     Returns a dict: inputs, width, height, share of pixels with 0, 1, 2, … observations.
-    Raises CompositeError, sentinel2_input.InputError, sentinel2.Sentinel2Error; Canceled.
+    Raises CompositeError, checks.InputError, stack.Sentinel2Error; Canceled.
     """
     feedback = feedback or Feedback()
     if not inputs:

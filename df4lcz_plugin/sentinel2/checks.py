@@ -9,7 +9,7 @@ statistical (band order without descriptions, values above the scale):
   metres here (not Web Mercator away from the equator), 10 m pixels (``open_sentinel2``);
 - its values in the extent (``check_values``, from a sample of the extent's valid pixels): on the 0–10000 scale
   (reflectance 0–1 or percent is refused), negative values (an L2A offset removed without clipping) are clipped
-  to 1 as ``sentinel2.build_stack`` does and reported, and a spectral test of the band order:
+  to 1 as ``stack.build_stack`` does and reported, and a spectral test of the band order:
   on land pixels (those whose darkest band is above 250 DN, whatever the band order), near infrared (B8) is
   brighter than red (B4) for vegetation, soil and buildings; when B8 is darker than B4 on more than half of them
   (and land is at least a tenth of the extent), the bands are probably in another order, and a warning says so.
@@ -21,7 +21,7 @@ import numpy as np
 from osgeo import gdal, osr
 
 from .bands import SO2SAT_BANDS, normalise_band_name
-from .feedback import Feedback
+from ..feedback import Feedback
 
 gdal.UseExceptions()
 
