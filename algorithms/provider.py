@@ -13,6 +13,7 @@ from .global_lcz_map import GlobalLCZMapAlgorithm
 from .lcz_parameters import LCZParametersAlgorithm
 from .lcz_zone_statistics import LCZZoneStatisticsAlgorithm
 from .sentinel2_composite import Sentinel2CompositeAlgorithm
+from .sentinel2_fetch import Sentinel2FetchAlgorithm
 from .sentinel2_stack import Sentinel2StackAlgorithm
 from .train_model import TrainModelAlgorithm
 
@@ -71,6 +72,7 @@ class DF4LCZProvider(QgsProcessingProvider):
     def loadAlgorithms(self):  # noqa: N802 (QGIS API name)
         self.addAlgorithm(Sentinel2StackAlgorithm())
         self.addAlgorithm(Sentinel2CompositeAlgorithm())
+        self.addAlgorithm(Sentinel2FetchAlgorithm())
         self.addAlgorithm(ClassifyLCZAlgorithm())
         self.addAlgorithm(BuildObjectGraphsAlgorithm())
         self.addAlgorithm(TrainModelAlgorithm())

@@ -100,17 +100,22 @@ def _pixel_size(path):
     return abs(gdal.Open(str(path)).GetGeoTransform()[1])
 
 
+def scl_classes(values):
+    """The mask classes (CLEAR, CLOUD, SHADOW, SNOW; uint8) of an array of L2A scene classification (SCL) values."""
+    values = np.asarray(values).astype(np.int16)
+    classes = np.zeros(values.shape, np.uint8)
+    for value, cls in _SCL.items():
+        classes[values == value] = cls
+    return classes
+
+
 def product_mask_classes(folder, bounds):
     """(uint8 classes, resolution in m, source) from the product's own mask (SCL or MSK_CLASSI_B00) read at its
     own resolution, or None when it has none."""
     scl = _find(folder, r"_SCL(_\d+m)?\.(jp2|tif)$")
     if scl is not None:
         resolution = _pixel_size(scl)
-        values = _read_on(scl, bounds, resolution)[0].astype(np.int16)
-        classes = np.zeros(values.shape, np.uint8)
-        for value, cls in _SCL.items():
-            classes[values == value] = cls
-        return classes, resolution, f"product ({scl.name})"
+        return scl_classes(_read_on(scl, bounds, resolution)[0]), resolution, f"product ({scl.name})"
     classi = _find(folder, r"^MSK_CLASSI_B00\.(jp2|tif)$")
     if classi is not None:
         resolution = _pixel_size(classi)

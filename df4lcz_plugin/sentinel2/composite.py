@@ -84,12 +84,13 @@ def _source_nodata(ds):
     return "None" if own_mask_band(ds) is not None else None
 
 
-def build_composite(inputs, output, observations_path=None, cloud_mask_mode="auto", feedback=None):
+def build_composite(inputs, output, observations_path=None, cloud_mask_mode="auto", feedback=None, metadata=None):
     """Write the median composite of ``inputs`` to ``output`` (10 bands, So2Sat order, UInt16, nodata 0) and,
     optionally, the number of clear observations per pixel to ``observations_path`` (Byte).
 
     inputs: product folders (.SAFE or band files; stacked first by ``stack.build_stack`` with
     ``cloud_mask_mode``) or 10-band stacks (their mask band and nodata are honoured).
+    metadata: GDAL metadata items added to (or replacing) the composite's own.
     Returns a dict: inputs, width, height, share of pixels with 0, 1, 2, … observations.
     Raises CompositeError, checks.InputError, stack.Sentinel2Error; Canceled.
     """
@@ -122,7 +123,8 @@ def build_composite(inputs, output, observations_path=None, cloud_mask_mode="aut
         views = [gdal.Warp("", ds, format="VRT", dstSRS=wkt, outputBounds=bounds, width=width, height=height,
                            resampleAlg="bilinear", dstNodata=0, srcNodata=_source_nodata(ds)) for ds in datasets]
         try:
-            histogram = _write(views, gt, width, height, wkt, inputs, output, observations_path, feedback)
+            histogram = _write(views, gt, width, height, wkt, inputs, output, observations_path, feedback,
+                               metadata or {})
         finally:
             del views[:]  # release the warped views before the datasets they read
             del datasets[:]
@@ -132,7 +134,7 @@ def build_composite(inputs, output, observations_path=None, cloud_mask_mode="aut
     return {"inputs": len(inputs), "width": width, "height": height, "observations": shares}
 
 
-def _write(views, gt, width, height, wkt, inputs, output, observations_path, feedback):
+def _write(views, gt, width, height, wkt, inputs, output, observations_path, feedback, metadata):
     """Write the composite (and observation counts) strip by strip; returns the histogram of counts."""
     histogram = np.zeros(len(views) + 1, np.int64)
     with contextlib.ExitStack() as stack:
@@ -143,7 +145,7 @@ def _write(views, gt, width, height, wkt, inputs, output, observations_path, fee
         stack.callback(datasets.clear)
         out = datasets["composite"] = create_stack_raster(
             tmp, width, height, gt, wkt, {"COMPOSITE": "per-pixel median of the clear observations",
-                                          "COMPOSITE_INPUTS": ";".join(str(p) for p in inputs)})
+                                          "COMPOSITE_INPUTS": ";".join(str(p) for p in inputs), **metadata})
         obs = None
         if tmp_obs:
             obs = datasets["observations"] = gdal.GetDriverByName("GTiff").Create(

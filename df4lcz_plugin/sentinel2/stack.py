@@ -160,6 +160,17 @@ def create_stack_raster(path, width, height, geotransform, projection, metadata)
     return ds
 
 
+def add_mask_band(ds):
+    """Give a new stack its per-dataset mask band, inside the GeoTIFF (not a .msk sidecar): 0 = no data, cloud or
+    shadow; 255 = clear."""
+    previous = gdal.GetConfigOption("GDAL_TIFF_INTERNAL_MASK")
+    gdal.SetConfigOption("GDAL_TIFF_INTERNAL_MASK", "YES")
+    try:
+        ds.CreateMaskBand(gdal.GMF_PER_DATASET)
+    finally:
+        gdal.SetConfigOption("GDAL_TIFF_INTERNAL_MASK", previous)
+
+
 def build_stack(folder, output, feedback=None, cloud_mask_mode="auto"):
     """Write the 10-band, 10 m GeoTIFF stack of a product folder to ``output`` (via a temporary file).
 
@@ -201,12 +212,7 @@ def build_stack(folder, output, feedback=None, cloud_mask_mode="auto"):
             "SOURCE": str(Path(folder).resolve()),
         })
         if hides:
-            previous = gdal.GetConfigOption("GDAL_TIFF_INTERNAL_MASK")
-            gdal.SetConfigOption("GDAL_TIFF_INTERNAL_MASK", "YES")  # in the GeoTIFF, not a .msk sidecar
-            try:
-                out.CreateMaskBand(gdal.GMF_PER_DATASET)
-            finally:
-                gdal.SetConfigOption("GDAL_TIFF_INTERNAL_MASK", previous)
+            add_mask_band(out)
         for row in range(0, height, _STRIP_ROWS):
             feedback.check_canceled()
             rows = min(_STRIP_ROWS, height - row)

@@ -1,0 +1,348 @@
+"""Fetch the Sentinel-2 stack of an extent from a STAC API: ``df4lcz:sentinel2fetch`` and the command line.
+
+The output is what ``sentinel2stack`` (one date) or ``sentinel2composite`` (several) write: 10 bands in So2Sat order
+(B2 … B12), UInt16 reflectance × 10000, nodata 0, a per-dataset mask band (0 = no data, cloud or shadow), on a 10 m
+grid of the extent's UTM zone whose pixel edges are multiples of 10 m, as every MGRS tile's 10 m grid is, so the
+10 m bands are taken as they are. The 20 m bands are resampled bilinearly by a GDAL VRT, as ``sentinel2stack`` does.
+
+Steps (``fetch_sentinel2``):
+1. Search (``stac.search``): the items over the extent in the date range, scene cloud cover ≤ MAX_SCENE_CLOUD.
+   Items of one solar day are one date; their tiles are mosaicked (tiles of another UTM zone are warped).
+2. Screening: the SCL window of every date (kilobytes) gives its clear share inside the extent (SCL not 0 no data,
+   1 saturated, 3 cloud shadow, 8/9 cloud, 10 cirrus). Dates below MIN_CLEAR are dropped before any band is read;
+   the clearest MAX_DATES are kept.
+3. Budget: the expected megabytes (from the items' ``file:size`` and the COG tiles the window touches) are logged,
+   and a run above MAX_DOWNLOAD_MB is refused before any band is read.
+4. Reading: every band window, in parallel, through ``cog_windows`` (``/vsicurl/``, cached and checked).
+5. Writing: the offset declared by each asset (or implied by its processing baseline) is removed, clipped at 1 so
+   that only true no data stays 0, as ``sentinel2stack`` does. One date is written as the output; several are
+   written to a scratch folder and combined by the composite engine (``composite.build_composite``).
+The output's metadata records the API, collection, items, dates, platforms, baselines, the offset removed and the
+processing level (Level-2A for L2A collections).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from osgeo import gdal, osr
+
+from ..feedback import Feedback
+from ..kill_points import kill_point
+from ..outputs import atomic_output, scratch_folder
+from .bands import SO2SAT_BANDS
+from .clouds import CLOUD, SHADOW, SNOW, scl_classes
+from .cog_windows import Grid, WindowCache, WindowRead, fetch_window, planned_window, srs_of
+from .composite import build_composite
+from .stac import FetchError, Scene, StacApi, group_by_solar_day, search
+from .stack import add_mask_band, create_stack_raster
+
+gdal.UseExceptions()
+
+MODES = ("scl", "none")
+#: SCL values that are not a clear observation: 0 no data, 1 saturated or defective, 3 cloud shadow, 8 and 9 cloud
+#: of medium and high probability, 10 thin cirrus (snow, 11, is kept, as ``sentinel2stack`` keeps it).
+NOT_CLEAR_SCL = (0, 1, 3, 8, 9, 10)
+#: Largest side of an extent, km: a 110 km MGRS tile's worth. Larger areas: the command line, per tile.
+MAX_SIDE_KM = 110.0
+#: The COG tile side of Earth Search's and Planetary Computer's Sentinel-2 files, px; used for the estimate only.
+COG_BLOCK_PX = 1024
+PARALLEL_READS = 4
+
+
+@dataclass
+class FetchRequest:
+    """What to fetch. ``extent``: (xmin, ymin, xmax, ymax) in ``extent_crs`` (any CRS GDAL knows: WKT, "EPSG:n");
+    ``start``/``end``: acquisition dates, inclusive; ``max_scene_cloud``: % (the items' ``eo:cloud_cover``);
+    ``min_clear``: % of the extent clear in a date's SCL; ``max_download_mb``: refuse above this estimate;
+    ``epsg``: output CRS (default: the UTM zone of the extent's centre); ``proxy``: an http(s) proxy URL."""
+
+    api: StacApi
+    extent: tuple[float, float, float, float]
+    extent_crs: str
+    start: dt.date
+    end: dt.date
+    max_scene_cloud: float = 50.0
+    cloud_mask: str = "scl"
+    max_dates: int = 3
+    min_clear: float = 50.0
+    max_download_mb: float = 1000.0
+    epsg: int | None = None
+    proxy: str | None = None
+
+
+@dataclass
+class Date:
+    """One solar day: its scenes (tiles) and, after screening, its clear and no-data shares of the extent (%)."""
+
+    day: dt.date
+    scenes: list[Scene]
+    clear_percent: float = 100.0
+    nodata_percent: float = 0.0
+    windows: dict = field(default_factory=dict)
+
+
+def utm_epsg(lon: float, lat: float) -> int:
+    """The WGS 84 / UTM zone EPSG code of a point (degrees)."""
+    zone = min(int((lon + 180) // 6) + 1, 60)
+    return (32600 if lat >= 0 else 32700) + zone
+
+
+def plan_grid(request: FetchRequest) -> tuple[Grid, tuple[float, float, float, float]]:
+    """(the 10 m target grid, the extent's WGS 84 bbox). Raises FetchError for an empty or too large extent."""
+    source = osr.SpatialReference()
+    source.SetFromUserInput(request.extent_crs)
+    source.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    xmin, ymin, xmax, ymax = request.extent
+    if not (xmax > xmin and ymax > ymin):
+        raise FetchError(f"EXTENT {request.extent} is empty; draw the area to map.")
+    to_wgs84 = osr.CoordinateTransformation(source, srs_of(4326))
+    bbox = tuple(to_wgs84.TransformBounds(xmin, ymin, xmax, ymax, 21))
+    epsg = request.epsg or utm_epsg((bbox[0] + bbox[2]) / 2, (bbox[1] + bbox[3]) / 2)
+    to_target = osr.CoordinateTransformation(source, srs_of(epsg))
+    x0, y0, x1, y1 = to_target.TransformBounds(xmin, ymin, xmax, ymax, 21)
+    bounds = (math.floor(x0 / 10) * 10.0, math.floor(y0 / 10) * 10.0, math.ceil(x1 / 10) * 10.0,
+              math.ceil(y1 / 10) * 10.0)
+    side_km = max(bounds[2] - bounds[0], bounds[3] - bounds[1]) / 1000
+    if side_km > MAX_SIDE_KM:
+        raise FetchError(f"EXTENT is {side_km:.0f} km a side, more than one fetch takes ({MAX_SIDE_KM:g} km). Map a "
+                         "smaller extent, or a region tile by tile with the command line (python3 -m df4lcz_plugin "
+                         "classify --stac …).")
+    return Grid(epsg, bounds), bbox
+
+
+def _on_grid(path: Path, scene_epsg: int, grid: Grid, resample: str) -> gdal.Dataset:
+    """A cached window on the target grid: a VRT in the same CRS (as ``sentinel2stack`` resamples), else warped."""
+    if scene_epsg == grid.epsg:
+        return gdal.BuildVRT("", [str(path)], outputBounds=grid.bounds, xRes=grid.pixel_m, yRes=grid.pixel_m,
+                             resampleAlg=resample)
+    return gdal.Warp("", str(path), format="VRT", dstSRS=grid.wkt, outputBounds=grid.bounds, xRes=grid.pixel_m,
+                     yRes=grid.pixel_m, resampleAlg=resample, srcNodata=0, dstNodata=0)
+
+
+def _mosaic(date: Date, key: str, grid: Grid, resample: str, offset: bool) -> np.ndarray:
+    """(height, width) of one band (or ``scl``) of a date on the grid: the first tile with data wins; with
+    ``offset``, each tile's offset removed (clipped at 1, 0 stays no data)."""
+    out = np.zeros((grid.height, grid.width), np.int32)
+    for scene in date.scenes:
+        path = date.windows.get((scene.id, key))
+        if path is None:
+            continue
+        dn = _on_grid(path, scene.epsg or grid.epsg, grid, resample).ReadAsArray().astype(np.int32)
+        if offset:
+            dn = np.where(dn == 0, 0, np.clip(dn + _asset(scene, key).offset_dn, 1, 65535))
+        out = np.where(out == 0, dn, out)
+    return out
+
+
+def _asset(scene: Scene, key: str):
+    return scene.scl if key == "scl" else scene.bands[key]
+
+
+def _estimate_bytes(read: WindowRead) -> float:
+    """Bytes a window costs: the COG tiles it touches × the file's bytes per pixel (×2 raw UInt16 without
+    ``file:size``); the window as a whole when it is not known before opening."""
+    asset, window = read.asset, read.window
+    if window is None:
+        side = 1000 * 10 / asset.resolution_m
+        return side * side * 2
+    touched = ((window[0] + window[2] - 1) // COG_BLOCK_PX - window[0] // COG_BLOCK_PX + 1) * \
+              ((window[1] + window[3] - 1) // COG_BLOCK_PX - window[1] // COG_BLOCK_PX + 1)
+    pixels = touched * COG_BLOCK_PX * COG_BLOCK_PX
+    if asset.size_bytes and asset.shape:
+        return pixels * asset.size_bytes / (asset.shape[0] * asset.shape[1] * 4 / 3)  # overviews add about 1/3
+    return pixels * 2
+
+
+class _Reader:
+    """Brings windows into the cache, several at a time, with progress, cancel and the megabytes so far."""
+
+    def __init__(self, request: FetchRequest, grid: Grid, cache: WindowCache, feedback: Feedback):
+        self.request, self.grid, self.cache, self.feedback = request, grid, cache, feedback
+        self.downloaded = 0
+
+    def reads(self, date: Date, keys: tuple[str, ...]) -> list[WindowRead]:
+        return [WindowRead(scene, _asset(scene, key), planned_window(scene, _asset(scene, key), self.grid))
+                for scene in date.scenes for key in keys if key != "scl" or scene.scl is not None]
+
+    def cached(self, read: WindowRead) -> bool:
+        if read.window is None:
+            return False
+        return self.cache.get(self.cache.path(read.scene, read.asset, read.window)) is not None
+
+    def run(self, jobs: list[tuple[Date, str, WindowRead]], what: str, span: tuple[float, float]) -> None:
+        if not jobs:
+            return
+        api = self.request.api
+        with ThreadPoolExecutor(PARALLEL_READS) as pool:
+            futures = {pool.submit(fetch_window, read, self.grid, self.cache, api.signing, api.collection,
+                                   self.request.proxy): (date, key, read) for date, key, read in jobs}
+            try:
+                for done, future in enumerate(as_completed(futures), start=1):
+                    path, cost = future.result()
+                    date, key, read = futures[future]
+                    date.windows[(read.scene.id, key)] = path
+                    self.downloaded += cost
+                    self.feedback.progress(span[0] + (span[1] - span[0]) * done / len(jobs))
+                    self.feedback.info(f"{what}: {date.day} {key} of {read.scene.id} ({done}/{len(jobs)}; "
+                                       f"{self.downloaded / 1e6:.1f} MB downloaded so far)")
+                    self.feedback.check_canceled()
+            finally:
+                for future in futures:
+                    future.cancel()
+
+
+def _screen(dates: list[Date], reader: _Reader, grid: Grid, feedback: Feedback) -> None:
+    """Each date's clear and no-data shares of the grid, from its SCL windows."""
+    reader.run([(d, "scl", r) for d in dates for r in reader.reads(d, ("scl",))], "Cloud screening (SCL)",
+               (0.0, 0.15))
+    for date in dates:
+        scl = _mosaic(date, "scl", grid, "nearest", offset=False)
+        date.clear_percent = round(float(100 * (~np.isin(scl, NOT_CLEAR_SCL)).mean()), 2)
+        date.nodata_percent = round(float(100 * (scl == 0).mean()), 2)
+        feedback.info(f"{date.day}: {date.clear_percent} % of the extent clear, {date.nodata_percent} % no data "
+                      f"({', '.join(s.id for s in date.scenes)})")
+
+
+def choose_dates(request: FetchRequest, scenes: list[Scene], reader: _Reader, grid: Grid,
+                 feedback: Feedback) -> list[Date]:
+    """The dates to read: screened by SCL (CLOUD_MASK=scl, for the items that have one), the clearest
+    ``max_dates`` in date order. Raises FetchError when none is clear enough."""
+    dates = [Date(day, tiles) for day, tiles in group_by_solar_day(scenes).items()]
+    if request.cloud_mask == "scl":
+        if any(s.scl is None for d in dates for s in d.scenes):
+            feedback.warning("Some items have no SCL asset: their dates are screened by scene cloud cover only, "
+                             "and their clouds are not masked.")
+        _screen(dates, reader, grid, feedback)
+        usable = [d for d in dates if d.clear_percent >= request.min_clear]
+        if not usable:
+            best = max(dates, key=lambda d: d.clear_percent)
+            raise FetchError(f"No date from {request.start} to {request.end} has {request.min_clear:g} % of the "
+                             f"extent clear (the best, {best.day}, has {best.clear_percent} %). Widen the dates, "
+                             "or lower MIN_CLEAR (a composite of several dates fills gaps).")
+        dates = usable
+    ranked = sorted(dates, key=lambda d: (-d.clear_percent, min(s.cloud_cover for s in d.scenes), d.day))
+    return sorted(ranked[:request.max_dates], key=lambda d: d.day)
+
+
+def _budget(request: FetchRequest, dates: list[Date], reader: _Reader, feedback: Feedback) -> list:
+    """The band reads of the chosen dates, after logging (and checking) what they are expected to cost."""
+    jobs = [(d, band, r) for d in dates for band in SO2SAT_BANDS for r in reader.reads(d, (band,))]
+    uncached = [r for _, _, r in jobs if not reader.cached(r)]
+    megabytes = sum(_estimate_bytes(r) for r in uncached) / 1e6
+    feedback.info(f"{len(dates)} date(s) ({', '.join(str(d.day) for d in dates)}), {len(jobs)} band windows, "
+                  f"{len(jobs) - len(uncached)} cached; about {megabytes:.0f} MB to download.")
+    if megabytes > request.max_download_mb:
+        raise FetchError(f"This fetch would download about {megabytes:.0f} MB, above MAX_DOWNLOAD_MB="
+                         f"{request.max_download_mb:g}. Raise MAX_DOWNLOAD_MB, lower MAX_DATES or draw a smaller "
+                         "extent. Nothing was downloaded but the SCL screening.")
+    return jobs
+
+
+def _processing_level(scenes: list[Scene], collection: str) -> str:
+    types = {s.product_type.upper() for s in scenes}
+    if types == {"S2MSI2A"} or (types <= {""} and "l2a" in collection.lower()):
+        return "Level-2A"
+    if types == {"S2MSI1C"} or (types <= {""} and "l1c" in collection.lower()):
+        return "Level-1C"
+    return "unknown"
+
+
+def provenance(request: FetchRequest, dates: list[Date]) -> dict[str, str]:
+    """The output's GDAL metadata: where and what it was fetched from, and what was done."""
+    scenes = [s for d in dates for s in d.scenes]
+    offsets = {b: sorted({s.bands[b].offset_dn for s in scenes}) for b in SO2SAT_BANDS}
+    items = [{"id": s.id, "date": str(d.day), "datetime": s.datetime.isoformat(), "platform": s.platform,
+              "processing_baseline": s.baseline, "offset_dn": s.bands["B2"].offset_dn,
+              "offset_from": s.bands["B2"].offset_source, "clear_percent": d.clear_percent}
+             for d in dates for s in d.scenes]
+    return {
+        "SOURCE": "",
+        "PROCESSING_LEVEL": _processing_level(scenes, request.api.collection),
+        "PROCESSING_BASELINE": ",".join(sorted({s.baseline for s in scenes})),
+        "OFFSET_REMOVED": ",".join(str(v[0]) if len(v) == 1 else "per item" for v in offsets.values()),
+        "STAC_API": request.api.url,
+        "STAC_COLLECTION": request.api.collection,
+        "STAC_ITEMS": json.dumps(items),
+        "DATES": ",".join(str(d.day) for d in dates),
+        "PLATFORMS": ",".join(sorted({s.platform for s in scenes})),
+        "CLOUD_MASK_SOURCE": "SCL" if request.cloud_mask == "scl" else "none",
+    }
+
+
+def _write_date(date: Date, grid: Grid, path: str, metadata: dict, use_scl: bool) -> dict[str, float]:
+    """One date's stack (bands, mask band) to ``path``; returns its cloud, shadow and snow % of valid pixels."""
+    classes = None
+    if use_scl and all((s.id, "scl") in date.windows for s in date.scenes):
+        classes = scl_classes(_mosaic(date, "scl", grid, "nearest", offset=False))
+    with atomic_output(path) as tmp:
+        out = create_stack_raster(tmp, grid.width, grid.height, grid.geotransform, grid.wkt, metadata)
+        valid = np.ones((grid.height, grid.width), bool)
+        for index, band in enumerate(SO2SAT_BANDS, start=1):
+            resample = "nearest" if date.scenes[0].bands[band].resolution_m <= grid.pixel_m else "bilinear"
+            values = _mosaic(date, band, grid, resample, offset=True).astype(np.uint16)
+            out.GetRasterBand(index).WriteArray(values)
+            valid &= values != 0
+            kill_point("band")
+        shares = {"cloud_percent": 0.0, "shadow_percent": 0.0, "snow_percent": 0.0}
+        if classes is not None:
+            counts = np.bincount(classes[valid], minlength=SNOW + 1)
+            for name, cls in (("cloud_percent", CLOUD), ("shadow_percent", SHADOW), ("snow_percent", SNOW)):
+                shares[name] = round(float(100 * counts[cls] / max(valid.sum(), 1)), 2)
+            clear = valid & (classes != CLOUD) & (classes != SHADOW)
+            if not clear[valid].all():
+                add_mask_band(out)
+                out.GetRasterBand(1).GetMaskBand().WriteArray(np.where(clear, 255, 0).astype(np.uint8))
+        for key, value in shares.items():
+            out.SetMetadataItem(key.upper(), str(value))
+        out.FlushCache()
+        out = None
+    return shares
+
+
+def fetch_sentinel2(request: FetchRequest, output: str | Path, feedback: Feedback | None = None,
+                    cache: WindowCache | None = None, observations: str | Path | None = None) -> dict:
+    """Fetch ``request`` and write the stack (one date) or median composite (several) to ``output`` (GeoTIFF).
+
+    observations: optional GeoTIFF of clear observations per pixel (several dates only; written by the composite).
+    Returns a summary dict: api, collection, processing_level, dates (day, items, clear %), megabytes downloaded,
+    width, height, epsg. Raises FetchError (nothing found, unreachable API, bad items, over budget),
+    Canceled; nothing is left half-written.
+    """
+    feedback = feedback or Feedback()
+    cache = cache or WindowCache()
+    for path in (output, observations):
+        if path and Path(cache.root).resolve() in Path(path).resolve().parents:
+            raise FetchError(f"{path} is inside the window cache ({cache.root}), whose files this fetch reads; "
+                             "choose an output elsewhere.")
+    grid, bbox = plan_grid(request)
+    feedback.info(f"Output grid: EPSG:{grid.epsg}, {grid.width} × {grid.height} px of 10 m; search bbox {bbox}")
+    scenes = search(request.api, bbox, request.start, request.end, request.max_scene_cloud, feedback.info,
+                    request.proxy)
+    reader = _Reader(request, grid, cache, feedback)
+    dates = choose_dates(request, scenes, reader, grid, feedback)
+    jobs = _budget(request, dates, reader, feedback)
+    reader.run(jobs, "Reading", (0.15, 0.9))
+    metadata = provenance(request, dates)
+    use_scl = request.cloud_mask == "scl"
+    if len(dates) == 1:
+        _write_date(dates[0], grid, str(output), metadata, use_scl)
+    else:
+        with scratch_folder(output) as scratch:
+            stacks = [str(Path(scratch) / f"{d.day}.tif") for d in dates]
+            for date, stack in zip(dates, stacks):
+                _write_date(date, grid, stack, dict(metadata, DATES=str(date.day)), use_scl)
+            build_composite(stacks, output, observations, feedback=feedback,
+                            metadata=dict(metadata, COMPOSITE_INPUTS=""))
+    feedback.progress(1.0)
+    return {"api": request.api.url, "collection": request.api.collection,
+            "processing_level": metadata["PROCESSING_LEVEL"], "epsg": grid.epsg, "width": grid.width,
+            "height": grid.height, "megabytes_downloaded": round(reader.downloaded / 1e6, 2),
+            "dates": [{"date": str(d.day), "items": [s.id for s in d.scenes], "clear_percent": d.clear_percent}
+                      for d in dates]}
