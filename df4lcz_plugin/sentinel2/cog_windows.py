@@ -7,8 +7,9 @@ window is found without a request; otherwise the COG's header is read first.
 
 GDAL reads only the COG tiles the window touches, with the settings that keep requests few (``HTTP_OPTIONS``): no
 directory listing (``GDAL_DISABLE_READDIR_ON_OPEN=EMPTY_DIR``: without it GDAL sent 247 requests for 3 files instead
-of 10), retries with backoff on 429/5xx (GDAL's default is none), and time-outs, so a server that never answers
-fails the run instead of hanging it. They are set per thread, leaving the rest of the process (QGIS) as it was.
+of 10), retries with backoff on 429/5xx (GDAL's default is none), and a time-out (``Access.timeout_s``), so a server
+that never answers fails the run instead of hanging it. They are set per thread, leaving the rest of the process
+(QGIS) as it was.
 
 Cache: ``<user cache>/df4lcz/stac/<item id>/<asset>_<col>_<row>_<width>_<height>.tif``, the window as read, and a
 ``.json`` sidecar with its sha256, written after the window, both atomically. A window is reused only when its
@@ -43,8 +44,6 @@ HTTP_OPTIONS = {
     "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF",
     "GDAL_HTTP_MAX_RETRY": "5",
     "GDAL_HTTP_RETRY_DELAY": "1",
-    "GDAL_HTTP_TIMEOUT": "60",
-    "GDAL_HTTP_CONNECTTIMEOUT": "20",
     "GDAL_HTTP_MULTIRANGE": "SINGLE_GET",
 }
 
@@ -103,10 +102,23 @@ def gdal_path(href: str, signing: str = "", collection: str = "") -> str:
                      "STAC_API or COLLECTION whose assets are public https COGs, e.g. earth-search.")
 
 
+@dataclass(frozen=True)
+class Access:
+    """How assets are reached: ``signing`` and ``collection`` (Planetary Computer's), an http(s) ``proxy`` URL, and
+    the time-out of one HTTP request in seconds."""
+
+    signing: str = ""
+    collection: str = ""
+    proxy: str | None = None
+    timeout_s: float = 60.0
+
+
 @contextlib.contextmanager
-def http_options(proxy: str | None = None) -> Iterator[None]:
-    """``HTTP_OPTIONS`` (and ``GDAL_HTTP_PROXY``) for GDAL calls of this thread only."""
-    options = dict(HTTP_OPTIONS, **({"GDAL_HTTP_PROXY": proxy} if proxy else {}))
+def http_options(access: Access) -> Iterator[None]:
+    """``HTTP_OPTIONS``, the time-out and ``GDAL_HTTP_PROXY`` for GDAL calls of this thread only."""
+    options = dict(HTTP_OPTIONS, GDAL_HTTP_TIMEOUT=str(round(access.timeout_s)),
+                   GDAL_HTTP_CONNECTTIMEOUT=str(round(min(access.timeout_s, 20))),
+                   **({"GDAL_HTTP_PROXY": access.proxy} if access.proxy else {}))
     previous = {key: gdal.GetThreadLocalConfigOption(key, None) for key in options}
     for key, value in options.items():
         gdal.SetThreadLocalConfigOption(key, value)
@@ -188,17 +200,16 @@ def planned_window(scene: Scene, asset: Asset, grid: Grid) -> tuple[int, int, in
     return _window(asset.transform, (asset.shape[1], asset.shape[0]), bounds_in(grid, epsg))
 
 
-def fetch_window(read: WindowRead, grid: Grid, cache: WindowCache, signing: str, collection: str,
-                 proxy: str | None) -> tuple[Path | None, int]:
+def fetch_window(read: WindowRead, grid: Grid, cache: WindowCache, access: Access) -> tuple[Path | None, int]:
     """The cached window file of ``read`` (None when the asset does not cover the grid) and the bytes it cost
     (0 when it was cached). Raises FetchError for an unreadable, truncated or misplaced COG."""
     if read.window is not None:
         cached = cache.get(cache.path(read.scene, read.asset, read.window))
         if cached:
             return cached, 0
-    with http_options(proxy):
+    with http_options(access):
         try:
-            source = gdal.Open(gdal_path(read.asset.href, signing, collection))
+            source = gdal.Open(gdal_path(read.asset.href, access.signing, access.collection))
             window = _checked_window(read, source, grid)
             if window is None:
                 return None, 0

@@ -38,7 +38,7 @@ from ..kill_points import kill_point
 from ..outputs import atomic_output, scratch_folder
 from .bands import SO2SAT_BANDS
 from .clouds import CLOUD, SHADOW, SNOW, scl_classes
-from .cog_windows import Grid, WindowCache, WindowRead, fetch_window, planned_window, srs_of
+from .cog_windows import Access, Grid, WindowCache, WindowRead, fetch_window, planned_window, srs_of
 from .composite import build_composite
 from .stac import FetchError, Scene, StacApi, group_by_solar_day, search
 from .stack import add_mask_band, create_stack_raster
@@ -61,7 +61,8 @@ class FetchRequest:
     """What to fetch. ``extent``: (xmin, ymin, xmax, ymax) in ``extent_crs`` (any CRS GDAL knows: WKT, "EPSG:n");
     ``start``/``end``: acquisition dates, inclusive; ``max_scene_cloud``: % (the items' ``eo:cloud_cover``);
     ``min_clear``: % of the extent clear in a date's SCL; ``max_download_mb``: refuse above this estimate;
-    ``epsg``: output CRS (default: the UTM zone of the extent's centre); ``proxy``: an http(s) proxy URL."""
+    ``epsg``: output CRS (default: the UTM zone of the extent's centre); ``proxy``: an http(s) proxy URL;
+    ``timeout_s``: of one HTTP request, seconds."""
 
     api: StacApi
     extent: tuple[float, float, float, float]
@@ -75,6 +76,7 @@ class FetchRequest:
     max_download_mb: float = 1000.0
     epsg: int | None = None
     proxy: str | None = None
+    timeout_s: float = 60.0
 
 
 @dataclass
@@ -179,10 +181,11 @@ class _Reader:
     def run(self, jobs: list[tuple[Date, str, WindowRead]], what: str, span: tuple[float, float]) -> None:
         if not jobs:
             return
-        api = self.request.api
+        request = self.request
+        access = Access(request.api.signing, request.api.collection, request.proxy, request.timeout_s)
         with ThreadPoolExecutor(PARALLEL_READS) as pool:
-            futures = {pool.submit(fetch_window, read, self.grid, self.cache, api.signing, api.collection,
-                                   self.request.proxy): (date, key, read) for date, key, read in jobs}
+            futures = {pool.submit(fetch_window, read, self.grid, self.cache, access): (date, key, read)
+                       for date, key, read in jobs}
             try:
                 for done, future in enumerate(as_completed(futures), start=1):
                     path, cost = future.result()
@@ -324,7 +327,7 @@ def fetch_sentinel2(request: FetchRequest, output: str | Path, feedback: Feedbac
     grid, bbox = plan_grid(request)
     feedback.info(f"Output grid: EPSG:{grid.epsg}, {grid.width} × {grid.height} px of 10 m; search bbox {bbox}")
     scenes = search(request.api, bbox, request.start, request.end, request.max_scene_cloud, feedback.info,
-                    request.proxy)
+                    request.proxy, request.timeout_s)
     reader = _Reader(request, grid, cache, feedback)
     dates = choose_dates(request, scenes, reader, grid, feedback)
     jobs = _budget(request, dates, reader, feedback)

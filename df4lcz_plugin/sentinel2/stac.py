@@ -34,7 +34,6 @@ DN_SCALE = 0.0001
 #: The offset that processing baseline 04.00 (25 January 2022) added to L1C and L2A digital numbers.
 BASELINE_OFFSET_DN = -1000
 MAX_ITEMS = 2000
-SEARCH_TIMEOUT_S = 60
 
 
 class FetchError(ValueError):
@@ -200,7 +199,7 @@ def group_by_solar_day(scenes: Iterable[Scene]) -> dict[dt.date, list[Scene]]:
     return {day: sorted(days[day], key=lambda s: (s.nodata_percent, s.id)) for day in sorted(days)}
 
 
-def _client(api: StacApi, proxy: str | None) -> Any:
+def _client(api: StacApi, proxy: str | None, timeout_s: float) -> Any:
     """pystac-client's Client for ``api``, with timeouts, retries with backoff on 429/5xx, and ``proxy``."""
     import pystac_client
     from pystac_client.stac_api_io import StacApiIO
@@ -212,7 +211,7 @@ def _client(api: StacApi, proxy: str | None) -> Any:
                          "older than this plugin needs (another plugin puts its own copy first); reinstall the "
                          "DF4LCZ dependencies or disable that plugin.")
     retry = Retry(total=4, backoff_factor=1.0, status_forcelist=(429, 500, 502, 503, 504), allowed_methods=None)
-    stac_io = StacApiIO(timeout=SEARCH_TIMEOUT_S, max_retries=retry)
+    stac_io = StacApiIO(timeout=timeout_s, max_retries=retry)
     if proxy:
         stac_io.session.proxies.update({"http": proxy, "https": proxy})
     return pystac_client.Client.open(api.url, stac_io=stac_io)
@@ -237,10 +236,11 @@ def _unreachable(api: StacApi, error: Exception) -> FetchError:
 
 
 def search(api: StacApi, bbox: tuple[float, float, float, float], start: dt.date, end: dt.date, max_cloud: float,
-           info: Callable[[str], None] = print, proxy: str | None = None) -> list[Scene]:
+           info: Callable[[str], None] = print, proxy: str | None = None, timeout_s: float = 60.0) -> list[Scene]:
     """The Sentinel-2 scenes of ``api.collection`` whose bbox meets ``bbox`` (WGS 84 degrees: west, south, east,
     north), acquired from ``start`` to ``end`` (whole days, UTC) with ``eo:cloud_cover`` ≤ ``max_cloud`` (%) and all
-    10 So2Sat bands. Pages of 100 items; at most MAX_ITEMS.
+    10 So2Sat bands. Pages of 100 items; at most MAX_ITEMS. ``timeout_s``: of one request (retried 4 times with
+    backoff on connection errors, 429 and 5xx).
 
     Raises FetchError when the API cannot be reached (after retries), lacks the collection, or finds nothing.
     """
@@ -248,7 +248,7 @@ def search(api: StacApi, bbox: tuple[float, float, float, float], start: dt.date
     from pystac_client.exceptions import APIError
 
     try:
-        client = _client(api, proxy)
+        client = _client(api, proxy, timeout_s)
         extra = _cloud_filter(client, max_cloud)
         found = client.search(collections=[api.collection], bbox=list(bbox), limit=100, max_items=MAX_ITEMS,
                               datetime=f"{start.isoformat()}T00:00:00Z/{end.isoformat()}T23:59:59Z", **extra)
