@@ -3,7 +3,8 @@
 The output is what ``sentinel2stack`` (one date) or ``sentinel2composite`` (several) write: 10 bands in So2Sat order
 (B2 … B12), UInt16 reflectance × 10000, nodata 0, a per-dataset mask band (0 = no data, cloud or shadow), on a 10 m
 grid of the extent's UTM zone whose pixel edges are multiples of 10 m, as every MGRS tile's 10 m grid is, so the
-10 m bands are taken as they are. The 20 m bands are resampled bilinearly by a GDAL VRT, as ``sentinel2stack`` does.
+10 m bands are taken as they are. It covers the extent plus 160 m on each side (``CONTEXT_MARGIN_M``), so that a
+classification of the extent has the 320 m patch of every cell. The 20 m bands are resampled bilinearly by a GDAL VRT, as ``sentinel2stack`` does.
 
 Steps (``fetch_sentinel2``):
 1. Search (``stac.search``): the items over the extent in the date range, scene cloud cover ≤ MAX_SCENE_CLOUD.
@@ -54,6 +55,9 @@ MAX_SIDE_KM = 110.0
 #: The COG tile side of Earth Search's and Planetary Computer's Sentinel-2 files, px; used for the estimate only.
 COG_BLOCK_PX = 1024
 PARALLEL_READS = 4
+#: Added around the extent on each side: half the 320 m patch a 100 m cell is classified from, so that classifying
+#: the extent from the stack maps every cell of it, the border ones included.
+CONTEXT_MARGIN_M = 160.0
 
 
 @dataclass
@@ -97,7 +101,8 @@ def utm_epsg(lon: float, lat: float) -> int:
 
 
 def plan_grid(request: FetchRequest) -> tuple[Grid, tuple[float, float, float, float]]:
-    """(the 10 m target grid, the extent's WGS 84 bbox). Raises FetchError for an empty or too large extent."""
+    """(the 10 m target grid: the extent plus CONTEXT_MARGIN_M, the extent's WGS 84 bbox). Raises FetchError for an
+    empty or too large extent."""
     source = osr.SpatialReference()
     source.SetFromUserInput(request.extent_crs)
     source.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
@@ -109,8 +114,9 @@ def plan_grid(request: FetchRequest) -> tuple[Grid, tuple[float, float, float, f
     epsg = request.epsg or utm_epsg((bbox[0] + bbox[2]) / 2, (bbox[1] + bbox[3]) / 2)
     to_target = osr.CoordinateTransformation(source, srs_of(epsg))
     x0, y0, x1, y1 = to_target.TransformBounds(xmin, ymin, xmax, ymax, 21)
-    bounds = (math.floor(x0 / 10) * 10.0, math.floor(y0 / 10) * 10.0, math.ceil(x1 / 10) * 10.0,
-              math.ceil(y1 / 10) * 10.0)
+    m = CONTEXT_MARGIN_M
+    bounds = (math.floor((x0 - m) / 10) * 10.0, math.floor((y0 - m) / 10) * 10.0, math.ceil((x1 + m) / 10) * 10.0,
+              math.ceil((y1 + m) / 10) * 10.0)
     side_km = max(bounds[2] - bounds[0], bounds[3] - bounds[1]) / 1000
     if side_km > MAX_SIDE_KM:
         raise FetchError(f"EXTENT is {side_km:.0f} km a side, more than one fetch takes ({MAX_SIDE_KM:g} km). Map a "
