@@ -258,12 +258,24 @@ def search(api: StacApi, bbox: tuple[float, float, float, float], start: dt.date
             info(f"STAC search of {api.collection} at {api.url}: {len(items)} item(s) so far")
     except (APIError, requests.RequestException, OSError) as error:
         raise _unreachable(api, error) from None
+    return _select(items, api, bbox, start, end, max_cloud)
+
+
+def _select(items: list[dict], api: StacApi, bbox: tuple[float, float, float, float], start: dt.date, end: dt.date,
+            max_cloud: float) -> list[Scene]:
+    """The found items checked again here: over ``bbox``, cloud cover, all 10 bands. Raises FetchError if none."""
     scenes = [parse_item(item) for item in items if _meets(item, bbox)]
-    kept = [s for s in scenes if s.cloud_cover <= max_cloud and not set(SO2SAT_BANDS) - set(s.bands)]
+    clear = [s for s in scenes if s.cloud_cover <= max_cloud]
+    kept = [s for s in clear if not set(SO2SAT_BANDS) - set(s.bands)]
+    if clear and not kept:
+        lacking = sorted({b for s in clear for b in set(SO2SAT_BANDS) - set(s.bands)}, key=SO2SAT_BANDS.index)
+        raise FetchError(f"The {len(clear)} item(s) of {api.collection} ({api.url}) over the extent from {start} to "
+                         f"{end} lack the band asset(s) {', '.join(lacking)} (e.g. {clear[0].id}); the LCZ models "
+                         "need all 10 of B2 … B12. Choose a Sentinel-2 L2A collection with every band (COLLECTION).")
     if not kept:
         raise FetchError(f"No Sentinel-2 scene of {api.collection} ({api.url}) covers the extent from {start} to "
                          f"{end} with scene cloud cover ≤ {max_cloud:g} % ({len(items)} item(s) found before the "
-                         "cloud and band checks). Widen the dates, raise MAX_SCENE_CLOUD, or check that the extent "
+                         "cloud check). Widen the dates, raise MAX_SCENE_CLOUD, or check that the extent "
                          "is on land or coast (Sentinel-2 does not image the open sea).")
     return kept
 
