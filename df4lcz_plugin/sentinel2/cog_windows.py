@@ -11,8 +11,8 @@ of 10), retries with backoff on 429/5xx (GDAL's default is none), and a time-out
 that never answers fails the run instead of hanging it. They are set per thread, leaving the rest of the process
 (QGIS) as it was.
 
-Cache: ``<user cache>/df4lcz/stac/<item id>/<asset>_<col>_<row>_<width>_<height>.tif``, the window as read, and a
-``.json`` sidecar with its sha256, written after the window, both atomically. A window is reused only when its
+Cache: ``<user cache>/df4lcz/stac/<item id>/<asset>_<url hash>_<col>_<row>_<width>_<height>.tif``, the window as read,
+and a ``.json`` sidecar with its sha256, written after the window, both atomically. A window is reused only when its
 sha256 matches, so a truncated or altered file is read again, and a run killed mid-download resumes where it was.
 """
 
@@ -149,8 +149,11 @@ class WindowCache:
         self.root = Path(root) if root else assets.cache_dir() / "stac"
 
     def path(self, scene: Scene, asset: Asset, window: tuple[int, int, int, int]) -> Path:
+        """The window's file: by item, asset, the asset's URL (without a query string, where signatures change)
+        and the window."""
         safe_id = "".join(c if c.isalnum() or c in "._-" else "_" for c in scene.id)
-        return self.root / safe_id / f"{asset.key}_{'_'.join(str(v) for v in window)}.tif"
+        url = hashlib.sha256(asset.href.split("?")[0].encode()).hexdigest()[:8]
+        return self.root / safe_id / f"{asset.key}_{url}_{'_'.join(str(v) for v in window)}.tif"
 
     def get(self, path: Path) -> Path | None:
         """``path`` if it is complete and intact (its sha256 matches its sidecar's), else None."""

@@ -4,7 +4,8 @@ The output is what ``sentinel2stack`` (one date) or ``sentinel2composite`` (seve
 (B2 … B12), UInt16 reflectance × 10000, nodata 0, a per-dataset mask band (0 = no data, cloud or shadow), on a 10 m
 grid of the extent's UTM zone whose pixel edges are multiples of 10 m, as every MGRS tile's 10 m grid is, so the
 10 m bands are taken as they are. It covers the extent plus 160 m on each side (``CONTEXT_MARGIN_M``), so that a
-classification of the extent has the 320 m patch of every cell. The 20 m bands are resampled bilinearly by a GDAL VRT, as ``sentinel2stack`` does.
+classification of the extent has the 320 m patch of every cell. The 20 m bands are resampled bilinearly by a GDAL
+VRT, as ``sentinel2stack`` does.
 
 Steps (``fetch_sentinel2``):
 1. Search (``stac.search``): the items over the extent in the date range, scene cloud cover ≤ MAX_SCENE_CLOUD.
