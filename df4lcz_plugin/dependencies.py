@@ -2,9 +2,10 @@
 
 Two variants, each pinned per Python and platform in ``requirements/`` (shipped with the plugin):
 
-- ``light``: OpenVINO, safetensors, lightgbm + scipy + narwhals, Dask. Enough for the Sentinel-2
-  stack and composites (s2cloudless cloud masks), for classifying on the CPU with a Sentinel-2-only model whose
-  OpenVINO form is built (the shipped model's is), and for the command line on a Dask cluster. About 100 MB.
+- ``light``: OpenVINO, safetensors, lightgbm + scipy + narwhals, Dask, pystac-client + pystac-core. Enough for the
+  Sentinel-2 stack and composites (s2cloudless cloud masks), for searching Sentinel-2 on STAC APIs, for classifying
+  on the CPU with a Sentinel-2-only model whose OpenVINO form is built (the shipped model's is), and for the command
+  line on a Dask cluster. About 100 MB.
 - ``full``: light plus PyTorch and what rests on it (CUDA, SAM,
   torch-geometric): GPU inference, VHR fusion, object graphs, training. About 5 GB.
 
@@ -68,13 +69,14 @@ WITHDRAWN = ("openvino-telemetry",)
 #: Variant → {import name: what to tell the user it is}; full needs light's too.
 MODULES = {
     "light": {"openvino": "OpenVINO", "safetensors": "safetensors", "lightgbm": "LightGBM", "scipy": "SciPy",
-              "narwhals": "narwhals", "dask": "Dask", "distributed": "Dask distributed"},
+              "narwhals": "narwhals", "dask": "Dask", "distributed": "Dask distributed",
+              "pystac_client": "pystac-client", "pystac": "PySTAC"},
     "full": {"torch": "PyTorch", "torchvision": "torchvision", "segment_anything": "Segment Anything",
              "mobile_sam": "MobileSAM", "timm": "timm", "cv2": "OpenCV", "torch_geometric": "PyTorch Geometric"},
 }
 #: Import name → the pinned distribution providing it, where the two differ.
 _DISTRIBUTIONS = {"cv2": "opencv-python-headless", "segment_anything": "segment-anything",
-                  "mobile_sam": "mobilesam-mirror", "torch_geometric": "torch-geometric"}
+                  "mobile_sam": "mobilesam-mirror", "torch_geometric": "torch-geometric", "pystac": "pystac-core"}
 
 
 #: Where QGIS users find the installer: the plugin's entry in the Plugins menu.
