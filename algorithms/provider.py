@@ -32,6 +32,13 @@ class ShippedModel(ToolboxMetadata, QgsProcessingModelAlgorithm):
         "lcz_uses": ("Classifies local climate zones, maps their urban canopy parameters and their share per zone.",
                      "a-model--resourcesmodelslcz_usesmodel3",
                      ("model", "urban canopy parameters", "zonal histogram", "districts")),
+        "lcz_for_extent": ("Fetches the Sentinel-2 stack of an extent from a STAC API and classifies local climate "
+                           "zones, in one step.", "map-lcz-for-an-extent--df4lczlcz_for_extent-model",
+                           ("stac", "fetch", "download", "earth search", "model", "composite")),
+        "lcz_four_seasons": ("Maps local climate zones of an extent once per season of a year (DJF, MAM, JJA, "
+                             "SON), Sentinel-2 fetched from a STAC API.",
+                             "map-lcz-for-an-extent-four-seasons--df4lczlcz_four_seasons-model",
+                             ("stac", "seasons", "seasonal", "fetch", "earth search", "model")),
     }
 
     def __init__(self, path):

@@ -1,0 +1,193 @@
+"""Write the bundled STAC models with PyQGIS's model API, so that they can be regenerated rather than hand-edited:
+
+- ``resources/models/lcz_for_extent.model3``: sentinel2fetch → classifylcz over one extent and date range;
+- ``resources/models/lcz_four_seasons.model3``: the same for the four seasons of a YEAR (DJF, MAM, JJA, SON).
+
+Usage: ``QT_QPA_PLATFORM=offscreen python scripts/make_models.py`` (QGIS 3.22 or later; the plugin's provider is
+loaded from this checkout so that the models' output parameters come from the algorithms themselves).
+"""
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+os.environ["QT_HASH_SEED"] = "0"  # before Qt starts: the same XML attribute order on every run (diffable files)
+from qgis.core import (QgsApplication, QgsProcessingModelAlgorithm, QgsProcessingModelChildAlgorithm,  # noqa: E402
+                       QgsProcessingModelChildDependency, QgsProcessingModelChildParameterSource,
+                       QgsProcessingModelOutput, QgsProcessingModelParameter, QgsProcessingParameterDefinition,
+                       QgsProcessingParameterExtent, QgsProcessingParameterNumber, QgsProcessingParameterString,
+                       QgsProcessingProvider)
+from qgis.PyQt.QtCore import QPointF  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ROOT / "resources" / "models"
+GROUP = "Local climate zones"
+Source = QgsProcessingModelChildParameterSource
+#: Season code → (first month's year offset from YEAR, first month, year offset and month after its last month).
+SEASONS = {"DJF": (-1, 12, 0, 3), "MAM": (0, 3, 0, 6), "JJA": (0, 6, 0, 9), "SON": (0, 9, 0, 12)}
+SEASON_NAMES = {"DJF": "December–February", "MAM": "March–May", "JJA": "June–August", "SON": "September–November"}
+NO_SCENE = ("QGIS runs a model's steps in order and stops at the first that fails: a season without a usable "
+            "scene stops the run with the fetch's message (“No Sentinel-2 scene … covers the extent from … to …”, "
+            "or no date clear enough). The four fetches run first, in season order, so that the run stops before "
+            "any classification; widen the dates or the cloud limits with 'Map LCZ for an extent' for that season.")
+
+
+def load_provider() -> QgsProcessingProvider:
+    """Register this checkout's df4lcz provider (the repository root is the plugin package ``df4lcz``); the caller
+    keeps the returned provider alive (the registry does not own a Python provider)."""
+    spec = importlib.util.spec_from_file_location("df4lcz", ROOT / "__init__.py",
+                                                  submodule_search_locations=[str(ROOT)])
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["df4lcz"] = package
+    spec.loader.exec_module(package)
+    from df4lcz.algorithms.provider import DF4LCZProvider
+
+    provider = DF4LCZProvider()
+    if not QgsApplication.processingRegistry().addProvider(provider):
+        raise SystemExit("Could not register the df4lcz provider.")
+    return provider
+
+
+def add_input(model: QgsProcessingModelAlgorithm, definition: QgsProcessingParameterDefinition, row: int,
+              advanced: bool = False) -> None:
+    """Add a model input, placed in the left column of the designer."""
+    if advanced:
+        definition.setFlags(definition.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+    component = QgsProcessingModelParameter(definition.name())
+    component.setPosition(QPointF(120, 60 + 70 * row))
+    model.addModelParameter(definition, component)
+
+
+def add_shared_inputs(model: QgsProcessingModelAlgorithm, first_row: int) -> None:
+    """STAC_API, COLLECTION (advanced), MODEL and RESOLUTION, as both models ask for them; MODEL is the id of an
+    installed model (a trained one's file name), RESOLUTION mirrors lcz_from_composite's."""
+    add_input(model, QgsProcessingParameterString(
+        "STAC_API", "STAC API (earth-search, planetary-computer, or a URL)", "earth-search"), first_row)
+    add_input(model, QgsProcessingParameterString("COLLECTION", "Collection (empty: the API's L2A one)", "",
+                                                  optional=True), first_row + 1, advanced=True)
+    add_input(model, QgsProcessingParameterString("MODEL", "Model (id of an installed model)", "sen2lcznet_so2sat"),
+              first_row + 2)
+    add_input(model, QgsProcessingParameterNumber("RESOLUTION", "Output resolution (m)",
+                                                  QgsProcessingParameterNumber.Double, 100.0, minValue=10.0),
+              first_row + 3)
+
+
+def add_child(model: QgsProcessingModelAlgorithm, child_id: str, algorithm: str, description: str, x: float,
+              y: float, sources: dict[str, Source], outputs: dict[str, tuple[str, str]],
+              after: tuple[str, ...] = ()) -> None:
+    """Add step ``child_id`` running ``algorithm`` with ``sources`` (parameter → source); ``outputs``: model
+    output name → (the algorithm's output, description); ``after``: steps that must run first."""
+    child = QgsProcessingModelChildAlgorithm(algorithm)
+    child.setChildId(child_id)
+    child.setDescription(description)
+    child.setPosition(QPointF(x, y))
+    for name, source in sources.items():
+        child.addParameterSources(name, [source])
+    model_outputs = {}
+    for name, (child_output, output_description) in outputs.items():
+        output = QgsProcessingModelOutput(name, output_description)
+        output.setChildId(child_id)
+        output.setChildOutputName(child_output)
+        output.setPosition(QPointF(x + 220, y + 50))
+        model_outputs[name] = output
+    child.setModelOutputs(model_outputs)
+    child.setDependencies([QgsProcessingModelChildDependency(step) for step in after])
+    model.addChildAlgorithm(child)
+
+
+def fetch_and_classify(model: QgsProcessingModelAlgorithm, suffix: str, start: Source, end: Source,
+                       max_dates: Source, y: float, outputs: dict[str, str], after: tuple[str, ...] = (),
+                       classify_after: tuple[str, ...] = ()) -> None:
+    """The fetch step ``fetch<suffix>`` and the classify step ``classify<suffix>`` reading its stack over the same
+    EXTENT; ``outputs``: "map" and/or "stack" → model output name."""
+    extent = Source.fromModelParameter("EXTENT")
+    label = f" ({suffix.strip('_').upper()})" if suffix else ""
+    add_child(model, f"fetch{suffix}", "df4lcz:sentinel2fetch", f"Fetch Sentinel-2{label}", 420, y,
+              {"EXTENT": extent, "START_DATE": start, "END_DATE": end, "MAX_DATES": max_dates,
+               "STAC_API": Source.fromModelParameter("STAC_API"), "COLLECTION": Source.fromModelParameter("COLLECTION"),
+               "CLOUD_MASK": Source.fromStaticValue("scl")},
+              {outputs["stack"]: ("OUTPUT", f"Sentinel-2 stack{label}")} if "stack" in outputs else {}, after)
+    add_child(model, f"classify{suffix}", "df4lcz:classifylcz", f"Classify local climate zones{label}", 720, y + 80,
+              {"SENTINEL2": Source.fromChildOutput(f"fetch{suffix}", "OUTPUT"), "EXTENT": extent,
+               "MODEL": Source.fromModelParameter("MODEL"), "RESOLUTION": Source.fromModelParameter("RESOLUTION")},
+              {outputs["map"]: ("OUTPUT", f"LCZ map{label}")}, classify_after)
+
+
+def new_model(title: str, help_text: str) -> QgsProcessingModelAlgorithm:
+    """An empty model in the plugin's group, with its help text and an EXTENT input (row 0)."""
+    model = QgsProcessingModelAlgorithm(title, GROUP)
+    model.setHelpContent({"ALG_DESC": help_text})
+    add_input(model, QgsProcessingParameterExtent("EXTENT", "Extent to map (any CRS)"), 0)
+    return model
+
+
+def lcz_for_extent() -> QgsProcessingModelAlgorithm:
+    """Map LCZ for an extent: fetch the extent's Sentinel-2 stack (a composite of MAX_DATES dates), classify it."""
+    model = new_model("Map LCZ for an extent", (
+        "Fetches the Sentinel-2 L2A stack of the extent from a STAC API (Earth Search by default) for START_DATE to "
+        "END_DATE, a cloud-free composite of the clearest MAX_DATES dates ('Fetch Sentinel-2 for an extent'), "
+        "then classifies local climate zones over the same extent. Outputs: the styled LCZ GeoTIFF and the "
+        "Sentinel-2 stack."))
+    add_input(model, QgsProcessingParameterString("START_DATE", "First acquisition date (YYYY-MM-DD)",
+                                                  "2024-06-01"), 1)
+    add_input(model, QgsProcessingParameterString("END_DATE", "Last acquisition date (YYYY-MM-DD)", "2024-08-31"), 2)
+    add_input(model, QgsProcessingParameterNumber("MAX_DATES", "Dates to combine (1: one date, no composite)",
+                                                  QgsProcessingParameterNumber.Integer, 3, minValue=1, maxValue=50), 3)
+    add_shared_inputs(model, 4)
+    fetch_and_classify(model, "", Source.fromModelParameter("START_DATE"), Source.fromModelParameter("END_DATE"),
+                       Source.fromModelParameter("MAX_DATES"), 60, {"map": "LCZ_MAP", "stack": "STACK"})
+    return model
+
+
+def season_dates(code: str) -> tuple[Source, Source]:
+    """START_DATE and END_DATE of season ``code`` as expressions of the model input YEAR (``@YEAR``)."""
+    start_year, start_month, next_year, next_month = SEASONS[code]
+    start = f"format_date(make_date(@YEAR + {start_year}, {start_month}, 1), 'yyyy-MM-dd')"
+    end = f"format_date(make_date(@YEAR + {next_year}, {next_month}, 1) - to_interval('1 day'), 'yyyy-MM-dd')"
+    return Source.fromExpression(start), Source.fromExpression(end)
+
+
+def lcz_four_seasons() -> QgsProcessingModelAlgorithm:
+    """Map LCZ for the four seasons of YEAR: four fetches (run first, in season order), then four classifications."""
+    seasons = ", ".join(f"{code} {SEASON_NAMES[code]}" for code in SEASONS)
+    model = new_model("Map LCZ for an extent, four seasons", (
+        f"Maps local climate zones over the extent once per season of YEAR ({seasons}; DJF starts in December of "
+        "YEAR − 1): each season's Sentinel-2 L2A composite (the clearest 3 dates) is fetched from a STAC API, then "
+        f"classified. Outputs: the four styled LCZ GeoTIFFs, LCZ_DJF … LCZ_SON. {NO_SCENE}"))
+    add_input(model, QgsProcessingParameterNumber("YEAR", "Year (DJF starts in December of the year before)",
+                                                  QgsProcessingParameterNumber.Integer, 2024, minValue=2015,
+                                                  maxValue=2100), 1)
+    add_shared_inputs(model, 2)
+    fetches = tuple(f"fetch_{code.lower()}" for code in SEASONS)
+    for row, code in enumerate(SEASONS):
+        start, end = season_dates(code)
+        fetch_and_classify(model, f"_{code.lower()}", start, end, Source.fromStaticValue(3), 60 + 200 * row,
+                           {"map": f"LCZ_{code}"}, after=fetches[:row][-1:], classify_after=fetches[-1:])
+    return model
+
+
+def write(model: QgsProcessingModelAlgorithm, stem: str) -> Path:
+    """Create the model's output parameters from its steps, order its inputs as placed (top to bottom) and save
+    it as ``resources/models/<stem>.model3``."""
+    model.updateDestinationParameters()
+    inputs = sorted(model.parameterComponents().values(), key=lambda component: component.position().y())
+    model.setParameterOrder([component.parameterName() for component in inputs])
+    path = MODELS / f"{stem}.model3"
+    if not model.toFile(str(path)):
+        raise SystemExit(f"Could not write {path}.")
+    return path
+
+
+def main() -> None:
+    """Write both models."""
+    app = QgsApplication([], False)
+    app.initQgis()
+    provider = load_provider()  # noqa: F841 (kept alive while the models are built)
+    for stem, build in (("lcz_for_extent", lcz_for_extent), ("lcz_four_seasons", lcz_four_seasons)):
+        print(f"wrote {write(build(), stem).relative_to(ROOT)}")
+    app.exitQgis()
+
+
+if __name__ == "__main__":
+    main()
