@@ -136,7 +136,7 @@ def test_a_second_fetch_downloads_nothing(fetched, fetch_env, stac_scene, tmp_pa
 
 def test_a_damaged_cached_window_is_read_again(fetch_env, stac_scene, fetched, tmp_path):
     cache = Path(fetch_env["XDG_CACHE_HOME"]) / "df4lcz" / "stac"
-    window = sorted(cache.rglob("B04_*.tif"))[0]
+    window = sorted(cache.rglob("red_*.tif"))[0]
     window.write_bytes(window.read_bytes()[:1000])  # truncated, as a disk-full or a kill by hand leaves it
     mark = stac_scene.log_mark()
     rc, _, text = _fetch(fetch_env, stac_scene, tmp_path / "again.tif")
@@ -233,7 +233,7 @@ def test_bad_input_is_refused_clearly(qgis_env, stac_scene, tmp_path_factory, tm
 
 def test_an_output_in_the_window_cache_is_refused(fetch_env, stac_scene, fetched):
     cache = Path(fetch_env["XDG_CACHE_HOME"]) / "df4lcz" / "stac"
-    target = sorted(cache.rglob("B04_*.tif"))[0]
+    target = sorted(cache.rglob("red_*.tif"))[0]
     before = target.read_bytes()
     rc, _, text = _fetch(fetch_env, stac_scene, target)
     assert rc != 0 and "is inside the window cache" in text, text

@@ -28,12 +28,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import uuid
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from osgeo import gdal, osr
+from scipy.ndimage import binary_dilation
 
 from ..feedback import Feedback
 from ..kill_points import kill_point
@@ -126,27 +128,64 @@ def plan_grid(request: FetchRequest) -> tuple[Grid, tuple[float, float, float, f
     return Grid(epsg, bounds), bbox
 
 
-def _on_grid(path: Path, scene_epsg: int, grid: Grid, resample: str) -> gdal.Dataset:
-    """A cached window on the target grid: a VRT in the same CRS (as ``sentinel2stack`` resamples), else warped."""
+def _on_grid(path: str, scene_epsg: int, grid: Grid, resample: str) -> gdal.Dataset:
+    """A raster on the target grid: a VRT in the same CRS (as ``sentinel2stack`` resamples), else warped."""
     if scene_epsg == grid.epsg:
-        return gdal.BuildVRT("", [str(path)], outputBounds=grid.bounds, xRes=grid.pixel_m, yRes=grid.pixel_m,
+        return gdal.BuildVRT("", [path], outputBounds=grid.bounds, xRes=grid.pixel_m, yRes=grid.pixel_m,
                              resampleAlg=resample)
-    return gdal.Warp("", str(path), format="VRT", dstSRS=grid.wkt, outputBounds=grid.bounds, xRes=grid.pixel_m,
+    return gdal.Warp("", path, format="VRT", dstSRS=grid.wkt, outputBounds=grid.bounds, xRes=grid.pixel_m,
                      yRes=grid.pixel_m, resampleAlg=resample, srcNodata=0, dstNodata=0)
 
 
+def _dn(ds: gdal.Dataset, offset_dn: int | None) -> np.ndarray:
+    """A window's values as int32; with ``offset_dn``, that offset removed (clipped at 1, 0 stays no data)."""
+    dn = ds.ReadAsArray().astype(np.int32)
+    return dn if offset_dn is None else np.where(dn == 0, 0, np.clip(dn + offset_dn, 1, 65535))
+
+
+def _native_mosaic(windows: list[tuple[str, int | None]], name: str) -> str:
+    """The windows of tiles in one CRS, mosaicked on their common native grid (first with data wins) into the
+    in-memory GeoTIFF ``name``: resampling then sees across the tiles' seam as it sees inside one file."""
+    datasets = [(gdal.Open(path), offset) for path, offset in windows]
+    first = datasets[0][0]
+    gt = first.GetGeoTransform()
+    boxes = [(ds.GetGeoTransform()[0], ds.GetGeoTransform()[3], ds.RasterXSize, ds.RasterYSize) for ds, _ in datasets]
+    x0, y0 = min(b[0] for b in boxes), max(b[1] for b in boxes)
+    cols = max(round((b[0] - x0) / gt[1]) + b[2] for b in boxes)
+    rows = max(round((y0 - b[1]) / -gt[5]) + b[3] for b in boxes)
+    out = np.zeros((rows, cols), np.int32)
+    for (ds, offset), box in zip(datasets, boxes):
+        col, row = round((box[0] - x0) / gt[1]), round((y0 - box[1]) / -gt[5])
+        part = out[row:row + box[3], col:col + box[2]]
+        part[:] = np.where(part == 0, _dn(ds, offset), part)
+    mosaic = gdal.GetDriverByName("GTiff").Create(name, cols, rows, 1, first.GetRasterBand(1).DataType)
+    mosaic.SetGeoTransform((x0, gt[1], 0.0, y0, 0.0, gt[5]))
+    mosaic.SetProjection(first.GetProjection())
+    mosaic.GetRasterBand(1).WriteArray(out)
+    mosaic = None
+    return name
+
+
 def _mosaic(date: Date, key: str, grid: Grid, resample: str, offset: bool) -> np.ndarray:
-    """(height, width) of one band (or ``scl``) of a date on the grid: the first tile with data wins; with
+    """(height, width) of one band (or ``scl``) of a date on the grid, ``resample``d: the tiles in the grid's CRS
+    mosaicked at their native resolution first, then tiles of other UTM zones warped into the gaps. With
     ``offset``, each tile's offset removed (clipped at 1, 0 stays no data)."""
-    out = np.zeros((grid.height, grid.width), np.int32)
+    here, elsewhere = [], []
     for scene in date.scenes:
         path = date.windows.get((scene.id, key))
-        if path is None:
-            continue
-        dn = _on_grid(path, scene.epsg or grid.epsg, grid, resample).ReadAsArray().astype(np.int32)
-        if offset:
-            dn = np.where(dn == 0, 0, np.clip(dn + _asset(scene, key).offset_dn, 1, 65535))
-        out = np.where(out == 0, dn, out)
+        if path is not None:
+            window = (str(path), _asset(scene, key).offset_dn if offset else None)
+            (here if (scene.epsg or grid.epsg) == grid.epsg else elsewhere).append((window, scene.epsg))
+    out = np.zeros((grid.height, grid.width), np.int32)
+    if here:
+        name = f"/vsimem/df4lcz_fetch_{uuid.uuid4().hex}.tif"
+        try:
+            out = _on_grid(_native_mosaic([w for w, _ in here], name), grid.epsg, grid, resample).ReadAsArray()
+            out = out.astype(np.int32)
+        finally:
+            gdal.Unlink(name)
+    for (path, offset_dn), epsg in elsewhere:
+        out = np.where(out == 0, _dn(_on_grid(path, epsg, grid, resample), offset_dn), out)
     return out
 
 
@@ -287,7 +326,10 @@ def provenance(request: FetchRequest, dates: list[Date]) -> dict[str, str]:
 
 
 def _write_date(date: Date, grid: Grid, path: str, metadata: dict, use_scl: bool) -> dict[str, float]:
-    """One date's stack (bands, mask band) to ``path``; returns its cloud, shadow and snow % of valid pixels."""
+    """One date's stack (bands, mask band) to ``path``; returns its cloud, shadow and snow % of valid pixels.
+
+    The mask band hides the SCL's clouds and shadows and one 10 m pixel around them: bilinear resampling of the
+    20 m bands spreads a cloud's values exactly that far beyond its 20 m SCL pixels."""
     classes = None
     if use_scl and all((s.id, "scl") in date.windows for s in date.scenes):
         classes = scl_classes(_mosaic(date, "scl", grid, "nearest", offset=False))
@@ -305,7 +347,7 @@ def _write_date(date: Date, grid: Grid, path: str, metadata: dict, use_scl: bool
             counts = np.bincount(classes[valid], minlength=SNOW + 1)
             for name, cls in (("cloud_percent", CLOUD), ("shadow_percent", SHADOW), ("snow_percent", SNOW)):
                 shares[name] = round(float(100 * counts[cls] / max(valid.sum(), 1)), 2)
-            clear = valid & (classes != CLOUD) & (classes != SHADOW)
+            clear = valid & ~binary_dilation(np.isin(classes, (CLOUD, SHADOW)), np.ones((3, 3), bool))
             if not clear[valid].all():
                 add_mask_band(out)
                 out.GetRasterBand(1).GetMaskBand().WriteArray(np.where(clear, 255, 0).astype(np.uint8))

@@ -109,12 +109,16 @@ class Scene:
 
 
 def _band_object(asset: dict) -> dict:
-    """The asset's one band description, merged from STAC 1.0 ``eo:bands``/``raster:bands`` or STAC 1.1 ``bands``."""
+    """The asset's one band description, merged from STAC 1.0 ``eo:bands``/``raster:bands`` or STAC 1.1 ``bands``
+    (whose extension fields keep their prefix: ``raster:scale``, ``raster:offset``, ``eo:common_name``)."""
     merged: dict = {}
     for key in ("eo:bands", "raster:bands", "bands"):
         entries = asset.get(key) or []
         if len(entries) == 1 and isinstance(entries[0], dict):
             merged.update(entries[0])
+    for key in list(merged):
+        if key.startswith(("raster:", "eo:")):
+            merged.setdefault(key.split(":", 1)[1], merged[key])
     return merged
 
 
@@ -214,7 +218,7 @@ def _client(api: StacApi, proxy: str | None, timeout_s: float) -> Any:
     stac_io = StacApiIO(timeout=timeout_s, max_retries=retry)
     if proxy:
         stac_io.session.proxies.update({"http": proxy, "https": proxy})
-    return pystac_client.Client.open(api.url, stac_io=stac_io)
+    return pystac_client.Client.open(api.url, stac_io=stac_io, timeout=timeout_s)
 
 
 def _cloud_filter(client: Any, max_cloud: float) -> dict:
