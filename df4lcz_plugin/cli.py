@@ -3,8 +3,9 @@
 Without ``--workers`` or ``--scheduler`` it runs ``classify.classify`` in this process, exactly as
 ``df4lcz:classifylcz`` does; with them the same function has its tiles computed on a Dask cluster
 (``dask_tiles.DaskTiles``): a LocalCluster of N worker processes, or the workers of a running ``dask-scheduler``.
-Bad arguments and unusable inputs exit with status 2 and the reason; failed tiles (``dask_tiles.TileError``) or an
-unreadable raster with 1, a SIGTERM with 143.
+A run on a cluster holds the lock of its work folder (``folder_lock``), so that a second run on it is refused.
+Bad arguments and unusable inputs (a work folder another run is using included) exit with status 2 and the
+reason; failed tiles (``dask_tiles.TileError``) or an unreadable raster with 1, a SIGTERM with 143.
 """
 
 import argparse
@@ -24,6 +25,7 @@ from .sentinel2.clouds import MAX_CLOUD_PERCENT
 from .dask_tiles import RETRIES, DaskTiles
 from .device import DeviceError, resolve_device
 from .feedback import Feedback
+from .folder_lock import Busy, FolderLock, LockError
 from .grid import GridError
 from .models.backends import BACKENDS, PRECISIONS, BackendError
 from .models.registry import ModelError, list_models, model_files, read_card
@@ -194,9 +196,7 @@ def _check(args):
                         "--probabilities": geotiff_output(args.probabilities, style=True)})
     distributed = args.workers or args.scheduler
     work_dir = (args.work_dir or args.output.with_suffix(".tiles")).absolute() if distributed else None
-    if work_dir is not None:
-        check_work_dir(work_dir)
-    else:
+    if work_dir is None:
         for option in ("work_dir", "threads"):
             if getattr(args, option) is not None:
                 raise WorkDirError(f"--{option.replace('_', '-')} is for a run on a cluster; add --workers N or "
@@ -206,17 +206,37 @@ def _check(args):
     return sentinel2, card, device, work_dir
 
 
+def _work_dir_lock(work_dir: Path, feedback: Feedback) -> contextlib.AbstractContextManager:
+    """The lock of ``work_dir`` (``folder_lock``), taken: one run at a time per work folder. A lock left by a run
+    that is gone is taken over. Raises WorkDirError, having written and deleted nothing, while another run holds
+    it; where the file system offers no locks, warns and goes on unlocked (a context manager doing nothing)."""
+    try:
+        return FolderLock(work_dir)
+    except Busy as busy:
+        holder = busy.holder
+        stop = f"stop it with 'kill {holder.pid}' (on {holder.host})" if holder else "stop it"
+        raise WorkDirError(f"Another run is using the work folder {work_dir}: {holder or 'it has just started'}. "
+                           f"Wait for it to end, or {stop}, then run this command again. Nothing was written or "
+                           "deleted.") from None
+    except LockError as error:
+        feedback.warning(f"{error} Nothing keeps another run out of {work_dir}: start one run at a time on it.")
+        return contextlib.nullcontext()
+
+
 @contextlib.contextmanager
-def _executor(args, work_dir):
-    """None (tiles computed here), or DaskTiles on a LocalCluster (--workers) or a scheduler's cluster."""
+def _executor(args, work_dir, feedback):
+    """None (tiles computed here), or DaskTiles on a LocalCluster (--workers) or a scheduler's cluster, holding
+    the work folder's lock (``_work_dir_lock``) until it is left. Raises WorkDirError."""
     if work_dir is None:
         yield None
         return
-    import logging
-
-    from distributed import Client, LocalCluster
-
     with contextlib.ExitStack() as stack:
+        stack.enter_context(_work_dir_lock(work_dir, feedback))  # first: a second run is refused at once
+        check_work_dir(work_dir)  # under the lock: no other run is half-way through writing or emptying it
+        import logging
+
+        from distributed import Client, LocalCluster
+
         if args.scheduler:
             try:
                 client = stack.enter_context(Client(args.scheduler, timeout="10s"))
@@ -246,7 +266,7 @@ def main(argv=None):
     feedback, work_dir, summary = ConsoleFeedback(), None, None
     try:
         sentinel2, card, device, work_dir = _check(args)
-        with _executor(args, work_dir) as executor:
+        with _executor(args, work_dir, feedback) as executor:
             summary = classify(sentinel2, args.output, card, bounds=args.extent, resolution=args.resolution,
                                device=device, batch_size=args.batch_size, probabilities_path=args.probabilities,
                                palette=args.palette, feedback=feedback, max_cloud=args.max_cloud,

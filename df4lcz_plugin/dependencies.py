@@ -52,10 +52,7 @@ import sys
 from collections import namedtuple
 from pathlib import Path
 
-if os.name == "nt":
-    import msvcrt
-else:
-    import fcntl
+from .folder_lock import Busy, FolderLock, LockError
 
 PLUGIN_ROOT = Path(__file__).resolve().parent.parent
 REQUIREMENTS = PLUGIN_ROOT / "requirements"
@@ -347,30 +344,19 @@ def trash_folder(target):
     return target.parent / f".trash-{target.name}"
 
 
-@contextlib.contextmanager
 def _locked(target):
-    """Hold the lock of ``target`` (``.deps/.lock-py<XY>``, an OS file lock, which ends with the process) while
-    this installer uses ``target`` and its staging folder; yields the lock file's descriptor, which the pip child
-    inherits (POSIX), so that a killed installer's pip still holds it. Raises InstallError if another holds it."""
-    target = Path(target)
-    lock = target.parent / f".lock-{target.name}"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+    """The lock of ``target`` (``folder_lock.FolderLock``: ``.deps/.lock-py<XY>``, an OS file lock, which ends with
+    the process), taken, to hold while this installer uses ``target`` and its staging folder; its descriptor
+    (``fd``) is inherited by the pip child (POSIX), so that a killed installer's pip still holds it. Raises
+    InstallError, touching nothing, if another holds it or it cannot be taken."""
     try:
-        try:
-            if os.name == "nt":
-                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-            else:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise InstallError(f"Another installer, or the pip it started, is still using {target}; wait for it to "
-                               "end (or stop it), then try again.") from None
-        yield fd
-        if os.name == "nt":
-            os.lseek(fd, 0, os.SEEK_SET)
-            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
-    finally:
-        os.close(fd)
+        return FolderLock(target)
+    except Busy as busy:
+        raise InstallError(f"Another installer, or the pip it started, is still using {target} (the installer: "
+                           f"{busy.holder or 'not recorded yet'}); wait for it to end (or stop it), then try "
+                           "again.") from None
+    except LockError as error:
+        raise InstallError(str(error)) from None
 
 
 def pip_command(pin, staging):
@@ -433,7 +419,7 @@ def install_package(pin, target):
         target.mkdir(exist_ok=True)
         shutil.rmtree(staging, ignore_errors=True)  # a killed run's leftovers; pip needs an empty folder
         try:
-            returncode = _run(pip_command(pin, staging), lock)
+            returncode = _run(pip_command(pin, staging), lock.fd)
             if returncode:
                 raise InstallError(f"pip failed to install {pin.name}=={pin.version} (exit status {returncode}); "
                                    "see its messages above. What was installed before it is kept.")

@@ -2,10 +2,10 @@
 ``DF4LCZ_KILL_AT`` is set.
 
 ``DF4LCZ_KILL_AT="PATTERN:N:SIGNAL:FLAG"``: the process that reaches a checkpoint whose name matches PATTERN
-(``fnmatch``, e.g. ``rename lcz.tif`` or ``batch``) for the N-th time sends itself SIGNAL (``TERM`` or ``KILL``),
-once per FLAG file (created when it fires), so that a restarted Dask worker inheriting the variable does not
-stop again and the test knows that the moment was reached. The variable is read at each checkpoint, so a job run
-without it does one dictionary lookup per checkpoint.
+(``fnmatch``, e.g. ``rename lcz.tif`` or ``batch``) for the N-th time sends itself SIGNAL (``TERM`` or ``KILL``;
+``STOP`` pauses it until a SIGCONT), once per FLAG file (created when it fires), so that a restarted Dask worker
+inheriting the variable does not stop again and the test knows that the moment was reached. The variable is read
+at each checkpoint, so a job run without it does one dictionary lookup per checkpoint.
 """
 
 import fnmatch

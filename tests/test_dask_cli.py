@@ -2,11 +2,13 @@
 against ``df4lcz:classifylcz`` run by ``qgis_process`` on the real scene: the same map and probabilities, a run
 killed by SIGTERM resumes from its work folder, a tile that fails is reported by its extent."""
 
+import hashlib
 import io
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,6 +22,7 @@ from conftest import MODEL_CARD, ROOT, raster_copy, run_qgis_process
 from df4lcz_plugin.classify import TileJob, TileResult
 from df4lcz_plugin.cli import ConsoleFeedback
 from df4lcz_plugin.feedback import Feedback
+from df4lcz_plugin.folder_lock import lock_path
 from df4lcz_plugin.grid import make_grid
 from df4lcz_plugin.tile_store import MANIFEST, TileStore, WorkDirError, save_tile
 
@@ -223,3 +226,54 @@ def test_relative_paths_reach_workers_running_elsewhere(s2_stack, tmp_path):
     assert here.returncode == 0, here.stderr
     assert np.array_equal(_read(tmp_path / "rel.tif"), _read(tmp_path / "here.tif"))
     assert not (tmp_path / "tiles").exists()  # emptied after success, where the command said
+
+
+def _files(folder):
+    """Every file under ``folder``: relative path → (size, modification time, sha256)."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns,
+                                         hashlib.sha256(p.read_bytes()).digest())
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_second_run_on_a_work_folder_is_refused(s2_stack, tmp_path):
+    """The issue's case: a second run on the same output while the first empties its work folder (paused there by
+    SIGSTOP at its first ``clear`` checkpoint, the tiles still there). The second is refused at once, naming the
+    first, and writes and deletes nothing; the first, continued, ends with the map of a run alone. That run alone
+    starts on the lock file of a SIGKILLed run and takes it over."""
+    args = ["--extent", "437000", "4170000", "439000", "4172000", "--tile-cells", "5", "--workers", "1",
+            "--threads", "1"]
+    alone = tmp_path / "alone"
+    dead = subprocess.run([sys.executable, "-c", "import os, sys; from df4lcz_plugin.folder_lock import FolderLock; "
+                           "lock = FolderLock(sys.argv[1]); os.kill(os.getpid(), 9)", alone / "lcz.tiles"],
+                          cwd=ROOT, timeout=60)
+    assert dead.returncode == -signal.SIGKILL and lock_path(alone / "lcz.tiles").is_file()
+    run = _cli(s2_stack, alone / "lcz.tif", *args)
+    assert run.returncode == 0, run.stderr
+    assert sorted(p.name for p in alone.iterdir()) == ["lcz.qml", "lcz.tif", "lcz.tif.aux.xml"]  # lock let go
+
+    both = tmp_path / "both"
+    both.mkdir()
+    command = [sys.executable, "-m", "df4lcz_plugin", "classify", str(s2_stack), str(both / "lcz.tif"), *args]
+    first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env={**os.environ, "DF4LCZ_KILL_AT": f"clear:1:STOP:{tmp_path / 'paused'}"})
+    try:
+        deadline = time.monotonic() + 300
+        while psutil.Process(first.pid).status() != psutil.STATUS_STOPPED:
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate(timeout=60)[0]
+            time.sleep(0.1)
+        before = _files(both)
+        assert len([name for name in before if name.startswith("lcz.tiles/tiles/")]) == 16 and "lcz.tif" in before
+        second = _cli(s2_stack, both / "lcz.tif", *args)
+        assert _files(both) == before  # nothing written, nothing deleted
+        first.send_signal(signal.SIGCONT)
+        output = first.communicate(timeout=300)[0]
+    finally:
+        first.kill()
+    assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr
+    message = " ".join(second.stderr.split())
+    assert (f"Another run is using the work folder {both / 'lcz.tiles'}: process {first.pid} on "
+            f"{socket.gethostname()}, started 20") in message
+    assert f"or stop it with 'kill {first.pid}' (on {socket.gethostname()}), then run this command again" in message
+    assert first.returncode == 0, output
+    assert np.array_equal(_read(both / "lcz.tif"), _read(alone / "lcz.tif"))
+    assert sorted(p.name for p in both.iterdir()) == ["lcz.qml", "lcz.tif", "lcz.tif.aux.xml"]
