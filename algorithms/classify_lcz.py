@@ -79,7 +79,11 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
                 "leaves no partial file.\n\n"
                 "Model: an installed model, chosen by its id (default: sen2lcznet_so2sat, Sen2LCZ-Net pretrained on "
                 "So2Sat LCZ42; trained models are listed by their file name), or a model file (.safetensors with "
-                "its .json card).\n\n"
+                "its .json card). Processing level: a stack whose PROCESSING_LEVEL metadata (L1C "
+                "top-of-atmosphere or L2A surface reflectance, written by 'Build Sentinel-2 band stack') differs "
+                "from the level the model was trained on (its card; the shipped model: L1C, as So2Sat LCZ42) is "
+                "classified with a warning: expect a shift, which fine-tuning the model on your own training areas "
+                "from stacks of the same source ('Train DF4LCZ model') removes.\n\n"
                 "VHR imagery (optional; RGB in bands 1–3, ≤ 5 m, any CRS; web/tile layers are rendered at 1 m over "
                 "the EXTENT) feeds models with a high-resolution stream: "
                 "each cell's 320 m footprint goes through SAM, the object graph and the GCN, and the two streams "
@@ -103,8 +107,8 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
                 "bfloat16 (96 % of the paper-exact masks matched), which pays on a GPU only (0.49× here on a "
                 "CPU). Object graphs are cached on disk, so SAM never runs twice on a "
                 "footprint.\n\n"
-                "The run ends with a JSON summary: area per class in km², cells masked for cloud, device, back-end "
-                "and cells/s.")
+                "The run ends with a JSON summary: area per class in km², cells masked for cloud, device, back-end, "
+                "cells/s and the stack's and the model's processing level.")
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
         self.addParameter(QgsProcessingParameterRasterLayer(self.SENTINEL2, tr("Sentinel-2 stack (10 bands)")))

@@ -28,6 +28,7 @@ from .lcz_raster import probability_percent
 from .map_writer import open_map
 from .models.backends import sentinel2_runner
 from .models.registry import LoadedModel, load_model
+from .processing_level import card_level, level_warning, stack_level
 from .sentinel2.checks import InputError, check_values, open_sentinel2, own_mask_band, valid_pixels
 from .vhr.stream import CHUNK_CELLS, FusionCost, VHRStream
 
@@ -201,8 +202,11 @@ def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, 
     iterable of (tile, TileResult) in the order of ``tiles``, with ``engines`` (the back-ends it used) and
     ``summary`` (extra summary keys), such as ``dask_tiles.DaskTiles`` (Sentinel-2 stream only: no VHR, no
     source raster).
+    A stack whose Sentinel-2 processing level (its ``PROCESSING_LEVEL`` metadata) differs from the one the model
+    was trained on (the card's ``streams.sentinel2.processing_level``) is classified with a warning
+    (``check_level``).
     Returns a summary dict (cells, area per class in km², cells masked for cloud, device, cells/s, seconds,
-    fused cells, tiles).
+    fused cells, tiles, the stack's and the model's processing level and the warning about them).
     Raises InputError, grid.GridError, vhr.VHRError, sam.SAMError, feedback.Canceled, and what ``executor``
     raises (``dask_tiles.TileError``); no output file is left behind on any error.
     """
@@ -216,6 +220,7 @@ def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, 
     card = model.card if isinstance(model, LoadedModel) else model
     stream = card.stream("sentinel2")
     ds = open_sentinel2(sentinel2_path, float(stream.get("pixel_size_m", 10)))
+    levels = check_level(sentinel2_path, card, feedback)
     grid = make_grid(ds.GetGeoTransform(), (ds.RasterXSize, ds.RasterYSize), bounds, resolution)
     tiles = list(iter_tiles(grid, _tile_size(grid, tile_size)))
     top, left = grid.patch_origin(0, 0)
@@ -290,6 +295,7 @@ def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, 
         "device": str(device),
         "backend": engine,
         "model": card.id,
+        "processing_level": levels,
         "tiles": len(tiles),
         "seconds": round(seconds, 3),
         # Cells computed in this run: a resumed Dask run does not count the tiles it found done.
@@ -298,6 +304,17 @@ def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, 
     }
     feedback.info("Summary: " + json.dumps(summary))
     return summary
+
+
+def check_level(sentinel2_path, card, feedback):
+    """Compare the stack's Sentinel-2 processing level with the one ``card``'s model was trained on; warn through
+    ``feedback`` when they differ (``processing_level.level_warning``). Returns the summary's
+    ``processing_level``: {"stack": level, "model": level, "warning": the warning or None}."""
+    stack, model = stack_level(sentinel2_path), card_level(card.stream("sentinel2"))
+    warning = level_warning(stack, model, card.id)
+    if warning:
+        feedback.warning(warning)
+    return {"stack": stack, "model": model, "warning": warning}
 
 
 def _in_process(job, ds, runner, tiles, mask_band, vhr, feedback):

@@ -29,6 +29,7 @@ from .feedback import Feedback
 from .vhr.graph import DEFAULT_GRAPH_RULE, ObjectGraph, normalised_edges
 from .legend import label as class_name
 from .metrics import confusion_matrix, lcz_metrics, paper_oa_b_n
+from .processing_level import card_level, stack_level, with_level
 from .samples import SPLITS, class_weights, read_patches, sample_training_areas
 from .training import PAPER_ALPHA, choose_alpha, gcn_probabilities, log_probabilities, train_gcn, train_sentinel2
 
@@ -141,7 +142,9 @@ def train_on_training_areas(sentinel2_path, areas, model_path, report_path, base
 
     areas: ``training_areas.TrainingAreas``. base_model: a model card/weights path whose Sentinel-2 stream is
     fine-tuned (None: a 3D ResNet11 from scratch). vhr_path: VHR imagery to train the GCN stream as well.
-    Warnings of ``class_warnings`` go to ``feedback.warning``, the card and the report's details.
+    Warnings of ``class_warnings`` go to ``feedback.warning``, the card and the report's details. The card's
+    Sentinel-2 stream records the stack's processing level (``processing_level.with_level``: a VRT mosaic's
+    sources must agree), whatever the base model's was: the model is for stacks of that level.
     segmentation: ``tiles`` (shared segmentation, the default: footprints every 50 m overlap many times) or
     ``footprint`` (the paper's, one SAM run per sample); recorded in the card's graph rule (``vhr.stream``).
     Returns (model card path, test metrics dict). Raises SamplingError, Canceled, the VHR/SAM errors, and
@@ -162,6 +165,10 @@ def train_on_training_areas(sentinel2_path, areas, model_path, report_path, base
     for text in warnings:
         feedback.warning(text)
     module, s2_card, recipe = _new_sentinel2_stream(base_model)
+    level = stack_level(sentinel2_path)
+    s2_card = with_level(s2_card, level)
+    feedback.info(f"The training stack's Sentinel-2 processing level is {level}; the model card records "
+                  f"{card_level(s2_card)}.")
     scale = float(s2_card["input_scaling"]["divide_by"])
     x = {name: read_patches(sentinel2_path, s, scale) for name, s in split.items()}
     y = {name: s.codes - 1 for name, s in split.items()}
@@ -191,7 +198,8 @@ def train_on_training_areas(sentinel2_path, areas, model_path, report_path, base
                      "protocol": "split by polygon (polygon pool), 20 % test, 20 % validation per class",
                      "seed": seed, "epochs": epochs, "batch_size": batch_size, "best_epoch": result.best_epoch,
                      "canceled": result.canceled, "samples": summary, "history": result.history,
-                     "base_model": str(base_model) if base_model else None, "warnings": warnings},
+                     "base_model": str(base_model) if base_model else None, "warnings": warnings,
+                     "processing_level": level},
         "test_metrics": {k: metrics[k] for k in ("n", "OA", "OA_u", "OA_bu_wudapt", "OA_bu_binary", "OA_w", "kappa")},
         "licence": "as the training data",
     }

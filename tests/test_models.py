@@ -99,6 +99,7 @@ def test_card_records_provenance():
     s2 = card.stream("sentinel2")
     assert s2["bands"] == ["B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12"]
     assert s2["input_scaling"]["divide_by"] == 10000.0
+    assert s2["processing_level"] == "L1C"  # So2Sat LCZ42's Sentinel-2 patches are Level-1C
     assert card.data["source_sha256"] == assets.SEN2LCZ_KERAS.sha256
     assert card.data["licence"] == "MIT" and card.data["classes"] == list(range(1, 18))
     assert card.data["weights_sha256"] == assets.sha256_of(card.weights_path)

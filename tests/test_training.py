@@ -110,6 +110,8 @@ def test_real_training_areas_converge(s2_stack, tmp_path):
     assert history[-1]["loss"] < history[0]["loss"]
     assert [h["lr"] for h in history] == [2e-4] * 8  # the fine-tuning recipe: step 50
     assert card.data["training"]["warnings"] == []
+    # The scene's level is unknown: the base model's L1C is not passed on to the fine-tuned model.
+    assert "processing_level" not in card.stream("sentinel2") and card.data["training"]["processing_level"] == "unknown"
     validation = card.data["training"]["samples"]["validation"]["samples"]
     majority = max(validation.values()) / sum(validation.values())
     assert max(h["val_OA"] for h in history) > majority
@@ -326,14 +328,17 @@ def test_malicious_split_file_is_refused(tmp_path):
 
 def test_single_class_training_areas_are_warned_about(s2_stack, tmp_path):
     """The Virginia TAs reduced to their 6 LCZ G polygons: the training and test sets hold one class; the user is
-    warned (feedback and report), and the metrics are still computed."""
+    warned (feedback and report), and the metrics are still computed. The stack is a VRT labelled L2A: the model
+    fine-tuned from the shipped L1C one is for L2A stacks."""
     from df4lcz_plugin.training_areas import TrainingAreas
 
     areas = read_training_areas(VIRGINIA_TAS)
     water = [i for i, code in enumerate(areas.codes) if code == 17]
     feedback = Recorder()
+    stack = tmp_path / "l2a.vrt"
+    gdal.Translate(str(stack), str(s2_stack), format="VRT", metadataOptions=["PROCESSING_LEVEL=Level-2A"])
     card_path, metrics = train.train_on_training_areas(
-        s2_stack, TrainingAreas([areas.geometries[i] for i in water], [17] * len(water), areas.srs),
+        stack, TrainingAreas([areas.geometries[i] for i in water], [17] * len(water), areas.srs),
         tmp_path / "water", tmp_path / "report.html", base_model=MODEL_CARD, epochs=1, feedback=feedback)
     expected = ["The training samples hold a single class (LCZ G: Water)",
                 "The test samples hold a single class (LCZ G: Water)"]
@@ -342,6 +347,7 @@ def test_single_class_training_areas_are_warned_about(s2_stack, tmp_path):
     html = (tmp_path / "report.html").read_text(encoding="utf-8")
     assert all(text in html for text in expected) and html.count('<p class="warning">') == 2  # at the top
     assert len(read_card(card_path).data["training"]["warnings"]) == 2
+    assert read_card(card_path).stream("sentinel2")["processing_level"] == "L2A"
     assert metrics["n"] > 0 and 0 <= metrics["OA"] <= 1
 
 

@@ -127,17 +127,22 @@ def _hostile_cards():
     def comma_id(card):
         card["id"] = "zurich, v2"  # Processing would split a MODEL value at the comma
 
+    def level_as_in_a_stack(card):
+        card["streams"]["sentinel2"]["processing_level"] = "Level-2A"  # a stack's spelling, not a card's
+
     return {
         "unknown config key": (unknown_key, "gives architecture 'sen2lcznet' the unknown setting(s) depth"),
         "no input_scaling": (no_scaling, "'streams.sentinel2.input_scaling.divide_by' must be a positive number"),
         "streams as a list": (streams_list, "'streams' must be an object with a 'sentinel2' stream"),
         "no id": (no_id, "'id' must be a name of letters, digits"),
         "comma in id": (comma_id, "'id' must be a name of letters, digits"),
+        "bad processing level": (level_as_in_a_stack, "'streams.sentinel2.processing_level' is \"Level-2A\"; it "
+                                 "must be \"L1C\" (top-of-atmosphere reflectance) or \"L2A\" (surface reflectance)"),
     }
 
 
 @pytest.mark.parametrize("case", ["unknown config key", "no input_scaling", "streams as a list", "no id",
-                                  "comma in id"])
+                                  "comma in id", "bad processing level"])
 def test_hostile_model_card(qgis_env, s2_stack, tmp_path, case):
     edit, message = _hostile_cards()[case]
     card = json.loads(MODEL_CARD.read_text())
@@ -147,6 +152,29 @@ def test_hostile_model_card(qgis_env, s2_stack, tmp_path, case):
     stack = raster_copy(s2_stack, tmp_path / "stack.tif", srcWin=FARMLAND_WINDOW)
     _refused(qgis_env, "df4lcz:classifylcz", {"SENTINEL2": stack, "MODEL_FILE": tmp_path / "m.safetensors",
                                               "OUTPUT": tmp_path / "lcz.tif"}, message, tmp_path)
+
+
+@pytest.mark.parametrize("level, warned", [("Level-2A", True), ("Level-1C", False)])
+def test_stack_of_another_processing_level_warns(qgis_env, s2_stack, tmp_path, level, warned):
+    """The farmland window labelled L2A (as a STAC COG fetch labels its stacks) into the shipped L1C model: the
+    run warns, with the fix, and the summary says both levels; labelled L1C, it does not."""
+    stack = raster_copy(s2_stack, tmp_path / "stack.tif", srcWin=FARMLAND_WINDOW,
+                        metadataOptions=[f"PROCESSING_LEVEL={level}"])
+    rc, result, text = run_qgis_process(qgis_env, "df4lcz:classifylcz", {"SENTINEL2": stack,
+                                                                         "OUTPUT": tmp_path / "lcz.tif"})
+    assert rc == 0, text
+    expected = ("This stack is Sentinel-2 L2A (surface reflectance); model sen2lcznet_so2sat was trained on L1C "
+                "(top-of-atmosphere reflectance).")
+    fix = "Fine-tune the model on training areas of your own, from stacks of the same source and level"
+    summary = json.loads(result["results"]["SUMMARY"])
+    assert summary["processing_level"]["stack"] == level.replace("Level-", "L")
+    assert summary["processing_level"]["model"] == "L1C"
+    if warned:
+        assert expected in " ".join(text.split()) and fix in " ".join(text.split()), text
+        assert summary["processing_level"]["warning"].startswith(expected)
+    else:
+        assert "trained on L1C" not in text and summary["processing_level"]["warning"] is None
+    assert summary["classified_cells"] > 0.8 * summary["cells"]  # a warning, not a refusal: the map is made
 
 
 def test_bad_or_duplicate_user_models_are_left_out_of_the_list(qgis_env, tmp_path):

@@ -90,6 +90,8 @@ def sen2lcz_card():
                                    " divided by 10000, as img2map/img2lczMap_oneCity.py applies it (scale 10000.0)",
                 },
                 "nodata_rule": "a patch with any pixel equal to 0 (no data) in any band is not classified",
+                # So2Sat LCZ42's Sentinel-2 patches are Level-1C (top-of-atmosphere) composites.
+                "processing_level": "L1C",
             },
         },
         "fusion": None,
@@ -101,7 +103,7 @@ def sen2lcz_card():
             "code": "https://github.com/ChunpingQiu/benchmark-on-So2SatLCZ42-dataset-a-simple-tour "
                     "(model.py sen2LCZ_drop(depth=17, dropRate=0.2, fusion=1))",
             "weights": assets.SEN2LCZ_KERAS.urls[0],
-            "training_data": "So2Sat LCZ42 (Zhu et al. 2020), Sentinel-2 patches of 42 cities",
+            "training_data": "So2Sat LCZ42 (Zhu et al. 2020), Sentinel-2 Level-1C patches of 42 cities",
         },
         "licence": "MIT",
         "source_sha256": assets.SEN2LCZ_KERAS.sha256,

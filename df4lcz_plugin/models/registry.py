@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..processing_level import LEVELS as PROCESSING_LEVELS
 from ..sentinel2.bands import SO2SAT_BANDS
 from ..vhr.graph import SEGMENTATIONS
 
@@ -116,7 +117,13 @@ def _check_card(data, card_path):
             bad(f"streams.{name}", "must be an object with an 'architecture' name")
         if not isinstance(stream.get("config", {}), dict):
             bad(f"streams.{name}.config", "must be an object of architecture arguments")
-    sentinel2 = streams["sentinel2"]
+    _check_sentinel2(streams["sentinel2"], bad)
+    if "vhr" in streams:
+        _check_vhr(data, streams["vhr"], bad)
+
+
+def _check_sentinel2(sentinel2, bad):
+    """Call ``bad(field, what)`` for the first field of the card's Sentinel-2 stream the engine could not use."""
     scaling = sentinel2.get("input_scaling")
     divide_by = scaling.get("divide_by") if isinstance(scaling, dict) else None
     if not _is_number(divide_by) or not divide_by > 0:
@@ -126,16 +133,24 @@ def _check_card(data, card_path):
     pixel = sentinel2.get("pixel_size_m", 10)
     if not _is_number(pixel) or not pixel > 0:
         bad("streams.sentinel2.pixel_size_m", "must be a positive number of metres")
-    if "vhr" in streams:
-        fusion = data.get("fusion")
-        alpha = fusion.get("alpha") if isinstance(fusion, dict) else None
-        if not _is_number(alpha) or not 0 <= alpha <= 1:
-            bad("fusion.alpha", "must be a number from 0 to 1 when the model has a 'vhr' stream")
-        for field in ("graph_rule", "sam"):
-            if not isinstance(streams["vhr"].get(field), dict):
-                bad(f"streams.vhr.{field}", "must be an object")
-        if streams["vhr"]["graph_rule"].get("segmentation", "footprint") not in SEGMENTATIONS:
-            bad("streams.vhr.graph_rule.segmentation", f"must be one of {', '.join(SEGMENTATIONS)}")
+    if "processing_level" in sentinel2 and sentinel2["processing_level"] not in tuple(PROCESSING_LEVELS):
+        bad("streams.sentinel2.processing_level",
+            f"is {json.dumps(sentinel2['processing_level'])}; it must be " + " or ".join(
+                f"\"{level}\" ({what})" for level, what in PROCESSING_LEVELS.items())
+            + ", the Sentinel-2 product level the model was trained on, or left out when that is unknown")
+
+
+def _check_vhr(data, vhr, bad):
+    """Call ``bad(field, what)`` for the first field of the card's VHR stream or fusion the engine could not use."""
+    fusion = data.get("fusion")
+    alpha = fusion.get("alpha") if isinstance(fusion, dict) else None
+    if not _is_number(alpha) or not 0 <= alpha <= 1:
+        bad("fusion.alpha", "must be a number from 0 to 1 when the model has a 'vhr' stream")
+    for field in ("graph_rule", "sam"):
+        if not isinstance(vhr.get(field), dict):
+            bad(f"streams.vhr.{field}", "must be an object")
+    if vhr["graph_rule"].get("segmentation", "footprint") not in SEGMENTATIONS:
+        bad("streams.vhr.graph_rule.segmentation", f"must be one of {', '.join(SEGMENTATIONS)}")
 
 
 def list_models():

@@ -24,6 +24,7 @@ from .bands import SO2SAT_BANDS
 from ..feedback import Feedback
 from ..kill_points import kill_point
 from ..outputs import atomic_output, scratch_folder
+from ..processing_level import combine_levels, stack_level
 from .stack import build_stack, create_stack_raster
 from .checks import check_values, open_sentinel2, own_mask_band
 
@@ -84,14 +85,16 @@ def _source_nodata(ds):
     return "None" if own_mask_band(ds) is not None else None
 
 
-def build_composite(inputs, output, observations_path=None, cloud_mask_mode="auto", feedback=None, metadata=None):
+def build_composite(inputs, output, observations_path=None, cloud_mask_mode="auto", feedback=None,
+                    extra_metadata=None):
     """Write the median composite of ``inputs`` to ``output`` (10 bands, So2Sat order, UInt16, nodata 0) and,
     optionally, the number of clear observations per pixel to ``observations_path`` (Byte).
 
     inputs: product folders (.SAFE or band files; stacked first by ``stack.build_stack`` with
     ``cloud_mask_mode``) or 10-band stacks (their mask band and nodata are honoured).
-    metadata: GDAL metadata items added to (or replacing) the composite's own.
-    Returns a dict: inputs, width, height, share of pixels with 0, 1, 2, … observations.
+    The composite's ``PROCESSING_LEVEL`` metadata is its inputs' level when they agree, else "mixed".
+    extra_metadata: GDAL metadata items added to (or replacing) the composite's own.
+    Returns a dict: inputs, width, height, share of pixels with 0, 1, 2, … observations, processing level.
     Raises CompositeError, checks.InputError, stack.Sentinel2Error; Canceled.
     """
     feedback = feedback or Feedback()
@@ -118,24 +121,28 @@ def build_composite(inputs, output, observations_path=None, cloud_mask_mode="aut
             check_values(ds, (0, 0, ds.RasterYSize, ds.RasterXSize), feedback)  # scale, sign, band order
             datasets.append(ds)
         gt, width, height, wkt = _union_grid(datasets, [str(p) for p in inputs])
+        metadata = {"COMPOSITE": "per-pixel median of the clear observations",
+                    "COMPOSITE_INPUTS": ";".join(str(p) for p in inputs),
+                    "PROCESSING_LEVEL": combine_levels(stack_level(path) for path in stacks), **(extra_metadata or {})}
         bounds = (gt[0], gt[3] + gt[5] * height, gt[0] + gt[1] * width, gt[3])
         # Each input on the common grid; masked and no-data pixels come out as 0.
         views = [gdal.Warp("", ds, format="VRT", dstSRS=wkt, outputBounds=bounds, width=width, height=height,
                            resampleAlg="bilinear", dstNodata=0, srcNodata=_source_nodata(ds)) for ds in datasets]
         try:
-            histogram = _write(views, gt, width, height, wkt, inputs, output, observations_path, feedback,
-                               metadata or {})
+            histogram = _write(views, gt, width, height, wkt, metadata, output, observations_path, feedback)
         finally:
             del views[:]  # release the warped views before the datasets they read
             del datasets[:]
     shares = {str(n): round(float(c / histogram.sum()), 4) for n, c in enumerate(histogram)}
     feedback.info(f"Composite of {len(inputs)} input(s), {width} × {height} px; share of pixels by number of clear "
                   f"observations: {shares}")
-    return {"inputs": len(inputs), "width": width, "height": height, "observations": shares}
+    return {"inputs": len(inputs), "width": width, "height": height, "observations": shares,
+            "processing_level": metadata["PROCESSING_LEVEL"]}
 
 
-def _write(views, gt, width, height, wkt, inputs, output, observations_path, feedback, metadata):
-    """Write the composite (and observation counts) strip by strip; returns the histogram of counts."""
+def _write(views, gt, width, height, wkt, metadata, output, observations_path, feedback):
+    """Write the composite (and observation counts) strip by strip, with ``metadata``; returns the histogram of
+    counts."""
     histogram = np.zeros(len(views) + 1, np.int64)
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(atomic_output(output))
@@ -143,9 +150,7 @@ def _write(views, gt, width, height, wkt, inputs, output, observations_path, fee
         datasets = {}
         # Runs first on exit: GDAL must close its files before they are renamed or removed.
         stack.callback(datasets.clear)
-        out = datasets["composite"] = create_stack_raster(
-            tmp, width, height, gt, wkt, {"COMPOSITE": "per-pixel median of the clear observations",
-                                          "COMPOSITE_INPUTS": ";".join(str(p) for p in inputs), **metadata})
+        out = datasets["composite"] = create_stack_raster(tmp, width, height, gt, wkt, metadata)
         obs = None
         if tmp_obs:
             obs = datasets["observations"] = gdal.GetDriverByName("GTiff").Create(

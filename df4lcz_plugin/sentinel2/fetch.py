@@ -391,7 +391,7 @@ def fetch_sentinel2(request: FetchRequest, output: str | Path, feedback: Feedbac
             for date, stack in zip(dates, stacks):
                 _write_date(date, grid, stack, dict(metadata, DATES=str(date.day)), use_scl)
             build_composite(stacks, output, observations, feedback=feedback,
-                            metadata=dict(metadata, COMPOSITE_INPUTS=""))
+                            extra_metadata=dict(metadata, COMPOSITE_INPUTS=""))
     feedback.progress(1.0)
     return {"api": request.api.url, "collection": request.api.collection,
             "processing_level": metadata["PROCESSING_LEVEL"], "epsg": grid.epsg, "width": grid.width,
