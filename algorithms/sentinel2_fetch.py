@@ -16,7 +16,7 @@ from .compat import FLAG_ADVANCED, NUMBER_DOUBLE, NUMBER_INTEGER
 
 
 def qgis_proxy() -> str | None:
-    """The http(s) proxy of QGIS's Network settings as a URL (``http://user:password@host:port``), or None.
+    """The http(s) proxy of QGIS's Network settings as a URL (scheme, optional credentials, host, port), or None.
 
     Read from QgsSettings, as QgsNetworkAccessManager reads it, so it applies in a Processing worker thread too.
     """
@@ -60,7 +60,7 @@ class Sentinel2FetchAlgorithm(DF4LCZAlgorithm):
     description = "Fetches the Sentinel-2 stack of an extent from a STAC API (Earth Search by default)."
     keywords = ("stac", "fetch", "download", "earth search", "planetary computer", "cog", "l2a", "composite")
     help_anchor = "fetch-sentinel-2-for-an-extent-stac--df4lczsentinel2fetch"
-    icon_name = "sentinel2_composite"
+    icon_name = "sentinel2_fetch"
 
     def name(self):
         return "sentinel2fetch"

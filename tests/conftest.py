@@ -86,6 +86,17 @@ def qgis_env(tmp_path_factory):
     return env
 
 
+def empty_cache_env(qgis_env, cache):
+    """qgis_process's environment with an empty window cache of its own (XDG_CACHE_HOME=``cache``); the assets
+    are linked in from the real cache."""
+    (cache / "df4lcz").mkdir(parents=True)
+    real = Path(qgis_env["XDG_CACHE_HOME"]) / "df4lcz"
+    for entry in real.iterdir():
+        if entry.name != "stac":
+            (cache / "df4lcz" / entry.name).symlink_to(entry)
+    return dict(qgis_env, XDG_CACHE_HOME=str(cache))
+
+
 def run_qgis_process(env, algorithm, parameters, json_output=True):
     """Run ``qgis_process.bin run ALGORITHM -- KEY=VALUE…``; returns (returncode, parsed JSON or None, text).
 

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from osgeo import gdal
 
-from conftest import MODEL_CARD, QGIS_PROCESS, ROOT, raster_copy
+from conftest import MODEL_CARD, QGIS_PROCESS, ROOT, empty_cache_env, raster_copy
+from stac_servers import CLEAR_DATE, stac_scene  # noqa: F401 (the fixture)
 from faults import (LONG, Moment, check_outputs_after_stop, partial_files, run_stopped, run_until, same_output,
                     snapshot)
 
@@ -256,6 +257,39 @@ def test_sentinel2composite_killed(qgis_env, two_dates, composite_reference, old
     folder.mkdir()
     _sweep(_composite_command(two_dates)(folder), folder, ["composite.tif", "obs.tif"], two_dates, moment,
            composite_reference, old_map, env=qgis_env)
+
+
+def _fetch_command(scene):
+    xmin, ymin, xmax, ymax = scene.extent_utm
+    return lambda folder: _qgis_command("df4lcz:sentinel2fetch", {
+        "EXTENT": f"{xmin},{xmax},{ymin},{ymax} [EPSG:{scene.epsg}]", "START_DATE": CLEAR_DATE,
+        "END_DATE": CLEAR_DATE, "STAC_API": scene.api_url, "MAX_DATES": 1, "OUTPUT": folder / "stack.tif"})
+
+
+# One date of two tiles: 2 SCL and 20 band windows downloaded (4 at a time), then 10 bands written.
+FETCH = [Moment(after=0.5, signal="TERM"), Moment("window", 1), Moment("window", 5, "TERM"), Moment("window", 14),
+         Moment("window", 21, "TERM"), Moment("band", 1), Moment("band", 6, "TERM"), Moment("rename stack.tif"),
+         Moment("rename stack.tif.aux.xml", signal="TERM"), Moment("rename stack.tif", signal="TERM")]
+
+
+@pytest.fixture(scope="module")
+def fetch_reference(qgis_env, stac_scene, tmp_path_factory):
+    env = empty_cache_env(qgis_env, tmp_path_factory.mktemp("fetch_reference_cache"))
+    folder = tmp_path_factory.mktemp("fetch_reference")
+    run = subprocess.run(_fetch_command(stac_scene)(folder), env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    return folder
+
+
+@pytest.mark.parametrize("moment", FETCH, ids=str)
+def test_sentinel2fetch_killed(qgis_env, stac_scene, fetch_reference, old_map, tmp_path, moment):
+    """Killed while downloading, writing or renaming, then run again on the same window cache: the rerun
+    resumes from what was cached and writes the uninterrupted run's stack; the COGs (inputs) are unchanged."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    cogs = sorted(p for p in stac_scene.cog_root.rglob("*.tif") if CLEAR_DATE.replace("-", "") in str(p))
+    _sweep(_fetch_command(stac_scene)(folder), folder, ["stack.tif"], cogs, moment, fetch_reference, old_map,
+           env=empty_cache_env(qgis_env, tmp_path / "cache"))
 
 
 # --- the graph cache ----------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from osgeo import gdal
 
-from conftest import run_qgis_process
+from conftest import empty_cache_env, run_qgis_process
 from stac_servers import (CLEAR_DATE, CLOUDY_DATE, REJECTED_DATE, _collection, _free_port, _running,  # noqa: F401
                           stac_scene)
 
@@ -41,17 +41,6 @@ def _fetch(env, scene, out, start=CLEAR_DATE, end=CLEAR_DATE, **extra):
     parameters = {"EXTENT": _extent(scene), "START_DATE": start, "END_DATE": end, "STAC_API": scene.api_url,
                   "COLLECTION": scene.collection, "MAX_DATES": 1, "OUTPUT": out, **extra}
     return run_qgis_process(env, "df4lcz:sentinel2fetch", parameters)
-
-
-def empty_cache_env(qgis_env, cache):
-    """qgis_process's environment with an empty window cache of its own (XDG_CACHE_HOME=``cache``); the assets
-    are linked in from the real cache."""
-    (cache / "df4lcz").mkdir(parents=True)
-    real = Path(qgis_env["XDG_CACHE_HOME"]) / "df4lcz"
-    for entry in real.iterdir():
-        if entry.name != "stac":
-            (cache / "df4lcz" / entry.name).symlink_to(entry)
-    return dict(qgis_env, XDG_CACHE_HOME=str(cache))
 
 
 @pytest.fixture(scope="module")

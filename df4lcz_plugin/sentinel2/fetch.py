@@ -204,6 +204,7 @@ def _estimate_bytes(read: WindowRead) -> float:
               ((window[1] + window[3] - 1) // COG_BLOCK_PX - window[1] // COG_BLOCK_PX + 1)
     pixels = touched * COG_BLOCK_PX * COG_BLOCK_PX
     if asset.size_bytes and asset.shape:
+        pixels = min(pixels, asset.shape[0] * asset.shape[1])  # a small file is read whole at most
         return pixels * asset.size_bytes / (asset.shape[0] * asset.shape[1] * 4 / 3)  # overviews add about 1/3
     return pixels * 2
 
