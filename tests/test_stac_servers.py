@@ -3,15 +3,13 @@
 window of a served COG through ``/vsicurl/`` with range requests only, values = the real scene's DN + 1000. The
 access log is shown to see the directory listing that GDAL makes without ``GDAL_DISABLE_READDIR_ON_OPEN=EMPTY_DIR``."""
 
-import contextlib
-from typing import Iterator
-
 import numpy as np
 import pystac_client
 from pystac_client.warnings import DoesNotConformTo
 import pytest
 from osgeo import gdal
 
+from df4lcz_plugin.sentinel2.cog_windows import thread_config
 from stac_servers import CLEAR_DATE, CLOUDY_DATE, DN_OFFSET, REJECTED_DATE, stac_scene  # noqa: F401 (the fixture)
 
 JUNE = "2024-06-01/2024-06-30"
@@ -41,23 +39,11 @@ def test_search_pages_through_six_items_of_three_dates(stac_scene):
     assert list(trap.items()) == []
 
 
-@contextlib.contextmanager
-def _config(options: dict[str, str]) -> Iterator[None]:
-    previous = {key: gdal.GetConfigOption(key) for key in options}
-    for key, value in options.items():
-        gdal.SetConfigOption(key, value)
-    try:
-        yield
-    finally:
-        for key, value in previous.items():
-            gdal.SetConfigOption(key, value)
-
-
 def _read_window(href: str, options: dict[str, str]) -> np.ndarray:
     """``WINDOW`` of ``/vsicurl/href`` copied by ``gdal.Translate`` (which, unlike a band's ReadAsArray, looks for
     sidecar files as gdal.Warp does) with GDAL ``options``, after emptying GDAL's /vsicurl/ cache."""
     gdal.VSICurlClearCache()
-    with _config(options):
+    with thread_config(options):
         return gdal.Translate("", f"/vsicurl/{href}", format="MEM", srcWin=WINDOW).ReadAsArray()
 
 

@@ -119,6 +119,13 @@ def http_options(access: Access) -> Iterator[None]:
     options = dict(HTTP_OPTIONS, GDAL_HTTP_TIMEOUT=str(round(access.timeout_s)),
                    GDAL_HTTP_CONNECTTIMEOUT=str(round(min(access.timeout_s, 20))),
                    **({"GDAL_HTTP_PROXY": access.proxy} if access.proxy else {}))
+    with thread_config(options):
+        yield
+
+
+@contextlib.contextmanager
+def thread_config(options: dict[str, str]) -> Iterator[None]:
+    """GDAL configuration ``options`` for this thread's GDAL calls only, restored afterwards."""
     previous = {key: gdal.GetThreadLocalConfigOption(key, None) for key in options}
     for key, value in options.items():
         gdal.SetThreadLocalConfigOption(key, value)
