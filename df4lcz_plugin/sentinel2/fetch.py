@@ -166,6 +166,14 @@ def _native_mosaic(windows: list[tuple[str, int | None]], name: str) -> str:
     return name
 
 
+def _aligned(a: str, b: str) -> bool:
+    """Whether two windows' pixel grids coincide (same pixel size, origins a whole number of pixels apart), as
+    the grids of MGRS tiles of one UTM zone do."""
+    ga, gb = gdal.Open(a).GetGeoTransform(), gdal.Open(str(b)).GetGeoTransform()
+    steps = ((gb[0] - ga[0]) / ga[1], (gb[3] - ga[3]) / ga[5])
+    return ga[1] == gb[1] and ga[5] == gb[5] and all(abs(v - round(v)) < 1e-6 for v in steps)
+
+
 def _mosaic(date: Date, key: str, grid: Grid, resample: str, offset: bool) -> np.ndarray:
     """(height, width) of one band (or ``scl``) of a date on the grid, ``resample``d: the tiles in the grid's CRS
     mosaicked at their native resolution first, then tiles of other UTM zones warped into the gaps. With
@@ -175,7 +183,8 @@ def _mosaic(date: Date, key: str, grid: Grid, resample: str, offset: bool) -> np
         path = date.windows.get((scene.id, key))
         if path is not None:
             window = (str(path), _asset(scene, key).offset_dn if offset else None)
-            (here if (scene.epsg or grid.epsg) == grid.epsg else elsewhere).append((window, scene.epsg))
+            same_grid = (scene.epsg or grid.epsg) == grid.epsg and (not here or _aligned(here[0][0][0], path))
+            (here if same_grid else elsewhere).append((window, scene.epsg or grid.epsg))
     out = np.zeros((grid.height, grid.width), np.int32)
     if here:
         name = f"/vsimem/df4lcz_fetch_{uuid.uuid4().hex}.tif"
