@@ -341,3 +341,77 @@ def test_a_bad_item_or_asset_is_refused_clearly(fetch_env, stac_scene, tmp_path,
     assert rc != 0 and re.search(message, text), text
     assert "Traceback" not in text
     assert not out.parent.exists() or list(out.parent.iterdir()) == []
+
+
+# --- QGIS's proxy: the search and GDAL's reads go through it ---------------------------------------------------
+
+class _ForwardProxy(BaseHTTPRequestHandler):
+    """A forwarding HTTP proxy (absolute-URI requests, as curl and requests send them to a proxy): passes each
+    request on with its Range and body, and records (method, URL)."""
+
+    seen = []
+
+    def _forward(self):
+        import urllib.request
+
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0) or 0)) or None
+        headers = {k: v for k, v in self.headers.items() if k.lower() in ("range", "content-type", "accept")}
+        type(self).seen.append((self.command, self.path))
+        request = urllib.request.Request(self.path, data=body, headers=headers, method=self.command)
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # straight to the server
+        try:
+            with opener.open(request, timeout=30) as answer:
+                status, payload, answer_headers = answer.status, answer.read(), answer.headers
+        except urllib.error.HTTPError as error:
+            status, payload, answer_headers = error.code, error.read(), error.headers
+        self.send_response(status)
+        for key in ("Content-Type", "Content-Range", "Accept-Ranges", "Last-Modified"):
+            if answer_headers.get(key):
+                self.send_header(key, answer_headers[key])
+        length = answer_headers.get("Content-Length", 0) if self.command == "HEAD" else len(payload)
+        self.send_header("Content-Length", str(length))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+
+    do_GET = do_POST = do_HEAD = _forward
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.timeout(300)
+def test_the_search_and_the_reads_go_through_the_proxy(stac_scene, fetched, tmp_path):
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), _ForwardProxy)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{proxy.server_address[1]}"
+    try:
+        fetch_sentinel2(_request(stac_scene, stac_scene.api_url, proxy=url), tmp_path / "s.tif", Feedback(),
+                        WindowCache(tmp_path / "cache"))
+    finally:
+        proxy.shutdown()
+    seen = " ".join(f"{method} {path}" for method, path in _ForwardProxy.seen)
+    assert f"POST {stac_scene.api_url}/search" in seen  # pystac-client's search
+    assert re.search(rf"GET {stac_scene.cog_url}/\S+/B04\.tif", seen)  # GDAL's windows
+    np.testing.assert_array_equal(gdal.Open(str(tmp_path / "s.tif")).ReadAsArray(),
+                                  gdal.Open(str(fetched[0])).ReadAsArray())
+
+
+def test_qgis_proxy_settings_become_the_fetch_proxy(qgis_app):
+    from qgis.core import QgsSettings
+
+    from df4lcz.algorithms.sentinel2_fetch import qgis_proxy
+
+    settings = QgsSettings()
+    try:
+        settings.setValue("proxy/proxyEnabled", True)
+        settings.setValue("proxy/proxyHost", "proxy.example.org")
+        settings.setValue("proxy/proxyPort", "3128")
+        settings.setValue("proxy/proxyUser", "me")
+        settings.setValue("proxy/proxyPassword", "p@ss")
+        assert qgis_proxy() == "http://me:p%40ss@proxy.example.org:3128"
+        settings.setValue("proxy/proxyEnabled", False)
+        assert qgis_proxy() is None
+    finally:
+        for key in ("Enabled", "Host", "Port", "User", "Password"):
+            settings.remove(f"proxy/proxy{key}")
