@@ -7,6 +7,7 @@ must be the few a COG needs; a second run must ask nothing; bad input gets a cle
 import copy
 import datetime as dt
 import json
+import os
 import re
 import socket
 import sys
@@ -415,3 +416,20 @@ def test_qgis_proxy_settings_become_the_fetch_proxy(qgis_app):
     finally:
         for key in ("Enabled", "Host", "Port", "User", "Password"):
             settings.remove(f"proxy/proxy{key}")
+
+
+@pytest.mark.skipif(os.environ.get("DF4LCZ_ONLINE") != "1", reason="needs the internet (DF4LCZ_ONLINE=1)")
+@pytest.mark.timeout(900)
+def test_the_real_earth_search(qgis_env, tmp_path):
+    """The real Earth Search v1 (sentinel-2-c1-l2a): 2 × 2 km of Zürich-Altstetten, summer 2024, one date."""
+    out = tmp_path / "zurich.tif"
+    rc, result, text = run_qgis_process(empty_cache_env(qgis_env, tmp_path / "cache"), "df4lcz:sentinel2fetch", {
+        "EXTENT": "8.470,8.497,47.366,47.384 [EPSG:4326]", "START_DATE": "2024-06-01", "END_DATE": "2024-08-31",
+        "MAX_DATES": 1, "OUTPUT": out})
+    assert rc == 0, text
+    ds = gdal.Open(str(out))
+    assert ds.GetMetadataItem("PROCESSING_LEVEL") == "Level-2A" and ds.GetMetadataItem("STAC_COLLECTION") == \
+        "sentinel-2-c1-l2a"
+    assert ds.GetSpatialRef().GetAuthorityCode(None) == "32632"  # Zürich's UTM zone
+    values = ds.ReadAsArray()
+    assert (values > 0).mean() > 0.95 and 300 < np.median(values[2]) < 3000  # red, reflectance × 10000
