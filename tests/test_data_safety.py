@@ -208,7 +208,7 @@ def test_a_stack_built_from_a_folder_this_user_cannot_read_still_counts_as_reada
                         ignore=shutil.ignore_patterns("__pycache__"))
         for path in [folder / "code", *(folder / "code").rglob("*")]:
             path.chmod(0o755 if path.is_dir() else 0o644)
-        probe = "from df4lcz_plugin.sentinel2 import built_from; import sys; print(built_from(sys.argv[1]))"
+        probe = "from df4lcz_plugin.sentinel2.stack import built_from; import sys; print(built_from(sys.argv[1]))"
         run = subprocess.run(["runuser", "-u", "nobody", "--", "env", f"PYTHONPATH={folder / 'code'}",
                               "/usr/bin/python3", "-c",
                               probe, str(stack)], cwd=folder, capture_output=True, text=True, timeout=120)
