@@ -52,8 +52,10 @@ def load_provider() -> QgsProcessingProvider:
 def add_input(model: QgsProcessingModelAlgorithm, definition: QgsProcessingParameterDefinition, row: int,
               advanced: bool = False) -> None:
     """Add a model input, placed in the left column of the designer."""
+    from df4lcz.algorithms.compat import FLAG_ADVANCED  # the plugin's names for 3.22 and QGIS 4 (load_provider)
+
     if advanced:
-        definition.setFlags(definition.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        definition.setFlags(definition.flags() | FLAG_ADVANCED)
     component = QgsProcessingModelParameter(definition.name())
     component.setPosition(QPointF(120, 60 + 70 * row))
     model.addModelParameter(definition, component)
@@ -69,7 +71,7 @@ def add_shared_inputs(model: QgsProcessingModelAlgorithm, first_row: int) -> Non
     add_input(model, QgsProcessingParameterString("MODEL", "Model (id of an installed model)", "sen2lcznet_so2sat"),
               first_row + 2)
     add_input(model, QgsProcessingParameterNumber("RESOLUTION", "Output resolution (m)",
-                                                  QgsProcessingParameterNumber.Double, 100.0, minValue=10.0),
+                                                  number_type("NUMBER_DOUBLE"), 100.0, minValue=10.0),
               first_row + 3)
 
 
@@ -133,11 +135,19 @@ def lcz_for_extent() -> QgsProcessingModelAlgorithm:
                                                   "2024-06-01"), 1)
     add_input(model, QgsProcessingParameterString("END_DATE", "Last acquisition date (YYYY-MM-DD)", "2024-08-31"), 2)
     add_input(model, QgsProcessingParameterNumber("MAX_DATES", "Dates to combine (1: one date, no composite)",
-                                                  QgsProcessingParameterNumber.Integer, 3, minValue=1, maxValue=50), 3)
+                                                  number_type("NUMBER_INTEGER"), 3, minValue=1, maxValue=50), 3)
     add_shared_inputs(model, 4)
     fetch_and_classify(model, "", Source.fromModelParameter("START_DATE"), Source.fromModelParameter("END_DATE"),
                        Source.fromModelParameter("MAX_DATES"), 60, {"map": "LCZ_MAP", "stack": "STACK"})
     return model
+
+
+def number_type(name: str):
+    """QgsProcessingParameterNumber's type ``name`` (NUMBER_INTEGER, NUMBER_DOUBLE) as the plugin's compat names it
+    for QGIS 3.22 and QGIS 4 (load_provider first)."""
+    from df4lcz.algorithms import compat
+
+    return getattr(compat, name)
 
 
 def season_dates(code: str) -> tuple[Source, Source]:
@@ -156,7 +166,7 @@ def lcz_four_seasons() -> QgsProcessingModelAlgorithm:
         "YEAR − 1): each season's Sentinel-2 L2A composite (the clearest 3 dates) is fetched from a STAC API, then "
         f"classified. Outputs: the four styled LCZ GeoTIFFs, LCZ_DJF … LCZ_SON. {NO_SCENE}"))
     add_input(model, QgsProcessingParameterNumber("YEAR", "Year (DJF starts in December of the year before)",
-                                                  QgsProcessingParameterNumber.Integer, 2024, minValue=2015,
+                                                  number_type("NUMBER_INTEGER"), 2024, minValue=2015,
                                                   maxValue=2100), 1)
     add_shared_inputs(model, 2)
     fetches = tuple(f"fetch_{code.lower()}" for code in SEASONS)
