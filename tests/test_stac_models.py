@@ -14,7 +14,6 @@ import copy
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -23,7 +22,7 @@ import pytest
 from osgeo import gdal
 
 from conftest import QGIS_PROCESS, ROOT, run_qgis_process
-from stac_servers import StacScene, free_port, running, stac_scene  # noqa: F401 (the fixture)
+from stac_servers import StacScene, free_port, running, rustac_program, stac_scene  # noqa: F401 (the fixture)
 
 MODELS = ROOT / "resources" / "models"
 JUNE_TO_AUGUST = {"START_DATE": "2024-06-01", "END_DATE": "2024-08-31"}
@@ -137,7 +136,7 @@ def four_season_api(stac_scene: StacScene, tmp_path_factory: pytest.TempPathFact
         files[-1].write_text(json.dumps(item), encoding="utf-8")
     port = free_port()
     collection = stac_scene.cog_root.parent / "stac" / "collection.json"
-    command = [str(Path(sys.executable).with_name("rustac")), "serve", str(collection), *map(str, files),
+    command = [rustac_program(), "serve", str(collection), *map(str, files),
                "--addr", f"127.0.0.1:{port}"]
     with running(command, root, root / "stac_server.log", port, "/"):
         yield f"http://127.0.0.1:{port}"
