@@ -38,7 +38,7 @@ if [ "${1:-}" = --inside ]; then  # in the root: ZIP REFERENCE_DIR
     done
     deps=$(cd "$plugins/df4lcz" && python3 -c 'import df4lcz_plugin.dependencies as d; print(d.deps_folder(".").resolve())')
     tools=$(mktemp -d /tmp/df4lcz-tools.XXXXXX)
-    python3 -m pip install -q --disable-pip-version-check --only-binary :all: --target "$tools" $TEST_TOOLS
+    python3 -m pip install -q --disable-pip-version-check --only-binary :all: --no-deps --target "$tools" $TEST_TOOLS
     start=$SECONDS
     # The tests' own imports (torch, dask) come from what the installer put in the profile.
     HOME=$home DF4LCZ_QGIS_HOME=$home DF4LCZ_REFERENCE_MAP=$reference QGIS_PROFILE_DIR=$home/.local/share/QGIS/QGIS3/profiles/default \
