@@ -44,6 +44,11 @@ class InputError(ValueError):
     """The Sentinel-2 raster (or its content in the extent) cannot be classified."""
 
 
+def utm_epsg(lon, lat):
+    """The EPSG code of the WGS 84 / UTM zone of a point (degrees)."""
+    return (32600 if lat >= 0 else 32700) + min(int((lon + 180) // 6) + 1, 60)
+
+
 def _utm_for(srs, x, y):
     """The WGS 84 UTM zone of the point (x, y) given in ``srs``."""
     geographic = srs.CloneGeogCS()
@@ -51,7 +56,7 @@ def _utm_for(srs, x, y):
         s.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
     lon, lat, _ = osr.CoordinateTransformation(srs, geographic).TransformPoint(x, y)
     utm = osr.SpatialReference()
-    utm.ImportFromEPSG((32600 if lat >= 0 else 32700) + min(int((lon + 180) // 6) + 1, 60))
+    utm.ImportFromEPSG(utm_epsg(lon, lat))
     utm.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
     return utm
 

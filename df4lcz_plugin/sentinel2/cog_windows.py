@@ -166,7 +166,7 @@ class WindowCache:
         """``path`` if it is complete and intact (its sha256 matches its sidecar's), else None."""
         try:
             recorded = json.loads(Path(f"{path}.json").read_text())["sha256"]
-            return path if _sha256(path) == recorded else None
+            return path if assets.sha256_of(path) == recorded else None
         except (OSError, ValueError, KeyError):
             return None
 
@@ -176,18 +176,10 @@ class WindowCache:
             options = ["COMPRESS=DEFLATE", "PREDICTOR=2", "TILED=YES"]
             gdal.Translate(tmp, source, srcWin=list(window), creationOptions=options)
         kill_point("window")
-        digest = {"sha256": _sha256(path), "source": source.GetDescription(), "window": list(window)}
+        digest = {"sha256": assets.sha256_of(path), "source": source.GetDescription(), "window": list(window)}
         with atomic_output(Path(f"{path}.json")) as tmp:
             Path(tmp).write_text(json.dumps(digest))
         return path
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

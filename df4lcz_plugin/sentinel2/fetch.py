@@ -41,11 +41,12 @@ from ..feedback import Feedback
 from ..kill_points import kill_point
 from ..outputs import atomic_output, scratch_folder
 from .bands import SO2SAT_BANDS
+from .checks import utm_epsg
 from .clouds import CLOUD, SHADOW, SNOW, scl_classes
 from .cog_windows import Access, Grid, WindowCache, WindowRead, fetch_window, planned_window, srs_of
 from .composite import build_composite
 from .stac import FetchError, Scene, StacApi, group_by_solar_day, search
-from .stack import add_mask_band, create_stack_raster
+from .stack import add_mask_band, create_stack_raster, remove_offset
 
 gdal.UseExceptions()
 
@@ -95,12 +96,8 @@ class Date:
     clear_percent: float = 100.0
     nodata_percent: float = 0.0
     windows: dict = field(default_factory=dict)
-
-
-def utm_epsg(lon: float, lat: float) -> int:
-    """The WGS 84 / UTM zone EPSG code of a point (degrees)."""
-    zone = min(int((lon + 180) // 6) + 1, 60)
-    return (32600 if lat >= 0 else 32700) + zone
+    #: The date's SCL on the grid (uint8 values, 0 = no data), once screened.
+    scl: np.ndarray | None = None
 
 
 def plan_grid(request: FetchRequest) -> tuple[Grid, tuple[float, float, float, float]]:
@@ -140,7 +137,7 @@ def _on_grid(path: str, scene_epsg: int, grid: Grid, resample: str) -> gdal.Data
 def _dn(ds: gdal.Dataset, offset_dn: int | None) -> np.ndarray:
     """A window's values as int32; with ``offset_dn``, that offset removed (clipped at 1, 0 stays no data)."""
     dn = ds.ReadAsArray().astype(np.int32)
-    return dn if offset_dn is None else np.where(dn == 0, 0, np.clip(dn + offset_dn, 1, 65535))
+    return dn if offset_dn is None else remove_offset(dn, offset_dn)
 
 
 def _native_mosaic(windows: list[tuple[str, int | None]], name: str) -> str:
@@ -262,7 +259,7 @@ def _screen(dates: list[Date], reader: _Reader, grid: Grid, feedback: Feedback) 
     reader.run([(d, "scl", r) for d in dates for r in reader.reads(d, ("scl",))], "Cloud screening (SCL)",
                (0.0, 0.15))
     for date in dates:
-        scl = _mosaic(date, "scl", grid, "nearest", offset=False)
+        scl = date.scl = _mosaic(date, "scl", grid, "nearest", offset=False)
         date.clear_percent = round(float(100 * (~np.isin(scl, NOT_CLEAR_SCL)).mean()), 2)
         date.nodata_percent = round(float(100 * (scl == 0).mean()), 2)
         feedback.info(f"{date.day}: {date.clear_percent} % of the extent clear, {date.nodata_percent} % no data "
@@ -341,8 +338,8 @@ def _write_date(date: Date, grid: Grid, path: str, metadata: dict, use_scl: bool
     The mask band hides the SCL's clouds and shadows and one 10 m pixel around them: bilinear resampling of the
     20 m bands spreads a cloud's values exactly that far beyond its 20 m SCL pixels."""
     classes = None
-    if use_scl and all((s.id, "scl") in date.windows for s in date.scenes):
-        classes = scl_classes(_mosaic(date, "scl", grid, "nearest", offset=False))
+    if use_scl and date.scl is not None and all((s.id, "scl") in date.windows for s in date.scenes):
+        classes = scl_classes(date.scl)  # as screened
     with atomic_output(path) as tmp:
         out = create_stack_raster(tmp, grid.width, grid.height, grid.geotransform, grid.wkt, metadata)
         valid = np.ones((grid.height, grid.width), bool)

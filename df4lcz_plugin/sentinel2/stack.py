@@ -160,6 +160,12 @@ def create_stack_raster(path, width, height, geotransform, projection, metadata)
     return ds
 
 
+def remove_offset(dn, offset):
+    """Digital numbers (int32 array) with the baseline ≥ 04.00 ``offset`` (−1000, or 0; broadcastable per band)
+    added, clipped at 1 so that only true no data (0) stays 0."""
+    return np.where(dn == 0, 0, np.clip(dn + offset, 1, 65535))
+
+
 def add_mask_band(ds):
     """Give a new stack its per-dataset mask band, inside the GeoTIFF (not a .msk sidecar): 0 = no data, cloud or
     shadow; 255 = clear."""
@@ -217,7 +223,7 @@ def build_stack(folder, output, feedback=None, cloud_mask_mode="auto"):
             feedback.check_canceled()
             rows = min(_STRIP_ROWS, height - row)
             dn = vrt.ReadAsArray(0, row, width, rows).astype(np.int32)
-            values = np.where(dn == 0, 0, np.clip(dn + offsets, 1, 65535)).astype(np.uint16)
+            values = remove_offset(dn, offsets).astype(np.uint16)
             out.WriteArray(values, 0, row, band_list=list(range(1, len(SO2SAT_BANDS) + 1)))
             if mask_classes is not None:
                 valid = (values != 0).all(axis=0)
