@@ -117,7 +117,8 @@ class TileJob:
     projection), the output grid, the model card's path, the back-end settings (``device`` as the user gave it:
     a worker resolves ``auto`` to its own), the batch size, the input scaling (DN divided by ``scale``), the
     bands' nodata values, whether 0 is no data, the most masked pixels of a patch, and whether probabilities
-    are written."""
+    are written. ``stac``: with ``classify --stac`` on a cluster, the ``fetch.FetchPlan`` whose part each task fetches
+    for its tile (``dask_tiles``); ``sentinel2_path`` is then only its grid's template (``fetch.grid_template``)."""
 
     sentinel2_path: str
     projection: str
@@ -132,6 +133,7 @@ class TileJob:
     zero_is_nodata: bool
     max_masked_px: int
     probabilities: bool
+    stac: object = None
 
 
 @dataclass
@@ -175,7 +177,7 @@ def _tile_size(grid, tile_size):
 def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, device="cpu", batch_size=128,
              probabilities_path=None, palette="official_2022", feedback=None, vhr_path=None,
              source_path=None, sam_checkpoint=None, max_cloud=MAX_CLOUD_PERCENT, backend="auto", precision="f32",
-             vhr_source_id=None, fast_sam=False, tile_size=None, executor=None):
+             vhr_source_id=None, fast_sam=False, tile_size=None, executor=None, stac_plan=None):
     """Classify LCZ over ``bounds`` and write the styled LCZ GeoTIFF (and optionally probabilities).
 
     With ``vhr_path`` and a model that has a ``vhr`` stream, each cell's patch footprint also goes through SAM,
@@ -202,6 +204,9 @@ def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, 
     iterable of (tile, TileResult) in the order of ``tiles``, with ``engines`` (the back-ends it used) and
     ``summary`` (extra summary keys), such as ``dask_tiles.DaskTiles`` (Sentinel-2 stream only: no VHR, no
     source raster).
+    stac_plan: the ``fetch.FetchPlan`` the Sentinel-2 raster comes from (``classify --stac``), named in the map's
+    metadata; with an ``executor``, ``sentinel2_path`` is the plan's ``fetch.grid_template`` and each task fetches
+    its tile's part of the plan (no central stack).
     A stack whose Sentinel-2 processing level (its ``PROCESSING_LEVEL`` metadata) differs from the one the model
     was trained on (the card's ``streams.sentinel2.processing_level``) is classified with a warning
     (``check_level``).
@@ -229,7 +234,8 @@ def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, 
     job = TileJob(str(sentinel2_path), ds.GetProjection(), grid, str(card.path), backend, str(device), precision,
                   batch_size, float(stream["input_scaling"]["divide_by"]),
                   tuple(ds.GetRasterBand(i + 1).GetNoDataValue() for i in range(ds.RasterCount)), zero_is_nodata,
-                  int(max_cloud / 100 * PATCH_PX * PATCH_PX), bool(probabilities_path))
+                  int(max_cloud / 100 * PATCH_PX * PATCH_PX), bool(probabilities_path),
+                  stac_plan.light() if stac_plan is not None and executor is not None else None)
     total = grid.rows * grid.cols
     mask_band = own_mask_band(ds)
     if mask_band is not None:
@@ -255,7 +261,9 @@ def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, 
                       f"{card.id}")
         results = executor(job, tiles, feedback)  # every tile is computed before the map is written
         engine, extra = "; ".join(executor.engines), executor.summary
-    metadata = {"DF4LCZ_MODEL": card.id, "DF4LCZ_SOURCE": str(sentinel2_path), "DF4LCZ_DEVICE": str(device),
+    source = str(sentinel2_path) if stac_plan is None else \
+        f"STAC {stac_plan.request.api.url} {stac_plan.request.api.collection} {stac_plan.metadata['DATES']}"
+    metadata = {"DF4LCZ_MODEL": card.id, "DF4LCZ_SOURCE": source, "DF4LCZ_DEVICE": str(device),
                 "DF4LCZ_BACKEND": engine}
     counts = np.zeros(len(legend.CODES) + 1, dtype=np.int64)
     fused_cells = cloud_cells = 0

@@ -1,15 +1,22 @@
-"""The engine's command line, without QGIS: ``python3 -m df4lcz_plugin classify SENTINEL2 OUTPUT [options]``.
+"""The engine's command line, without QGIS: ``python3 -m df4lcz_plugin classify SENTINEL2 OUTPUT [options]``, or
+``classify --stac API --extent … --start … --end … OUTPUT`` to map from Sentinel-2 fetched from a STAC API.
 
 Without ``--workers`` or ``--scheduler`` it runs ``classify.classify`` in this process, exactly as
 ``df4lcz:classifylcz`` does; with them the same function has its tiles computed on a Dask cluster
 (``dask_tiles.DaskTiles``): a LocalCluster of N worker processes, or the workers of a running ``dask-scheduler``.
-A run on a cluster holds the lock of its work folder (``folder_lock``), so that a second run on it is refused.
+With ``--stac`` the fetch is planned here (search, SCL screening, dates, budget: ``fetch.plan_fetch``, as
+``df4lcz:sentinel2fetch`` plans it); in this process the stack is then fetched into a scratch folder beside OUTPUT
+and classified, and on a cluster each tile's task fetches its own part of it from the COGs (``dask_tiles``), so no
+input file is shared. A run on a cluster holds the lock of its work folder (``folder_lock``), so that a second run
+on it is refused.
 Bad arguments and unusable inputs (a work folder another run is using included) exit with status 2 and the
 reason; failed tiles (``dask_tiles.TileError``) or an unreadable raster with 1, a SIGTERM with 143.
 """
 
 import argparse
 import contextlib
+import datetime as dt
+import functools
 import json
 import os
 import re
@@ -32,12 +39,17 @@ from .models.registry import ModelError, list_models, model_files, read_card
 from .outputs import OutputPathError, check_output_paths, geotiff_output
 from .sentinel2.stack import built_from
 from .sentinel2.checks import InputError
+from .sentinel2.cog_windows import WindowCache
+from .sentinel2.fetch import MODES, FetchRequest, check_outside_cache, fetch_plan, grid_template, plan_fetch
+from .sentinel2.stac import STAC_APIS, FetchError, resolve_api
+from .outputs import scratch_folder
 from .tile_store import WorkDirError, check_work_dir
 
 gdal.UseExceptions()
 
 #: Errors that mean the arguments or the inputs cannot be classified: exit status 2, as argparse's own.
-USAGE_ERRORS = (OutputPathError, ModelError, InputError, GridError, DeviceError, BackendError, WorkDirError)
+USAGE_ERRORS = (OutputPathError, ModelError, InputError, GridError, DeviceError, BackendError, WorkDirError,
+                FetchError)
 
 EPILOG = """\
 examples:
@@ -48,6 +60,9 @@ examples:
   python3 -m df4lcz_plugin classify region.vrt lcz.tif --workers 4 --work-dir lcz_tiles
   # on a cluster: every worker sees the files at the same paths
   python3 -m df4lcz_plugin classify /shared/region.vrt /shared/lcz.tif --scheduler tcp://head:8786
+  # Sentinel-2 L2A from Earth Search: the clearest 3 dates of a summer, per tile on 4 workers (extent in lon/lat)
+  python3 -m df4lcz_plugin classify --stac earth-search --extent 8.45 47.33 8.62 47.43 \
+      --start 2024-06-01 --end 2024-08-31 lcz.tif --workers 4
 
 A killed run, started again with the same arguments and work folder, computes only the missing tiles.
 """
@@ -121,12 +136,13 @@ def build_parser():
                     "The extent is split into tiles of the output grid; without --workers or --scheduler they "
                     "are computed here, with them on a Dask cluster, and the map is identical. VHR fusion and "
                     "the decision-source raster are not offered here: use df4lcz:classifylcz in QGIS for them.")
-    run.add_argument("sentinel2", metavar="SENTINEL2", type=Path,
-                     help="10-band Sentinel-2 stack (GeoTIFF, as df4lcz:sentinel2stack writes it), or a VRT mosaic "
-                          "of several stacks in one CRS (gdalbuildvrt)")
-    run.add_argument("output", metavar="OUTPUT", type=Path, help="LCZ GeoTIFF to write (.tif), with its .qml")
+    run.add_argument("paths", metavar="[SENTINEL2] OUTPUT", type=Path, nargs="+",
+                     help="SENTINEL2: the 10-band Sentinel-2 stack (GeoTIFF, as df4lcz:sentinel2stack writes it), or "
+                          "a VRT mosaic of several stacks in one CRS (gdalbuildvrt); left out with --stac. OUTPUT: the "
+                          "LCZ GeoTIFF to write (.tif), with its .qml")
     run.add_argument("--extent", nargs=4, type=float, metavar=("XMIN", "YMIN", "XMAX", "YMAX"),
-                     help="area to map, in the raster's CRS (default: the whole raster)")
+                     help="area to map, in the raster's CRS (default: the whole raster); with --stac, required, in "
+                          "--extent-crs")
     run.add_argument("--resolution", type=float, default=100.0, help="output cell size in metres (default 100)")
     run.add_argument("--model", metavar="ID|FILE",
                      help=f"an installed model's id ({ids}; default the first) or a model file (.json card or "
@@ -157,7 +173,48 @@ def build_parser():
     run.add_argument("--backend", choices=BACKENDS, default="auto", help="default auto: OpenVINO on CPU")
     run.add_argument("--precision", choices=PRECISIONS, default="f32", help="OpenVINO precision (default f32)")
     run.add_argument("--palette", choices=list(legend.PALETTE_TITLES), default="official_2022")
+    _stac_arguments(run)
     return parser, run
+
+
+def _iso_date(text):
+    try:
+        return dt.date.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an ISO date (YYYY-MM-DD)") from None
+
+
+def _stac_arguments(run):
+    """The options of ``--stac``, with ``df4lcz:sentinel2fetch``'s defaults."""
+    stac = run.add_argument_group("Sentinel-2 from a STAC API instead of SENTINEL2 (as df4lcz:sentinel2fetch)")
+    stac.add_argument("--stac", metavar="API", help=f"{', '.join(STAC_APIS)}, or a STAC API URL")
+    stac.add_argument("--collection", default="", help="default: the API's Sentinel-2 L2A collection")
+    stac.add_argument("--extent-crs", default="EPSG:4326", metavar="CRS",
+                      help="CRS of --extent (default EPSG:4326, longitude and latitude); the map is in the extent's "
+                           "UTM zone")
+    stac.add_argument("--start", type=_iso_date, metavar="DATE", help="first acquisition date (YYYY-MM-DD)")
+    stac.add_argument("--end", type=_iso_date, metavar="DATE", help="last acquisition date (YYYY-MM-DD)")
+    stac.add_argument("--max-scene-cloud", type=float, default=50.0, help="largest scene cloud cover, %% (default 50)")
+    stac.add_argument("--cloud-mask", choices=MODES, default="scl", help="default scl")
+    stac.add_argument("--max-dates", type=_whole(1), default=3, help="clearest dates to combine (default 3)")
+    stac.add_argument("--min-clear", type=float, default=50.0,
+                      help="smallest clear share of the extent per date, %% (default 50)")
+    stac.add_argument("--max-download-mb", type=float, default=1000.0,
+                      help="refuse a fetch expected to download more (default 1000)")
+
+
+def _stac_request(args):
+    """The FetchRequest of the ``--stac`` options. Raises FetchError, InputError."""
+    missing = [f"--{name}" for name in ("extent", "start", "end") if getattr(args, name) is None]
+    if missing:
+        raise InputError(f"--stac needs {', '.join(missing)}: the area (in --extent-crs) and the dates to search.")
+    if args.end < args.start:
+        raise InputError(f"--end {args.end} is before --start {args.start}.")
+    return FetchRequest(api=resolve_api(args.stac, args.collection.strip(), "--stac"), extent=tuple(args.extent),
+                        extent_crs=args.extent_crs, start=args.start, end=args.end,
+                        max_scene_cloud=args.max_scene_cloud, cloud_mask=args.cloud_mask, max_dates=args.max_dates,
+                        min_clear=args.min_clear, max_download_mb=args.max_download_mb,
+                        proxy=os.environ.get("https_proxy") or os.environ.get("HTTPS_PROXY"))
 
 
 def _model(spec):
@@ -177,21 +234,38 @@ def _model(spec):
                      ".safetensors).")
 
 
-def _check(args):
-    """Refuse unusable arguments before anything runs: returns (Sentinel-2 path, ModelCard, device, work dir).
-    Paths are made absolute: Dask workers run in folders of their own."""
-    args.output = args.output.absolute()
-    args.probabilities = args.probabilities.absolute() if args.probabilities else None
-    sentinel2 = args.sentinel2.absolute()
+def _paths(args):
+    """Set ``args.sentinel2`` (None with --stac) and ``args.output`` from the positional paths."""
+    wanted = 1 if args.stac else 2
+    if len(args.paths) != wanted:
+        raise InputError("give OUTPUT alone with --stac" if args.stac else
+                         "give SENTINEL2 and OUTPUT (or --stac API with OUTPUT alone)")
+    args.sentinel2, args.output = (None, args.paths[0]) if args.stac else args.paths
+
+
+def _inputs(args):
+    """{name: files} of the Sentinel-2 input (none with --stac), checked to exist and open."""
+    if args.stac:
+        return {}
+    sentinel2 = args.sentinel2 = args.sentinel2.absolute()
     if not sentinel2.is_file():
         raise InputError(f"SENTINEL2 {args.sentinel2} does not exist; give a 10-band Sentinel-2 GeoTIFF or VRT.")
     try:
         files = gdal.Open(str(sentinel2)).GetFileList() or [sentinel2]
     except RuntimeError as error:
         raise InputError(f"Cannot open SENTINEL2 {args.sentinel2}: {error}") from None
+    return {"SENTINEL2": files, "SENTINEL2 (what it was built from)": built_from(sentinel2)}
+
+
+def _check(args):
+    """Refuse unusable arguments before anything runs: returns (ModelCard, device, work dir). Paths are made
+    absolute: Dask workers run in folders of their own."""
+    _paths(args)
+    args.output = args.output.absolute()
+    args.probabilities = args.probabilities.absolute() if args.probabilities else None
+    inputs = _inputs(args)
     card = _model(args.model)
-    check_output_paths({"SENTINEL2": files, "SENTINEL2 (what it was built from)": built_from(sentinel2),
-                        "--model": model_files(card.path)},
+    check_output_paths({**inputs, "--model": model_files(card.path)},
                        {"OUTPUT": geotiff_output(args.output, style=True),
                         "--probabilities": geotiff_output(args.probabilities, style=True)})
     distributed = args.workers or args.scheduler
@@ -203,7 +277,7 @@ def _check(args):
                                    "--scheduler ADDRESS, or leave it out.")
     # On a cluster each worker resolves the device on its own machine; here it must exist now.
     device = args.device if distributed else resolve_device(args.device)
-    return sentinel2, card, device, work_dir
+    return card, device, work_dir
 
 
 def _work_dir_lock(work_dir: Path, feedback: Feedback) -> contextlib.AbstractContextManager:
@@ -253,6 +327,22 @@ def _executor(args, work_dir, feedback):
         yield DaskTiles(client, work_dir, args.retries, threads)
 
 
+def _classify_stac(args, run, feedback, distributed):
+    """``run`` (classify with the other options) on Sentinel-2 fetched as the ``--stac`` options say: planned
+    here; fetched here into a scratch folder beside OUTPUT, or per tile by the cluster's tasks (``distributed``)."""
+    cache = WindowCache()
+    check_outside_cache(cache, args.output, args.probabilities)
+    plan, jobs = plan_fetch(_stac_request(args), cache, feedback)
+    if distributed:
+        return dict(run(grid_template(plan), args.output, bounds=plan.extent, stac_plan=plan),
+                    dates=plan.metadata["DATES"].split(","))
+    with scratch_folder(args.output) as scratch:
+        stack = Path(scratch) / "sentinel2.tif"
+        fetch_plan(plan, jobs, stack, cache, feedback)
+        return dict(run(stack, args.output, bounds=plan.extent, stac_plan=plan),
+                    dates=plan.metadata["DATES"].split(","))
+
+
 def _terminated(signum, frame):
     # A SIGTERM unwinds like an exception, so the cluster's workers are stopped and partial files removed.
     raise SystemExit(128 + signum)
@@ -265,13 +355,17 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, _terminated)
     feedback, work_dir, summary = ConsoleFeedback(), None, None
     try:
-        sentinel2, card, device, work_dir = _check(args)
+        card, device, work_dir = _check(args)
         with _executor(args, work_dir, feedback) as executor:
-            summary = classify(sentinel2, args.output, card, bounds=args.extent, resolution=args.resolution,
-                               device=device, batch_size=args.batch_size, probabilities_path=args.probabilities,
-                               palette=args.palette, feedback=feedback, max_cloud=args.max_cloud,
-                               backend=args.backend, precision=args.precision, tile_size=args.tile_cells,
-                               executor=executor)
+            run = functools.partial(classify, model=card, resolution=args.resolution, device=device,
+                                    batch_size=args.batch_size, probabilities_path=args.probabilities,
+                                    palette=args.palette, feedback=feedback, max_cloud=args.max_cloud,
+                                    backend=args.backend, precision=args.precision, tile_size=args.tile_cells,
+                                    executor=executor)
+            if args.stac:
+                summary = _classify_stac(args, run, feedback, executor is not None)
+            else:
+                summary = run(args.sentinel2, args.output, bounds=args.extent)
             if executor is not None:
                 executor.clear()
     except USAGE_ERRORS as error:

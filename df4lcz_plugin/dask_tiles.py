@@ -7,12 +7,17 @@ its tile, which the scheduler gives to another; a tile whose task raises is retr
 reported by its extent while the other tiles go on. Tiles already in the work folder from a killed run of the
 same manifest are not computed again. Every worker must see the raster and the model at the same paths (a shared
 file system) and import this package (the plugin folder and its ``.deps/py<XY>`` on its PYTHONPATH).
+
+With ``classify --stac`` there is no raster: each task fetches its tile's part of the fetch plan from the STAC
+API's COGs into a local scratch folder (``fetch.fetch_part``, through the worker's own window cache), with a margin
+of ``PART_MARGIN_PX`` pixels, and classifies it; no input file is shared.
 """
 
 import dataclasses
 import hashlib
 import json
 import os
+import tempfile
 import threading
 import uuid
 
@@ -20,10 +25,13 @@ from osgeo import gdal
 
 from .assets import sha256_of
 from .classify import GDAL_CACHE_BYTES, compute_tile, tile_result
+from .grid import PATCH_PX
 from .device import resolve_device
 from .models.backends import sentinel2_runner
 from .models.registry import read_card
 from .sentinel2.checks import own_mask_band
+from .sentinel2.cog_windows import Grid, WindowCache
+from .sentinel2.fetch import fetch_part
 from .tile_store import TileStore, load_tile, save_tile, tile_engine
 from .feedback import TileClock
 
@@ -31,6 +39,9 @@ gdal.UseExceptions()
 
 #: Retries of a task that raised, before its tile is reported as failed.
 RETRIES = 2
+#: Pixels fetched around a tile's patches with ``--stac``: at least 2, so that bilinear resampling and the mask's
+#: dilation see what they see in the whole stack; even, so that the part starts on the 20 m bands' pixel grid.
+PART_MARGIN_PX = 4
 #: Failed tiles listed in the error; the rest are counted.
 LISTED_FAILURES = 20
 _worker = threading.local()  # the raster and the runner of this worker thread
@@ -48,18 +59,43 @@ def _worker_state(job, threads):
     if state is not None and state["key"] == key:
         return state, False
     gdal.SetCacheMax(GDAL_CACHE_BYTES)
-    ds = gdal.Open(job.sentinel2_path)
+    ds = gdal.Open(job.sentinel2_path) if job.stac is None else None  # --stac: each tile fetches its own part
     runner, engine = sentinel2_runner(read_card(job.model_path), job.backend, resolve_device(job.device),
                                       job.precision, threads)
-    _worker.state = {"key": key, "ds": ds, "mask": own_mask_band(ds), "runner": runner, "engine": engine}
+    _worker.state = {"key": key, "ds": ds, "mask": ds and own_mask_band(ds), "runner": runner, "engine": engine}
     return _worker.state, True
+
+
+def _fetched_tile(job, tile, runner):
+    """``compute_tile`` of ``tile`` on its part of ``job.stac``, fetched into a scratch folder of this worker."""
+    plan = job.stac
+    top, left = job.grid.patch_origin(tile[0], tile[1])
+    bottom = top + (tile[2] - 1) * job.grid.cell_px + PATCH_PX + PART_MARGIN_PX
+    right = left + (tile[3] - 1) * job.grid.cell_px + PATCH_PX + PART_MARGIN_PX
+    row0, col0 = max(top - PART_MARGIN_PX, 0) // 2 * 2, max(left - PART_MARGIN_PX, 0) // 2 * 2
+    row1, col1 = min(bottom, plan.grid.height), min(right, plan.grid.width)
+    x0, y0, pixel = plan.grid.bounds[0], plan.grid.bounds[3], plan.grid.pixel_m
+    part = Grid(plan.grid.epsg, (x0 + col0 * pixel, y0 - row1 * pixel, x0 + col1 * pixel, y0 - row0 * pixel))
+    with tempfile.TemporaryDirectory(prefix="df4lcz_tile_") as scratch:
+        path = os.path.join(scratch, "stack.tif")
+        fetch_part(plan, part, path, WindowCache())
+        ds = gdal.Open(path)
+        # The part's pixel (0, 0) is the whole grid's (row0, col0).
+        shifted = dataclasses.replace(job, grid=dataclasses.replace(job.grid, row0_px=job.grid.row0_px - row0,
+                                                                    col0_px=job.grid.col0_px - col0))
+        result = compute_tile(shifted, ds, runner, tile, own_mask_band(ds))
+        ds = None  # closed before its folder goes
+    return result
 
 
 def run_tile(job, tile, folder, threads):
     """The Dask task: compute ``tile`` of ``job`` and write its GeoTIFF into the tiles ``folder``. Returns whether
     this task loaded the model (the worker's first tile)."""
     state, loaded = _worker_state(job, threads)
-    probs, masked = compute_tile(job, state["ds"], state["runner"], tile, state["mask"])
+    if job.stac is None:
+        probs, masked = compute_tile(job, state["ds"], state["runner"], tile, state["mask"])
+    else:
+        probs, masked = _fetched_tile(job, tile, state["runner"])
     save_tile(folder, job, tile, tile_result(probs, masked, job.probabilities), state["engine"])
     return loaded
 
@@ -68,12 +104,16 @@ def manifest(job, tiles):
     """What the tiles of a run depend on: the job, the tiling, the input files (size, modification time; all the
     files of a VRT mosaic) and the model's weights (sha256)."""
     card = read_card(job.model_path)
-    files = gdal.Open(job.sentinel2_path).GetFileList() or [job.sentinel2_path]
+    if job.stac is None:
+        files = gdal.Open(job.sentinel2_path).GetFileList() or [job.sentinel2_path]
+        inputs = [[path, os.stat(path).st_size, os.stat(path).st_mtime_ns] for path in files]
+    else:
+        inputs = job.stac.describe()
     return {
         "format": 1,
-        "job": dataclasses.asdict(job),
+        "job": dict(dataclasses.asdict(dataclasses.replace(job, stac=None)), stac=job.stac is not None),
         "tiles_sha256": hashlib.sha256(json.dumps(tiles).encode()).hexdigest(),
-        "inputs": [[path, os.stat(path).st_size, os.stat(path).st_mtime_ns] for path in files],
+        "inputs": inputs,
         "model_weights_sha256": card.data.get("weights_sha256") or sha256_of(card.weights_path),
     }
 

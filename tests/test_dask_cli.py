@@ -190,9 +190,20 @@ def test_changed_arguments_discard_the_tiles(s2_stack, reference, tmp_path):
     (["{stack}", "{out}", "--workers", "1", "--threads", "-3"], "argument --threads: -3 is not a whole number ≥ 1"),
     (["{stack}", "{out}", "--retries", "-1"], "argument --retries: -1 is not a whole number ≥ 0"),
     (["{stack}", "{out}", "--probabilities", "{out_upper}"], "would both write"),
+    (["{out}"], "give SENTINEL2 and OUTPUT (or --stac API with OUTPUT alone)"),
+    (["{stack}", "{out}", "--stac", "earth-search"], "give OUTPUT alone with --stac"),
+    (["{out}", "--stac", "earth-search", "--start", "2024-06-01"], "--stac needs --extent, --end"),
+    (["{out}", "--stac", "earth search", "--extent", "8.4", "47.3", "8.5", "47.4", "--start", "2024-06-01", "--end",
+      "2024-06-02"], "--stac=earth search is neither a named API"),
+    (["{out}", "--stac", "earth-search", "--extent", "8.4", "47.3", "8.5", "47.4", "--start", "2024-06-01", "--end",
+      "2024-05-02"], "--end 2024-05-02 is before --start 2024-06-01"),
+    (["{out}", "--stac", "earth-search", "--start", "2024-13-01"],
+     "argument --start: '2024-13-01' is not an ISO date"),
 ], ids=["missing-input", "output-is-input", "output-not-geotiff", "probabilities-is-input", "unknown-model", "zero-workers",
         "workers-and-scheduler", "work-dir-without-cluster", "extent-outside", "scheduler-not-an-address",
-        "threads-without-cluster", "negative-threads", "negative-retries", "probabilities-style-is-the-maps"])
+        "threads-without-cluster", "negative-threads", "negative-retries", "probabilities-style-is-the-maps",
+        "output-alone", "stac-with-sentinel2", "stac-without-extent", "stac-bad-api", "stac-dates-reversed",
+        "stac-bad-date"])
 def test_bad_arguments_exit_2_with_the_reason(s2_stack, tmp_path, args, message):
     names = {"missing": tmp_path / "none.tif", "out": tmp_path / "lcz.tif", "out_upper": tmp_path / "lcz.TIF",
              "stack": s2_stack,

@@ -5,11 +5,14 @@ What the fetch writes must be what ``sentinel2stack`` writes from the same files
 must be the few a COG needs; a second run must ask nothing; bad input gets a clear message and no output."""
 
 import copy
+import dataclasses
 import datetime as dt
 import json
 import os
 import re
 import socket
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -18,13 +21,13 @@ import numpy as np
 import pytest
 from osgeo import gdal
 
-from conftest import empty_cache_env, run_qgis_process
+from conftest import ROOT, empty_cache_env, run_qgis_process
 from stac_servers import (CLEAR_DATE, CLOUDY_DATE, REJECTED_DATE, collection_json, free_port,  # noqa: F401
                           running, rustac_program, stac_scene)
 
 from df4lcz_plugin.feedback import Feedback
-from df4lcz_plugin.sentinel2.cog_windows import WindowCache
-from df4lcz_plugin.sentinel2.fetch import FetchRequest, fetch_sentinel2
+from df4lcz_plugin.sentinel2.cog_windows import Grid, WindowCache
+from df4lcz_plugin.sentinel2.fetch import FetchRequest, fetch_part, fetch_plan, fetch_sentinel2, plan_fetch
 from df4lcz_plugin.sentinel2.stac import FetchError, StacApi
 from df4lcz_plugin.sentinel2.stack import build_stack
 
@@ -135,16 +138,90 @@ def test_a_damaged_cached_window_is_read_again(fetch_env, stac_scene, fetched, t
                                   gdal.Open(str(fetched[0])).ReadAsArray())
 
 
-def test_the_map_of_the_fetched_stack_is_the_map_of_the_files(fetched, reference_stack, qgis_env, stac_scene,
+@pytest.fixture(scope="module")
+def fetched_map(fetched, qgis_env, stac_scene, tmp_path_factory):
+    """df4lcz:classifylcz's map of the fetched stack over the extent (the in-QGIS fetch-then-classify)."""
+    path = tmp_path_factory.mktemp("fetched_map") / "fetched.tif"
+    rc, _, text = run_qgis_process(qgis_env, "df4lcz:classifylcz", {
+        "SENTINEL2": fetched[0], "EXTENT": _extent(stac_scene), "OUTPUT": path})
+    assert rc == 0, text
+    return gdal.Open(str(path)).ReadAsArray()
+
+
+def test_the_map_of_the_fetched_stack_is_the_map_of_the_files(fetched_map, reference_stack, qgis_env, stac_scene,
                                                               tmp_path):
-    maps = []
-    for name, stack in (("fetched", fetched[0]), ("files", reference_stack)):
-        rc, _, text = run_qgis_process(qgis_env, "df4lcz:classifylcz", {
-            "SENTINEL2": stack, "EXTENT": _extent(stac_scene), "OUTPUT": tmp_path / f"{name}.tif"})
-        assert rc == 0, text
-        maps.append(gdal.Open(str(tmp_path / f"{name}.tif")).ReadAsArray())
-    assert maps[0].shape == (30, 30) and (maps[0] > 0).all()  # every cell of the extent, the border ones too
-    np.testing.assert_array_equal(maps[0], maps[1])
+    rc, _, text = run_qgis_process(qgis_env, "df4lcz:classifylcz", {
+        "SENTINEL2": reference_stack, "EXTENT": _extent(stac_scene), "OUTPUT": tmp_path / "files.tif"})
+    assert rc == 0, text
+    assert fetched_map.shape == (30, 30) and (fetched_map > 0).all()  # every cell of the extent, the borders too
+    np.testing.assert_array_equal(fetched_map, gdal.Open(str(tmp_path / "files.tif")).ReadAsArray())
+
+
+def _cli_stac(env, scene, out, *extra):
+    command = [sys.executable, "-m", "df4lcz_plugin", "classify", "--stac", scene.api_url, "--collection",
+               scene.collection, "--extent-crs", f"EPSG:{scene.epsg}", "--extent", *map(str, scene.extent_utm),
+               "--start", CLEAR_DATE, "--end", CLEAR_DATE, str(out), *map(str, extra)]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.timeout(900)
+def test_the_command_line_on_dask_fetches_per_tile_and_maps_as_qgis(fetched_map, stac_scene, qgis_env,
+                                                                    tmp_path_factory, tmp_path):
+    """``classify --stac`` on 2 Dask workers: each of the 9 tiles fetches its own part of the COGs (no stack is
+    written), and the map equals fetch-then-classify's in QGIS. The run takes the clear and the cloudy date: their
+    composite is the clear date's stack (``test_two_dates_make_the_median_composite``), so the cloud's masking at
+    the tiles' edges is exercised too."""
+    env = empty_cache_env(qgis_env, tmp_path_factory.mktemp("cli_cache"))
+    mark = stac_scene.log_mark()
+    out = tmp_path / "lcz.tif"
+    run = _cli_stac(env, stac_scene, out, "--end", CLOUDY_DATE, "--max-dates", "2", "--min-clear", "0",
+                    "--tile-cells", "10", "--workers", "2", "--threads", "1")
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout)
+    assert summary["tiles"] == 9 and summary["workers"] == 2 and summary["dates"] == [CLEAR_DATE, CLOUDY_DATE]
+    np.testing.assert_array_equal(gdal.Open(str(out)).ReadAsArray(), fetched_map)
+    assert "STAC " + stac_scene.api_url in gdal.Open(str(out)).GetMetadataItem("DF4LCZ_SOURCE")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lcz.qml", "lcz.tif", "lcz.tif.aux.xml"]
+    b04 = [r for r in stac_scene.requests_since(mark) if r.path.endswith("/B04.tif")]
+    assert len(b04) > 2 * 9  # both dates' B04, read per tile
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("start, dates", [(CLOUDY_DATE, 1), (CLEAR_DATE, 2)], ids=["cloudy-date", "composite"])
+def test_a_part_fetched_alone_equals_the_whole_fetch(stac_scene, tmp_path, start, dates):
+    """What a Dask task fetches for its tile (``fetch_part``) is the whole fetch's pixels and mask inside the task's
+    margin: the cloudy date (its mask) and the composite of both dates, a part cut across the edge of the cloudy
+    date's mask at an odd pixel (the 20 m bands' pixels straddle the part's edges)."""
+    request = dataclasses.replace(_request(stac_scene, stac_scene.api_url), start=dt.date.fromisoformat(start),
+                                  end=dt.date.fromisoformat(CLOUDY_DATE), max_dates=dates, min_clear=0)
+    cache = WindowCache(tmp_path / "cache")
+    plan, jobs = plan_fetch(request, cache, Feedback())
+    fetch_plan(plan, jobs, tmp_path / "whole.tif", cache, Feedback())
+    whole = gdal.Open(str(tmp_path / "whole.tif"))
+    rows, cols = np.nonzero(plan.dates[-1].scl == 9)  # the cloudy date's cloud (SCL 9), on the grid
+    row0 = int(rows.min() + rows.max()) // 2 - 45 | 1  # across the cloud's west edge
+    col0 = max(int(cols.min()) - 45, 1) | 1
+    x0, y0 = plan.grid.bounds[0], plan.grid.bounds[3]
+    part = Grid(plan.grid.epsg, (x0 + col0 * 10, y0 - (row0 + 90) * 10, x0 + (col0 + 90) * 10, y0 - row0 * 10))
+    fetch_part(plan.light(), part, tmp_path / "part.tif", WindowCache(tmp_path / "part_cache"))
+    ds = gdal.Open(str(tmp_path / "part.tif"))
+    inner = (slice(2, -2), slice(2, -2))
+    expected = whole.ReadAsArray(col0, row0, 90, 90)
+    np.testing.assert_array_equal(ds.ReadAsArray()[(slice(None),) + inner], expected[(slice(None),) + inner])
+    mask = ds.GetRasterBand(1).GetMaskBand().ReadAsArray()
+    expected_mask = whole.GetRasterBand(1).GetMaskBand().ReadAsArray(col0, row0, 90, 90)
+    if dates == 1:
+        assert 0 < (expected_mask[inner] == 0).mean() < 1  # the part holds masked and clear pixels
+    np.testing.assert_array_equal(mask[inner], expected_mask[inner])
+
+
+def test_the_command_line_in_one_process_maps_as_qgis(fetched_map, stac_scene, qgis_env, tmp_path_factory,
+                                                      tmp_path):
+    env = empty_cache_env(qgis_env, tmp_path_factory.mktemp("cli_cache"))
+    run = _cli_stac(env, stac_scene, tmp_path / "lcz.tif", "--max-dates", "1")
+    assert run.returncode == 0, run.stderr
+    np.testing.assert_array_equal(gdal.Open(str(tmp_path / "lcz.tif")).ReadAsArray(), fetched_map)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lcz.qml", "lcz.tif", "lcz.tif.aux.xml"]  # no stack left
 
 
 def _inside(ds, rect):

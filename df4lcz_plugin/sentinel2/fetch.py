@@ -26,6 +26,7 @@ processing level (Level-2A for L2A collections).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import math
 import uuid
@@ -100,9 +101,12 @@ class Date:
     scl: np.ndarray | None = None
 
 
-def plan_grid(request: FetchRequest) -> tuple[Grid, tuple[float, float, float, float]]:
-    """(the 10 m target grid: the extent plus CONTEXT_MARGIN_M, the extent's WGS 84 bbox). Raises FetchError for an
-    empty or too large extent."""
+Bounds = tuple[float, float, float, float]
+
+
+def plan_grid(request: FetchRequest) -> tuple[Grid, Bounds, Bounds]:
+    """(the 10 m target grid: the extent plus CONTEXT_MARGIN_M, the extent's WGS 84 bbox, the extent in the grid's
+    CRS). Raises FetchError for an empty or too large extent."""
     source = osr.SpatialReference()
     source.SetFromUserInput(request.extent_crs)
     source.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
@@ -120,9 +124,10 @@ def plan_grid(request: FetchRequest) -> tuple[Grid, tuple[float, float, float, f
     side_km = max(bounds[2] - bounds[0], bounds[3] - bounds[1]) / 1000
     if side_km > MAX_SIDE_KM:
         raise FetchError(f"EXTENT is {side_km:.0f} km a side, more than one fetch takes ({MAX_SIDE_KM:g} km). Map a "
-                         "smaller extent, or a region tile by tile with the command line (python3 -m df4lcz_plugin "
-                         "classify --stac …).")
-    return Grid(epsg, bounds), bbox
+                         f"smaller extent; map a larger region in blocks of up to {MAX_SIDE_KM:g} km, for example "
+                         "with the command line on a Dask cluster (python3 -m df4lcz_plugin classify --stac … "
+                         "--workers N), one run per block.")
+    return Grid(epsg, bounds), bbox, (x0, y0, x1, y1)
 
 
 def _on_grid(path: str, scene_epsg: int, grid: Grid, resample: str) -> gdal.Dataset:
@@ -365,6 +370,60 @@ def _write_date(date: Date, grid: Grid, path: str, metadata: dict, use_scl: bool
     return shares
 
 
+@dataclass
+class FetchPlan:
+    """What a fetch will read, decided before any band is read: the 10 m ``grid`` (the extent plus
+    CONTEXT_MARGIN_M), the extent in the grid's CRS (xmin, ymin, xmax, ymax, metres), the chosen ``dates``
+    (screened, their SCL on the grid), and the output's ``metadata``."""
+
+    request: FetchRequest
+    grid: Grid
+    extent: tuple[float, float, float, float]
+    dates: list[Date]
+    metadata: dict[str, str]
+
+    def light(self) -> FetchPlan:
+        """The plan without what screening read (SCL arrays, window files): what a cluster's task is sent."""
+        return FetchPlan(self.request, self.grid, self.extent, [Date(d.day, d.scenes) for d in self.dates],
+                         self.metadata)
+
+    def describe(self) -> dict:
+        """A JSON-safe description: the API, collection, grid, cloud mask and, per date, the items' ids and band
+        URLs (what a resumed run's tiles must have been computed from)."""
+        return {"api": self.request.api.url, "collection": self.request.api.collection, "epsg": self.grid.epsg,
+                "bounds": list(self.grid.bounds), "cloud_mask": self.request.cloud_mask,
+                "dates": {str(d.day): {s.id: sorted(a.href for a in s.bands.values()) for s in d.scenes}
+                          for d in self.dates}}
+
+
+def plan_fetch(request: FetchRequest, cache: WindowCache, feedback: Feedback) -> tuple[FetchPlan, list]:
+    """(the plan, the band reads it needs): search, SCL screening, the choice of dates and the budget (steps 1–3).
+    Raises FetchError (nothing found, unreachable API, bad items, over budget), Canceled."""
+    grid, bbox, extent = plan_grid(request)
+    feedback.info(f"Output grid: EPSG:{grid.epsg}, {grid.width} × {grid.height} px of 10 m; search bbox {bbox}")
+    scenes = search(request.api, bbox, request.start, request.end, request.max_scene_cloud, feedback.info,
+                    request.proxy, request.timeout_s)
+    reader = _Reader(request, grid, cache, feedback)
+    dates = choose_dates(request, scenes, reader, grid, feedback)
+    jobs = _budget(request, dates, reader, feedback)
+    return FetchPlan(request, grid, extent, dates, provenance(request, dates)), jobs
+
+
+def _write_dates(plan: FetchPlan, output: str | Path, feedback: Feedback, observations: str | Path | None) -> None:
+    """The plan's dates, read into its windows, written to ``output``: one date as it is, several as their median
+    composite (step 5)."""
+    use_scl = plan.request.cloud_mask == "scl"
+    if len(plan.dates) == 1:
+        _write_date(plan.dates[0], plan.grid, str(output), plan.metadata, use_scl)
+        return
+    with scratch_folder(output) as scratch:
+        stacks = [str(Path(scratch) / f"{d.day}.tif") for d in plan.dates]
+        for date, stack in zip(plan.dates, stacks):
+            _write_date(date, plan.grid, stack, dict(plan.metadata, DATES=str(date.day)), use_scl)
+        build_composite(stacks, output, observations, feedback=feedback,
+                        extra_metadata=dict(plan.metadata, COMPOSITE_INPUTS=""))
+
+
 def fetch_sentinel2(request: FetchRequest, output: str | Path, feedback: Feedback | None = None,
                     cache: WindowCache | None = None, observations: str | Path | None = None) -> dict:
     """Fetch ``request`` and write the stack (one date) or median composite (several) to ``output`` (GeoTIFF).
@@ -376,32 +435,67 @@ def fetch_sentinel2(request: FetchRequest, output: str | Path, feedback: Feedbac
     """
     feedback = feedback or Feedback()
     cache = cache or WindowCache()
-    for path in (output, observations):
+    check_outside_cache(cache, output, observations)
+    plan, jobs = plan_fetch(request, cache, feedback)
+    downloaded = fetch_plan(plan, jobs, output, cache, feedback, observations)
+    grid, dates = plan.grid, plan.dates
+    return {"api": request.api.url, "collection": request.api.collection,
+            "processing_level": plan.metadata["PROCESSING_LEVEL"], "epsg": grid.epsg, "width": grid.width,
+            "height": grid.height, "megabytes_downloaded": round(downloaded / 1e6, 2),
+            "dates": [{"date": str(d.day), "items": [s.id for s in d.scenes], "clear_percent": d.clear_percent}
+                      for d in dates]}
+
+
+def fetch_plan(plan: FetchPlan, jobs: list, output: str | Path, cache: WindowCache, feedback: Feedback,
+               observations: str | Path | None = None) -> int:
+    """Read ``jobs`` (the band reads of ``plan_fetch``) and write the plan's stack or composite to ``output``
+    (steps 4–5); returns the bytes downloaded."""
+    reader = _Reader(plan.request, plan.grid, cache, feedback)
+    reader.run(jobs, "Reading", (0.15, 0.9))
+    _write_dates(plan, output, feedback, observations)
+    feedback.progress(1.0)
+    return reader.downloaded
+
+
+def check_outside_cache(cache: WindowCache, *paths: str | Path | None) -> None:
+    """Raise FetchError when an output path lies inside the window cache, whose files a fetch reads."""
+    for path in paths:
         if path and Path(cache.root).resolve() in Path(path).resolve().parents:
             raise FetchError(f"{path} is inside the window cache ({cache.root}), whose files this fetch reads; "
                              "choose an output elsewhere.")
-    grid, bbox = plan_grid(request)
-    feedback.info(f"Output grid: EPSG:{grid.epsg}, {grid.width} × {grid.height} px of 10 m; search bbox {bbox}")
-    scenes = search(request.api, bbox, request.start, request.end, request.max_scene_cloud, feedback.info,
-                    request.proxy, request.timeout_s)
-    reader = _Reader(request, grid, cache, feedback)
-    dates = choose_dates(request, scenes, reader, grid, feedback)
-    jobs = _budget(request, dates, reader, feedback)
-    reader.run(jobs, "Reading", (0.15, 0.9))
-    metadata = provenance(request, dates)
-    use_scl = request.cloud_mask == "scl"
-    if len(dates) == 1:
-        _write_date(dates[0], grid, str(output), metadata, use_scl)
-    else:
-        with scratch_folder(output) as scratch:
-            stacks = [str(Path(scratch) / f"{d.day}.tif") for d in dates]
-            for date, stack in zip(dates, stacks):
-                _write_date(date, grid, stack, dict(metadata, DATES=str(date.day)), use_scl)
-            build_composite(stacks, output, observations, feedback=feedback,
-                            extra_metadata=dict(metadata, COMPOSITE_INPUTS=""))
-    feedback.progress(1.0)
-    return {"api": request.api.url, "collection": request.api.collection,
-            "processing_level": metadata["PROCESSING_LEVEL"], "epsg": grid.epsg, "width": grid.width,
-            "height": grid.height, "megabytes_downloaded": round(reader.downloaded / 1e6, 2),
-            "dates": [{"date": str(d.day), "items": [s.id for s in d.scenes], "clear_percent": d.clear_percent}
-                      for d in dates]}
+
+
+def fetch_part(plan: FetchPlan, grid: Grid, output: str | Path, cache: WindowCache) -> None:
+    """Write the plan's stack or composite over ``grid``, a part of ``plan.grid`` on its pixel grid, to ``output``,
+    reading only that part's windows: what one tile of ``classify --stac`` on a cluster reads. The part's pixels
+    equal the whole fetch's wherever the part has a margin of 2 pixels or more around them (bilinear resampling and
+    the mask's one-pixel dilation look that far)."""
+    feedback = Feedback()
+    dates = [Date(d.day, d.scenes) for d in plan.dates]
+    part = FetchPlan(plan.request, grid, plan.extent, dates, plan.metadata)
+    reader = _Reader(plan.request, grid, cache, feedback)
+    if plan.request.cloud_mask == "scl":
+        reader.run([(d, "scl", r) for d in dates for r in reader.reads(d, ("scl",))], "SCL", (0.0, 0.0))
+        for date in dates:
+            date.scl = _mosaic(date, "scl", grid, "nearest", offset=False)
+    reader.run([(d, band, r) for d in dates for band in SO2SAT_BANDS for r in reader.reads(d, (band,))], "Reading",
+               (0.0, 0.0))
+    _write_dates(part, output, feedback, None)
+
+
+def grid_template(plan: FetchPlan) -> str:
+    """An in-memory VRT of the plan's grid with the stack's 10 bands and metadata and no pixels (every value 0, no
+    data): what ``classify`` opens for the grid and the processing level when the tiles of a cluster each fetch
+    their own part (``fetch_part``). Its name depends on the plan alone, so a resumed run names it alike."""
+    digest = hashlib.sha256(json.dumps(plan.describe(), sort_keys=True).encode()).hexdigest()[:16]
+    path = f"/vsimem/df4lcz_stac/{digest}.vrt"
+    grid = plan.grid
+    ds = gdal.GetDriverByName("VRT").Create(path, grid.width, grid.height, len(SO2SAT_BANDS), gdal.GDT_UInt16)
+    ds.SetGeoTransform(grid.geotransform)
+    ds.SetProjection(grid.wkt)
+    for index, band in enumerate(SO2SAT_BANDS, start=1):
+        ds.GetRasterBand(index).SetDescription(band)
+        ds.GetRasterBand(index).SetNoDataValue(0)
+    ds.SetMetadata({"DF4LCZ_BANDS": ",".join(SO2SAT_BANDS), "REFLECTANCE_SCALE": "10000", **plan.metadata})
+    ds = None
+    return path

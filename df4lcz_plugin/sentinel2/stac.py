@@ -57,17 +57,17 @@ STAC_APIS = {
 }
 
 
-def resolve_api(name_or_url: str, collection: str = "") -> StacApi:
+def resolve_api(name_or_url: str, collection: str = "", parameter: str = "STAC_API") -> StacApi:
     """The named API (``STAC_APIS``) or an https/http STAC API URL; ``collection`` overrides the default.
 
-    Raises FetchError for anything else.
+    Raises FetchError for anything else, naming ``parameter`` (where the value was given).
     """
     text = (name_or_url or "earth-search").strip()
     if text in STAC_APIS:
         api = STAC_APIS[text]
         return StacApi(api.name, api.url, collection or api.collection, api.signing)
     if not re.match(r"^https?://", text):
-        raise FetchError(f"STAC_API={text} is neither a named API ({', '.join(STAC_APIS)}) nor an http(s) URL of a "
+        raise FetchError(f"{parameter}={text} is neither a named API ({', '.join(STAC_APIS)}) nor an http(s) URL of a "
                          "STAC API, e.g. https://earth-search.aws.element84.com/v1.")
     return StacApi(text, text.rstrip("/"), collection or "sentinel-2-c1-l2a")
 
