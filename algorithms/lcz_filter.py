@@ -13,8 +13,9 @@ from .styling import style_on_load
 #: The rule as the help and the README state it (``lcz_filter.KERNELS``).
 FILTER_HELP = ("Each class's one-hot mask is convolved with a normalised Gaussian kernel of that class's radius and "
                "σ in metres (LCZ 1: 200/100; LCZ 2–7 and 9: 300/150; LCZ 8 and 10: 500/250; A–D and F: 200/75; "
-               "E: 300/150; G: 50/25), and each cell keeps the class whose smoothed value is highest: single cells "
-               "of a class inside another (speckle) go, narrow water stays. Along each axis the kernel reaches "
+               "E: 300/150; G: 50/25), and each cell keeps the class whose smoothed value is highest: a single cell "
+               "inside fields or a built-up area (speckle) goes, while water (G's kernel barely reaches the next "
+               "cell at 100 m) neither spreads nor clears what lies in it. Along each axis the kernel reaches "
                "radius / pixel size cells, rounded half up; on a geographic CRS the pixel size in metres is that "
                "at the map's centre. No-data cells count in no class and stay no data. Ties keep the raw class "
                "(otherwise the lowest LCZ code of the tied ones wins). Edges: the whole extent is kept and cells "

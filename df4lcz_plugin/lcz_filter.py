@@ -47,8 +47,9 @@ KERNELS = {
     8: (500, 250), 9: (300, 150), 10: (500, 250),
     11: (200, 75), 12: (200, 75), 13: (200, 75), 14: (200, 75), 15: (300, 150), 16: (200, 75), 17: (50, 25),
 }
-#: Smoothed values (0–1) closer than this to the highest count as tied; float rounding is below 1e-14 here, the
-#: smallest real difference (one corner weight of an LCZ A–D kernel two pixels wide) about 4e-13.
+#: Smoothed values (0–1) closer than this to the highest count as tied: the float rounding of equal sums stays
+#: below 1e-14 here, while the smallest weight any kernel of the table can have (a corner of the LCZ A–D kernel
+#: at 400 m pixels, exp(−2·400²/2·75²)) is 4.5e-13.
 TIE = 1e-13
 
 
