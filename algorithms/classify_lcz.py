@@ -24,6 +24,14 @@ from .vhr_source import vhr_path, vhr_source_id
 NO_MODEL = "none installed: give a model file"
 
 
+def _write_filtered(output, filtered, palette_name, feedback):
+    """FILTERED_OUTPUT, when asked for: the map filtered as the LCZ Generator does, in the map's palette."""
+    from ..df4lcz_plugin.lcz_filter import write_filtered
+
+    if filtered:
+        write_filtered(output, filtered, palette_name, feedback)
+
+
 class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
     SENTINEL2 = "SENTINEL2"
     EXTENT = "EXTENT"
@@ -41,6 +49,7 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
     OUTPUT = "OUTPUT"
     PROBABILITIES = "PROBABILITIES"
     SOURCE = "SOURCE"
+    FILTERED_OUTPUT = "FILTERED_OUTPUT"
     SAM_CHECKPOINT = "SAM_CHECKPOINT"
     SUMMARY = "SUMMARY"
     CELLS_PER_SECOND = "CELLS_PER_SECOND"
@@ -75,8 +84,9 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
                 "Output: GeoTIFF (.tif), codes 1–17 = LCZ 1–10, A–G, 0 = no data (a patch with no-data pixels), "
                 "with the LCZ colour table, class names and a .qml style. Optional probabilities: 18 bands in "
                 "percent, P(LCZ 1–10, A–G) in bands 1–17 and the winning class's (the confidence) in band 18, "
-                "styled on a 0–100 % ramp. No output may be an input or share a file with another output; a failed or killed run "
-                "leaves no partial file.\n\n"
+                "styled on a 0–100 % ramp. Optional FILTERED_OUTPUT: the map filtered as the LCZ Generator does "
+                "(per-class Gaussian kernels; see 'Filter an LCZ map'), styled the same. No output may be an "
+                "input or share a file with another output; a failed or killed run leaves no partial file.\n\n"
                 "Model: an installed model, chosen by its id (default: sen2lcznet_so2sat, Sen2LCZ-Net pretrained on "
                 "So2Sat LCZ42; trained models are listed by their file name), or a model file (.safetensors with "
                 "its .json card). Processing level: a stack whose PROCESSING_LEVEL metadata (L1C "
@@ -145,6 +155,9 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
         self.addParameter(QgsProcessingParameterRasterDestination(
             self.SOURCE, tr("Decision source (1 Sentinel-2 only, 2 fused with VHR)"), optional=True,
             createByDefault=False))
+        self.addParameter(QgsProcessingParameterRasterDestination(
+            self.FILTERED_OUTPUT, tr("Filtered LCZ map (LCZ Generator Gaussian filter)"), optional=True,
+            createByDefault=False))
         self.addOutput(QgsProcessingOutputString(self.SUMMARY, tr("Summary (JSON)")))
         self.addOutput(QgsProcessingOutputNumber(self.CELLS_PER_SECOND, tr("Cells per second")))
         self.addOutput(QgsProcessingOutputString(self.DEVICE_USED, tr("Device used")))
@@ -206,6 +219,7 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         probabilities = self.parameterAsOutputLayer(parameters, self.PROBABILITIES, context) or None
         source = self.parameterAsOutputLayer(parameters, self.SOURCE, context) or None
+        filtered = self.parameterAsOutputLayer(parameters, self.FILTERED_OUTPUT, context)  # "" when not asked for
         vhr_layer = self.parameterAsRasterLayer(parameters, self.VHR, context) if parameters.get(self.VHR) else None
         model_path = self._model_path(parameters, context)
         sam_checkpoint = self.parameterAsFile(parameters, self.SAM_CHECKPOINT, context) or None
@@ -218,7 +232,8 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
                  else None},
                 {self.OUTPUT: geotiff_output(output, style=True),
                  self.PROBABILITIES: geotiff_output(probabilities, style=True),
-                 self.SOURCE: geotiff_output(source)})
+                 self.SOURCE: geotiff_output(source),
+                 self.FILTERED_OUTPUT: geotiff_output(filtered, style=True)})
         vhr = vhr_path(vhr_layer, bounds, layer.crs(), context, feedback) if vhr_layer is not None else None
         palette_name = self.parameterAsEnumString(parameters, self.PALETTE, context)
         engine_feedback = ProcessingFeedback(feedback)
@@ -242,13 +257,16 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
                                fast_sam=self.parameterAsBool(parameters, self.FAST_SAM, context),
                                backend=self.parameterAsEnumString(parameters, self.BACKEND, context),
                                precision=self.parameterAsEnumString(parameters, self.PRECISION, context))
+            _write_filtered(output, filtered, palette_name, engine_feedback)
         run_label = layer.name() if bounds is None else \
             f"{layer.name()}, x {bounds[0]:.0f}–{bounds[2]:.0f}, y {bounds[1]:.0f}–{bounds[3]:.0f}"
         style_on_load(context, [(output, True, tr("LCZ map")), (probabilities, True, tr("LCZ probabilities")),
+                                (filtered, True, tr("Filtered LCZ map")),
                                 (source, False, tr("LCZ decision source"))], run_label)
         results = {self.OUTPUT: output, self.SUMMARY: json.dumps(summary),
                    self.CELLS_PER_SECOND: summary["cells_per_second"], self.DEVICE_USED: summary["device"]}
-        for name, path in ((self.PROBABILITIES, probabilities), (self.SOURCE, source)):
+        for name, path in ((self.PROBABILITIES, probabilities), (self.SOURCE, source),
+                           (self.FILTERED_OUTPUT, filtered)):
             if path:
                 results[name] = path
         return results

@@ -10,6 +10,7 @@ from .base import RESOURCES, ToolboxMetadata, tr
 from .build_object_graphs import BuildObjectGraphsAlgorithm
 from .classify_lcz import ClassifyLCZAlgorithm
 from .global_lcz_map import GlobalLCZMapAlgorithm
+from .lcz_filter import LCZFilterAlgorithm
 from .lcz_parameters import LCZParametersAlgorithm
 from .lcz_zone_statistics import LCZZoneStatisticsAlgorithm
 from .sentinel2_composite import Sentinel2CompositeAlgorithm
@@ -87,6 +88,7 @@ class DF4LCZProvider(QgsProcessingProvider):
         self.addAlgorithm(LCZParametersAlgorithm())
         self.addAlgorithm(LCZZoneStatisticsAlgorithm())
         self.addAlgorithm(GlobalLCZMapAlgorithm())
+        self.addAlgorithm(LCZFilterAlgorithm())
         for path in sorted((RESOURCES / "models").glob("*.model3")):
             model = ShippedModel(path)
             if model.loaded:

@@ -42,6 +42,17 @@ def create_lcz_raster(path, grid, projection, palette_name="official_2022", meta
     return ds
 
 
+def palette_of(band, default="official_2022"):
+    """The name of the LCZ palette (``legend.PALETTES``) whose colours codes 1–17 of the GDAL ``band``'s colour
+    table hold, or ``default`` when it has none of them (no table, WUDAPT codes 101–107, colours of its own)."""
+    table = band.GetColorTable()
+    if table is None or table.GetCount() <= max(legend.CODES):
+        return default
+    colours = tuple(tuple(table.GetColorEntry(code)[:3]) for code in legend.CODES)
+    return next((name for name, hexes in legend.PALETTES.items()
+                 if colours == tuple(legend.rgb(h) for h in hexes)), default)
+
+
 def create_probability_raster(path, grid, projection, metadata=None):
     """A new 18-band Byte GeoTIFF in percent (0–100), nodata 255: bands 1–17 the probability of LCZ 1–10, A–G,
     band 18 (``WINNER_BAND``) the probability of the winning class, the map's confidence, which the ``.qml``

@@ -5,10 +5,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 from osgeo import gdal, osr
 
 from conftest import FARMLAND_EXTENT, MODEL_CARD, QGIS_PROCESS, ROOT, SEA_EXTENT, raster_copy, run_qgis_process
+from df4lcz_plugin.lcz_filter import filter_lcz
 
 
 def _extent(bounds, crs="EPSG:32618"):
@@ -33,7 +35,7 @@ def test_stack_then_classify(qgis_env, s2_band_dir, tmp_path):
     assert gdal.Open(str(tmp_path / "stack.tif")).RasterCount == 10
     rc, result, text = run_qgis_process(qgis_env, "df4lcz:classifylcz", {
         "SENTINEL2": tmp_path / "stack.tif", "EXTENT": _extent(FARMLAND_EXTENT), "RESOLUTION": 100,
-        "OUTPUT": tmp_path / "lcz.tif", "PROBABILITIES": tmp_path / "p.tif"})
+        "OUTPUT": tmp_path / "lcz.tif", "PROBABILITIES": tmp_path / "p.tif", "FILTERED_OUTPUT": tmp_path / "f.tif"})
     assert rc == 0, text
     results = result["results"]
     summary = json.loads(results["SUMMARY"])
@@ -43,6 +45,15 @@ def test_stack_then_classify(qgis_env, s2_band_dir, tmp_path):
     codes = gdal.Open(str(tmp_path / "lcz.tif")).ReadAsArray()
     assert codes.shape == (50, 50) and codes.min() >= 1 and codes.max() <= 17
     assert (tmp_path / "lcz.qml").exists()
+    # FILTERED_OUTPUT: the engine's filter of the map at 100 m, styled as the map is.
+    assert results["FILTERED_OUTPUT"] == str(tmp_path / "f.tif")
+    raw, filtered = gdal.Open(str(tmp_path / "lcz.tif")), gdal.Open(str(tmp_path / "f.tif"))  # bands die with them
+    assert np.array_equal(filtered.ReadAsArray(), filter_lcz(codes, 100.0, 100.0))
+    assert filtered.GetGeoTransform() == raw.GetGeoTransform()
+    assert (tmp_path / "f.qml").read_text(encoding="utf-8") == (tmp_path / "lcz.qml").read_text(encoding="utf-8")
+    raw_band, filtered_band = raw.GetRasterBand(1), filtered.GetRasterBand(1)
+    assert filtered_band.GetCategoryNames() == raw_band.GetCategoryNames()
+    assert filtered_band.GetColorTable().GetColorEntry(14) == raw_band.GetColorTable().GetColorEntry(14)
 
 
 def test_geographic_extent_is_reprojected(qgis_env, s2_stack, tmp_path):
