@@ -235,7 +235,7 @@ def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, 
                   batch_size, float(stream["input_scaling"]["divide_by"]),
                   tuple(ds.GetRasterBand(i + 1).GetNoDataValue() for i in range(ds.RasterCount)), zero_is_nodata,
                   int(max_cloud / 100 * PATCH_PX * PATCH_PX), bool(probabilities_path),
-                  stac_plan.light() if stac_plan is not None and executor is not None else None)
+                  executor and stac_plan and stac_plan.light())
     total = grid.rows * grid.cols
     mask_band = own_mask_band(ds)
     if mask_band is not None:
@@ -261,9 +261,8 @@ def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, 
                       f"{card.id}")
         results = executor(job, tiles, feedback)  # every tile is computed before the map is written
         engine, extra = "; ".join(executor.engines), executor.summary
-    source = str(sentinel2_path) if stac_plan is None else \
-        f"STAC {stac_plan.request.api.url} {stac_plan.request.api.collection} {stac_plan.metadata['DATES']}"
-    metadata = {"DF4LCZ_MODEL": card.id, "DF4LCZ_SOURCE": source, "DF4LCZ_DEVICE": str(device),
+    metadata = {"DF4LCZ_MODEL": card.id, "DF4LCZ_SOURCE": _source_name(sentinel2_path, stac_plan),
+                "DF4LCZ_DEVICE": str(device),
                 "DF4LCZ_BACKEND": engine}
     counts = np.zeros(len(legend.CODES) + 1, dtype=np.int64)
     fused_cells = cloud_cells = 0
@@ -312,6 +311,14 @@ def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, 
     }
     feedback.info("Summary: " + json.dumps(summary))
     return summary
+
+
+def _source_name(sentinel2_path, stac_plan):
+    """The map's ``DF4LCZ_SOURCE``: the stack's path, or the STAC API, collection and dates it was fetched from."""
+    if stac_plan is None:
+        return str(sentinel2_path)
+    api = stac_plan.request.api
+    return f"STAC {api.url} {api.collection} {stac_plan.metadata['DATES']}"
 
 
 def check_level(sentinel2_path, card, feedback):

@@ -61,7 +61,7 @@ examples:
   # on a cluster: every worker sees the files at the same paths
   python3 -m df4lcz_plugin classify /shared/region.vrt /shared/lcz.tif --scheduler tcp://head:8786
   # Sentinel-2 L2A from Earth Search: the clearest 3 dates of a summer, per tile on 4 workers (extent in lon/lat)
-  python3 -m df4lcz_plugin classify --stac earth-search --extent 8.45 47.33 8.62 47.43 \
+  python3 -m df4lcz_plugin classify --stac earth-search --extent 8.45 47.33 8.62 47.43 \\
       --start 2024-06-01 --end 2024-08-31 lcz.tif --workers 4
 
 A killed run, started again with the same arguments and work folder, computes only the missing tiles.
