@@ -90,7 +90,6 @@ class DatesAverage:
         on the first's grid."""
         card = getattr(self.model, "card", self.model)
         pixel = float(card.stream("sentinel2").get("pixel_size_m", 10))
-        _same_files([job.sentinel2_path] + self.paths)
         first = open_sentinel2(job.sentinel2_path, pixel)
         stacks = [_Stack(job, first, own_mask_band(first))]
         for path in self.paths:
@@ -107,6 +106,7 @@ class DatesAverage:
                                            zero_is_nodata=check_values(ds, window, feedback))
             check_level(path, card, feedback)
             stacks.append(_Stack(date_job, ds, own_mask_band(ds)))
+        _same_files([job.sentinel2_path] + self.paths)  # after opening them: they exist
         return stacks
 
     def __call__(self, job, tiles, feedback):
