@@ -125,14 +125,31 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, tr("Extent to classify"), optional=True))
         self.addParameter(QgsProcessingParameterRasterLayer(self.VHR, tr("High-resolution (VHR) imagery"),
                                                             optional=True))
+        self._add_model_parameters()
+        sam_checkpoint = QgsProcessingParameterFile(self.SAM_CHECKPOINT, tr("SAM checkpoint (default: MobileSAM)"),
+                                                    optional=True, fileFilter="PyTorch checkpoint (*.pt *.pth)")
+        fast_sam = QgsProcessingParameterBoolean(self.FAST_SAM, tr("Fast SAM (bfloat16, pays on a GPU only; not the paper-exact masks)"),
+                                                 False)
+        self._add_advanced((sam_checkpoint, fast_sam) + self._inference_parameters())
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, tr("LCZ map")))
+        self.addParameter(QgsProcessingParameterRasterDestination(self.PROBABILITIES, tr("LCZ probabilities (%)"),
+                                                                  optional=True, createByDefault=False))
+        self.addParameter(QgsProcessingParameterRasterDestination(
+            self.SOURCE, tr("Decision source (1 Sentinel-2 only, 2 fused with VHR)"), optional=True,
+            createByDefault=False))
+        self._add_filtered_and_summary()
+
+    def _add_model_parameters(self):
+        """MODEL, MODEL_FILE, RESOLUTION and DEVICE."""
         self.addParameter(self._model_parameter())
         self.addParameter(QgsProcessingParameterFile(self.MODEL_FILE, tr("Model file (overrides Model)"),
                                                      optional=True, fileFilter="DF4LCZ model (*.safetensors *.json)"))
         self.addParameter(QgsProcessingParameterNumber(self.RESOLUTION, tr("Output resolution (m)"),
                                                        NUMBER_DOUBLE, 100.0, minValue=10.0))
         self.addParameter(device_parameter(self.DEVICE))
-        sam_checkpoint = QgsProcessingParameterFile(self.SAM_CHECKPOINT, tr("SAM checkpoint (default: MobileSAM)"),
-                                                    optional=True, fileFilter="PyTorch checkpoint (*.pt *.pth)")
+
+    def _inference_parameters(self):
+        """The advanced BATCH_SIZE, MAX_CLOUD, BACKEND, PRECISION and PALETTE parameters (not yet added)."""
         batch = QgsProcessingParameterNumber(self.BATCH_SIZE, tr("Batch size (patches)"),
                                              NUMBER_INTEGER, 128, minValue=1)
         max_cloud = QgsProcessingParameterNumber(self.MAX_CLOUD, tr("Most masked (cloud, shadow) pixels in a cell's "
@@ -144,17 +161,15 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
                                                   "CPU, PyTorch on a GPU)"), BACKENDS)
         precision = enum_parameter(self.PRECISION, tr("OpenVINO precision (bf16: faster on CPUs with bf16, 99.5 % of "
                                                       "cells with the same class)"), PRECISIONS)
-        fast_sam = QgsProcessingParameterBoolean(self.FAST_SAM, tr("Fast SAM (bfloat16, pays on a GPU only; not the paper-exact masks)"),
-                                                 False)
-        for parameter in (sam_checkpoint, fast_sam, batch, max_cloud, backend, precision, palette):
+        return batch, max_cloud, backend, precision, palette
+
+    def _add_advanced(self, parameters):
+        for parameter in parameters:
             parameter.setFlags(parameter.flags() | FLAG_ADVANCED)
             self.addParameter(parameter)
-        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, tr("LCZ map")))
-        self.addParameter(QgsProcessingParameterRasterDestination(self.PROBABILITIES, tr("LCZ probabilities (%)"),
-                                                                  optional=True, createByDefault=False))
-        self.addParameter(QgsProcessingParameterRasterDestination(
-            self.SOURCE, tr("Decision source (1 Sentinel-2 only, 2 fused with VHR)"), optional=True,
-            createByDefault=False))
+
+    def _add_filtered_and_summary(self):
+        """FILTERED_OUTPUT, then the SUMMARY, CELLS_PER_SECOND and DEVICE_USED outputs."""
         self.addParameter(QgsProcessingParameterRasterDestination(
             self.FILTERED_OUTPUT, tr("Filtered LCZ map (LCZ Generator Gaussian filter)"), optional=True,
             createByDefault=False))

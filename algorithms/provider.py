@@ -8,6 +8,7 @@ from qgis.PyQt.QtGui import QIcon
 from .assess_accuracy import AssessAccuracyAlgorithm
 from .base import RESOURCES, ToolboxMetadata, tr
 from .build_object_graphs import BuildObjectGraphsAlgorithm
+from .classify_dates import ClassifyDatesAlgorithm
 from .classify_lcz import ClassifyLCZAlgorithm
 from .global_lcz_map import GlobalLCZMapAlgorithm
 from .lcz_filter import LCZFilterAlgorithm
@@ -36,8 +37,8 @@ class ShippedModel(ToolboxMetadata, QgsProcessingModelAlgorithm):
         "lcz_for_extent": ("Fetches the Sentinel-2 stack of an extent from a STAC API and classifies local climate "
                            "zones, in one step.", "map-lcz-for-an-extent--df4lczlcz_for_extent-model",
                            ("stac", "fetch", "download", "earth search", "model", "composite")),
-        "lcz_four_seasons": ("Maps local climate zones of an extent once per season of a year (DJF, MAM, JJA, "
-                             "SON), Sentinel-2 fetched from a STAC API.",
+        "lcz_four_seasons": ("Maps local climate zones of an extent from the four seasons of a year (DJF, MAM, "
+                             "JJA, SON; their probabilities averaged), Sentinel-2 fetched from a STAC API.",
                              "map-lcz-for-an-extent-four-seasons--df4lczlcz_four_seasons-model",
                              ("stac", "seasons", "seasonal", "fetch", "earth search", "model")),
     }
@@ -82,6 +83,7 @@ class DF4LCZProvider(QgsProcessingProvider):
         self.addAlgorithm(Sentinel2CompositeAlgorithm())
         self.addAlgorithm(Sentinel2FetchAlgorithm())
         self.addAlgorithm(ClassifyLCZAlgorithm())
+        self.addAlgorithm(ClassifyDatesAlgorithm())
         self.addAlgorithm(BuildObjectGraphsAlgorithm())
         self.addAlgorithm(TrainModelAlgorithm())
         self.addAlgorithm(AssessAccuracyAlgorithm())

@@ -1,7 +1,8 @@
 """Write the bundled STAC models with PyQGIS's model API, so that they can be regenerated rather than hand-edited:
 
 - ``resources/models/lcz_for_extent.model3``: sentinel2fetch → classifylcz over one extent and date range;
-- ``resources/models/lcz_four_seasons.model3``: the same for the four seasons of a YEAR (DJF, MAM, JJA, SON).
+- ``resources/models/lcz_four_seasons.model3``: a fetch per season of a YEAR (DJF, MAM, JJA, SON), then one
+  classifydates of the four stacks (their probabilities averaged) into one map and its agreement raster.
 
 Usage: ``QT_QPA_PLATFORM=offscreen python scripts/make_models.py`` (QGIS 3.22 or later; the plugin's provider is
 loaded from this checkout so that the models' output parameters come from the algorithms themselves).
@@ -76,16 +77,17 @@ def add_shared_inputs(model: QgsProcessingModelAlgorithm, first_row: int) -> Non
 
 
 def add_child(model: QgsProcessingModelAlgorithm, child_id: str, algorithm: str, description: str, x: float,
-              y: float, sources: dict[str, Source], outputs: dict[str, tuple[str, str]],
+              y: float, sources: dict[str, Source | list[Source]], outputs: dict[str, tuple[str, str]],
               after: tuple[str, ...] = ()) -> None:
-    """Add step ``child_id`` running ``algorithm`` with ``sources`` (parameter → source); ``outputs``: model
-    output name → (the algorithm's output, description); ``after``: steps that must run first."""
+    """Add step ``child_id`` running ``algorithm`` with ``sources`` (parameter → source, or a list of them for a
+    multiple-layer parameter); ``outputs``: model output name → (the algorithm's output, description); ``after``:
+    steps that must run first."""
     child = QgsProcessingModelChildAlgorithm(algorithm)
     child.setChildId(child_id)
     child.setDescription(description)
     child.setPosition(QPointF(x, y))
     for name, source in sources.items():
-        child.addParameterSources(name, [source])
+        child.addParameterSources(name, source if isinstance(source, list) else [source])
     model_outputs = {}
     for name, (child_output, output_description) in outputs.items():
         output = QgsProcessingModelOutput(name, output_description)
@@ -98,22 +100,30 @@ def add_child(model: QgsProcessingModelAlgorithm, child_id: str, algorithm: str,
     model.addChildAlgorithm(child)
 
 
-def fetch_and_classify(model: QgsProcessingModelAlgorithm, suffix: str, start: Source, end: Source,
-                       max_dates: Source, y: float, outputs: dict[str, str], after: tuple[str, ...] = (),
-                       classify_after: tuple[str, ...] = ()) -> None:
-    """The fetch step ``fetch<suffix>`` and the classify step ``classify<suffix>`` reading its stack over the same
-    EXTENT; ``outputs``: "map" and/or "stack" → model output name."""
-    extent = Source.fromModelParameter("EXTENT")
+def add_fetch(model: QgsProcessingModelAlgorithm, suffix: str, start: Source, end: Source, max_dates: Source,
+              y: float, outputs: dict[str, str], after: tuple[str, ...] = ()) -> None:
+    """The fetch step ``fetch<suffix>`` over the model's EXTENT; ``outputs``: "stack" → model output name, if any."""
     label = f" ({suffix.strip('_').upper()})" if suffix else ""
     add_child(model, f"fetch{suffix}", "df4lcz:sentinel2fetch", f"Fetch Sentinel-2{label}", 420, y,
-              {"EXTENT": extent, "START_DATE": start, "END_DATE": end, "MAX_DATES": max_dates,
-               "STAC_API": Source.fromModelParameter("STAC_API"), "COLLECTION": Source.fromModelParameter("COLLECTION"),
-               "CLOUD_MASK": Source.fromStaticValue("scl")},
+              {"EXTENT": Source.fromModelParameter("EXTENT"), "START_DATE": start, "END_DATE": end,
+               "MAX_DATES": max_dates, "STAC_API": Source.fromModelParameter("STAC_API"),
+               "COLLECTION": Source.fromModelParameter("COLLECTION"), "CLOUD_MASK": Source.fromStaticValue("scl")},
               {outputs["stack"]: ("OUTPUT", f"Sentinel-2 stack{label}")} if "stack" in outputs else {}, after)
-    add_child(model, f"classify{suffix}", "df4lcz:classifylcz", f"Classify local climate zones{label}", 720, y + 80,
-              {"SENTINEL2": Source.fromChildOutput(f"fetch{suffix}", "OUTPUT"), "EXTENT": extent,
-               "MODEL": Source.fromModelParameter("MODEL"), "RESOLUTION": Source.fromModelParameter("RESOLUTION")},
-              {outputs["map"]: ("OUTPUT", f"LCZ map{label}")}, classify_after)
+
+
+def classify_sources(stacks: Source | list[Source]) -> dict[str, Source | list[Source]]:
+    """A classify step's SENTINEL2 (``stacks``), EXTENT, MODEL and RESOLUTION, the last three the model's."""
+    return {"SENTINEL2": stacks, "EXTENT": Source.fromModelParameter("EXTENT"),
+            "MODEL": Source.fromModelParameter("MODEL"), "RESOLUTION": Source.fromModelParameter("RESOLUTION")}
+
+
+def fetch_and_classify(model: QgsProcessingModelAlgorithm, start: Source, end: Source, max_dates: Source,
+                       y: float, outputs: dict[str, str]) -> None:
+    """The fetch step ``fetch`` and the classify step ``classify`` reading its stack over the same EXTENT;
+    ``outputs``: "map" and/or "stack" → model output name."""
+    add_fetch(model, "", start, end, max_dates, y, outputs)
+    add_child(model, "classify", "df4lcz:classifylcz", "Classify local climate zones", 720, y + 80,
+              classify_sources(Source.fromChildOutput("fetch", "OUTPUT")), {outputs["map"]: ("OUTPUT", "LCZ map")})
 
 
 def new_model(title: str, help_text: str) -> QgsProcessingModelAlgorithm:
@@ -137,7 +147,7 @@ def lcz_for_extent() -> QgsProcessingModelAlgorithm:
     add_input(model, QgsProcessingParameterNumber("MAX_DATES", "Dates to combine (1: one date, no composite)",
                                                   number_type("NUMBER_INTEGER"), 3, minValue=1, maxValue=50), 3)
     add_shared_inputs(model, 4)
-    fetch_and_classify(model, "", Source.fromModelParameter("START_DATE"), Source.fromModelParameter("END_DATE"),
+    fetch_and_classify(model, Source.fromModelParameter("START_DATE"), Source.fromModelParameter("END_DATE"),
                        Source.fromModelParameter("MAX_DATES"), 60, {"map": "LCZ_MAP", "stack": "STACK"})
     return model
 
@@ -159,12 +169,16 @@ def season_dates(code: str) -> tuple[Source, Source]:
 
 
 def lcz_four_seasons() -> QgsProcessingModelAlgorithm:
-    """Map LCZ for the four seasons of YEAR: four fetches (run first, in season order), then four classifications."""
+    """Map LCZ from the four seasons of YEAR: four fetches (in season order), then one classifydates of the four
+    stacks (the seasons' probabilities averaged) into one map and its agreement raster."""
     seasons = ", ".join(f"{code} {SEASON_NAMES[code]}" for code in SEASONS)
     model = new_model("Map LCZ for an extent, four seasons", (
-        f"Maps local climate zones over the extent once per season of YEAR ({seasons}; DJF starts in December of "
-        "YEAR − 1): each season's Sentinel-2 L2A composite (the clearest 3 dates) is fetched from a STAC API, then "
-        f"classified. Outputs: the four styled LCZ GeoTIFFs, LCZ_DJF … LCZ_SON. {NO_SCENE}"))
+        f"Maps local climate zones over the extent from the four seasons of YEAR ({seasons}; DJF starts in December "
+        "of YEAR − 1): each season's Sentinel-2 L2A composite (the clearest 3 dates) is fetched from a STAC API, "
+        "then the four are classified together ('Classify LCZ from several dates'): each cell's class "
+        "probabilities are averaged over the seasons that have data there. Outputs: the styled LCZ GeoTIFF "
+        "(LCZ_MAP) and, optionally, AGREEMENT: per cell, the percentage of those seasons whose own class is the "
+        f"map's (255 = no data). {NO_SCENE}"))
     add_input(model, QgsProcessingParameterNumber("YEAR", "Year (DJF starts in December of the year before)",
                                                   number_type("NUMBER_INTEGER"), 2024, minValue=2015,
                                                   maxValue=2100), 1)
@@ -172,8 +186,12 @@ def lcz_four_seasons() -> QgsProcessingModelAlgorithm:
     fetches = tuple(f"fetch_{code.lower()}" for code in SEASONS)
     for row, code in enumerate(SEASONS):
         start, end = season_dates(code)
-        fetch_and_classify(model, f"_{code.lower()}", start, end, Source.fromStaticValue(3), 60 + 200 * row,
-                           {"map": f"LCZ_{code}"}, after=fetches[:row][-1:], classify_after=fetches[-1:])
+        add_fetch(model, f"_{code.lower()}", start, end, Source.fromStaticValue(3), 60 + 200 * row, {},
+                  after=fetches[:row][-1:])
+    add_child(model, "classify", "df4lcz:classifydates", "Classify LCZ from the four seasons", 720, 360,
+              classify_sources([Source.fromChildOutput(fetch, "OUTPUT") for fetch in fetches]),
+              {"LCZ_MAP": ("OUTPUT", "LCZ map (four seasons)"),
+               "AGREEMENT": ("AGREEMENT", "Agreement of the seasons with the map (%)")}, fetches[-1:])
     return model
 
 

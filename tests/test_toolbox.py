@@ -16,7 +16,7 @@ from conftest import ROOT
 
 TAGS = {"lcz", "local climate zones", "urban", "climate", "wudapt", "sentinel-2", "classification",
         "segment anything"}
-ALGORITHMS = {"sentinel2stack", "sentinel2composite", "classifylcz", "buildobjectgraphs", "trainmodel",
+ALGORITHMS = {"sentinel2stack", "sentinel2composite", "classifylcz", "classifydates", "buildobjectgraphs", "trainmodel",
               "assessaccuracy", "lczparameters", "lczzonestatistics", "globallczmap", "lczfilter", "lcz_from_safe",
               "lcz_from_composite", "lcz_uses",
               "sentinel2fetch", "lcz_for_extent", "lcz_four_seasons"}
