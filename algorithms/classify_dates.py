@@ -2,6 +2,7 @@
 averaging the class probabilities over the dates that have data for a cell (``df4lcz_plugin.multidate``)."""
 
 import json
+from pathlib import Path
 
 from qgis.core import (QgsProcessing, QgsProcessingException, QgsProcessingParameterExtent,
                        QgsProcessingParameterMultipleLayers, QgsProcessingParameterRasterDestination)
@@ -96,13 +97,20 @@ class ClassifyDatesAlgorithm(ClassifyLCZAlgorithm):
             backend = self.parameterAsEnumString(parameters, self.BACKEND, context)
             precision = self.parameterAsEnumString(parameters, self.PRECISION, context)
             dates = DatesAverage(paths[1:], card, backend, device, precision, outputs[self.AGREEMENT])
-            summary = classify(paths[0], outputs[self.OUTPUT], card, bounds=bounds,
-                               resolution=self.parameterAsDouble(parameters, self.RESOLUTION, context),
-                               device=device, batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
-                               probabilities_path=outputs[self.PROBABILITIES], palette=palette_name,
-                               feedback=engine_feedback,
-                               max_cloud=self.parameterAsDouble(parameters, self.MAX_CLOUD, context),
-                               backend=backend, precision=precision, executor=dates)
+            try:
+                summary = classify(paths[0], outputs[self.OUTPUT], card, bounds=bounds,
+                                   resolution=self.parameterAsDouble(parameters, self.RESOLUTION, context),
+                                   device=device, batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE,
+                                                                                 context),
+                                   probabilities_path=outputs[self.PROBABILITIES], palette=palette_name,
+                                   feedback=engine_feedback,
+                                   max_cloud=self.parameterAsDouble(parameters, self.MAX_CLOUD, context),
+                                   backend=backend, precision=precision, executor=dates,
+                                   tta=self.parameterAsBoolean(parameters, self.TTA, context))
+            except BaseException:
+                if outputs[self.AGREEMENT]:  # complete once the last tile is done, but no map goes with it
+                    Path(outputs[self.AGREEMENT]).unlink(missing_ok=True)
+                raise
             _write_filtered(outputs[self.OUTPUT], outputs[self.FILTERED_OUTPUT], palette_name, engine_feedback)
         style_on_load(context, [(outputs[self.OUTPUT], True, tr("LCZ map")),
                                 (outputs[self.PROBABILITIES], True, tr("LCZ probabilities")),

@@ -50,6 +50,7 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
     PROBABILITIES = "PROBABILITIES"
     SOURCE = "SOURCE"
     FILTERED_OUTPUT = "FILTERED_OUTPUT"
+    TTA = "TTA"
     SAM_CHECKPOINT = "SAM_CHECKPOINT"
     SUMMARY = "SUMMARY"
     CELLS_PER_SECOND = "CELLS_PER_SECOND"
@@ -116,7 +117,8 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
                 "generator here (8.6 s instead of 32.5 s per 320 m patch on 2 cores); FAST_SAM runs SAM under "
                 "bfloat16 (96 % of the paper-exact masks matched), which pays on a GPU only (0.49× here on a "
                 "CPU). Object graphs are cached on disk, so SAM never runs twice on a "
-                "footprint.\n\n"
+                "footprint. TTA (advanced, off): each patch's probabilities averaged over its 8 flips and rotations, "
+                "about 7× the Sentinel-2 time.\n\n"
                 "The run ends with a JSON summary: area per class in km², cells masked for cloud, device, back-end, "
                 "cells/s and the stack's and the model's processing level.")
 
@@ -149,7 +151,7 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
         self.addParameter(device_parameter(self.DEVICE))
 
     def _inference_parameters(self):
-        """The advanced BATCH_SIZE, MAX_CLOUD, BACKEND, PRECISION and PALETTE parameters (not yet added)."""
+        """The advanced BATCH_SIZE, MAX_CLOUD, BACKEND, PRECISION, TTA and PALETTE parameters (not yet added)."""
         batch = QgsProcessingParameterNumber(self.BATCH_SIZE, tr("Batch size (patches)"),
                                              NUMBER_INTEGER, 128, minValue=1)
         max_cloud = QgsProcessingParameterNumber(self.MAX_CLOUD, tr("Most masked (cloud, shadow) pixels in a cell's "
@@ -161,7 +163,9 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
                                                   "CPU, PyTorch on a GPU)"), BACKENDS)
         precision = enum_parameter(self.PRECISION, tr("OpenVINO precision (bf16: faster on CPUs with bf16, 99.5 % of "
                                                       "cells with the same class)"), PRECISIONS)
-        return batch, max_cloud, backend, precision, palette
+        tta = QgsProcessingParameterBoolean(self.TTA, tr("Test-time augmentation: average over the 8 flips and "
+                                                         "rotations of each patch (8× the Sentinel-2 time)"), False)
+        return batch, max_cloud, backend, precision, tta, palette
 
     def _add_advanced(self, parameters):
         for parameter in parameters:
@@ -271,7 +275,8 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
                                vhr_source_id=vhr_source_id(vhr_layer) if vhr_layer is not None else None,
                                fast_sam=self.parameterAsBool(parameters, self.FAST_SAM, context),
                                backend=self.parameterAsEnumString(parameters, self.BACKEND, context),
-                               precision=self.parameterAsEnumString(parameters, self.PRECISION, context))
+                               precision=self.parameterAsEnumString(parameters, self.PRECISION, context),
+                               tta=self.parameterAsBoolean(parameters, self.TTA, context))
             _write_filtered(output, filtered, palette_name, engine_feedback)
         run_label = layer.name() if bounds is None else \
             f"{layer.name()}, x {bounds[0]:.0f}–{bounds[2]:.0f}, y {bounds[1]:.0f}–{bounds[3]:.0f}"

@@ -118,7 +118,8 @@ class TileJob:
     a worker resolves ``auto`` to its own), the batch size, the input scaling (DN divided by ``scale``), the
     bands' nodata values, whether 0 is no data, the most masked pixels of a patch, and whether probabilities
     are written. ``stac``: with ``classify --stac`` on a cluster, the ``fetch.FetchPlan`` whose part each task fetches
-    for its tile (``dask_tiles``); ``sentinel2_path`` is then only its grid's template (``fetch.grid_template``)."""
+    for its tile (``dask_tiles``); ``sentinel2_path`` is then only its grid's template (``fetch.grid_template``).
+    ``tta``: test-time augmentation (``backends.TTARunner``)."""
 
     sentinel2_path: str
     projection: str
@@ -134,6 +135,7 @@ class TileJob:
     max_masked_px: int
     probabilities: bool
     stac: object = None
+    tta: bool = False
 
 
 @dataclass
@@ -177,7 +179,8 @@ def _tile_size(grid, tile_size):
 def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, device="cpu", batch_size=128,
              probabilities_path=None, palette="official_2022", feedback=None, vhr_path=None,
              source_path=None, sam_checkpoint=None, max_cloud=MAX_CLOUD_PERCENT, backend="auto", precision="f32",
-             vhr_source_id=None, fast_sam=False, tile_size=None, executor=None, stac_plan=None):
+             vhr_source_id=None, fast_sam=False, tile_size=None, executor=None, stac_plan=None,
+             tta=False):
     """Classify LCZ over ``bounds`` and write the styled LCZ GeoTIFF (and optionally probabilities).
 
     With ``vhr_path`` and a model that has a ``vhr`` stream, each cell's patch footprint also goes through SAM,
@@ -207,6 +210,8 @@ def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, 
     stac_plan: the ``fetch.FetchPlan`` the Sentinel-2 raster comes from (``classify --stac``), named in the map's
     metadata; with an ``executor``, ``sentinel2_path`` is the plan's ``fetch.grid_template`` and each task fetches
     its tile's part of the plan (no central stack).
+    tta: the Sentinel-2 stream's probabilities averaged over the 8 flips and rotations of each patch
+    (``backends.TTARunner``; 8× the inference time).
     A stack whose Sentinel-2 processing level (its ``PROCESSING_LEVEL`` metadata) differs from the one the model
     was trained on (the card's ``streams.sentinel2.processing_level``) is classified with a warning
     (``check_level``).
@@ -235,7 +240,7 @@ def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, 
                   batch_size, float(stream["input_scaling"]["divide_by"]),
                   tuple(ds.GetRasterBand(i + 1).GetNoDataValue() for i in range(ds.RasterCount)), zero_is_nodata,
                   int(max_cloud / 100 * PATCH_PX * PATCH_PX), bool(probabilities_path),
-                  executor and stac_plan and stac_plan.light())
+                  executor and stac_plan and stac_plan.light(), bool(tta))
     total = grid.rows * grid.cols
     mask_band = own_mask_band(ds)
     if mask_band is not None:
@@ -243,7 +248,7 @@ def classify(sentinel2_path, output_path, model, bounds=None, resolution=100.0, 
                       f"{max_cloud:g} % ({job.max_masked_px} px) masked is no data.")
     vhr = {}
     if executor is None:
-        runner, engine = sentinel2_runner(model, backend, device, precision)
+        runner, engine = sentinel2_runner(model, backend, device, precision, tta=tta)
         if vhr_path and "vhr" in card.streams:
             model = model if isinstance(model, LoadedModel) else load_model(card.path, device)
             vhr["stream"] = VHRStream(model, vhr_path, ds.GetProjection(), grid.bounds(), device, sam_checkpoint,

@@ -173,6 +173,8 @@ def build_parser():
     run.add_argument("--backend", choices=BACKENDS, default="auto", help="default auto: OpenVINO on CPU")
     run.add_argument("--precision", choices=PRECISIONS, default="f32", help="OpenVINO precision (default f32)")
     run.add_argument("--palette", choices=list(legend.PALETTE_TITLES), default="official_2022")
+    run.add_argument("--tta", action="store_true",
+                     help="test-time augmentation: average over the 8 flips and rotations of each patch (8× the time)")
     _stac_arguments(run)
     return parser, run
 
@@ -361,7 +363,7 @@ def main(argv=None):
                                     batch_size=args.batch_size, probabilities_path=args.probabilities,
                                     palette=args.palette, feedback=feedback, max_cloud=args.max_cloud,
                                     backend=args.backend, precision=args.precision, tile_size=args.tile_cells,
-                                    executor=executor)
+                                    executor=executor, tta=args.tta)
             if args.stac:
                 summary = _classify_stac(args, run, feedback, executor is not None)
             else:

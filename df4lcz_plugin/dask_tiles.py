@@ -54,14 +54,14 @@ class TileError(RuntimeError):
 def _worker_state(job, threads):
     """(state dict, whether it was made now): this worker thread's open raster, mask band and runner for
     ``job``, made on its first tile."""
-    key = (job.sentinel2_path, job.model_path, job.backend, job.device, job.precision, threads)
+    key = (job.sentinel2_path, job.model_path, job.backend, job.device, job.precision, threads, job.tta)
     state = getattr(_worker, "state", None)
     if state is not None and state["key"] == key:
         return state, False
     gdal.SetCacheMax(GDAL_CACHE_BYTES)
     ds = gdal.Open(job.sentinel2_path) if job.stac is None else None  # --stac: each tile fetches its own part
     runner, engine = sentinel2_runner(read_card(job.model_path), job.backend, resolve_device(job.device),
-                                      job.precision, threads)
+                                      job.precision, threads, job.tta)
     _worker.state = {"key": key, "ds": ds, "mask": ds and own_mask_band(ds), "runner": runner, "engine": engine}
     return _worker.state, True
 

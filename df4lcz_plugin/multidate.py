@@ -113,7 +113,7 @@ class DatesAverage:
         """(tile, TileResult) of each of ``tiles`` in turn (a generator; the agreement raster is written as they
         go and renamed into place after the last). Raises InputError before any tile is computed."""
         stacks = self._open(job, feedback)
-        runner, engine = sentinel2_runner(self.model, self.backend, self.device, self.precision)
+        runner, engine = sentinel2_runner(self.model, self.backend, self.device, self.precision, tta=job.tta)
         self.engines = [engine]
         self.summary = {"dates": len(stacks), "cells_by_dates": {str(n): 0 for n in range(len(stacks) + 1)}}
         names = ", ".join(stack.job.sentinel2_path for stack in stacks)

@@ -83,6 +83,13 @@ def test_backend_choice_through_qgis(qgis_env, s2_stack, tmp_path):
         assert json.loads(result["results"]["SUMMARY"])["backend"].startswith(backend)
         maps[backend] = gdal.Open(str(tmp_path / f"{backend}.tif")).ReadAsArray()
     assert np.array_equal(maps["openvino"], maps["pytorch"])
+    rc, result, text = run_qgis_process(qgis_env, "df4lcz:classifylcz", {
+        "SENTINEL2": s2_stack, "EXTENT": f"{FARMLAND_EXTENT[0]},{FARMLAND_EXTENT[2]},{FARMLAND_EXTENT[1]},"
+                                          f"{FARMLAND_EXTENT[3]} [EPSG:32618]", "TTA": True, "OUTPUT": tmp_path / "tta.tif"})
+    assert rc == 0, text
+    assert json.loads(result["results"]["SUMMARY"])["backend"] == "openvino f32 on cpu, test-time augmentation ×8"
+    tta = gdal.Open(str(tmp_path / "tta.tif")).ReadAsArray()
+    assert np.array_equal(tta > 0, maps["openvino"] > 0) and (tta == maps["openvino"]).mean() > 0.7
     rc, _, text = run_qgis_process(qgis_env, "df4lcz:classifylcz", {
         "SENTINEL2": s2_stack, "BACKEND": "pytorch", "PRECISION": "bf16", "OUTPUT": tmp_path / "x.tif"},
         json_output=False)
@@ -122,3 +129,19 @@ def test_memory_is_bounded_at_resolution_2000(s2_stack, tmp_path):
     cells, peak_mb = out.stdout.split()[-2:]
     assert int(cells) > 1500  # 48 × 48 cells, most over the real scene
     assert float(peak_mb) < 1024, f"peak RSS {peak_mb} MB"
+
+
+@pytest.mark.timeout(300)
+def test_test_time_augmentation_does_not_depend_on_the_patch_orientation(s2_stack):
+    """Real patches of the demo scene through the shipped model on OpenVINO: the TTA probabilities of a patch and
+    of the same patch turned or mirrored are the same (the 8 views form a group), and differ from the plain ones."""
+    runner, engine = backends.sentinel2_runner(read_card(MODEL_CARD), "openvino", "cpu", tta=True)
+    assert engine.endswith("test-time augmentation ×8")
+    window = gdal.Open(str(s2_stack)).ReadAsArray(800, 800, 320, 320).astype(np.float32) / 10000
+    patches = np.ascontiguousarray(window.reshape(10, 10, 32, 10, 32).transpose(1, 3, 0, 2, 4).reshape(100, 10, 32, 32))
+    tta = runner(patches)
+    assert tta.shape == (100, 17) and np.allclose(tta.sum(axis=1), 1, atol=1e-4)
+    for turned in (np.rot90(patches, 1, axes=(2, 3)), patches[..., ::-1], np.rot90(patches[..., ::-1, :], 3, (2, 3))):
+        np.testing.assert_allclose(runner(np.ascontiguousarray(turned)), tta, atol=2e-5)
+    plain = runner.runner(patches)
+    assert np.abs(plain - tta).max() > 0.01  # the model alone does depend on the orientation

@@ -118,16 +118,31 @@ class TorchRunner:
             return self.module(tensor).float().cpu().numpy()
 
 
-def sentinel2_runner(model, backend="auto", device="cpu", precision="f32", threads=None):
+class TTARunner:
+    """Test-time augmentation: ``runner``'s class probabilities of each patch averaged over the 8 symmetries of the
+    square (4 quarter turns, each also mirrored: the dihedral group D4), run as one batch of 8 × B patches. LCZ do
+    not depend on a patch's orientation, so the average removes the network's own orientation bias; it costs 8×.
+    float32 (B, 10, 32, 32) → float32 (B, 17)."""
+
+    def __init__(self, runner):
+        self.runner = runner
+
+    def __call__(self, batch):
+        views = [np.rot90(flipped, k, axes=(2, 3)) for flipped in (batch, batch[..., ::-1]) for k in range(4)]
+        probabilities = self.runner(np.ascontiguousarray(np.concatenate(views), dtype=np.float32))
+        return probabilities.reshape(len(views), len(batch), -1).mean(axis=0)
+
+
+def sentinel2_runner(model, backend="auto", device="cpu", precision="f32", threads=None, tta=False):
     """(runner, description) for the Sentinel-2 stream of ``model`` (a registry ModelCard or LoadedModel).
 
     threads: CPU inference threads (a Dask worker's share of its machine's cores); None or 0: the measured
-    defaults, ``OPENVINO_THREADS`` and ``TORCH_CPU_THREADS``.
+    defaults, ``OPENVINO_THREADS`` and ``TORCH_CPU_THREADS``. tta: wrap it in ``TTARunner`` (8× the cost).
 
     A ModelCard with its OpenVINO form already built needs no PyTorch. Raises BackendError when the back-end
     cannot run (OpenVINO not installed, OpenVINO asked for on CUDA, bf16 with PyTorch).
     """
-    from .registry import LoadedModel, load_model
+    from .registry import LoadedModel
 
     card = model.card if isinstance(model, LoadedModel) else model
     on_cuda = str(device).startswith("cuda")
@@ -148,10 +163,19 @@ def sentinel2_runner(model, backend="auto", device="cpu", precision="f32", threa
             convert(model.sentinel2, xml)
         elif not xml.exists():
             ensure_converted(card.path)
-        return OpenVINORunner(xml, precision, threads or OPENVINO_THREADS), f"openvino {precision} on cpu"
+        runner, engine = OpenVINORunner(xml, precision, threads or OPENVINO_THREADS), f"openvino {precision} on cpu"
+    else:
+        runner, engine = _torch_runner(model, card, device, precision, threads)
+    return (TTARunner(runner), f"{engine}, test-time augmentation ×8") if tta else (runner, engine)
+
+
+def _torch_runner(model, card, device, precision, threads):
+    """(TorchRunner, description) of ``sentinel2_runner``'s PyTorch back-end."""
+    from .registry import LoadedModel, load_model
+
     if precision != "f32":
         raise BackendError("PRECISION=bf16 is offered with BACKEND=openvino only.")
-    if not on_cuda:
+    if not str(device).startswith("cuda"):
         import torch
 
         torch.set_num_threads(threads or TORCH_CPU_THREADS)
