@@ -4,13 +4,14 @@ averaging the class probabilities over the dates that have data for a cell (``df
 import json
 from pathlib import Path
 
-from qgis.core import (QgsProcessing, QgsProcessingException, QgsProcessingParameterExtent,
+from qgis.core import (QgsProcessingException, QgsProcessingParameterExtent,
                        QgsProcessingParameterMultipleLayers, QgsProcessingParameterRasterDestination)
 
 from ..df4lcz_plugin.models.registry import model_files, read_card
 from ..df4lcz_plugin.outputs import check_output_paths, geotiff_output
 from .base import ProcessingFeedback, engine_errors, gdal_source, tr
 from .classify_lcz import ClassifyLCZAlgorithm, _write_filtered
+from .compat import SOURCE_RASTER
 from .styling import style_on_load
 
 
@@ -52,7 +53,7 @@ class ClassifyDatesAlgorithm(ClassifyLCZAlgorithm):
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
         self.addParameter(QgsProcessingParameterMultipleLayers(
             self.SENTINEL2, tr("Sentinel-2 stacks (10 bands), one per date or season, on one pixel grid"),
-            QgsProcessing.TypeRaster))
+            SOURCE_RASTER))
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, tr("Extent to classify"), optional=True))
         self._add_model_parameters()
         self._add_advanced(self._inference_parameters())

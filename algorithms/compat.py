@@ -25,6 +25,7 @@ if hasattr(Qgis, "ProcessingNumberParameterType"):  # QGIS ≥ 3.36
     FLAG_ADVANCED = Qgis.ProcessingParameterFlag.Advanced
     SOURCE_VECTOR_POLYGON = Qgis.ProcessingSourceType.VectorPolygon
     SOURCE_FILE = Qgis.ProcessingSourceType.File
+    SOURCE_RASTER = Qgis.ProcessingSourceType.Raster
     FILE_FOLDER = Qgis.ProcessingFileParameterBehavior.Folder
 else:
     NUMBER_INTEGER = QgsProcessingParameterNumber.Type.Integer
@@ -32,6 +33,7 @@ else:
     FLAG_ADVANCED = QgsProcessingParameterDefinition.Flag.FlagAdvanced
     SOURCE_VECTOR_POLYGON = QgsProcessing.SourceType.TypeVectorPolygon
     SOURCE_FILE = QgsProcessing.SourceType.TypeFile
+    SOURCE_RASTER = QgsProcessing.SourceType.TypeRaster
     FILE_FOLDER = QgsProcessingParameterFile.Behavior.Folder
 
 if hasattr(Qgis, "DistanceUnit"):  # QGIS ≥ 3.30
