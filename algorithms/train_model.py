@@ -154,6 +154,15 @@ class TrainModelAlgorithm(DF4LCZAlgorithm):
         for name in ("OA", "OA_w", "kappa"):
             self.addOutput(QgsProcessingOutputNumber(name, tr("Median over the bootstraps:") + f" {name}"))
 
+    def checkParameterValues(self, parameters, context):  # noqa: N802 (QGIS API name)
+        # Before QGIS's own range check, which says "Incorrect parameter value" alone.
+        try:
+            check_bootstraps(float(parameters.get(self.BOOTSTRAPS, DEFAULT_BOOTSTRAPS)))
+        except (TypeError, ValueError) as error:
+            if str(error).startswith("BOOTSTRAPS"):
+                return False, str(error)
+        return super().checkParameterValues(parameters, context)
+
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
         from ..df4lcz_plugin.device import resolve_device
         from ..df4lcz_plugin.train import train_on_training_areas

@@ -40,9 +40,9 @@ SUSPICIOUS_SHARE = 0.5
 
 
 def check_bootstraps(bootstraps):
-    """Raise ValueError unless 1 ≤ bootstraps ≤ 100."""
-    if not 1 <= int(bootstraps) <= MAX_BOOTSTRAPS:
-        raise ValueError(f"BOOTSTRAPS is {bootstraps}; give 1 to {MAX_BOOTSTRAPS} (the LCZ Generator makes "
+    """Raise ValueError unless 1 ≤ bootstraps (a number) ≤ 100."""
+    if not 1 <= bootstraps <= MAX_BOOTSTRAPS:
+        raise ValueError(f"BOOTSTRAPS is {bootstraps:g}; give 1 to {MAX_BOOTSTRAPS} (the LCZ Generator makes "
                          f"{DEFAULT_BOOTSTRAPS}; each bootstrap trains one model, so the run takes about "
                          "BOOTSTRAPS + 1 trainings).")
 

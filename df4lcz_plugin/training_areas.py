@@ -75,6 +75,28 @@ def _is_roi_folder(layer):
     return bool(names) and all(str(n).strip().upper() == "ROI" for n in names)
 
 
+def _read_kml_folders(ds):
+    """(geometries, codes, attributes, srs, schema) of a WUDAPT KML/KMZ whose folders name the classes."""
+    geometries, codes, attributes, srs, schema, foreign = [], [], [], None, None, []
+    for index in range(ds.GetLayerCount()):
+        layer = ds.GetLayer(index)
+        code = parse_code(layer.GetName())
+        if code is None or layer.GetName().strip().isdigit() and int(layer.GetName()) > 10:
+            if layer.GetFeatureCount() and not _is_roi_folder(layer):
+                foreign.append(layer.GetName())
+            continue
+        srs = srs or layer.GetSpatialRef()
+        schema = schema or _schema(layer)  # every folder of a KML has the same fields
+        for feature in layer:
+            geometries.append(feature.GetGeometryRef().Clone())
+            codes.append(code)
+            attributes.append(_values(feature, schema))
+    if foreign:
+        raise TrainingAreaError(f"KML folder(s) {', '.join(repr(f) for f in foreign)} are not LCZ classes: a "
+                                "WUDAPT KML has one folder per class named 1–10 and A–G (plus the ROI).")
+    return geometries, codes, attributes, srs, schema
+
+
 def read_training_areas(path, class_field=None, layer_name=None):
     """Read TAs from ``path``: a vector layer with ``class_field`` (guessed among lcz/class/… if None), or a
     WUDAPT KML/KMZ whose folders name the classes.
@@ -87,25 +109,9 @@ def read_training_areas(path, class_field=None, layer_name=None):
     except RuntimeError as error:
         raise TrainingAreaError(f"Cannot open the training areas {path}: {error}") from None
     driver = ds.GetDriver().ShortName
-    geometries, codes, attributes, srs, schema = [], [], [], None, None
+    geometries, codes, attributes = [], [], []
     if driver in ("KML", "LIBKML") and class_field is None:
-        foreign = []
-        for index in range(ds.GetLayerCount()):
-            layer = ds.GetLayer(index)
-            code = parse_code(layer.GetName())
-            if code is None or layer.GetName().strip().isdigit() and int(layer.GetName()) > 10:
-                if layer.GetFeatureCount() and not _is_roi_folder(layer):
-                    foreign.append(layer.GetName())
-                continue
-            srs = srs or layer.GetSpatialRef()
-            schema = schema or _schema(layer)  # every folder of a KML has the same fields
-            for feature in layer:
-                geometries.append(feature.GetGeometryRef().Clone())
-                codes.append(code)
-                attributes.append(_values(feature, schema))
-        if foreign:
-            raise TrainingAreaError(f"KML folder(s) {', '.join(repr(f) for f in foreign)} are not LCZ classes: a "
-                                    "WUDAPT KML has one folder per class named 1–10 and A–G (plus the ROI).")
+        geometries, codes, attributes, srs, schema = _read_kml_folders(ds)
     else:
         layer = ds.GetLayerByName(layer_name) if layer_name else ds.GetLayer(0)
         fields = [layer.GetLayerDefn().GetFieldDefn(i).GetName() for i in range(layer.GetLayerDefn().GetFieldCount())]
