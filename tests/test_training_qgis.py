@@ -33,7 +33,8 @@ def test_train_then_classify_then_assess(qgis_env, s2_stack, tmp_path):
     assert len(report["per_bootstrap"]) == 2
     card = json.loads(open(model.replace(".safetensors", ".json")).read())
     assert card["bootstrap_metrics"]["bootstraps"] == 2 and card["bootstrap_metrics"]["median"] == report["median"]
-    layer = ogr.Open(str(tmp_path / "suspicious.gpkg")).GetLayer(0)
+    suspicious = ogr.Open(str(tmp_path / "suspicious.gpkg"))  # must outlive its layer
+    layer = suspicious.GetLayer(0)
     names = [layer.GetLayerDefn().GetFieldDefn(i).GetName() for i in range(layer.GetLayerDefn().GetFieldCount())]
     assert names == ["lcz", "lcz_label", "description", "oof_share", "oof_class", "oof_boots", "suspicious"]
     features = list(layer)
