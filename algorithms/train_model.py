@@ -3,19 +3,29 @@
 import itertools
 from pathlib import Path
 
-from qgis.core import (QgsApplication, QgsProcessingException, QgsProcessingOutputNumber,
-                       QgsProcessingParameterBoolean,
-                       QgsProcessingParameterFeatureSource, QgsProcessingParameterFile,
-                       QgsProcessingParameterFileDestination, QgsProcessingParameterNumber,
+from qgis.core import (QgsApplication, QgsCoordinateReferenceSystem, QgsFeature, QgsFeatureSink, QgsFields,
+                       QgsGeometry, QgsProcessingException, QgsProcessingOutputNumber, QgsProcessingParameterBoolean,
+                       QgsProcessingParameterFeatureSink, QgsProcessingParameterFeatureSource,
+                       QgsProcessingParameterFile, QgsProcessingParameterFileDestination, QgsProcessingParameterNumber,
                        QgsProcessingParameterRasterLayer, QgsProcessingParameterString)
+from qgis.PyQt.QtCore import QMetaType
 
+from ..df4lcz_plugin.bootstrap import DEFAULT_BOOTSTRAPS, MAX_BOOTSTRAPS, check_bootstraps
 from ..df4lcz_plugin.models.registry import builtin_models_dir, model_files, user_models_dir
 from ..df4lcz_plugin.outputs import check_output_paths
 from ..df4lcz_plugin.report import report_files
 from .base import (DF4LCZAlgorithm, ProcessingFeedback, device_parameter, engine_errors, gdal_source,
                    segmentation_parameter, tr)
-from .compat import FLAG_ADVANCED, NUMBER_INTEGER, SOURCE_VECTOR_POLYGON
+from .compat import FLAG_ADVANCED, NUMBER_INTEGER, SOURCE_VECTOR_POLYGON, WKB_MULTIPOLYGON, field
 from .vhr_source import vhr_path
+
+#: OGR field types (``ogr.OFTInteger``, ``OFTReal``, ``OFTString``, ``OFTInteger64``) → QMetaType; others as text.
+_OGR_TYPES = {0: QMetaType.Type.Int, 2: QMetaType.Type.Double, 4: QMetaType.Type.QString,
+              12: QMetaType.Type.LongLong}
+#: The fields SUSPICIOUS_AREAS adds to each training area's own (``bootstrap.out_of_fold``).
+_OOF_FIELDS = (("oof_share", QMetaType.Type.Double), ("oof_class", QMetaType.Type.QString),
+               ("oof_boots", QMetaType.Type.Int), ("suspicious", QMetaType.Type.Int))
+
 
 def default_model_path():
     """OUTPUT_MODEL's default: ``df4lcz_model.safetensors`` in the user model folder, or ``df4lcz_model_2…`` when
@@ -39,8 +49,10 @@ class TrainModelAlgorithm(DF4LCZAlgorithm):
     DEVICE = "DEVICE"
     SEED = "SEED"
     POINTS_PER_SIDE = "POINTS_PER_SIDE"
+    BOOTSTRAPS = "BOOTSTRAPS"
     OUTPUT_MODEL = "OUTPUT_MODEL"
     REPORT = "REPORT"
+    SUSPICIOUS_AREAS = "SUSPICIOUS_AREAS"
 
     needs = "full"  # PyTorch: training (and SAM with VHR).
     description = "Trains an LCZ model on your own training areas (polygons or a WUDAPT KML) and reports its accuracy."
@@ -55,27 +67,49 @@ class TrainModelAlgorithm(DF4LCZAlgorithm):
         return tr("Train DF4LCZ model")
 
     def shortHelpString(self):  # noqa: N802 (QGIS API name)
-        return tr("Trains a DF4LCZ model on your LCZ training areas (TAs), as the WUDAPT community does for a city.\n\n"
-                "Training areas: a polygon layer of the project or a file (only its selected features if so "
-                "ticked), with an LCZ class field (1–17, WUDAPT-2015 101–107, or A–G), or a WUDAPT "
-                "KML/KMZ with one folder per class (1–10, A–G). Patch centres are sampled every 50 m inside the "
-                "polygons; train, validation and test are split by polygon (20 % test, 20 % validation per class), "
-                "so no polygon feeds two splits. A class needs at least 3 polygons; classes with fewer are left "
-                "out with a warning. Class balance: the loss is weighted by inverse class frequency.\n\n"
-                "Sentinel-2 stream: the pretrained Sen2LCZ-Net fine-tuned (default, fast on a CPU), or the DF4LCZ "
-                "3D ResNet11 from scratch (untick 'Fine-tune'; a GPU job). With VHR imagery the GCN stream is "
-                "trained on SAM graphs of each sample's footprint and the fusion weight α chosen on validation. "
-                "SEGMENTATION (advanced): tiles (default) runs SAM once per 320 m tile of a fixed grid and "
-                "composes each footprint's objects from its tiles, as samples every 50 m overlap many times; "
-                "footprint is the paper's, SAM on each footprint. The card records it, and classification "
-                "with the model uses the same kind of graph. The card also records the stack's Sentinel-2 "
-                "processing level (L1C or L2A, from its metadata), so that classifying a stack of the other level "
-                "warns; a model fine-tuned on L2A stacks is an L2A model.\n\n"
-                "Progress is reported per epoch with the loss and validation OA; cancelling keeps the best model "
-                "so far. Outputs: the model (.safetensors + .json card with the training summary and test "
-                "metrics; by default df4lcz_model.safetensors in the user model folder, or df4lcz_model_2… when that "
-                "exists, as the dialog shows, so that 'Classify local climate zones' lists it under its file name) "
-                "and an accuracy report on the held-out test polygons.")
+        return tr("Trains a DF4LCZ model on your LCZ training areas (TAs), as the WUDAPT community does for a city, "
+                  "and assesses it as the LCZ Generator does (Demuzere et al. 2021).\n\n"
+                  "Training areas: a polygon layer of the project or a file (only its selected features if so "
+                  "ticked), with an LCZ class field (1–17, WUDAPT-2015 101–107, or A–G), or a WUDAPT "
+                  "KML/KMZ with one folder per class (1–10, A–G). Polygons of 0.3 km² or more are replaced by the "
+                  "300 m buffer around their centroid (so that large forest or water polygons do not dominate); "
+                  "patch centres are sampled every 50 m inside the polygons. A class needs at least 3 polygons; "
+                  "classes with fewer are left out with a warning, and fewer than 2 classes left is refused. Class "
+                  "balance: the loss is weighted by inverse class frequency.\n\n"
+                  "BOOTSTRAPS (1–100, default 25 as the LCZ Generator): each bootstrap draws, per class, 30 % of the "
+                  "polygons (at least 1) as held-out test polygons and trains on the other 70 %, of which 20 % (at "
+                  "least 1) are the validation polygons that early stopping, the best epoch and the fusion weight α "
+                  "need; it is then assessed on its held-out polygons. The same SEED draws the same bootstraps. The "
+                  "report gives the median and interquartile range (IQR) of OA, OA_u, OA_bu, OA_w and kappa and of "
+                  "each class's F1, their boxplots (a PNG beside the report) and the averaged confusion matrix. "
+                  "Then the final model is trained on all the training areas (20 % of each class's polygons, at "
+                  "least 1, validating), and its card records the bootstrap figures. The run takes about "
+                  "BOOTSTRAPS + 1 trainings; progress and the time left are over the whole run. Each finished "
+                  "bootstrap is kept in the report's .bootstraps.jsonl: a cancel during the bootstraps keeps those "
+                  "done (the report says how many) and writes no model; a re-run of the same training, even after "
+                  "a kill, resumes from them.\n\n"
+                  "SUSPICIOUS_AREAS (optional): every training polygon with its own fields plus its out-of-fold "
+                  "figures over the bootstraps that held it out: oof_share (the share of its samples mapped as its "
+                  "own class), oof_class (the LCZ mapped most often instead, as its label 1–10 or A–G), oof_boots "
+                  "(how many bootstraps held it out) and suspicious: 1 when oof_boots ≥ 2 and oof_share < 0.5, else "
+                  "0. The report lists the flagged ones; check their class and outline against the imagery. With "
+                  "few bootstraps most polygons are held out fewer than 2 times, so none can be flagged.\n\n"
+                  "Sentinel-2 stream: the pretrained Sen2LCZ-Net fine-tuned (default, fast on a CPU), or the DF4LCZ "
+                  "3D ResNet11 from scratch (untick 'Fine-tune'; a GPU job). With VHR imagery the GCN stream is "
+                  "trained on SAM graphs of each sample's footprint (made once for all the bootstraps) and the "
+                  "fusion weight α chosen on validation. "
+                  "SEGMENTATION (advanced): tiles (default) runs SAM once per 320 m tile of a fixed grid and "
+                  "composes each footprint's objects from its tiles, as samples every 50 m overlap many times; "
+                  "footprint is the paper's, SAM on each footprint. The card records it, and classification "
+                  "with the model uses the same kind of graph. The card also records the stack's Sentinel-2 "
+                  "processing level (L1C or L2A, from its metadata), so that classifying a stack of the other level "
+                  "warns; a model fine-tuned on L2A stacks is an L2A model.\n\n"
+                  "Progress is reported per epoch with the loss and validation OA, and per bootstrap with its "
+                  "figures and the time left; cancelling the final model's training keeps its best weights so far. "
+                  "Outputs: the model (.safetensors + .json card with the training summary and the bootstrap "
+                  "figures; by default df4lcz_model.safetensors in the user model folder, or df4lcz_model_2… when "
+                  "that exists, as the dialog shows, so that 'Classify local climate zones' lists it under its file "
+                  "name), the accuracy report and the suspicious training areas.")
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
         self.addParameter(QgsProcessingParameterRasterLayer(self.SENTINEL2, tr("Sentinel-2 stack (10 bands)")))
@@ -103,16 +137,31 @@ class TrainModelAlgorithm(DF4LCZAlgorithm):
             parameter.setFlags(parameter.flags() | FLAG_ADVANCED)
             self.addParameter(parameter)
         self.addParameter(segmentation_parameter(self.SEGMENTATION))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.BOOTSTRAPS, tr("Bootstraps (70/30 splits by polygon; LCZ Generator: 25)"), NUMBER_INTEGER,
+            DEFAULT_BOOTSTRAPS, minValue=1, maxValue=MAX_BOOTSTRAPS))
         # A default path, which the dialog shows: the model is always saved, by default where 'Classify' finds it.
         # Optional only because qgis_process 3.22 demands every mandatory output, defaults ignored; left empty or
         # skipped, it is still the default path.
         self.addParameter(QgsProcessingParameterFileDestination(
             self.OUTPUT_MODEL, tr("Trained model ('Classify' lists those of the user model folder, by file name)"),
             "DF4LCZ model (*.safetensors)", str(default_model_path()), optional=True))
-        self.addParameter(QgsProcessingParameterFileDestination(self.REPORT, tr("Accuracy report (test polygons)"),
-                                                                "HTML (*.html)"))
+        self.addParameter(QgsProcessingParameterFileDestination(
+            self.REPORT, tr("Accuracy report (bootstraps, held-out polygons)"), "HTML (*.html)"))
+        self.addParameter(QgsProcessingParameterFeatureSink(
+            self.SUSPICIOUS_AREAS, tr("Suspicious training areas (out-of-fold figures per polygon)"),
+            SOURCE_VECTOR_POLYGON, optional=True, createByDefault=False))
         for name in ("OA", "OA_w", "kappa"):
-            self.addOutput(QgsProcessingOutputNumber(name, tr("Test") + f" {name}"))
+            self.addOutput(QgsProcessingOutputNumber(name, tr("Median over the bootstraps:") + f" {name}"))
+
+    def checkParameterValues(self, parameters, context):  # noqa: N802 (QGIS API name)
+        # Before QGIS's own range check, which says "Incorrect parameter value" alone.
+        try:
+            check_bootstraps(float(parameters.get(self.BOOTSTRAPS, DEFAULT_BOOTSTRAPS)))
+        except (TypeError, ValueError) as error:
+            if str(error).startswith("BOOTSTRAPS"):
+                return False, str(error)
+        return super().checkParameterValues(parameters, context)
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
         from ..df4lcz_plugin.device import resolve_device
@@ -134,7 +183,9 @@ class TrainModelAlgorithm(DF4LCZAlgorithm):
         if self.parameterAsBool(parameters, self.FINE_TUNE, context):
             base = (self.parameterAsFile(parameters, self.BASE_MODEL, context)
                     or str(builtin_models_dir() / "sen2lcznet_so2sat.json"))
+        bootstraps = self.parameterAsInt(parameters, self.BOOTSTRAPS, context)
         with engine_errors():
+            check_bootstraps(bootstraps)
             check_output_paths(
                 {self.SENTINEL2: gdal_source(s2, self.SENTINEL2), self.TRAINING_AREAS: areas_path,
                  self.BASE_MODEL: model_files(base) if base else None,
@@ -143,7 +194,7 @@ class TrainModelAlgorithm(DF4LCZAlgorithm):
                  self.REPORT: (report_files(report), (".html", ".htm"))})
             areas = read_training_areas(areas_path, self.parameterAsString(parameters, self.CLASS_FIELD, context)
                                         or None, areas_layer or None)
-            card, metrics = train_on_training_areas(
+            card, summary, oof = train_on_training_areas(
                 gdal_source(s2, self.SENTINEL2), areas, model_path, report, base_model=base,
                 vhr_path=vhr_path(vhr, None, s2.crs(), context, feedback) if vhr else None,
                 epochs=self.parameterAsInt(parameters, self.EPOCHS, context),
@@ -152,10 +203,42 @@ class TrainModelAlgorithm(DF4LCZAlgorithm):
                 seed=self.parameterAsInt(parameters, self.SEED, context),
                 amg_settings={"points_per_side": self.parameterAsInt(parameters, self.POINTS_PER_SIDE, context)},
                 feedback=ProcessingFeedback(feedback),
-                segmentation=self.parameterAsEnumString(parameters, self.SEGMENTATION, context))
-        feedback.pushInfo(f"Model {card}; test OA {metrics['OA']:.3f}, OA_w {metrics['OA_w']:.3f}")
-        return {self.OUTPUT_MODEL: str(Path(card).with_suffix(".safetensors")), self.REPORT: report,
-                "OA": metrics["OA"], "OA_w": metrics["OA_w"], "kappa": metrics["kappa"]}
+                segmentation=self.parameterAsEnumString(parameters, self.SEGMENTATION, context),
+                bootstraps=bootstraps)
+        median = summary["median"]
+        feedback.pushInfo(f"Model {card}; over {summary['bootstraps']} bootstraps, median OA {median['OA']:.3f}, "
+                          f"OA_w {median['OA_w']:.3f}, kappa {median['kappa']:.3f}")
+        results = {self.OUTPUT_MODEL: str(Path(card).with_suffix(".safetensors")), self.REPORT: report,
+                   **{name: median[name] for name in ("OA", "OA_w", "kappa")}}
+        suspicious = self._write_suspicious(parameters, context, areas, oof)
+        if suspicious:
+            results[self.SUSPICIOUS_AREAS] = suspicious
+        return results
+
+    def _write_suspicious(self, parameters, context, areas, oof):
+        """SUSPICIOUS_AREAS: every training polygon (as read, uncapped) with its own fields and the out-of-fold
+        ones; its destination, or None when not asked for."""
+        own = [name for name, _ in areas.fields]
+        fields = QgsFields()
+        for name, kind in areas.fields:
+            fields.append(field(name, _OGR_TYPES.get(kind, QMetaType.Type.QString)))
+        for name, kind in _OOF_FIELDS:
+            if fields.indexOf(name) < 0:  # a source field of that name gets our value
+                fields.append(field(name, kind))
+        sink, dest = self.parameterAsSink(parameters, self.SUSPICIOUS_AREAS, context, fields, WKB_MULTIPOLYGON,
+                                          QgsCoordinateReferenceSystem.fromWkt(areas.srs.ExportToWkt()))
+        if sink is None:
+            return None
+        for index, geometry in enumerate(areas.geometries):
+            shape = QgsGeometry()
+            shape.fromWkb(geometry.ExportToWkb())
+            shape.convertToMultiType()
+            values = {**dict(zip(own, areas.attributes[index])), **oof[index]}
+            feature = QgsFeature(fields)
+            feature.setGeometry(shape)
+            feature.setAttributes([values.get(f.name()) for f in fields])
+            sink.addFeature(feature, QgsFeatureSink.Flag.FastInsert)
+        return dest
 
     def postProcessAlgorithm(self, context, feedback):  # noqa: N802 (QGIS API name)
         # Main thread: let 'Classify local climate zones' list the new model.

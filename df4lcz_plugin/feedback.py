@@ -26,8 +26,14 @@ class TileStatus:
     def line(self):
         """One line for a log, e.g. 'Tile 3/12: 4,096 cells, 850 cells/s, about 12 s left'."""
         left = (self.cells_total - self.cells_done) / self.rate if self.rate > 0 else 0.0
-        when = (f"{left:.0f} s" if left < 90 else f"{left / 60:.0f} min" if left < 5400 else f"{left / 3600:.1f} h")
-        return f"Tile {self.done}/{self.tiles}: {self.cells:,} cells, {self.rate:,.0f} cells/s, about {when} left"
+        return (f"Tile {self.done}/{self.tiles}: {self.cells:,} cells, {self.rate:,.0f} cells/s, about "
+                f"{duration_text(left)} left")
+
+
+def duration_text(seconds):
+    """A duration for a log: '40 s', '12 min' or '2.5 h'."""
+    return (f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400
+            else f"{seconds / 3600:.1f} h")
 
 
 class Feedback:
@@ -53,6 +59,26 @@ class Feedback:
         """Raise Canceled if the caller asked to stop."""
         if self.canceled():
             raise Canceled("Canceled by the user; no output was written.")
+
+
+class StageFeedback(Feedback):
+    """Feedback of stage ``index`` (0-based) of ``stages`` equal stages of a run: its progress maps into the
+    run's [index / stages, (index + 1) / stages], its messages get ``prefix``, and cancel is the run's."""
+
+    def __init__(self, run, index, stages, prefix=""):
+        self.run, self.index, self.stages, self.prefix = run, index, stages, prefix
+
+    def progress(self, fraction):
+        self.run.progress((self.index + fraction) / self.stages)
+
+    def canceled(self):
+        return self.run.canceled()
+
+    def info(self, text):
+        self.run.info(self.prefix + text)
+
+    def warning(self, text):
+        self.run.warning(self.prefix + text)
 
 
 class TileClock:

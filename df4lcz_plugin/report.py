@@ -1,5 +1,6 @@
 """LCZ accuracy reports: HTML (with a confusion-matrix plot by matplotlib), CSV and JSON, each written via a
-temporary file."""
+temporary file; ``write_bootstrap_report`` for the bootstrapped training (median and IQR, boxplots, the averaged
+confusion matrix, the suspicious training areas)."""
 
 import base64
 import csv
@@ -30,12 +31,26 @@ DEFINITIONS = {
 }
 
 
-def confusion_plot_png(cm, title):
-    """PNG bytes of the 17 × 17 confusion matrix (rows = reference, columns = map), classes present only."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig):
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    _pyplot().close(fig)
+    return buffer.getvalue()
+
+
+def confusion_plot_png(cm, title):
+    """PNG bytes of the 17 × 17 confusion matrix (rows = reference, columns = map), classes present only.
+    Counts or averaged counts (shown to 1 decimal)."""
+    plt = _pyplot()
 
     cm = np.asarray(cm)
     present = np.nonzero(cm.sum(0) + cm.sum(1))[0]
@@ -47,7 +62,7 @@ def confusion_plot_png(cm, title):
     ax.imshow(np.nan_to_num(share), cmap="Blues", vmin=0, vmax=1)
     for (i, j), value in np.ndenumerate(sub):
         if value:
-            ax.text(j, i, str(value), ha="center", va="center", fontsize=8,
+            ax.text(j, i, f"{round(value, 1):g}", ha="center", va="center", fontsize=8,
                     color="white" if share[i, j] > 0.6 else "black")
     ax.set_xticks(range(len(labels)), labels)
     ax.set_yticks(range(len(labels)), labels)
@@ -55,10 +70,7 @@ def confusion_plot_png(cm, title):
     ax.set_ylabel("reference LCZ")
     ax.set_title(textwrap.fill(title, 50), fontsize=9)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()
+    return _png(fig)
 
 
 def json_safe(value):
@@ -77,9 +89,37 @@ def _fmt(value):
 
 
 def report_files(html_path):
-    """The files a training report writes: the HTML page, then its ``.csv``, ``.json`` and ``.png``."""
+    """The files a training report writes: the HTML page, then its ``.csv``, ``.json``, ``.png`` (the confusion
+    matrix), ``_boxplots.png`` and ``.bootstraps.jsonl`` (the finished bootstraps, ``bootstrap.BootstrapLog``)."""
     base = Path(html_path)
-    return [base] + [base.with_suffix(suffix) for suffix in (".csv", ".json", ".png")]
+    sidecars = [base.with_suffix(suffix) for suffix in (".csv", ".json", ".png")]
+    return [base, *sidecars, base.with_name(base.stem + "_boxplots.png"), base.with_suffix(".bootstraps.jsonl")]
+
+
+_STYLE = """<style>body{font-family:sans-serif;margin:2em} table{border-collapse:collapse;margin:1em 0}
+td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}
+.warning{background:#fff3cd;border:1px solid #e0b000;padding:8px}</style>"""
+
+
+def _write_page(html_path, title, body):
+    page = (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>\n{_STYLE}'
+            f"</head><body>\n<h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n")
+    with atomic_output(html_path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(page)
+
+
+def _img(png, alt):
+    return f'<img alt="{alt}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _write_bytes(path, data):
+    with atomic_output(path) as tmp, open(tmp, "wb") as handle:
+        handle.write(data)
+
+
+def _write_json(path, data):
+    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(json_safe(data), handle, indent=2, default=str, allow_nan=False)
 
 
 def write_report(html_path, metrics, cm, title, details=None, csv_path=None, json_path=None, png_path=None,
@@ -88,8 +128,7 @@ def write_report(html_path, metrics, cm, title, details=None, csv_path=None, jso
     ``warnings``: texts shown in a box at the top (and kept in the JSON), such as a single training class."""
     png = confusion_plot_png(cm, title)
     if png_path:
-        with atomic_output(png_path) as tmp, open(tmp, "wb") as handle:
-            handle.write(png)
+        _write_bytes(png_path, png)
     overall = "".join(f"<tr><th>{k}</th><td>{_fmt(metrics[k])}</td><td>{html.escape(v)}</td></tr>"
                       for k, v in DEFINITIONS.items())
     rows = "".join(
@@ -97,26 +136,13 @@ def write_report(html_path, metrics, cm, title, details=None, csv_path=None, jso
         f"<td>{_fmt(metrics['producer_accuracy'][code - 1])}</td><td>{_fmt(metrics['user_accuracy'][code - 1])}</td>"
         f"<td>{_fmt(metrics['F1'][code - 1])}</td></tr>"
         for code in legend.CODES if metrics["support"][code - 1] or np.asarray(cm)[:, code - 1].sum())
-    extra = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
-                    for k, v in (details or {}).items())
-    box = "".join(f'<p class="warning">⚠ {html.escape(text)}</p>' for text in warnings)
-    page = f"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse;margin:1em 0}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}
-.warning{{background:#fff3cd;border:1px solid #e0b000;padding:8px}}</style></head><body>
-<h1>{html.escape(title)}</h1>
-{box}<p>{metrics['n']} reference samples. Rows of the confusion matrix are the reference, columns the map.</p>
+    _write_page(html_path, title, f"""{_warnings(warnings)}<p>{metrics['n']} reference samples. Rows of the confusion
+matrix are the reference, columns the map.</p>
 <h2>Overall</h2><table><tr><th>metric</th><th>value</th><th>definition</th></tr>{overall}</table>
 <h2>Per class</h2><table><tr><th>class</th><th>reference samples</th><th>producer's accuracy</th>
 <th>user's accuracy</th><th>F1</th></tr>{rows}</table>
-<h2>Confusion matrix</h2><img alt="confusion matrix" src="data:image/png;base64,{base64.b64encode(png).decode()}">
-<h2>Details</h2><table>{extra}</table>
-</body></html>
-"""
-    with atomic_output(html_path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(page)
+<h2>Confusion matrix</h2>{_img(png, "confusion matrix")}
+<h2>Details</h2>{_details(details)}""")
     if csv_path:
         with atomic_output(csv_path) as tmp:
             with open(tmp, "w", newline="", encoding="utf-8") as handle:
@@ -130,10 +156,120 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}
                 for label, row in zip(legend.LABELS, np.asarray(cm)):
                     writer.writerow(["confusion_row", label, " ".join(map(str, row))])
     if json_path:
-        with atomic_output(json_path) as tmp:
-            with open(tmp, "w", encoding="utf-8") as handle:
-                json.dump(json_safe({"title": title, "metrics": metrics, "definitions": DEFINITIONS,
-                                      "confusion_matrix": np.asarray(cm).tolist(), "details": details or {},
-                                      "warnings": list(warnings)}),
-                          handle, indent=2, default=str, allow_nan=False)
+        _write_json(json_path, {"title": title, "metrics": metrics, "definitions": DEFINITIONS,
+                                "confusion_matrix": np.asarray(cm).tolist(), "details": details or {},
+                                "warnings": list(warnings)})
+    return html_path
+
+
+def _warnings(warnings):
+    return "".join(f'<p class="warning">⚠ {html.escape(text)}</p>' for text in warnings)
+
+
+def _details(details):
+    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+                   for k, v in (details or {}).items())
+    return f"<table>{rows}</table>"
+
+
+def boxplots_png(summary, title):
+    """PNG bytes of two boxplots over the bootstraps: the ``bootstrap.METRICS`` and the per-class F1."""
+    from .bootstrap import METRICS
+
+    plt = _pyplot()
+    per = summary["per_bootstrap"]
+    f1_labels = list(summary["F1"])
+
+    def column(values):
+        values = np.asarray(values, np.float64)
+        return values[~np.isnan(values)]
+
+    widths = {"width_ratios": [len(METRICS), len(f1_labels)]}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw=widths)
+    left.boxplot([column([m[k] for m in per]) for k in METRICS])
+    left.set_xticks(range(1, len(METRICS) + 1), METRICS)
+    right.boxplot([column([m["F1"][legend.LABELS.index(label)] for m in per]) for label in f1_labels])
+    right.set_xticks(range(1, len(f1_labels) + 1), [f"LCZ {label}" for label in f1_labels])
+    left.set_title("Overall, held-out polygons", fontsize=9)
+    right.set_title("F1 per class", fontsize=9)
+    for ax in (left, right):
+        ax.set_ylim(0, 1.02)
+        ax.tick_params(axis="x", labelsize=8, rotation=30)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(textwrap.fill(title, 90), fontsize=9)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _suspicious_section(areas, oof):
+    """The flagged training areas as an HTML table (polygon number, class, out-of-fold figures, attributes)."""
+    from .bootstrap import SUSPICIOUS_MIN_HELD_OUT, SUSPICIOUS_SHARE
+
+    flagged = [i for i, o in enumerate(oof) if o["suspicious"]]
+    names = [name for name, _ in areas.fields]
+
+    def attributes(i):
+        values = areas.attributes[i] if areas.attributes else []
+        return html.escape(", ".join(f"{n}={v}" for n, v in zip(names, values) if v is not None))
+
+    rows = "".join(
+        f"<tr><td>{i + 1}</td><td>{html.escape(legend.label(areas.codes[i]))}</td>"
+        f"<td>{_fmt(oof[i]['oof_share'])}</td><td>{html.escape(str(oof[i]['oof_class']))}</td>"
+        f"<td>{oof[i]['oof_boots']}</td><td>{attributes(i)}</td></tr>" for i in flagged)
+    held = sum(o["oof_boots"] > 0 for o in oof)
+    text = (f"<p>{len(flagged)} of {len(oof)} training areas are suspicious ({held} were held out at least once). "
+            f"Rule: held out in at least {SUSPICIOUS_MIN_HELD_OUT} bootstraps, and less than "
+            f"{SUSPICIOUS_SHARE:.0%} of its held-out samples mapped as its own class (oof_share). Check their "
+            "class and outline against the imagery; oof_class is the class most often given instead.</p>")
+    if not flagged:
+        return text
+    return (text + "<table><tr><th>#</th><th>class</th><th>oof_share</th><th>oof_class</th>"
+            f"<th>held out (bootstraps)</th><th>fields</th></tr>{rows}</table>")
+
+
+def write_bootstrap_report(html_path, summary, requested, areas, oof, details=None, warnings=()):
+    """Write the bootstrapped training's report: HTML, and beside it ``.csv`` (median, Q1, Q3, IQR per figure),
+    ``.json`` (everything, with each bootstrap's metrics and each polygon's out-of-fold figures), ``.png`` (the
+    averaged confusion matrix) and ``_boxplots.png`` (``report_files``).
+
+    summary: ``bootstrap.summarise``; requested: the bootstraps asked for (more than ``summary['bootstraps']``
+    when canceled); areas: the ``TrainingAreas``; oof: ``bootstrap.out_of_fold``; details: key → value rows.
+    """
+    from .bootstrap import METRICS
+
+    _, csv_path, json_path, png_path, box_path, _ = report_files(html_path)
+    done = summary["bootstraps"]
+    title = f"Bootstrapped accuracy on held-out polygons ({done} bootstrap{'s' if done != 1 else ''})"
+    cm_png = confusion_plot_png(summary["confusion_matrix"], f"{title}: averaged confusion matrix")
+    box_png = boxplots_png(summary, title)
+    _write_bytes(png_path, cm_png)
+    _write_bytes(box_path, box_png)
+    status = (f"{done} bootstraps, as requested." if done == requested else
+              f"<b>Canceled: {done} of the {requested} bootstraps requested were finished; the figures are of "
+              f"those {done}.</b>")
+    overall = "".join(f"<tr><th>{k}</th><td>{_fmt(summary['median'][k])}</td><td>{_fmt(summary['iqr'][k])}</td>"
+                      f"<td>{_fmt(summary['q1'][k])}–{_fmt(summary['q3'][k])}</td>"
+                      f"<td>{html.escape(DEFINITIONS[k])}</td></tr>" for k in METRICS)
+    f1 = "".join(f"<tr><td>{html.escape(legend.label(legend.LABELS.index(label) + 1))}</td><td>{_fmt(s['median'])}"
+                 f"</td><td>{_fmt(s['iqr'])}</td></tr>" for label, s in summary["F1"].items())
+    _write_page(html_path, title, f"""{_warnings(warnings)}<p>{status} Each bootstrap trains on 70 % of each
+class's polygons and is assessed on the other 30 % (the LCZ Generator's protocol); the figures are the median and
+the interquartile range (IQR = Q3 − Q1) over the bootstraps.</p>
+<h2>Overall</h2><table><tr><th>metric</th><th>median</th><th>IQR</th><th>Q1–Q3</th><th>definition</th></tr>
+{overall}</table>
+<h2>F1 per class</h2><table><tr><th>class</th><th>median</th><th>IQR</th></tr>{f1}</table>
+<h2>Boxplots</h2>{_img(box_png, "boxplots")}
+<h2>Averaged confusion matrix</h2><p>The mean over the bootstraps of each held-out confusion matrix (samples;
+rows = reference, columns = map).</p>{_img(cm_png, "averaged confusion matrix")}
+<h2>Suspicious training areas</h2>{_suspicious_section(areas, oof)}
+<h2>Details</h2>{_details(details)}""")
+    with atomic_output(csv_path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["metric", "class", "median", "q1", "q3", "iqr"])
+        for key in METRICS:
+            writer.writerow([key, "", *(summary[part][key] for part in ("median", "q1", "q3", "iqr"))])
+        for label, s in summary["F1"].items():
+            writer.writerow(["F1", label, s["median"], s["q1"], s["q3"], s["iqr"]])
+    _write_json(json_path, {"title": title, "bootstraps": done, "requested": requested, "definitions": DEFINITIONS,
+                            **summary, "out_of_fold": oof, "details": details or {}, "warnings": list(warnings)})
     return html_path

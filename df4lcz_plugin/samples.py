@@ -3,12 +3,12 @@
 Sampling: the polygons are rasterised by GDAL onto the Sentinel-2 pixel grid (polygon id per pixel, all-touched
 off); a patch centre is taken every ``spacing_px`` pixels (default 5 px = 50 m) where the centre pixel lies in a
 polygon, and kept when its 32 × 32 patch is inside the raster without no-data. Neighbouring patches of one
-polygon overlap, which is why the splits are by polygon.
+polygon overlap, which is why the splits are by polygon. A class with fewer than 3 polygons carrying samples is
+left out, with a warning, as the LCZ Generator requires 3 polygons per class; fewer than 2 classes left is
+refused. Class balance is handled in the loss (``class_weights``), not by resampling.
 
-Splits ("polygon pool", leakage-free): within each class, polygons are shuffled with the seed and assigned to
-test (20 %, at least 1), validation (20 %, at least 1) and training (the rest, at least 1); no polygon feeds two
-splits. A class with fewer than 3 polygons carrying samples is left out, with a warning, as the LCZ Generator
-requires 3 polygons per class. Class balance is handled in the loss (``class_weights``), not by resampling.
+Splits (``split_polygons``, leakage-free): within each class, the polygons are shuffled and assigned to test,
+validation and training; no polygon feeds two splits.
 """
 
 from dataclasses import dataclass
@@ -34,28 +34,49 @@ class SamplingError(ValueError):
 
 @dataclass
 class Samples:
-    """Patch centres (raster row, col), their LCZ code (1–17), polygon id and split name, as arrays of length N."""
+    """Patch centres (raster row, col), their LCZ code (1–17) and polygon id (index in the training areas), as
+    int64 arrays of length N."""
 
     rows: np.ndarray
     cols: np.ndarray
     codes: np.ndarray
     polygons: np.ndarray
-    splits: np.ndarray
     cloud_dropped: int = 0  # candidate patches dropped under the stack's cloud mask
 
-    def subset(self, split):
-        keep = self.splits == split
-        return Samples(self.rows[keep], self.cols[keep], self.codes[keep], self.polygons[keep], self.splits[keep])
+    def take(self, keep):
+        """The samples where the boolean (N,) ``keep`` is true."""
+        return Samples(self.rows[keep], self.cols[keep], self.codes[keep], self.polygons[keep])
 
     def __len__(self):
         return len(self.codes)
 
-    def summary(self):
-        """{split: {code: samples}} and polygon counts, for the model card and the report."""
-        return {split: {"samples": {int(c): int(((self.splits == split) & (self.codes == c)).sum())
+    def summary(self, splits):
+        """{split: {"samples": {code: n}, "polygons": n}} for a split name per sample (str (N,)), for the model
+        card and the report."""
+        return {split: {"samples": {int(c): int(((splits == split) & (self.codes == c)).sum())
                                     for c in np.unique(self.codes)},
-                        "polygons": int(len(np.unique(self.polygons[self.splits == split])))}
-                for split in SPLITS}
+                        "polygons": int(len(np.unique(self.polygons[splits == split])))}
+                for split in SPLITS if (splits == split).any()}
+
+
+def split_polygons(polygons, codes, rng, test_share=0.3, validation_share=0.2):
+    """str (N,) split name per sample ('train', 'validation', 'test'), drawn by polygon, stratified by class.
+
+    polygons, codes: int (N,) per sample. Per class of n polygons, shuffled by ``rng`` (a NumPy Generator):
+    n_test = round(test_share · n), at least 1 (0 if ``test_share`` is 0), leaving at least 2; of the m = n −
+    n_test others, n_validation = round(validation_share · m), at least 1, leaving at least 1; the rest train.
+    Each class must have at least 3 polygons (2 with ``test_share`` 0).
+    """
+    splits = np.empty(len(polygons), dtype="<U10")
+    for code in np.unique(codes):
+        members = rng.permutation(np.unique(polygons[codes == code]))
+        n_test = min(max(1, round(test_share * len(members))), len(members) - 2) if test_share else 0
+        pool = len(members) - n_test
+        n_val = min(max(1, round(validation_share * pool)), pool - 1)
+        for split, chosen in (("test", members[:n_test]), ("validation", members[n_test:n_test + n_val]),
+                              ("train", members[n_test + n_val:])):
+            splits[np.isin(polygons, chosen)] = split
+    return splits
 
 
 def rasterise_polygons(ds, areas):
@@ -80,10 +101,10 @@ def rasterise_polygons(ds, areas):
     return raster.GetRasterBand(1).ReadAsArray()
 
 
-def sample_training_areas(sentinel2_path, areas, seed=0, spacing_px=5, feedback=None):
-    """Samples of ``areas`` on the Sentinel-2 stack, split by polygon (see module docstring).
+def sample_training_areas(sentinel2_path, areas, spacing_px=5, feedback=None):
+    """Samples of ``areas`` on the Sentinel-2 stack (see module docstring), classes of < 3 polygons left out.
 
-    Raises SamplingError when no polygon overlaps the raster, or no class keeps 3 polygons.
+    Raises SamplingError when no polygon overlaps the raster, or fewer than 2 classes keep 3 polygons.
     """
     feedback = feedback or Feedback()
     ds = open_sentinel2(sentinel2_path)
@@ -106,26 +127,21 @@ def sample_training_areas(sentinel2_path, areas, seed=0, spacing_px=5, feedback=
     rows, cols = rows[keep], cols[keep]
     polygons = ids[rows, cols] - 1
     codes = np.asarray(areas.codes)[polygons]
-    rng = np.random.default_rng(seed)
-    splits = np.empty(len(rows), dtype=object)
+    used = np.zeros(len(codes), bool)
     for code in np.unique(codes):
         members = np.unique(polygons[codes == code])
         if len(members) < MIN_POLYGONS:
             feedback.warning(f"LCZ class {code} has {len(members)} training polygon(s) with samples; at least "
                              f"{MIN_POLYGONS} are needed (train, validation, test), so the class is left out.")
-            splits[codes == code] = None
-            continue
-        rng.shuffle(members)
-        n_test = max(1, round(0.2 * len(members)))
-        n_val = max(1, round(0.2 * len(members)))
-        for split, chosen in (("test", members[:n_test]), ("validation", members[n_test:n_test + n_val]),
-                              ("train", members[n_test + n_val:])):
-            splits[np.isin(polygons, chosen)] = split
-    used = splits != None  # noqa: E711 (element-wise on an object array)
-    if not used.any():
-        raise SamplingError(f"No LCZ class has {MIN_POLYGONS} training polygons on this raster.")
-    return Samples(rows[used], cols[used], codes[used].astype(np.int64), polygons[used].astype(np.int64),
-                   splits[used].astype(str), cloud_dropped)
+        else:
+            used |= codes == code
+    classes = len(np.unique(codes[used]))
+    if classes < 2:
+        raise SamplingError(f"{'Only one LCZ class has' if classes else 'No LCZ class has'} {MIN_POLYGONS} training "
+                            "polygons with samples on this raster; a model needs at least 2 classes. Digitise at "
+                            f"least {MIN_POLYGONS} polygons for each of 2 or more classes.")
+    return Samples(rows[used].astype(np.int64), cols[used].astype(np.int64), codes[used].astype(np.int64),
+                   polygons[used].astype(np.int64), cloud_dropped)
 
 
 _CLEAR, _NODATA, _CLOUDY = 0, 1, 2

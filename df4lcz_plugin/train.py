@@ -1,7 +1,8 @@
 """Train DF4LCZ models: on your own LCZ training areas, or on the paper's LCZC-GES2 dataset.
 
-- ``train_on_training_areas``: the engine of ``df4lcz:trainmodel`` (samples and polygon splits in ``samples``,
-  loops and recipes in ``training``).
+- ``train_on_training_areas``: the engine of ``df4lcz:trainmodel``: the LCZ Generator's bootstraps, then the
+  final model (samples and polygon splits in ``samples``, the bootstrap protocol in ``bootstrap``, loops and
+  recipes in ``training``).
 - ``python -m df4lcz_plugin.train lczc-ges2 PATH --split random|polygons [--epochs N] [--device D]``: trains
   and evaluates both streams and the fusion on LCZC-GES2 as ctrlovefly/DF4LCZ does (``lczc_ges2``;
   ``shared/design/df4lcz_method.md`` §1, §3). Files: ``sen2_img_patches/sen2_image_{i}.npz`` with ``image``
@@ -15,22 +16,31 @@
 """
 
 import argparse
+import contextlib
 import io
 import json
+import os
 import pickle  # nosec B403
 import re
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .sentinel2.bands import SO2SAT_BANDS
-from .feedback import Feedback
+from .bootstrap import (DEFAULT_BOOTSTRAPS, TRAIN_SHARE, BootstrapLog, areas_digest, bootstrap_seed, cap_polygons,
+                        check_bootstraps, held_out_counts, out_of_fold, run_key, summarise)
+from .feedback import Canceled, Feedback, StageFeedback, duration_text
+from .kill_points import kill_point
+from .report import report_files
+from .training_areas import TrainingAreas
 from .vhr.graph import DEFAULT_GRAPH_RULE, ObjectGraph, normalised_edges
 from .legend import label as class_name
 from .metrics import confusion_matrix, lcz_metrics, paper_oa_b_n
 from .processing_level import card_level, stack_level, with_level
-from .samples import SPLITS, class_weights, read_patches, sample_training_areas
+from .samples import SPLITS, class_weights, read_patches, sample_training_areas, split_polygons
 from .training import PAPER_ALPHA, choose_alpha, gcn_probabilities, log_probabilities, train_gcn, train_sentinel2
 
 SPLIT_FILES = {"random": "partition_random.npz", "polygons": "partition_polygons_1125.npz"}
@@ -135,96 +145,235 @@ def _probabilities(module, x, device):
                                for i in range(0, len(x), 256)])
 
 
+PROTOCOL = ("LCZ Generator bootstraps: per bootstrap, per class, 30 % of the polygons (≥ 1) held out for the "
+            "test and 70 % for training, of which 20 % (≥ 1) validate (early stop, best epoch, α); polygons of "
+            "0.3 km² or more replaced by the 300 m buffer around their centroid. Final model: all polygons, 20 % "
+            "(≥ 1) per class validating.")
+
+
+@dataclass
+class _Setup:
+    """What every training of a run shares: all samples' patches (float32 (N, 10, 32, 32)), their 0-based labels
+    (int64 (N,)), their object graphs (None without VHR) and the recipe."""
+
+    x: np.ndarray
+    labels: np.ndarray
+    graphs: list
+    base_model: object
+    epochs: int
+    batch_size: int
+    device: str
+
+
+@dataclass
+class _Fitted:
+    """A trained model: the Sentinel-2 stream's TrainingResult, the GCN's (or None), α and the test
+    probabilities (float32 (n_test, 17), None without test samples)."""
+
+    s2: object
+    gcn: object = None
+    alpha: float = None
+    p_test: np.ndarray = None
+
+
+class _Recorded(StageFeedback):
+    """The run's feedback, its warnings kept for the card and the report."""
+
+    def __init__(self, run):
+        super().__init__(run, 0, 1)
+        self.warnings = []
+
+    def warning(self, text):
+        self.warnings.append(text)
+        super().warning(text)
+
+
 def train_on_training_areas(sentinel2_path, areas, model_path, report_path, base_model=None, vhr_path=None,
                             epochs=30, batch_size=64, device="cpu", seed=0, amg_settings=None, feedback=None,
-                            segmentation="tiles"):
-    """Train a DF4LCZ model on LCZ training areas and write it (safetensors + card) and an accuracy report.
+                            segmentation="tiles", bootstraps=DEFAULT_BOOTSTRAPS):
+    """Assess by bootstraps as the LCZ Generator does, then train a DF4LCZ model on all the LCZ training areas;
+    write it (safetensors + card) and the accuracy report.
 
     areas: ``training_areas.TrainingAreas``. base_model: a model card/weights path whose Sentinel-2 stream is
-    fine-tuned (None: a 3D ResNet11 from scratch). vhr_path: VHR imagery to train the GCN stream as well.
-    Warnings of ``class_warnings`` go to ``feedback.warning``, the card and the report's details. The card's
-    Sentinel-2 stream records the stack's processing level (``processing_level.with_level``: a VRT mosaic's
-    sources must agree), whatever the base model's was: the model is for stacks of that level.
-    segmentation: ``tiles`` (shared segmentation, the default: footprints every 50 m overlap many times) or
-    ``footprint`` (the paper's, one SAM run per sample); recorded in the card's graph rule (``vhr.stream``).
-    Returns (model card path, test metrics dict). Raises SamplingError, Canceled, the VHR/SAM errors, and
-    ModelError when the model's file name cannot be its id (``registry.MODEL_ID``: no commas).
+    fine-tuned (None: a 3D ResNet11 from scratch). vhr_path: VHR imagery to train the GCN stream as well (each
+    sample's graph made once, through the graph cache). bootstraps: 1–100 (``PROTOCOL``; ``bootstrap``); each
+    finished one is kept in the report's ``.bootstraps.jsonl``, from which a re-run of the same training resumes.
+    The card's Sentinel-2 stream records the stack's processing level (``processing_level.with_level``), and the
+    card the bootstrap figures. segmentation: ``tiles`` (shared segmentation, the default) or ``footprint`` (the
+    paper's, one SAM run per sample); recorded in the card's graph rule (``vhr.stream``).
+    Returns (model card path, ``bootstrap.summarise`` dict, ``bootstrap.out_of_fold`` list, one per polygon of
+    ``areas``). Raises ValueError for BOOTSTRAPS out of range, SamplingError, the VHR/SAM errors, ModelError when
+    the model's file name cannot be its id (``registry.MODEL_ID``: no commas), and Canceled (after writing the
+    report of the bootstraps finished, if any, when no model could be trained).
     """
-    from .models.registry import MODEL_ID, ModelError, save_model
+    from .models.registry import MODEL_ID, ModelError
 
     if not re.fullmatch(MODEL_ID, Path(model_path).stem):
         raise ModelError(f"The model's file name '{Path(model_path).stem}' is its id in Classify's MODEL list, so it "
                          "may hold letters, digits, '_', '-', '.' and spaces only (no commas); rename it.")
-    feedback = feedback or Feedback()
-    samples = sample_training_areas(sentinel2_path, areas, seed=seed, feedback=feedback)
-    summary = samples.summary()
-    feedback.info(f"Samples per split: { {k: sum(v['samples'].values()) for k, v in summary.items()} }, "
-                  f"polygons: { {k: v['polygons'] for k, v in summary.items()} }")
-    split = {name: samples.subset(name) for name in SPLITS}
-    warnings = class_warnings(split["train"].codes, split["test"].codes)
-    for text in warnings:
-        feedback.warning(text)
-    module, s2_card, recipe = _new_sentinel2_stream(base_model)
+    check_bootstraps(bootstraps)
+    feedback = _Recorded(feedback or Feedback())
+    geometries, capped = cap_polygons(areas.geometries, areas.srs)
+    if capped:
+        feedback.info(f"{len(capped)} training polygon(s) of 0.3 km² or more replaced by the 300 m buffer around "
+                      "their centroid, as the LCZ Generator does, so that large polygons do not dominate.")
+    samples = sample_training_areas(sentinel2_path, TrainingAreas(geometries, areas.codes, areas.srs),
+                                    feedback=feedback)
+    _, s2_card, _ = _new_sentinel2_stream(base_model)
     level = stack_level(sentinel2_path)
     s2_card = with_level(s2_card, level)
     feedback.info(f"The training stack's Sentinel-2 processing level is {level}; the model card records "
                   f"{card_level(s2_card)}.")
-    scale = float(s2_card["input_scaling"]["divide_by"])
-    x = {name: read_patches(sentinel2_path, s, scale) for name, s in split.items()}
-    y = {name: s.codes - 1 for name, s in split.items()}
-    result = train_sentinel2(module, x["train"], y["train"], x["validation"], y["validation"], epochs=epochs,
-                             batch_size=batch_size, weights=class_weights(split["train"].codes), device=device,
-                             seed=seed, feedback=feedback, **recipe)
-    p_s2 = {name: _probabilities(result.module, x[name], device) for name in ("validation", "test")}
+    setup = _Setup(read_patches(sentinel2_path, samples, float(s2_card["input_scaling"]["divide_by"])),
+                   samples.codes - 1, None, base_model, epochs, batch_size, device)
     streams = {"sentinel2": s2_card}
-    modules = {"sentinel2": result.module.cpu()}
-    fusion, p_test = None, p_s2["test"]
     if vhr_path:
-        gcn, vhr_card, alpha, p_test = _train_vhr(sentinel2_path, vhr_path, split, y, p_s2, epochs, device, seed,
-                                                   amg_settings, feedback, segmentation)
-        streams["vhr"] = vhr_card
-        modules["vhr"] = gcn.cpu()
-        fusion = {"alpha": alpha}
-    cm = confusion_matrix(split["test"].codes, p_test.argmax(1) + 1)
-    metrics = lcz_metrics(cm)
+        setup.graphs, streams["vhr"] = _sample_graphs(sentinel2_path, vhr_path, samples, device, amg_settings,
+                                                      feedback, segmentation)
+    key = run_key(stack=sentinel2_path, stack_stat=_stat(sentinel2_path), areas=areas_digest(areas), vhr=vhr_path,
+                  base_model=base_model, epochs=epochs, batch_size=batch_size, seed=seed, amg=amg_settings,
+                  segmentation=segmentation)
+    log = BootstrapLog(report_files(report_path)[-1], key)
+    records = _run_bootstraps(setup, samples, log, bootstraps, seed, feedback)
+    summary = summarise(records) if records else None
+    oof = out_of_fold(records, areas.codes)
+    split = split_polygons(samples.polygons, samples.codes, np.random.default_rng(bootstrap_seed(seed, None)),
+                           test_share=0)
+    fitted = None
+    if len(records) == bootstraps:
+        with contextlib.suppress(Canceled):
+            fitted = _fit(setup, split, bootstrap_seed(seed, None),
+                          StageFeedback(feedback, bootstraps, bootstraps + 1, "Final model: "))
+    report = {"path": report_path, "summary": summary, "oof": oof, "areas": areas, "requested": bootstraps,
+              "warnings": feedback.warnings, "capped": len(capped)}
+    if fitted is None:
+        _canceled(report, log)
+    title = (f"DF4LCZ trained on {len(areas)} training areas "
+             f"({'fine-tuned Sen2LCZ-Net' if base_model else '3D ResNet11'}{' + GCN' if vhr_path else ''})")
+    modules = {"sentinel2": fitted.s2.module.cpu(), **({"vhr": fitted.gcn.module.cpu()} if fitted.gcn else {})}
     card = {
-        "id": Path(model_path).stem,
-        "title": f"DF4LCZ trained on {len(areas)} training areas ({'fine-tuned Sen2LCZ-Net' if base_model else '3D ResNet11'}"
-                 f"{' + GCN' if vhr_path else ''})",
-        "streams": streams,
-        "fusion": fusion,
-        "classes": list(range(1, 18)),
+        "id": Path(model_path).stem, "title": title, "streams": streams,
+        "fusion": {"alpha": fitted.alpha} if fitted.gcn else None, "classes": list(range(1, 18)),
         "training": {"sentinel2": str(sentinel2_path), "vhr": str(vhr_path) if vhr_path else None,
-                     "protocol": "split by polygon (polygon pool), 20 % test, 20 % validation per class",
-                     "seed": seed, "epochs": epochs, "batch_size": batch_size, "best_epoch": result.best_epoch,
-                     "canceled": result.canceled, "samples": summary, "history": result.history,
-                     "base_model": str(base_model) if base_model else None, "warnings": warnings,
-                     "processing_level": level},
-        "test_metrics": {k: metrics[k] for k in ("n", "OA", "OA_u", "OA_bu_wudapt", "OA_bu_binary", "OA_w", "kappa")},
+                     "protocol": PROTOCOL, "seed": seed, "epochs": epochs, "batch_size": batch_size,
+                     "best_epoch": fitted.s2.best_epoch, "canceled": fitted.s2.canceled,
+                     "samples": samples.summary(split), "history": fitted.s2.history,
+                     "base_model": str(base_model) if base_model else None, "warnings": feedback.warnings,
+                     "processing_level": level, "capped_polygons": len(capped)},
+        "bootstrap_metrics": _card_figures(summary, bootstraps),
         "licence": "as the training data",
     }
+    from .models.registry import save_model
+
     card_path = save_model(Path(model_path).with_suffix(""), card, modules)
-    details = {"model": str(card_path), "split protocol": card["training"]["protocol"], "seed": seed,
-               "training samples": summary["train"], "validation samples": summary["validation"],
-               "test samples": summary["test"], "best epoch": result.best_epoch,
-               "canceled early": result.canceled, "fusion": json.dumps(fusion),
-               "patches dropped under the cloud mask": samples.cloud_dropped}
-    from .report import report_files, write_report
-
-    _, csv_path, json_path, png_path = report_files(report_path)
-    write_report(report_path, metrics, cm, f"Held-out test polygons — {card['title']}", details,
-                 csv_path=csv_path, json_path=json_path, png_path=png_path, warnings=warnings)
-    return card_path, metrics
+    _write_report(report, {"model": str(card_path), "title": title, "final model samples": card["training"]["samples"],
+                           "final model best epoch": fitted.s2.best_epoch,
+                           "final model canceled early": fitted.s2.canceled, "fusion": json.dumps(card["fusion"]),
+                           "patches dropped under the cloud mask": samples.cloud_dropped})
+    return card_path, summary, oof
 
 
-def _train_vhr(sentinel2_path, vhr_path, split, y, p_s2, epochs, device, seed, amg_settings, feedback,
-               segmentation):
-    """Graphs of every sample's footprint, the GCN trained on them, α chosen on validation; test P fused."""
+def _stat(path):
+    """(size, mtime) of a file, None for a non-file source (e.g. a GDAL connection string)."""
+    try:
+        stat = os.stat(path)
+        return stat.st_size, stat.st_mtime_ns
+    except OSError:
+        return None
+
+
+def _card_figures(summary, requested):
+    """The bootstrap figures the model card records."""
+    return {"protocol": PROTOCOL, "bootstraps": summary["bootstraps"], "requested": requested,
+            **{part: summary[part] for part in ("median", "q1", "q3", "iqr")},
+            "F1": summary["F1"]}
+
+
+def _write_report(report, details):
+    from .report import write_bootstrap_report
+
+    write_bootstrap_report(report["path"], report["summary"], report["requested"], report["areas"], report["oof"],
+                           details={"split protocol": PROTOCOL,
+                                    "polygons capped (≥ 0.3 km² → 300 m buffer)": report["capped"], **details},
+                           warnings=report["warnings"])
+
+
+def _canceled(report, log):
+    """Raise Canceled, after writing the report of the bootstraps finished, if any."""
+    done = len(log.records)
+    if not done:
+        raise Canceled("Training was canceled before its first bootstrap finished; nothing was written.")
+    _write_report(report, {"model": "none (canceled before the final model was trained)"})
+    raise Canceled(f"Canceled after {done} of {report['requested']} bootstraps: the report {report['path']} gives "
+                   f"their figures, and {log.path} keeps them (a re-run of the same training resumes from them). "
+                   "No model was written.")
+
+
+def _run_bootstraps(setup, samples, log, bootstraps, seed, feedback):
+    """The bootstrap records: those of ``log`` resumed, then each bootstrap trained and assessed on its held-out
+    polygons, until all are done or the run is canceled (the bootstrap then under way is dropped)."""
+    records = log.resume(bootstraps)
+    if records:
+        feedback.info(f"Resuming: {len(records)} of {bootstraps} bootstraps were finished before ({log.path}).")
+    started = time.perf_counter()
+    for b in range(len(records), bootstraps):
+        seed_b = bootstrap_seed(seed, b)
+        split = split_polygons(samples.polygons, samples.codes, np.random.default_rng(seed_b),
+                               test_share=1 - TRAIN_SHARE)
+        clock = time.perf_counter()
+        try:
+            fitted = _fit(setup, split, seed_b, StageFeedback(feedback, b, bootstraps + 1,
+                                                              f"Bootstrap {b + 1}/{bootstraps}: "))
+        except Canceled:
+            fitted = None
+        if fitted is None or fitted.s2.canceled:
+            feedback.warning(f"Canceled during bootstrap {b + 1}/{bootstraps}; it is dropped, the {b} finished "
+                             "are kept.")
+            break
+        test = split == "test"
+        predicted = fitted.p_test.argmax(1) + 1
+        cm = confusion_matrix(samples.codes[test], predicted)
+        log.add({"bootstrap": b, "seconds": round(time.perf_counter() - clock, 2), "alpha": fitted.alpha,
+                 "best_epoch": fitted.s2.best_epoch, "confusion_matrix": cm.tolist(),
+                 "held_out": held_out_counts(samples.polygons[test], predicted)})
+        kill_point("bootstrap")
+        m = lcz_metrics(cm)
+        left = (time.perf_counter() - started) / (b + 1 - len(records)) * (bootstraps - b)
+        feedback.info(f"Bootstrap {b + 1}/{bootstraps} done in {time.perf_counter() - clock:.0f} s, on "
+                      f"{int(test.sum())} held-out samples: OA {m['OA']:.3f}, OA_w {m['OA_w']:.3f}, "
+                      f"κ {m['kappa']:.3f}; about {duration_text(left)} left (the other bootstraps and the final "
+                      "model).")
+    return log.records
+
+
+def _fit(setup, split, seed, feedback):
+    """Train the Sentinel-2 stream (and, with graphs, the GCN and α) on the samples whose ``split`` (str (N,)) is
+    'train', validated on 'validation'; the 'test' samples' probabilities in ``_Fitted.p_test``."""
+    import torch
+
+    torch.manual_seed(seed)  # a 3D ResNet11 from scratch starts from the same weights for the same seed
+    module, _, recipe = _new_sentinel2_stream(setup.base_model)
+    part = {name: split == name for name in SPLITS}
+    y = setup.labels
+    result = train_sentinel2(module, setup.x[part["train"]], y[part["train"]], setup.x[part["validation"]],
+                             y[part["validation"]], epochs=setup.epochs, batch_size=setup.batch_size,
+                             weights=class_weights(y[part["train"]] + 1), device=setup.device, seed=seed,
+                             feedback=feedback, **recipe)
+    p = {name: _probabilities(result.module, setup.x[part[name]], setup.device) if part[name].any() else None
+         for name in ("validation", "test")}
+    fitted = _Fitted(result, p_test=p["test"])
+    if setup.graphs is not None:
+        fitted.gcn, fitted.alpha, fitted.p_test = _fit_gcn(setup, part, p, seed, feedback)
+    return fitted
+
+
+def _sample_graphs(sentinel2_path, vhr_path, samples, device, amg_settings, feedback, segmentation):
+    """(one ObjectGraph per sample's footprint, None where it has no objects; the VHR stream's card). Made once
+    per run (and shared with other runs through the graph cache)."""
     from osgeo import gdal
 
     from . import assets
     from .grid import PATCH_PX, patch_footprint
-    from .models.gcn import ObjectGCN
     from .vhr.sam import PAPER_AMG_SETTINGS
     from .vhr.stream import FootprintGraphs
 
@@ -232,34 +381,44 @@ def _train_vhr(sentinel2_path, vhr_path, split, y, p_s2, epochs, device, seed, a
     gt, wkt = ds.GetGeoTransform(), ds.GetProjection()
     rule = {**DEFAULT_GRAPH_RULE, "segmentation": segmentation}
     footprints = FootprintGraphs(vhr_path, wkt, device, amg_settings=amg_settings, graph_rule=rule)  # cache, SAM
-    graphs = {}
-    for name, s in split.items():
-        graphs[name] = []
-        for r, c in zip(s.rows, s.cols):
-            feedback.check_canceled()
-            graph = footprints.graph(patch_footprint(gt, r - PATCH_PX // 2, c - PATCH_PX // 2))
-            graphs[name].append(graph if graph is not None and graph.num_nodes else None)
+    graphs = []
+    for r, c in zip(samples.rows, samples.cols):
+        feedback.check_canceled()
+        graph = footprints.graph(patch_footprint(gt, r - PATCH_PX // 2, c - PATCH_PX // 2))
+        graphs.append(graph if graph is not None and graph.num_nodes else None)
     feedback.info(f"Object graphs ({segmentation} segmentation): {footprints.sam_runs} SAM run(s), "
                   f"{footprints.cache_hits} from the graph cache.")
-    has = {name: np.array([g is not None for g in graphs[name]], bool) for name in graphs}
-    if has["train"].sum() == 0 or has["validation"].sum() == 0:
-        from .vhr.imagery import VHRError
-        raise VHRError("The VHR imagery covers no training or no validation sample footprint; the GCN stream "
-                       "cannot be trained. Leave VHR empty to train the Sentinel-2 stream only.")
-    pick = lambda name: [g for g in graphs[name] if g is not None]  # noqa: E731
-    result = train_gcn(ObjectGCN(), pick("train"), y["train"][has["train"]], pick("validation"),
-                       y["validation"][has["validation"]], epochs=epochs, device=device, seed=seed, feedback=feedback)
-    p_val_vhr = gcn_probabilities(result.module, pick("validation"), device)
-    alpha = choose_alpha(p_s2["validation"][has["validation"]], p_val_vhr, y["validation"][has["validation"]])
-    feedback.info(f"Fusion weight chosen on validation: alpha = {alpha}")
-    p_test = p_s2["test"].copy()
-    if has["test"].any():
-        p_test[has["test"]] = alpha * p_test[has["test"]] + (1 - alpha) * gcn_probabilities(
-            result.module, pick("test"), device)
     card = {"architecture": "object_gcn", "config": {}, "graph_rule": rule,
             "sam": {"architecture": "vit_t", "checkpoint_sha256": assets.MOBILE_SAM.sha256,
                     "amg": {**PAPER_AMG_SETTINGS, **(amg_settings or {})}}}
-    return result.module, card, alpha, p_test
+    return graphs, card
+
+
+def _fit_gcn(setup, part, p_s2, seed, feedback):
+    """(GCN TrainingResult, α chosen on validation, test probabilities fused where a sample has a graph)."""
+    from .models.gcn import ObjectGCN
+
+    has = np.array([g is not None for g in setup.graphs], bool)
+    if not (part["train"] & has).any() or not (part["validation"] & has).any():
+        from .vhr.imagery import VHRError
+        raise VHRError("The VHR imagery covers no training or no validation sample footprint; the GCN stream "
+                       "cannot be trained. Leave VHR empty to train the Sentinel-2 stream only.")
+
+    def pick(mask):
+        return [g for g, m in zip(setup.graphs, mask & has) if m]
+
+    y, val = setup.labels, part["validation"]
+    result = train_gcn(ObjectGCN(), pick(part["train"]), y[part["train"] & has], pick(val), y[val & has],
+                       epochs=setup.epochs, device=setup.device, seed=seed, feedback=feedback)
+    alpha = choose_alpha(p_s2["validation"][has[val]], gcn_probabilities(result.module, pick(val), setup.device),
+                         y[val & has])
+    feedback.info(f"Fusion weight chosen on validation: alpha = {alpha}")
+    p_test = None if p_s2["test"] is None else p_s2["test"].copy()
+    on = has[part["test"]]
+    if on.any():
+        p_test[on] = alpha * p_test[on] + (1 - alpha) * gcn_probabilities(result.module, pick(part["test"]),
+                                                                          setup.device)
+    return result, alpha, p_test
 
 
 def _lczc_graph(npz):

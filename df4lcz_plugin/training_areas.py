@@ -6,7 +6,7 @@ placemarks are all named "ROI" (the region of interest) is skipped.
 """
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from osgeo import gdal, ogr, osr
 
@@ -38,20 +38,63 @@ def parse_code(value):
 
 @dataclass
 class TrainingAreas:
-    """Polygons (OGR geometries, in ``srs``) with their LCZ codes and a stable polygon id (0…n−1)."""
+    """Polygons (OGR geometries, in ``srs``) with their LCZ codes and a stable polygon id (0…n−1).
+
+    fields: the source's attribute fields as (name, OGR field type); attributes: each polygon's values of them
+    (int, float, str or None; other types as text), so that outputs per polygon can carry them.
+    """
 
     geometries: list
     codes: list
     srs: osr.SpatialReference
+    fields: list = field(default_factory=list)
+    attributes: list = field(default_factory=list)
 
     def __len__(self):
         return len(self.codes)
+
+
+def _schema(layer):
+    """(name, OGR field type) of a layer's attribute fields."""
+    definition = layer.GetLayerDefn()
+    return [(definition.GetFieldDefn(i).GetName(), definition.GetFieldDefn(i).GetType())
+            for i in range(definition.GetFieldCount())]
+
+
+def _values(feature, schema):
+    """A feature's values of ``schema`` (numbers as numbers, everything else as text, unset as None)."""
+    numeric = (ogr.OFTInteger, ogr.OFTInteger64, ogr.OFTReal)
+    return [None if feature.GetFieldIndex(name) < 0 or not feature.IsFieldSetAndNotNull(name)
+            else feature.GetField(name) if kind in numeric else feature.GetFieldAsString(name)
+            for name, kind in schema]
 
 
 def _is_roi_folder(layer):
     names = [feature.GetField("Name") if feature.GetFieldIndex("Name") >= 0 else None for feature in layer]
     layer.ResetReading()
     return bool(names) and all(str(n).strip().upper() == "ROI" for n in names)
+
+
+def _read_kml_folders(ds):
+    """(geometries, codes, attributes, srs, schema) of a WUDAPT KML/KMZ whose folders name the classes."""
+    geometries, codes, attributes, srs, schema, foreign = [], [], [], None, None, []
+    for index in range(ds.GetLayerCount()):
+        layer = ds.GetLayer(index)
+        code = parse_code(layer.GetName())
+        if code is None or layer.GetName().strip().isdigit() and int(layer.GetName()) > 10:
+            if layer.GetFeatureCount() and not _is_roi_folder(layer):
+                foreign.append(layer.GetName())
+            continue
+        srs = srs or layer.GetSpatialRef()
+        schema = schema or _schema(layer)  # every folder of a KML has the same fields
+        for feature in layer:
+            geometries.append(feature.GetGeometryRef().Clone())
+            codes.append(code)
+            attributes.append(_values(feature, schema))
+    if foreign:
+        raise TrainingAreaError(f"KML folder(s) {', '.join(repr(f) for f in foreign)} are not LCZ classes: a "
+                                "WUDAPT KML has one folder per class named 1–10 and A–G (plus the ROI).")
+    return geometries, codes, attributes, srs, schema
 
 
 def read_training_areas(path, class_field=None, layer_name=None):
@@ -66,43 +109,30 @@ def read_training_areas(path, class_field=None, layer_name=None):
     except RuntimeError as error:
         raise TrainingAreaError(f"Cannot open the training areas {path}: {error}") from None
     driver = ds.GetDriver().ShortName
-    geometries, codes, srs = [], [], None
+    geometries, codes, attributes = [], [], []
     if driver in ("KML", "LIBKML") and class_field is None:
-        foreign = []
-        for index in range(ds.GetLayerCount()):
-            layer = ds.GetLayer(index)
-            code = parse_code(layer.GetName())
-            if code is None or layer.GetName().strip().isdigit() and int(layer.GetName()) > 10:
-                if layer.GetFeatureCount() and not _is_roi_folder(layer):
-                    foreign.append(layer.GetName())
-                continue
-            srs = srs or layer.GetSpatialRef()
-            for feature in layer:
-                geometries.append(feature.GetGeometryRef().Clone())
-                codes.append(code)
-        if foreign:
-            raise TrainingAreaError(f"KML folder(s) {', '.join(repr(f) for f in foreign)} are not LCZ classes: a "
-                                    "WUDAPT KML has one folder per class named 1–10 and A–G (plus the ROI).")
+        geometries, codes, attributes, srs, schema = _read_kml_folders(ds)
     else:
         layer = ds.GetLayerByName(layer_name) if layer_name else ds.GetLayer(0)
         fields = [layer.GetLayerDefn().GetFieldDefn(i).GetName() for i in range(layer.GetLayerDefn().GetFieldCount())]
-        field = class_field or next((f for f in CLASS_FIELD_GUESSES if f in fields), None)
-        if field not in fields:
+        name = class_field or next((f for f in CLASS_FIELD_GUESSES if f in fields), None)
+        if name not in fields:
             raise TrainingAreaError(f"The training areas have no class field {class_field or '(lcz/class)'}; "
                                     f"their fields are {', '.join(fields) or 'none'}. Name the field holding the LCZ.")
-        srs = layer.GetSpatialRef()
+        srs, schema = layer.GetSpatialRef(), _schema(layer)
         unknown = set()
         for feature in layer:
-            code = parse_code(feature.GetField(field))
+            code = parse_code(feature.GetField(name))
             if code is None:
-                unknown.add(str(feature.GetField(field)))
+                unknown.add(str(feature.GetField(name)))
                 continue
             geometries.append(feature.GetGeometryRef().Clone())
             codes.append(code)
+            attributes.append(_values(feature, schema))
         if unknown:
-            raise TrainingAreaError(f"Unknown LCZ class value(s) in field '{field}': {', '.join(sorted(unknown))}. "
+            raise TrainingAreaError(f"Unknown LCZ class value(s) in field '{name}': {', '.join(sorted(unknown))}. "
                                     "Use 1–17, 101–107 (WUDAPT-2015 A–G) or the letters A–G.")
-    polygons = [(g, c) for g, c in zip(geometries, codes)
+    polygons = [(g, c, a) for g, c, a in zip(geometries, codes, attributes)
                 if g is not None and ogr.GT_Flatten(g.GetGeometryType()) in (ogr.wkbPolygon, ogr.wkbMultiPolygon)]
     if not polygons:
         raise TrainingAreaError(f"{path} holds no LCZ training polygons.")
@@ -110,6 +140,7 @@ def read_training_areas(path, class_field=None, layer_name=None):
         raise TrainingAreaError(f"{path} has no CRS.")
     srs = srs.Clone()
     srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-    for geometry, _ in polygons:
+    for geometry, _, _ in polygons:
         geometry.FlattenTo2D()
-    return TrainingAreas([g for g, _ in polygons], [c for _, c in polygons], srs)
+    return TrainingAreas([g for g, _, _ in polygons], [c for _, c, _ in polygons], srs, schema or [],
+                         [a for _, _, a in polygons])

@@ -352,16 +352,24 @@ MODEL_FILES = ["m.safetensors", "m.json"]
 TRAIN = [Moment(after=0.8, signal="TERM"), Moment("epoch", 1), Moment("epoch", 1, "TERM"),
          Moment("rename m.safetensors"), Moment("rename m.json", signal="TERM"), Moment("rename r.html")]
 TRAIN = _quick(TRAIN, (1, 4))
-if LONG:
+if LONG:  # "bootstrap": killed once the first bootstrap is kept; the re-run resumes from it
     TRAIN += [Moment("epoch", 2, s) for s in ("TERM", "KILL")] + [Moment("rename m.json"),
-              Moment("rename m.safetensors", signal="TERM"), Moment("rename r.png"), Moment("rename r.json", 1, "TERM")]
+              Moment("rename m.safetensors", signal="TERM"), Moment("rename r.png"), Moment("rename r.json", 1, "TERM"),
+              Moment("bootstrap", 1), Moment("rename r.bootstraps.jsonl", 2, "TERM")]
     TRAIN = list(dict.fromkeys(TRAIN))
 
 
 def _train_command(stack):
     return lambda folder: _qgis_command("df4lcz:trainmodel", {
-        "SENTINEL2": stack, "TRAINING_AREAS": VIRGINIA_TAS, "EPOCHS": 2, "OUTPUT_MODEL": folder / "m.safetensors",
-        "REPORT": folder / "r.html"})
+        "SENTINEL2": stack, "TRAINING_AREAS": VIRGINIA_TAS, "EPOCHS": 2, "BOOTSTRAPS": 2,
+        "OUTPUT_MODEL": folder / "m.safetensors", "REPORT": folder / "r.html"})
+
+
+def _bootstrap_records(path):
+    """The bootstrap records of a ``.bootstraps.jsonl`` without their timings (a torn line fails json.loads)."""
+    if not path.exists():
+        return []
+    return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in path.read_text().splitlines()[1:]]
 
 
 @pytest.fixture(scope="module")
@@ -372,7 +380,8 @@ def train_reference(qgis_env, s2_stack, tmp_path_factory):
 @pytest.mark.parametrize("moment", TRAIN, ids=str)
 def test_trainmodel_killed(qgis_env, s2_stack, train_reference, tmp_path, moment):
     """A killed training leaves no half model: the model already of that name survives whole (or, stopped
-    between its two renames, is refused by its sha256), and the re-run trains the same weights."""
+    between its two renames, is refused by its sha256), and the re-run trains the same weights. The bootstraps
+    finished before the kill are kept whole (``r.bootstraps.jsonl``), and the re-run resumes from them."""
     from df4lcz_plugin.models.registry import ModelError, load_model
 
     reference = train_reference
@@ -395,9 +404,13 @@ def test_trainmodel_killed(qgis_env, s2_stack, train_reference, tmp_path, moment
         load_model(folder / "m.json")
     if moment.signal == "TERM":
         assert partial_files(folder) == [], stopped.output
+    kept = len(_bootstrap_records(folder / "r.bootstraps.jsonl"))
     again = subprocess.run(_train_command(s2_stack)(folder), env=qgis_env, capture_output=True, text=True,
                            timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
+    assert (f"Resuming: {kept} of 2 bootstraps" in again.stdout) == (kept > 0), again.stdout
+    # What was resumed equals what the uninterrupted run computed.
+    assert _bootstrap_records(folder / "r.bootstraps.jsonl") == _bootstrap_records(reference / "r.bootstraps.jsonl")
     assert (folder / "m.safetensors").read_bytes() == (reference / "m.safetensors").read_bytes()
     assert (json.loads((folder / "m.json").read_text())["weights_sha256"]
             == json.loads((reference / "m.json").read_text())["weights_sha256"])

@@ -77,7 +77,7 @@ def test_training_on_a_layer_of_the_project(qgis_app, s2_stack, tmp_path):
     context.setProject(project)
     alg = QgsApplication.processingRegistry().createAlgorithmById("df4lcz:trainmodel")
     feedback = QgsProcessingFeedback()
-    results, ok = alg.run({"SENTINEL2": str(s2_stack), "TRAINING_AREAS": memory.id(), "EPOCHS": 1,
+    results, ok = alg.run({"SENTINEL2": str(s2_stack), "TRAINING_AREAS": memory.id(), "EPOCHS": 1, "BOOTSTRAPS": 1,
                            "OUTPUT_MODEL": str(tmp_path / "tas.safetensors"), "REPORT": str(tmp_path / "report.html")},
                           context, feedback)
     assert ok, feedback.textLog()

@@ -8,14 +8,15 @@ import sys
 
 import numpy as np
 import pytest
-from osgeo import gdal, ogr
+from osgeo import gdal, ogr, osr
 
 from df4lcz_plugin import assets, train
+from df4lcz_plugin.bootstrap import BUFFER_M, bootstrap_seed, cap_polygons, check_bootstraps
 from df4lcz_plugin.assess import AssessmentError, assess
 from df4lcz_plugin.feedback import Canceled, Feedback
 from df4lcz_plugin.models.registry import read_card
-from df4lcz_plugin.samples import SamplingError, sample_training_areas
-from df4lcz_plugin.training_areas import TrainingAreaError, parse_code, read_training_areas
+from df4lcz_plugin.samples import SamplingError, sample_training_areas, split_polygons
+from df4lcz_plugin.training_areas import TrainingAreaError, TrainingAreas, parse_code, read_training_areas
 
 from conftest import MODEL_CARD, ROOT
 
@@ -73,12 +74,63 @@ def test_unknown_class_code(tmp_path):
         read_training_areas(_copy_tas(tmp_path, set_42))
 
 
-def test_polygon_splits_are_disjoint(s2_stack):
-    samples = sample_training_areas(s2_stack, read_training_areas(VIRGINIA_TAS), seed=3)
-    for polygon in np.unique(samples.polygons):
-        assert len(set(samples.splits[samples.polygons == polygon])) == 1
-    for code in np.unique(samples.codes):
-        assert set(samples.splits[samples.codes == code]) == {"train", "validation", "test"}
+@pytest.mark.timeout(60)
+def test_polygon_cap_on_the_real_training_areas():
+    """The three villages (LCZ 6: 0.56, 0.56 and 0.90 km²) become the 300 m buffer around their centroid; the
+    23 others (0.16 km² and less) stay as drawn. The same in EPSG:4326, measured in UTM."""
+    areas = read_training_areas(VIRGINIA_TAS)
+    capped, which = cap_polygons(areas.geometries, areas.srs)
+    assert which == [i for i, code in enumerate(areas.codes) if code == 6] and len(which) == 3
+    for i, (before, after) in enumerate(zip(areas.geometries, capped)):
+        if i not in which:
+            assert after.Equals(before)
+            continue
+        assert after.GetArea() == pytest.approx(np.pi * BUFFER_M ** 2, rel=1e-3)
+        assert after.Centroid().Distance(before.Centroid()) < 0.01 and after.Centroid().Within(before)
+    wgs84 = osr.SpatialReference()
+    wgs84.ImportFromEPSG(4326)
+    wgs84.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    to_wgs84 = osr.CoordinateTransformation(areas.srs, wgs84)
+    geographic = [g.Clone() for g in areas.geometries]
+    for g in geographic:
+        g.Transform(to_wgs84)
+    capped_4326, which_4326 = cap_polygons(geographic, wgs84)
+    assert which_4326 == which
+    back = capped_4326[which[0]].Clone()
+    back.Transform(osr.CoordinateTransformation(wgs84, areas.srs))
+    assert back.GetArea() == pytest.approx(np.pi * BUFFER_M ** 2, rel=2e-3)
+
+
+@pytest.mark.timeout(120)
+def test_bootstrap_splits_are_stratified_by_polygon(s2_stack):
+    """Each bootstrap: per class, about 30 % of the polygons held out (≥ 1), ≥ 1 validating and ≥ 1 training; no
+    polygon in two splits; the same seed draws the same split, another bootstrap another one."""
+    samples = sample_training_areas(s2_stack, read_training_areas(VIRGINIA_TAS))
+    draws = [split_polygons(samples.polygons, samples.codes, np.random.default_rng(bootstrap_seed(7, b)))
+             for b in range(4)]
+    for split in draws:
+        for polygon in np.unique(samples.polygons):
+            assert len(set(split[samples.polygons == polygon])) == 1
+        for code in np.unique(samples.codes):
+            members = np.unique(samples.polygons[samples.codes == code])
+            held_out = np.unique(samples.polygons[(samples.codes == code) & (split == "test")])
+            assert len(held_out) == max(1, round(0.3 * len(members)))
+            assert set(split[samples.codes == code]) == {"train", "validation", "test"}
+    again = split_polygons(samples.polygons, samples.codes, np.random.default_rng(bootstrap_seed(7, 2)))
+    assert np.array_equal(again, draws[2])
+    assert len({tuple(d) for d in draws}) > 1  # the bootstraps differ
+    final = split_polygons(samples.polygons, samples.codes, np.random.default_rng(bootstrap_seed(7, None)),
+                           test_share=0)
+    assert set(final) == {"train", "validation"}
+
+
+@pytest.mark.timeout(30)
+def test_bootstraps_out_of_range():
+    for bad in (0, 101, -3):
+        with pytest.raises(ValueError, match=f"BOOTSTRAPS is {bad}; give 1 to 100"):
+            check_bootstraps(bad)
+    check_bootstraps(1)
+    check_bootstraps(100)
 
 
 def test_class_with_two_polygons_is_left_out(s2_stack, tmp_path):
@@ -99,37 +151,66 @@ def test_training_areas_outside_the_raster(s2_stack):
         sample_training_areas(s2_stack, read_training_areas(assets.fetch(assets.MELBOURNE_TRAINING_AREAS)))
 
 
-def test_real_training_areas_converge(s2_stack, tmp_path):
-    """Sen2LCZ-Net fine-tuned on the Virginia TAs: the loss falls, validation OA beats the majority class, and
-    the held-out test polygons reach OA_w ≥ 0.9."""
-    card_path, metrics = train.train_on_training_areas(
-        s2_stack, read_training_areas(VIRGINIA_TAS), tmp_path / "virginia", tmp_path / "report.html",
-        base_model=MODEL_CARD, epochs=8, seed=0)
+@pytest.mark.timeout(900)
+def test_bootstraps_canceled_then_resumed_converge(s2_stack, tmp_path):
+    """Two bootstraps of Sen2LCZ-Net fine-tuned on the Virginia TAs, canceled during the second: the report gives
+    the first (and says so), no model is written. The re-run resumes from it, trains the second and the final
+    model: the final loss falls, its validation OA beats the majority class, the held-out polygons' median OA_w
+    is ≥ 0.9, and the card records the bootstrap figures. The stack is a VRT labelled L2A: the model fine-tuned
+    from the shipped L1C one is for L2A stacks."""
+    import json
+
+    class CancelInSecondBootstrap(Recorder):
+        def canceled(self):
+            return any(m.startswith("Bootstrap 1/2 done") for m in self.messages)
+
+    stack = tmp_path / "l2a.vrt"
+    gdal.Translate(str(stack), str(s2_stack), format="VRT", metadataOptions=["PROCESSING_LEVEL=Level-2A"])
+    areas = read_training_areas(VIRGINIA_TAS)
+    arguments = dict(base_model=MODEL_CARD, epochs=3, seed=0, bootstraps=2)
+    with pytest.raises(Canceled, match="Canceled after 1 of 2 bootstraps"):
+        train.train_on_training_areas(stack, areas, tmp_path / "virginia", tmp_path / "report.html",
+                                      feedback=CancelInSecondBootstrap(), **arguments)
+    assert not (tmp_path / "virginia.safetensors").exists()
+    assert "1 of the 2 bootstraps requested were finished" in (tmp_path / "report.html").read_text()
+    assert len((tmp_path / "report.bootstraps.jsonl").read_text().splitlines()) == 2  # the key, bootstrap 1
+    feedback = Recorder()
+    card_path, summary, oof = train.train_on_training_areas(stack, areas, tmp_path / "virginia",
+                                                            tmp_path / "report.html", feedback=feedback, **arguments)
+    assert "Resuming: 1 of 2 bootstraps were finished before" in feedback.messages[2]
+    assert sum(m.startswith("Bootstrap 2/2 done") for m in feedback.messages) == 1
+    assert not any(m.startswith("Bootstrap 1/2: ") for m in feedback.messages)
     card = read_card(card_path)
     history = card.data["training"]["history"]
     assert history[-1]["loss"] < history[0]["loss"]
-    assert [h["lr"] for h in history] == [2e-4] * 8  # the fine-tuning recipe: step 50
-    assert card.data["training"]["warnings"] == []
-    # The scene's level is unknown: the base model's L1C is not passed on to the fine-tuned model.
-    assert "processing_level" not in card.stream("sentinel2") and card.data["training"]["processing_level"] == "unknown"
+    assert [h["lr"] for h in history] == [2e-4] * 3  # the fine-tuning recipe: step 50
+    assert card.data["training"]["warnings"] == [] and card.data["training"]["capped_polygons"] == 3
+    assert card.stream("sentinel2")["processing_level"] == "L2A"
     validation = card.data["training"]["samples"]["validation"]["samples"]
     majority = max(validation.values()) / sum(validation.values())
     assert max(h["val_OA"] for h in history) > majority
-    assert metrics["OA_w"] >= 0.9
-    assert card.data["test_metrics"]["OA_w"] == metrics["OA_w"]
-    for suffix in (".html", ".csv", ".json", ".png"):
-        assert (tmp_path / f"report{suffix}").stat().st_size > 0
+    assert summary["bootstraps"] == 2 and summary["median"]["OA_w"] >= 0.9
+    figures = card.data["bootstrap_metrics"]
+    assert figures["bootstraps"] == figures["requested"] == 2 and figures["median"] == summary["median"]
+    assert set(figures["F1"]) == {"6", "A", "D", "F", "G"}
+    assert len(oof) == 26 and all(o["suspicious"] in (0, 1) for o in oof)
+    held = [o for o in oof if o["oof_boots"]]
+    assert held and all(0 <= o["oof_share"] <= 1 for o in held)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["bootstraps"] == 2 and report["median"]["OA"] == summary["median"]["OA"]
+    for name in ("report.html", "report.csv", "report.png", "report_boxplots.png"):
+        assert (tmp_path / name).stat().st_size > 0
 
 
 def test_cancel_mid_epoch_keeps_the_best_model(s2_stack, tmp_path):
     class CancelInSecondEpoch(Recorder):
         def canceled(self):
-            return any("epoch 1/" in m for m in self.messages)
+            return any("Final model: Sentinel-2 stream, epoch 1/" in m for m in self.messages)
 
     feedback = CancelInSecondEpoch()
-    card_path, _ = train.train_on_training_areas(s2_stack, read_training_areas(VIRGINIA_TAS), tmp_path / "m",
-                                                 tmp_path / "r.html", base_model=MODEL_CARD, epochs=5,
-                                                 feedback=feedback)
+    card_path, _, _ = train.train_on_training_areas(s2_stack, read_training_areas(VIRGINIA_TAS), tmp_path / "m",
+                                                    tmp_path / "r.html", base_model=MODEL_CARD, epochs=2,
+                                                    feedback=feedback, bootstraps=1)
     training = read_card(card_path).data["training"]
     assert training["canceled"] and training["best_epoch"] == 1 and len(training["history"]) == 1
     assert any("best weights so far (epoch 1)" in w for w in feedback.warnings)
@@ -138,9 +219,10 @@ def test_cancel_mid_epoch_keeps_the_best_model(s2_stack, tmp_path):
         def canceled(self):
             return True
 
-    with pytest.raises(Canceled, match="before its first epoch"):
+    with pytest.raises(Canceled, match="before its first bootstrap finished"):
         train.train_on_training_areas(s2_stack, read_training_areas(VIRGINIA_TAS), tmp_path / "n",
-                                      tmp_path / "n.html", base_model=MODEL_CARD, epochs=2, feedback=CancelAtOnce())
+                                      tmp_path / "n.html", base_model=MODEL_CARD, epochs=2, feedback=CancelAtOnce(),
+                                      bootstraps=1)
     assert not (tmp_path / "n.safetensors").exists() and not (tmp_path / "n.html").exists()
 
 
@@ -326,29 +408,14 @@ def test_malicious_split_file_is_refused(tmp_path):
         train.read_split_file(_pickled(tmp_path, {"train": [1]}))
 
 
-def test_single_class_training_areas_are_warned_about(s2_stack, tmp_path):
-    """The Virginia TAs reduced to their 6 LCZ G polygons: the training and test sets hold one class; the user is
-    warned (feedback and report), and the metrics are still computed. The stack is a VRT labelled L2A: the model
-    fine-tuned from the shipped L1C one is for L2A stacks."""
-    from df4lcz_plugin.training_areas import TrainingAreas
-
+@pytest.mark.timeout(120)
+def test_single_class_training_areas_are_refused(s2_stack):
+    """The Virginia TAs reduced to their 6 LCZ G polygons: one class cannot be told from others; refused."""
     areas = read_training_areas(VIRGINIA_TAS)
     water = [i for i, code in enumerate(areas.codes) if code == 17]
-    feedback = Recorder()
-    stack = tmp_path / "l2a.vrt"
-    gdal.Translate(str(stack), str(s2_stack), format="VRT", metadataOptions=["PROCESSING_LEVEL=Level-2A"])
-    card_path, metrics = train.train_on_training_areas(
-        stack, TrainingAreas([areas.geometries[i] for i in water], [17] * len(water), areas.srs),
-        tmp_path / "water", tmp_path / "report.html", base_model=MODEL_CARD, epochs=1, feedback=feedback)
-    expected = ["The training samples hold a single class (LCZ G: Water)",
-                "The test samples hold a single class (LCZ G: Water)"]
-    for text in expected:
-        assert sum(w.startswith(text) for w in feedback.warnings) == 1
-    html = (tmp_path / "report.html").read_text(encoding="utf-8")
-    assert all(text in html for text in expected) and html.count('<p class="warning">') == 2  # at the top
-    assert len(read_card(card_path).data["training"]["warnings"]) == 2
-    assert read_card(card_path).stream("sentinel2")["processing_level"] == "L2A"
-    assert metrics["n"] > 0 and 0 <= metrics["OA"] <= 1
+    with pytest.raises(SamplingError, match="Only one LCZ class has 3 training polygons.*at least 2 classes"):
+        sample_training_areas(s2_stack, TrainingAreas([areas.geometries[i] for i in water], [17] * len(water),
+                                                      areas.srs))
 
 
 def test_class_warnings():
@@ -401,16 +468,16 @@ def test_training_with_vhr_trains_the_gcn_and_chooses_alpha(s2_stack, tmp_path, 
     csv.write_text("WKT,lcz\n" + "".join(
         f'"POLYGON(({x} {y},{x + 100} {y},{x + 100} {y + 100},{x} {y + 100},{x} {y}))",{c}\n' for c, x, y in squares))
     gdal.VectorTranslate(str(tmp_path / "tas.gpkg"), str(csv), srcSRS="EPSG:32618", dstSRS="EPSG:32618")
-    card_path, metrics = train.train_on_training_areas(
+    card_path, summary, _ = train.train_on_training_areas(
         s2_stack, read_training_areas(tmp_path / "tas.gpkg"), tmp_path / "fused", tmp_path / "report.html",
-        base_model=MODEL_CARD, vhr_path=vhr, epochs=2, amg_settings=FAST_AMG)
+        base_model=MODEL_CARD, vhr_path=vhr, epochs=2, amg_settings=FAST_AMG, bootstraps=1)
     card = read_card(card_path)
     assert card.streams == ("sentinel2", "vhr")
     assert 0.0 <= card.data["fusion"]["alpha"] <= 1.0
     assert card.stream("vhr")["sam"]["amg"]["points_per_side"] == FAST_AMG["points_per_side"]
     from df4lcz_plugin.models.registry import load_model
 
-    assert load_model(card_path).modules["vhr"] is not None and metrics["n"] > 0
+    assert load_model(card_path).modules["vhr"] is not None and summary["per_bootstrap"][0]["n"] > 0
     # Shared segmentation by default: the card says so, and a classification over the training squares with
     # the new model (cells whose footprints lie among the samples' footprints) composes its footprints from the
     # tiles the training segmented, without SAM.
