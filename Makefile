@@ -41,8 +41,8 @@ pins: setup
 LCZC ?= data/DF4LCZ
 reproduce: setup
 	test -d $(LCZC)/sen2_img_patches || git clone --depth 1 https://github.com/ctrlovefly/DF4LCZ $(LCZC)
-	$(PY) -m df4lcz_plugin.train lczc-ges2 $(LCZC) --split random --device auto | tee reproduce_random.json
-	$(PY) -m df4lcz_plugin.train lczc-ges2 $(LCZC) --split polygons --device auto | tee reproduce_polygons.json
+	$(PY) -m df4lcz_plugin.training.train lczc-ges2 $(LCZC) --split random --device auto | tee reproduce_random.json
+	$(PY) -m df4lcz_plugin.training.train lczc-ges2 $(LCZC) --split polygons --device auto | tee reproduce_polygons.json
 
 # The zip the Plugin Manager installs (dist/df4lcz.<version>.zip), validated as plugins.qgis.org does, at most 20 MB,
 # then scanned with Bandit and detect-secrets as the site scans every upload (a finding there blocks the release).

@@ -73,8 +73,8 @@ class AssessAccuracyAlgorithm(DF4LCZAlgorithm):
         self.addOutput(QgsProcessingOutputString("METRICS", tr("All metrics (JSON)")))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
-        from ..df4lcz_plugin.assess import assess
-        from ..df4lcz_plugin.report import json_safe, write_report
+        from ..df4lcz_plugin.training.assess import assess
+        from ..df4lcz_plugin.training.report import json_safe, write_report
 
         lcz = self.parameterAsRasterLayer(parameters, self.LCZ, context)
         reference = self.parameterAsFile(parameters, self.REFERENCE, context)

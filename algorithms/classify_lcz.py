@@ -8,7 +8,7 @@ from qgis.core import (QgsProcessingException, QgsProcessingOutputNumber, QgsPro
                        QgsProcessingParameterFile, QgsProcessingParameterNumber,
                        QgsProcessingParameterRasterDestination, QgsProcessingParameterRasterLayer)
 
-from ..df4lcz_plugin import legend
+from ..df4lcz_plugin.lcz import legend
 from ..df4lcz_plugin.sentinel2.clouds import MAX_CLOUD_PERCENT
 from ..df4lcz_plugin.models.backends import BACKENDS, PRECISIONS, converted_path
 from ..df4lcz_plugin.models.registry import ModelError, list_models, model_files, read_card
@@ -26,7 +26,7 @@ NO_MODEL = "none installed: give a model file"
 
 def _write_filtered(output, filtered, palette_name, feedback):
     """FILTERED_OUTPUT, when asked for: the map filtered as the LCZ Generator does, in the map's palette."""
-    from ..df4lcz_plugin.lcz_filter import write_filtered
+    from ..df4lcz_plugin.lcz.lcz_filter import write_filtered
 
     if filtered:
         write_filtered(output, filtered, palette_name, feedback)

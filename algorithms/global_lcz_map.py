@@ -60,7 +60,7 @@ class GlobalLCZMapAlgorithm(DF4LCZAlgorithm):
         from osgeo import gdal
 
         from ..df4lcz_plugin import assets
-        from ..df4lcz_plugin.global_lcz import write_window
+        from ..df4lcz_plugin.lcz.global_lcz import write_window
 
         grid = self.parameterAsRasterLayer(parameters, self.GRID, context) if parameters.get(self.GRID) else None
         local_copy = self.parameterAsFile(parameters, self.LOCAL_COPY, context) or None

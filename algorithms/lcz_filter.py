@@ -1,5 +1,5 @@
 """``df4lcz:lczfilter`` ("Filter an LCZ map (LCZ Generator Gaussian filter)"): the LCZ Generator's filtered map
-of any LCZ raster; the engine is ``df4lcz_plugin.lcz_filter``."""
+of any LCZ raster; the engine is ``df4lcz_plugin.lcz.lcz_filter``."""
 
 import json
 
@@ -58,7 +58,7 @@ class LCZFilterAlgorithm(DF4LCZAlgorithm):
         self.addOutput(QgsProcessingOutputString(self.CLASSES, tr("Cells per LCZ code of the filtered map (JSON)")))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
-        from ..df4lcz_plugin.lcz_filter import write_filtered
+        from ..df4lcz_plugin.lcz.lcz_filter import write_filtered
 
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)

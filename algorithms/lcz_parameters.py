@@ -4,7 +4,7 @@ LCZ raster."""
 from qgis.core import (QgsProcessingOutputString, QgsProcessingParameterEnum, QgsProcessingParameterRasterDestination,
                        QgsProcessingParameterRasterLayer)
 
-from ..df4lcz_plugin.lcz_parameters import CITATION, PROPERTIES, STATISTICS
+from ..df4lcz_plugin.lcz.lcz_parameters import CITATION, PROPERTIES, STATISTICS
 from ..df4lcz_plugin.outputs import check_output_paths, geotiff_output
 from .base import DF4LCZAlgorithm, engine_errors, gdal_source, tr
 from .styling import style_on_load
@@ -54,7 +54,7 @@ class LCZParametersAlgorithm(DF4LCZAlgorithm):
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
         import json
 
-        from ..df4lcz_plugin.lcz_parameters import write_parameter_raster
+        from ..df4lcz_plugin.lcz.lcz_parameters import write_parameter_raster
 
         layer = self.parameterAsRasterLayer(parameters, self.LCZ, context)
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)

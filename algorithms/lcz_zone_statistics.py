@@ -9,7 +9,7 @@ from qgis.core import (QgsApplication, QgsCoordinateTransform, QgsDistanceArea, 
                        QgsProcessingParameterRasterLayer, QgsProcessingUtils, QgsRectangle)
 from qgis.PyQt.QtCore import QMetaType
 
-from ..df4lcz_plugin import legend
+from ..df4lcz_plugin.lcz import legend
 from .base import DF4LCZAlgorithm, engine_errors, gdal_source, tr
 from .compat import AREA_SQUARE_KILOMETERS, DISTANCE_METERS, SOURCE_VECTOR_POLYGON, field
 
@@ -55,7 +55,7 @@ class LCZZoneStatisticsAlgorithm(DF4LCZAlgorithm):
                                                             SOURCE_VECTOR_POLYGON))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
-        from ..df4lcz_plugin.assess import read_lcz_map
+        from ..df4lcz_plugin.training.assess import read_lcz_map
 
         layer = self.parameterAsRasterLayer(parameters, self.LCZ, context)
         zones = self.parameterAsSource(parameters, self.ZONES, context)

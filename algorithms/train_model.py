@@ -10,10 +10,10 @@ from qgis.core import (QgsApplication, QgsCoordinateReferenceSystem, QgsFeature,
                        QgsProcessingParameterRasterLayer, QgsProcessingParameterString)
 from qgis.PyQt.QtCore import QMetaType
 
-from ..df4lcz_plugin.bootstrap import DEFAULT_BOOTSTRAPS, MAX_BOOTSTRAPS, check_bootstraps
+from ..df4lcz_plugin.training.bootstrap import DEFAULT_BOOTSTRAPS, MAX_BOOTSTRAPS, check_bootstraps
 from ..df4lcz_plugin.models.registry import builtin_models_dir, model_files, user_models_dir
 from ..df4lcz_plugin.outputs import check_output_paths
-from ..df4lcz_plugin.report import report_files
+from ..df4lcz_plugin.training.report import report_files
 from .base import (DF4LCZAlgorithm, ProcessingFeedback, device_parameter, engine_errors, gdal_source,
                    segmentation_parameter, tr)
 from .compat import FLAG_ADVANCED, NUMBER_INTEGER, SOURCE_VECTOR_POLYGON, WKB_MULTIPOLYGON, field
@@ -165,8 +165,8 @@ class TrainModelAlgorithm(DF4LCZAlgorithm):
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
         from ..df4lcz_plugin.device import resolve_device
-        from ..df4lcz_plugin.train import train_on_training_areas
-        from ..df4lcz_plugin.training_areas import read_training_areas
+        from ..df4lcz_plugin.training.train import train_on_training_areas
+        from ..df4lcz_plugin.training.training_areas import read_training_areas
 
         s2 = self.parameterAsRasterLayer(parameters, self.SENTINEL2, context)
         vhr = self.parameterAsRasterLayer(parameters, self.VHR, context) if parameters.get(self.VHR) else None

@@ -1,4 +1,4 @@
-"""Seconds of the LCZ Generator's Gaussian filter (``df4lcz_plugin.lcz_filter.filter_lcz``) on a 1000 × 1000 map of
+"""Seconds of the LCZ Generator's Gaussian filter (``df4lcz_plugin.lcz.lcz_filter.filter_lcz``) on a 1000 × 1000 map of
 all 17 classes (random codes: every class present, the most work) at 10 m (kernels up to 101 cells wide) and at
 100 m, and on the real WUDAPT map of Zaragoza (1210 × 765 cells of about 112 × 150 m, EPSG:4326).
 
@@ -17,8 +17,9 @@ from osgeo import gdal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from df4lcz_plugin import assets, legend  # noqa: E402
-from df4lcz_plugin.lcz_filter import filter_lcz, pixel_size_m  # noqa: E402
+from df4lcz_plugin import assets  # noqa: E402
+from df4lcz_plugin.lcz import legend  # noqa: E402
+from df4lcz_plugin.lcz.lcz_filter import filter_lcz, pixel_size_m  # noqa: E402
 
 
 def seconds(codes, pixel_x, pixel_y, repeat):

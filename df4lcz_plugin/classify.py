@@ -18,13 +18,13 @@ from dataclasses import dataclass
 import numpy as np
 from osgeo import gdal
 
-from . import legend
+from .lcz import legend
 from .sentinel2.clouds import MAX_CLOUD_PERCENT
 from .feedback import Feedback, TileClock
 from .grid import PATCH_PX, OutputGrid, make_grid
 from .kill_points import kill_point
 from .fusion import SOURCE_FUSED, SOURCE_NODATA, SOURCE_S2, fuse
-from .lcz_raster import probability_percent
+from .lcz.lcz_raster import probability_percent
 from .map_writer import open_map
 from .models.backends import sentinel2_runner
 from .models.registry import LoadedModel, load_model

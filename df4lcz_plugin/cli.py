@@ -26,7 +26,7 @@ from pathlib import Path
 
 from osgeo import gdal
 
-from . import legend
+from .lcz import legend
 from .classify import classify
 from .sentinel2.clouds import MAX_CLOUD_PERCENT
 from .dask_tiles import RETRIES, DaskTiles

@@ -3,7 +3,7 @@
 import numpy as np
 from osgeo import gdal
 
-from . import legend
+from .lcz import legend
 
 gdal.UseExceptions()
 

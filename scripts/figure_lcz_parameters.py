@@ -18,8 +18,8 @@ from osgeo import gdal  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from df4lcz_plugin import legend  # noqa: E402
-from df4lcz_plugin.lcz_parameters import NODATA, PROPERTIES, write_parameter_raster  # noqa: E402
+from df4lcz_plugin.lcz import legend  # noqa: E402
+from df4lcz_plugin.lcz.lcz_parameters import NODATA, PROPERTIES, write_parameter_raster  # noqa: E402
 
 BAND = "HRE"  # height of roughness elements
 

@@ -17,8 +17,8 @@ sys.path.insert(0, str(ROOT))
 
 from df4lcz_plugin import assets  # noqa: E402
 from df4lcz_plugin.sentinel2.stack import build_stack  # noqa: E402
-from df4lcz_plugin.samples import read_patches, sample_training_areas  # noqa: E402
-from df4lcz_plugin.training_areas import read_training_areas  # noqa: E402
+from df4lcz_plugin.training.samples import read_patches, sample_training_areas  # noqa: E402
+from df4lcz_plugin.training.training_areas import read_training_areas  # noqa: E402
 
 CLASSES = (17, 11, 14)  # G, A, D
 PER_CLASS = 12

@@ -8,7 +8,7 @@ import pytest
 import torch
 from osgeo import gdal
 
-from df4lcz_plugin import legend
+from df4lcz_plugin.lcz import legend
 from df4lcz_plugin.classify import classify, predict_tile
 from df4lcz_plugin.cli import ConsoleFeedback
 from df4lcz_plugin.sentinel2.checks import InputError, open_sentinel2

@@ -14,8 +14,8 @@ from df4lcz_plugin.sentinel2 import clouds
 from df4lcz_plugin.sentinel2.stack import Sentinel2Error, build_stack, read_product_info
 from df4lcz_plugin.sentinel2.bands import SO2SAT_BANDS
 from df4lcz_plugin.grid import make_grid
-from df4lcz_plugin.samples import sample_training_areas
-from df4lcz_plugin.training_areas import read_training_areas
+from df4lcz_plugin.training.samples import sample_training_areas
+from df4lcz_plugin.training.training_areas import read_training_areas
 
 from conftest import ROOT, raster_copy, run_qgis_process
 

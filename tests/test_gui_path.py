@@ -7,7 +7,7 @@ from qgis.core import (QgsApplication, QgsFeatureRequest, QgsPalettedRasterRende
                        QgsProcessingFeedback, QgsProcessingOutputLayerDefinition, QgsProject, QgsRasterLayer,
                        QgsSingleBandPseudoColorRenderer)
 
-from df4lcz_plugin import legend
+from df4lcz_plugin.lcz import legend
 
 from conftest import FARMLAND_EXTENT
 

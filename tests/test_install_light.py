@@ -17,7 +17,8 @@ from osgeo import gdal
 
 import plugin_files
 from conftest import FARMLAND_EXTENT, MODEL_CARD, QGIS_PROCESS, ROOT, ZURICH, run_qgis_process
-from df4lcz_plugin import assets, dependencies, legend
+from df4lcz_plugin import assets, dependencies
+from df4lcz_plugin.lcz import legend
 from df4lcz_plugin.models.registry import model_files
 
 QGIS_PYTHON = "/usr/bin/python3"

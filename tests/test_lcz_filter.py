@@ -1,4 +1,4 @@
-"""The LCZ Generator's Gaussian filter (``df4lcz_plugin/lcz_filter.py``, ``df4lcz:lczfilter``).
+"""The LCZ Generator's Gaussian filter (``df4lcz_plugin/lcz/lcz_filter.py``, ``df4lcz:lczfilter``).
 
 The engine is checked against a slow, literal implementation of the rule written here from the issue's table
 (LCZ Generator, ``create_lcz_map.py::_gaussian_filter``), not from the module; then through real QGIS on the real
@@ -13,8 +13,9 @@ import pytest
 from osgeo import gdal, osr
 
 from conftest import ZURICH, raster_copy, run_qgis_process
-from df4lcz_plugin import assets, legend
-from df4lcz_plugin.lcz_filter import filter_lcz, pixel_size_m
+from df4lcz_plugin import assets
+from df4lcz_plugin.lcz import legend
+from df4lcz_plugin.lcz.lcz_filter import filter_lcz, pixel_size_m
 
 ZARAGOZA = assets.fetch(assets.ZARAGOZA_LCZ)  # codes 1–17, nodata −999, EPSG:4326 (© M. Demuzere, WUDAPT)
 
@@ -195,8 +196,8 @@ def test_the_filtered_map_keeps_the_input_palette(tmp_path):
     """A map written in the classic WUDAPT colours (as classifylcz PALETTE=classic_wudapt writes it) is filtered
     into the same colours and style."""
     from df4lcz_plugin.grid import OutputGrid
-    from df4lcz_plugin.lcz_filter import write_filtered
-    from df4lcz_plugin.lcz_raster import create_lcz_raster
+    from df4lcz_plugin.lcz.lcz_filter import write_filtered
+    from df4lcz_plugin.lcz.lcz_raster import create_lcz_raster
 
     utm = osr.SpatialReference()
     utm.ImportFromEPSG(32618)

@@ -6,8 +6,9 @@ import pytest
 from osgeo import gdal
 
 from conftest import raster_copy, run_qgis_process
-from df4lcz_plugin import assets, legend
-from df4lcz_plugin.lcz_parameters import NODATA, PROPERTIES, lookup
+from df4lcz_plugin import assets
+from df4lcz_plugin.lcz import legend
+from df4lcz_plugin.lcz.lcz_parameters import NODATA, PROPERTIES, lookup
 
 ZARAGOZA = assets.fetch(assets.ZARAGOZA_LCZ)  # codes 1–17, nodata −999, EPSG:4326 (© M. Demuzere, WUDAPT)
 

@@ -4,7 +4,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from df4lcz_plugin import legend
+from df4lcz_plugin.lcz import legend
 
 
 def test_codes_labels_and_palettes():

@@ -4,7 +4,7 @@ paper's OA_B / OA_N with a class absent)."""
 import numpy as np
 import pytest
 
-from df4lcz_plugin.metrics import OA_W_WEIGHTS, confusion_matrix, lcz_metrics, paper_oa_b_n
+from df4lcz_plugin.training.metrics import OA_W_WEIGHTS, confusion_matrix, lcz_metrics, paper_oa_b_n
 
 
 def _cm3():

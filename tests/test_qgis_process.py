@@ -10,7 +10,7 @@ import pytest
 from osgeo import gdal, osr
 
 from conftest import FARMLAND_EXTENT, MODEL_CARD, QGIS_PROCESS, ROOT, SEA_EXTENT, raster_copy, run_qgis_process
-from df4lcz_plugin.lcz_filter import filter_lcz
+from df4lcz_plugin.lcz.lcz_filter import filter_lcz
 
 
 def _extent(bounds, crs="EPSG:32618"):

@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 from osgeo import gdal, ogr, osr
 
-from df4lcz_plugin import assets, train
-from df4lcz_plugin.bootstrap import BUFFER_M, bootstrap_seed, cap_polygons, check_bootstraps
-from df4lcz_plugin.assess import AssessmentError, assess
+from df4lcz_plugin import assets
+from df4lcz_plugin.training import train
+from df4lcz_plugin.training.bootstrap import BUFFER_M, bootstrap_seed, cap_polygons, check_bootstraps
+from df4lcz_plugin.training.assess import AssessmentError, assess
 from df4lcz_plugin.feedback import Canceled, Feedback
 from df4lcz_plugin.models.registry import read_card
-from df4lcz_plugin.samples import SamplingError, sample_training_areas, split_polygons
-from df4lcz_plugin.training_areas import TrainingAreaError, TrainingAreas, parse_code, read_training_areas
+from df4lcz_plugin.training.samples import SamplingError, sample_training_areas, split_polygons
+from df4lcz_plugin.training.training_areas import TrainingAreaError, TrainingAreas, parse_code, read_training_areas
 
 from conftest import MODEL_CARD, ROOT
 
@@ -260,7 +261,7 @@ def test_lczc_ges2_fixture_converges(lczc_fixture):
 
 
 def test_lczc_ges2_command_line(lczc_fixture):
-    out = subprocess.run([sys.executable, "-m", "df4lcz_plugin.train", "lczc-ges2", str(lczc_fixture),
+    out = subprocess.run([sys.executable, "-m", "df4lcz_plugin.training.train", "lczc-ges2", str(lczc_fixture),
                           "--split", "polygons", "--epochs", "1", "--device", "cpu"], cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout
     report = __import__("json").loads(out)
@@ -350,7 +351,7 @@ def test_augmentation_is_per_sample():
     the samples of one batch get different ones."""
     import torch
 
-    from df4lcz_plugin.training import _augment
+    from df4lcz_plugin.training.loops import _augment
 
     patch = torch.arange(2 * 32 * 32, dtype=torch.float32).reshape(2, 32, 32)
     dihedral = [torch.rot90(p, k, dims=(-2, -1)) for p in (patch, patch.flip(-1)) for k in range(4)]

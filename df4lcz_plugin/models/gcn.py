@@ -11,7 +11,7 @@ Edge direction: see ``graph.normalised_edges`` (entry Â[i, j] is the edge j →
 import torch
 from torch import nn
 
-from ..legend import CODES
+from ..lcz.legend import CODES
 from . import keras_default_init
 
 

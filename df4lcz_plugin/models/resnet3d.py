@@ -8,7 +8,7 @@ A new module starts from Keras's default initial weights (``keras_default_init``
 
 from torch import nn
 
-from ..legend import CODES
+from ..lcz.legend import CODES
 from . import keras_default_init
 
 

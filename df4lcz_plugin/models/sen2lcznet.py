@@ -12,7 +12,7 @@ and four softmax heads (after each pooling and after the last block) whose outpu
 import torch
 from torch import nn
 
-from ..legend import CODES
+from ..lcz.legend import CODES
 
 
 def _conv_bn_relu(in_channels, out_channels):

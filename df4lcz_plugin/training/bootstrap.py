@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 from osgeo import ogr, osr
 
-from . import legend
+from ..lcz import legend
 from .metrics import lcz_metrics
-from .outputs import atomic_output
-from .sentinel2.checks import _utm_for
+from ..outputs import atomic_output
+from ..sentinel2.checks import _utm_for
 
 DEFAULT_BOOTSTRAPS = 25
 MAX_BOOTSTRAPS = 100

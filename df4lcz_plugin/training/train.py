@@ -3,7 +3,7 @@
 - ``train_on_training_areas``: the engine of ``df4lcz:trainmodel``: the LCZ Generator's bootstraps, then the
   final model (samples and polygon splits in ``samples``, the bootstrap protocol in ``bootstrap``, loops and
   recipes in ``training``).
-- ``python -m df4lcz_plugin.train lczc-ges2 PATH --split random|polygons [--epochs N] [--device D]``: trains
+- ``python -m df4lcz_plugin.training.train lczc-ges2 PATH --split random|polygons [--epochs N] [--device D]``: trains
   and evaluates both streams and the fusion on LCZC-GES2 as ctrlovefly/DF4LCZ does (``lczc_ges2``;
   ``shared/design/df4lcz_method.md`` §1, §3). Files: ``sen2_img_patches/sen2_image_{i}.npz`` with ``image``
   (32, 32, 10, used unscaled) and ``label`` (1–17); ``gg_nodes_refine/graph_{i}.npz`` with ``x`` (N, 5),
@@ -29,19 +29,19 @@ from pathlib import Path
 
 import numpy as np
 
-from .sentinel2.bands import SO2SAT_BANDS
+from ..sentinel2.bands import SO2SAT_BANDS
 from .bootstrap import (DEFAULT_BOOTSTRAPS, TRAIN_SHARE, BootstrapLog, areas_digest, bootstrap_seed, cap_polygons,
                         check_bootstraps, held_out_counts, out_of_fold, run_key, summarise)
-from .feedback import Canceled, Feedback, StageFeedback, duration_text
-from .kill_points import kill_point
+from ..feedback import Canceled, Feedback, StageFeedback, duration_text
+from ..kill_points import kill_point
 from .report import report_files
 from .training_areas import TrainingAreas
-from .vhr.graph import DEFAULT_GRAPH_RULE, ObjectGraph, normalised_edges
-from .legend import label as class_name
+from ..vhr.graph import DEFAULT_GRAPH_RULE, ObjectGraph, normalised_edges
+from ..lcz.legend import label as class_name
 from .metrics import confusion_matrix, lcz_metrics, paper_oa_b_n
-from .processing_level import card_level, stack_level, with_level
+from ..processing_level import card_level, stack_level, with_level
 from .samples import SPLITS, class_weights, read_patches, sample_training_areas, split_polygons
-from .training import PAPER_ALPHA, choose_alpha, gcn_probabilities, log_probabilities, train_gcn, train_sentinel2
+from .loops import PAPER_ALPHA, choose_alpha, gcn_probabilities, log_probabilities, train_gcn, train_sentinel2
 
 SPLIT_FILES = {"random": "partition_random.npz", "polygons": "partition_polygons_1125.npz"}
 
@@ -125,8 +125,8 @@ def _new_sentinel2_stream(base_model):
     recipe: ``train_sentinel2``'s lr and step_size — from scratch the authors' (0.002, step 5); fine-tuning
     ours (2e-4, step 50; see ``training``).
     """
-    from .models.registry import load_model
-    from .models.resnet3d import ResNet11_3D
+    from ..models.registry import load_model
+    from ..models.resnet3d import ResNet11_3D
 
     if base_model is not None:
         base = load_model(base_model)
@@ -206,7 +206,7 @@ def train_on_training_areas(sentinel2_path, areas, model_path, report_path, base
     the model's file name cannot be its id (``registry.MODEL_ID``: no commas), and Canceled (after writing the
     report of the bootstraps finished, if any, when no model could be trained).
     """
-    from .models.registry import MODEL_ID, ModelError
+    from ..models.registry import MODEL_ID, ModelError
 
     if not re.fullmatch(MODEL_ID, Path(model_path).stem):
         raise ModelError(f"The model's file name '{Path(model_path).stem}' is its id in Classify's MODEL list, so it "
@@ -263,7 +263,7 @@ def train_on_training_areas(sentinel2_path, areas, model_path, report_path, base
         "bootstrap_metrics": _card_figures(summary, bootstraps),
         "licence": "as the training data",
     }
-    from .models.registry import save_model
+    from ..models.registry import save_model
 
     card_path = save_model(Path(model_path).with_suffix(""), card, modules)
     _write_report(report, {"model": str(card_path), "title": title, "final model samples": card["training"]["samples"],
@@ -372,10 +372,10 @@ def _sample_graphs(sentinel2_path, vhr_path, samples, device, amg_settings, feed
     per run (and shared with other runs through the graph cache)."""
     from osgeo import gdal
 
-    from . import assets
-    from .grid import PATCH_PX, patch_footprint
-    from .vhr.sam import PAPER_AMG_SETTINGS
-    from .vhr.stream import FootprintGraphs
+    from .. import assets
+    from ..grid import PATCH_PX, patch_footprint
+    from ..vhr.sam import PAPER_AMG_SETTINGS
+    from ..vhr.stream import FootprintGraphs
 
     ds = gdal.Open(str(sentinel2_path))
     gt, wkt = ds.GetGeoTransform(), ds.GetProjection()
@@ -396,11 +396,11 @@ def _sample_graphs(sentinel2_path, vhr_path, samples, device, amg_settings, feed
 
 def _fit_gcn(setup, part, p_s2, seed, feedback):
     """(GCN TrainingResult, α chosen on validation, test probabilities fused where a sample has a graph)."""
-    from .models.gcn import ObjectGCN
+    from ..models.gcn import ObjectGCN
 
     has = np.array([g is not None for g in setup.graphs], bool)
     if not (part["train"] & has).any() or not (part["validation"] & has).any():
-        from .vhr.imagery import VHRError
+        from ..vhr.imagery import VHRError
         raise VHRError("The VHR imagery covers no training or no validation sample footprint; the GCN stream "
                        "cannot be trained. Leave VHR empty to train the Sentinel-2 stream only.")
 
@@ -461,8 +461,8 @@ def lczc_ges2(root, split="random", epochs=100, device="cpu", seed=0, feedback=N
     warnings (list), reference_labels, alpha {paper, validation}, and results {ResNet11_3D, GCN,
     DF4LCZ_paper_alpha, DF4LCZ_validation_alpha} → ``lcz_metrics`` plus ``paper_oa_b_n`` of each.
     """
-    from .models.gcn import ObjectGCN
-    from .models.resnet3d import ResNet11_3D
+    from ..models.gcn import ObjectGCN
+    from ..models.resnet3d import ResNet11_3D
 
     feedback = feedback or Feedback()
     root = Path(root)
@@ -506,7 +506,7 @@ def paper_columns(metrics):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m df4lcz_plugin.train", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m df4lcz_plugin.training.train", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     lczc = sub.add_parser("lczc-ges2", help="train and evaluate on the DF4LCZ paper's LCZC-GES2 dataset")
     lczc.add_argument("path", help="the dataset root (sen2_img_patches/, gg_nodes_refine/, patches_split/)")
@@ -516,7 +516,7 @@ def main(argv=None):
     lczc.add_argument("--seed", type=int, default=0)
     lczc.add_argument("--batch-size", type=int, default=64, help="Sentinel-2 stream batch (paper: 64)")
     args = parser.parse_args(argv)
-    from .device import resolve_device
+    from ..device import resolve_device
 
     out = lczc_ges2(args.path, args.split, args.epochs, resolve_device(args.device), args.seed,
                     batch_size=args.batch_size)

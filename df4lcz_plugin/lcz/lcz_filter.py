@@ -33,11 +33,11 @@ import numpy.typing as npt
 from osgeo import gdal, osr
 
 from . import legend
-from .assess import read_lcz_map
-from .feedback import Feedback
-from .grid import OutputGrid
+from ..training.assess import read_lcz_map
+from ..feedback import Feedback
+from ..grid import OutputGrid
 from .lcz_raster import create_lcz_raster, palette_of, write_style_sidecar
-from .outputs import atomic_output
+from ..outputs import atomic_output
 
 gdal.UseExceptions()
 

@@ -10,10 +10,10 @@ import numpy as np
 from osgeo import gdal, osr
 
 from . import legend
-from .assess import AssessmentError
-from .grid import OutputGrid
+from ..training.assess import AssessmentError
+from ..grid import OutputGrid
 from .lcz_raster import create_lcz_raster, write_style_sidecar
-from .outputs import atomic_output
+from ..outputs import atomic_output
 
 gdal.UseExceptions()
 

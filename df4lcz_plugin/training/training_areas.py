@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from osgeo import gdal, ogr, osr
 
-from .legend import LABELS
+from ..lcz.legend import LABELS
 
 gdal.UseExceptions()
 ogr.UseExceptions()

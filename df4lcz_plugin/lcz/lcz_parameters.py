@@ -132,9 +132,9 @@ def write_parameter_raster(lcz_path, out_path, statistic="middle"):
     """
     from osgeo import gdal
 
-    from .assess import AssessmentError, read_lcz_map
+    from ..training.assess import AssessmentError, read_lcz_map
     from .lcz_raster import write_ramp_style
-    from .outputs import atomic_output
+    from ..outputs import atomic_output
 
     ds, codes = read_lcz_map(lcz_path)
     if not (codes != legend.NODATA).any():

@@ -9,9 +9,9 @@ cells with no data (0) and reference values that are not LCZ codes are left out.
 import numpy as np
 from osgeo import gdal
 
-from . import legend
-from .feedback import Feedback
-from .lcz_raster import WINNER_BAND
+from ..lcz import legend
+from ..feedback import Feedback
+from ..lcz.lcz_raster import WINNER_BAND
 from .metrics import confusion_matrix, lcz_metrics
 from .samples import rasterise_polygons
 from .training_areas import read_training_areas

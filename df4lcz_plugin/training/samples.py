@@ -16,11 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 from osgeo import gdal, ogr, osr
 
-from .sentinel2.clouds import MAX_CLOUD_PERCENT
-from .ogr_memory import memory_datasource
-from .sentinel2.checks import check_values, open_sentinel2, own_mask_band
-from .feedback import Feedback
-from .grid import PATCH_PX
+from ..sentinel2.clouds import MAX_CLOUD_PERCENT
+from ..ogr_memory import memory_datasource
+from ..sentinel2.checks import check_values, open_sentinel2, own_mask_band
+from ..feedback import Feedback
+from ..grid import PATCH_PX
 
 gdal.UseExceptions()
 

@@ -20,7 +20,7 @@ The confusion matrix ``cm`` is 17 × 17 over LCZ codes 1–17: rows = reference,
 
 import numpy as np
 
-from .legend import CODES
+from ..lcz.legend import CODES
 
 N = len(CODES)
 URBAN = np.arange(0, 10)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import legend
-from .outputs import atomic_output
+from ..lcz import legend
+from ..outputs import atomic_output
 
 DEFINITIONS = {
     "OA": "overall accuracy",
