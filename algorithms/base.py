@@ -77,7 +77,7 @@ def device_parameter(name):
 def segmentation_parameter(name):
     """The advanced SEGMENTATION parameter, stored as its text: ``tiles`` (shared segmentation, SAM once per
     320 m tile; the default) or ``footprint`` (the paper's: SAM on each footprint)."""
-    from ..df4lcz_plugin.vhr.graph import SEGMENTATIONS
+    from ..df4lcz_plugin.models.registry import SEGMENTATIONS
 
     label = tr("Segmentation (tiles: SAM once per 320 m tile, shared by overlapping footprints; footprint: the "
                "paper's, SAM per footprint)")

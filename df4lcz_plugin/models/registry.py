@@ -19,13 +19,16 @@ from pathlib import Path
 
 from ..processing_level import LEVELS as PROCESSING_LEVELS
 from ..sentinel2.bands import SO2SAT_BANDS
-from ..vhr.graph import SEGMENTATIONS
 
 CARD_FORMAT = "df4lcz-model-card/1"
 #: A model id (the file name of a trained model): no commas, which would split a MODEL value in Processing.
 MODEL_ID = r"[\w.\- ]+"
 #: The streams a model may have.
 STREAMS = ("sentinel2", "vhr")
+#: How the VHR stream's footprint masks are made, as a card records it (``vhr.stream``): shared 320 m SAM tiles,
+#: or SAM on each footprint (the paper's). Defined here, in the card's schema, so that the model room does not
+#: import the VHR room above it.
+SEGMENTATIONS = ("tiles", "footprint")
 
 
 class ModelError(RuntimeError):

@@ -14,11 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..models.registry import SEGMENTATIONS
 from .sam import PATCH_SIZE_PX
 
 DEFAULT_GRAPH_RULE = {"rule": "radius", "radius": 0.25}
-#: How a footprint's masks are made (``vhr.stream``): shared 320 m SAM tiles, or SAM on the footprint (the paper's).
-SEGMENTATIONS = ("tiles", "footprint")
 
 
 @dataclass
