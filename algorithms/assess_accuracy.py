@@ -19,6 +19,7 @@ class AssessAccuracyAlgorithm(DF4LCZAlgorithm):
     CSV = "CSV"
     JSON = "JSON"
     AGREEMENT = "AGREEMENT"
+    FILTERED = "FILTERED"
 
     #: What the report says when the reference is another map rather than ground truth.
     AGREEMENT_NOTE = ("Agreement is not accuracy: the reference is another LCZ map (such as the global LCZ map, "
@@ -51,6 +52,9 @@ class AssessAccuracyAlgorithm(DF4LCZAlgorithm):
                 "AGREEMENT: the reference is another LCZ map, e.g. the window of the global LCZ map from "
                 "'Global LCZ map window' with this map as its GRID; the same figures are then reported as "
                 "agreement, with the warning that agreement is not accuracy.\n\n"
+                "FILTERED: also assess the map after the LCZ Generator's Gaussian filter ('Filter an LCZ map'), the "
+                "product most users take, and report both side by side; the LCZ Generator's own figures are those "
+                "of the raw map.\n\n"
                 "Outputs: an HTML report with a confusion-matrix plot, plus CSV and JSON.")
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
@@ -63,6 +67,8 @@ class AssessAccuracyAlgorithm(DF4LCZAlgorithm):
         self.addParameter(QgsProcessingParameterBoolean(self.AGREEMENT, tr("The reference is another LCZ map (e.g. the "
                                                                            "global map): report agreement, not "
                                                                            "accuracy"), False))
+        self.addParameter(QgsProcessingParameterBoolean(self.FILTERED, tr("Also assess the map filtered as the LCZ "
+                                                                          "Generator does, side by side"), False))
         self.addParameter(QgsProcessingParameterFileDestination(self.REPORT, tr("Accuracy report"), "HTML (*.html)"))
         self.addParameter(QgsProcessingParameterFileDestination(self.CSV, tr("Metrics (CSV)"), "CSV (*.csv)",
                                                                 optional=True, createByDefault=False))
@@ -71,6 +77,7 @@ class AssessAccuracyAlgorithm(DF4LCZAlgorithm):
         for name in ("OA", "OA_u", "OA_bu_wudapt", "OA_bu_binary", "OA_w", "kappa"):
             self.addOutput(QgsProcessingOutputNumber(name, name))
         self.addOutput(QgsProcessingOutputString("METRICS", tr("All metrics (JSON)")))
+        self.addOutput(QgsProcessingOutputString("FILTERED_METRICS", tr("All metrics of the filtered map (JSON)")))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
         from ..df4lcz_plugin.training.assess import assess
@@ -88,11 +95,13 @@ class AssessAccuracyAlgorithm(DF4LCZAlgorithm):
             cm, metrics = assess(gdal_source(lcz, self.LCZ), reference,
                                  self.parameterAsString(parameters, self.CLASS_FIELD, context) or None,
                                  ProcessingFeedback(feedback))
+            filtered = self._filtered(parameters, context, lcz, reference, outputs[self.REPORT], feedback)
             agreement = self.parameterAsBool(parameters, self.AGREEMENT, context)
             title = f"LCZ agreement of {lcz.name()} with another map" if agreement else f"LCZ accuracy of {lcz.name()}"
             write_report(outputs[self.REPORT], metrics, cm, title,
                          {"map": lcz.source(), "reference": reference}, csv_path=outputs[self.CSV],
-                         json_path=outputs[self.JSON], warnings=(self.AGREEMENT_NOTE,) if agreement else ())
+                         json_path=outputs[self.JSON], warnings=(self.AGREEMENT_NOTE,) if agreement else (),
+                         filtered=filtered)
         if agreement:
             feedback.pushWarning(self.AGREEMENT_NOTE)
         feedback.pushInfo(("Agreement: " if agreement else "")
@@ -100,4 +109,21 @@ class AssessAccuracyAlgorithm(DF4LCZAlgorithm):
         results = {name: path for name, path in outputs.items() if path}
         results.update({k: metrics[k] for k in ("OA", "OA_u", "OA_bu_wudapt", "OA_bu_binary", "OA_w", "kappa")})
         results["METRICS"] = json.dumps(json_safe(metrics))
+        if filtered:
+            results["FILTERED_METRICS"] = json.dumps(json_safe(filtered))
         return results
+
+    def _filtered(self, parameters, context, lcz, reference, report, feedback):
+        """The metrics of the map after the LCZ Generator's filter (FILTERED), or None."""
+        from ..df4lcz_plugin.outputs import scratch_folder
+        from ..df4lcz_plugin.training.assess import assess_filtered
+
+        if not self.parameterAsBool(parameters, self.FILTERED, context):
+            return None
+        with scratch_folder(report) as scratch:
+            _, metrics = assess_filtered(gdal_source(lcz, self.LCZ), reference, scratch,
+                                         self.parameterAsString(parameters, self.CLASS_FIELD, context) or None,
+                                         ProcessingFeedback(feedback))
+        feedback.pushInfo("Filtered map: " + ", ".join(f"{k} {metrics[k]:.3f}"
+                                                       for k in ("OA", "OA_u", "OA_bu_wudapt", "OA_w", "kappa")))
+        return metrics

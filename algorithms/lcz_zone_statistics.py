@@ -55,7 +55,7 @@ class LCZZoneStatisticsAlgorithm(DF4LCZAlgorithm):
                                                             SOURCE_VECTOR_POLYGON))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
-        from ..df4lcz_plugin.training.assess import read_lcz_map
+        from ..df4lcz_plugin.lcz.lcz_raster import read_lcz_map
 
         layer = self.parameterAsRasterLayer(parameters, self.LCZ, context)
         zones = self.parameterAsSource(parameters, self.ZONES, context)

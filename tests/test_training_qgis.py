@@ -8,6 +8,8 @@ import pytest
 from osgeo import gdal, ogr
 
 from df4lcz_plugin import assets
+from df4lcz_plugin.lcz.lcz_filter import write_filtered
+from df4lcz_plugin.training.assess import assess
 
 from conftest import QGIS_PROCESS, ROOT, run_qgis_process
 
@@ -60,13 +62,20 @@ def test_train_then_classify_then_assess(qgis_env, s2_stack, tmp_path):
         "SENTINEL2": s2_stack, "MODEL_FILE": model, "RESOLUTION": 100, "OUTPUT": tmp_path / "lcz.tif"})
     assert rc == 0, text
     rc, result, text = run_qgis_process(qgis_env, "df4lcz:assessaccuracy", {
-        "LCZ": tmp_path / "lcz.tif", "REFERENCE": VIRGINIA_TAS, "REPORT": tmp_path / "assess.html",
+        "LCZ": tmp_path / "lcz.tif", "REFERENCE": VIRGINIA_TAS, "FILTERED": True, "REPORT": tmp_path / "assess.html",
         "CSV": tmp_path / "assess.csv", "JSON": tmp_path / "assess.json"})
     assert rc == 0, text
     results = result["results"]
     report = json.loads((tmp_path / "assess.json").read_text())
     assert results["OA_w"] == report["metrics"]["OA_w"] and 0 < results["OA"] <= 1
-    assert "OA_bu_wudapt" in (tmp_path / "assess.html").read_text()
+    html = (tmp_path / "assess.html").read_text()
+    assert "OA_bu_wudapt" in html and "Raw and filtered map" in html
+    # The filtered figures are those of the filtered map itself, assessed as any map is.
+    write_filtered(tmp_path / "lcz.tif", tmp_path / "filtered_by_hand.tif")
+    _, by_hand = assess(tmp_path / "filtered_by_hand.tif", VIRGINIA_TAS)
+    assert report["filtered_metrics"]["OA"] == by_hand["OA"] == json.loads(results["FILTERED_METRICS"])["OA"]
+    assert report["filtered_metrics"]["n"] == by_hand["n"] == report["metrics"]["n"]
+    assert sorted(p.name for p in tmp_path.iterdir() if "scratch" in p.name) == []  # no scratch folder left
     assert gdal.Open(str(tmp_path / "lcz.tif")).GetMetadataItem("DF4LCZ_MODEL") == "df4lcz_model"
 
 

@@ -10,7 +10,7 @@ import numpy as np
 from osgeo import gdal, osr
 
 from . import legend
-from ..training.assess import AssessmentError
+from .lcz_raster import LCZMapError
 from ..grid import OutputGrid
 from .lcz_raster import create_lcz_raster, write_style_sidecar
 from ..outputs import atomic_output
@@ -34,17 +34,17 @@ def write_window(source, out_path, bounds, wkt, size=None, palette="official_202
     EPSG:4326, codes 1–17 or 101–107), warped with ``mode`` onto ``size`` = (cols, rows) cells over the bounds,
     or at the source's own resolution when ``size`` is None. Returns {code: cells}.
 
-    Raises AssessmentError when the source is not a one-band LCZ map, when the window does not overlap it, or
+    Raises LCZMapError when the source is not a one-band LCZ map, when the window does not overlap it, or
     when the window holds only no data.
     """
     if source.RasterCount != 1:
-        raise AssessmentError(f"The global LCZ map copy {source.GetDescription()} has {source.RasterCount} bands; "
+        raise LCZMapError(f"The global LCZ map copy {source.GetDescription()} has {source.RasterCount} bands; "
                               "it must be the one-band lcz_filter_v3.tif (LCZ codes 1–17).")
     gt = source.GetGeoTransform()
     covers = (gt[0], gt[3] + gt[5] * source.RasterYSize, gt[0] + gt[1] * source.RasterXSize, gt[3])
     wanted = _wgs84_bounds(bounds, wkt)
     if wanted[0] >= covers[2] or wanted[2] <= covers[0] or wanted[1] >= covers[3] or wanted[3] <= covers[1]:
-        raise AssessmentError(
+        raise LCZMapError(
             f"The extent (lon {wanted[0]:.4f}…{wanted[2]:.4f}, lat {wanted[1]:.4f}…{wanted[3]:.4f}) does not overlap "
             f"the global LCZ map read ({source.GetDescription()}: lon {covers[0]:.4f}…{covers[2]:.4f}, lat "
             f"{covers[1]:.4f}…{covers[3]:.4f}); check the extent and its CRS.")
@@ -59,11 +59,11 @@ def write_window(source, out_path, bounds, wkt, size=None, palette="official_202
     codes = legend.normalise_codes(stored)
     foreign = (stored != 0) & (codes == legend.NODATA)
     if foreign.sum() > 0.01 * stored.size:
-        raise AssessmentError(f"{source.GetDescription()} is not an LCZ map: {int(foreign.sum())} cells of the window "
+        raise LCZMapError(f"{source.GetDescription()} is not an LCZ map: {int(foreign.sum())} cells of the window "
                               f"hold values that are not LCZ codes 1–17 or 101–107 (e.g. "
                               f"{', '.join(str(v) for v in np.unique(stored[foreign])[:5])}).")
     if not (codes != legend.NODATA).any():
-        raise AssessmentError("The window of the global LCZ map holds only no data (open sea or outside its "
+        raise LCZMapError("The window of the global LCZ map holds only no data (open sea or outside its "
                               "coverage); check the extent.")
     grid = OutputGrid(0, 0, warped.RasterYSize, warped.RasterXSize, 1, warped.GetGeoTransform())
     with atomic_output(out_path) as tmp:

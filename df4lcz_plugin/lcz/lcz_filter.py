@@ -33,10 +33,9 @@ import numpy.typing as npt
 from osgeo import gdal, osr
 
 from . import legend
-from ..training.assess import read_lcz_map
 from ..feedback import Feedback
 from ..grid import OutputGrid
-from .lcz_raster import create_lcz_raster, palette_of, write_style_sidecar
+from .lcz_raster import create_lcz_raster, palette_of, read_lcz_map, write_style_sidecar
 from ..outputs import atomic_output
 
 gdal.UseExceptions()
@@ -162,7 +161,7 @@ def write_filtered(lcz_path, out_path, palette: str | None = None, feedback: Fee
     is one of ``legend.PALETTES``, else the official one); written under a temporary name and renamed when
     complete. Returns {code: cells} of the filtered map.
 
-    Raises ``assess.AssessmentError`` (a ValueError) when the input is not an LCZ map (several bands, fractional
+    Raises ``lcz_raster.LCZMapError`` (a ValueError) when the input is not an LCZ map (several bands, fractional
     values, values that are not LCZ codes) or is rotated or has no CRS; ``feedback.Canceled`` on cancel.
     """
     ds, codes = read_lcz_map(lcz_path)

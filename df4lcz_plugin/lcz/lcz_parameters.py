@@ -127,18 +127,18 @@ def write_parameter_raster(lcz_path, out_path, statistic="middle"):
     per property of PROPERTIES (description "<key>: <title> (<statistic>)", unit set), nodata NODATA, and its
     ``.qml`` (the STYLED_BAND on a sequential ramp); written atomically. Returns {code: cells} of the LCZ cells found.
 
-    Raises ValueError (``assess.AssessmentError``) when ``lcz_path`` is not an LCZ map (several bands,
+    Raises ``lcz_raster.LCZMapError`` (a ValueError) when ``lcz_path`` is not an LCZ map (several bands,
     fractional values, values that are not LCZ codes 1–17 or 101–107) or holds no LCZ cell.
     """
     from osgeo import gdal
 
-    from ..training.assess import AssessmentError, read_lcz_map
+    from .lcz_raster import LCZMapError, read_lcz_map
     from .lcz_raster import write_ramp_style
     from ..outputs import atomic_output
 
     ds, codes = read_lcz_map(lcz_path)
     if not (codes != legend.NODATA).any():
-        raise AssessmentError(f"The LCZ map {lcz_path} holds no LCZ cell (only no data); nothing to map.")
+        raise LCZMapError(f"The LCZ map {lcz_path} holds no LCZ cell (only no data); nothing to map.")
     bands = parameter_bands(codes, statistic)
     with atomic_output(out_path) as tmp:
         out = gdal.GetDriverByName("GTiff").Create(tmp, ds.RasterXSize, ds.RasterYSize, len(PROPERTIES),

@@ -19,6 +19,39 @@ WINNER_BAND = len(legend.CODES) + 1
 _OPTIONS = ["COMPRESS=DEFLATE", "TILED=YES", "BIGTIFF=IF_SAFER"]
 
 
+class LCZMapError(ValueError):
+    """A raster is not an LCZ map (several bands, fractional values, values that are not LCZ codes), or holds no
+    LCZ cell where one is needed."""
+
+
+def read_lcz_map(path):
+    """(GDAL dataset, int64 (H, W) codes 0–17) of an LCZ map: one band of codes 1–17 (or 101–107 for A–G).
+
+    Raises LCZMapError when the raster is not an LCZ map (several bands, e.g. the 18-band probability
+    raster, or values that are not LCZ codes).
+    """
+    ds = gdal.Open(str(path))
+    if ds.RasterCount != 1:
+        hint = (" It looks like the probability raster (PROBABILITIES of 'Classify local climate zones')."
+                if ds.RasterCount in (len(legend.CODES), WINNER_BAND) else "")  # 17: before the winner band
+        raise LCZMapError(f"The LCZ map {path} has {ds.RasterCount} bands; an LCZ map has one band of LCZ codes "
+                              f"1–17.{hint} Give the LCZ map itself (OUTPUT of 'Classify local climate zones').")
+    band = ds.GetRasterBand(1)
+    values = band.ReadAsArray()
+    nodata = band.GetNoDataValue()
+    stored = values[values != nodata] if nodata is not None else values.ravel()
+    if stored.dtype.kind == "f" and not np.array_equal(stored, np.round(stored)):
+        raise LCZMapError(f"The LCZ map {path} holds fractional values, so it is not an LCZ map (codes 1–17). "
+                              "Give the LCZ map (OUTPUT of 'Classify local climate zones').")
+    foreign = stored[(stored != legend.NODATA) & (legend.normalise_codes(stored) == legend.NODATA)]
+    if foreign.size > 0.01 * stored.size:  # a few stray cells are tolerated and left out
+        raise LCZMapError(f"The LCZ map {path} is not an LCZ map: {foreign.size} of its cells hold values "
+                              f"that are not LCZ codes 1–17 or 101–107 (e.g. "
+                              f"{', '.join(f'{v:g}' for v in np.unique(foreign)[:5])}). Give the LCZ map (OUTPUT of "
+                              "'Classify local climate zones').")
+    return ds, legend.normalise_codes(values)
+
+
 def create_lcz_raster(path, grid, projection, palette_name="official_2022", metadata=None):
     """A new single-band Byte GeoTIFF over ``grid`` styled with the LCZ palette; returns the GDAL dataset.
 

@@ -6,12 +6,15 @@ resampling (any CRS and resolution). LCZ A–G may be coded 11–17 or 101–107
 cells with no data (0) and reference values that are not LCZ codes are left out.
 """
 
+from pathlib import Path
+
 import numpy as np
 from osgeo import gdal
 
 from ..lcz import legend
 from ..feedback import Feedback
-from ..lcz.lcz_raster import WINNER_BAND
+from ..lcz.lcz_filter import write_filtered
+from ..lcz.lcz_raster import LCZMapError, read_lcz_map
 from .metrics import confusion_matrix, lcz_metrics
 from .samples import rasterise_polygons
 from .training_areas import read_training_areas
@@ -19,8 +22,8 @@ from .training_areas import read_training_areas
 gdal.UseExceptions()
 
 
-class AssessmentError(ValueError):
-    """The map and the reference do not overlap, or the reference is unusable."""
+class AssessmentError(LCZMapError):
+    """The map and the reference do not overlap, the reference is unusable, or the map is not an LCZ map."""
 
 
 def reference_on_map_grid(lcz_ds, reference_path, class_field=None):
@@ -39,34 +42,6 @@ def reference_on_map_grid(lcz_ds, reference_path, class_field=None):
     areas = read_training_areas(reference_path, class_field)
     ids = rasterise_polygons(lcz_ds, areas)
     return np.concatenate([[0], areas.codes])[ids]  # polygon id + 1 → its code; 0 stays 0
-
-
-def read_lcz_map(path):
-    """(GDAL dataset, int64 (H, W) codes 0–17) of an LCZ map: one band of codes 1–17 (or 101–107 for A–G).
-
-    Raises AssessmentError when the raster is not an LCZ map (several bands, e.g. the 18-band probability
-    raster, or values that are not LCZ codes).
-    """
-    ds = gdal.Open(str(path))
-    if ds.RasterCount != 1:
-        hint = (" It looks like the probability raster (PROBABILITIES of 'Classify local climate zones')."
-                if ds.RasterCount in (len(legend.CODES), WINNER_BAND) else "")  # 17: before the winner band
-        raise AssessmentError(f"The LCZ map {path} has {ds.RasterCount} bands; an LCZ map has one band of LCZ codes "
-                              f"1–17.{hint} Give the LCZ map itself (OUTPUT of 'Classify local climate zones').")
-    band = ds.GetRasterBand(1)
-    values = band.ReadAsArray()
-    nodata = band.GetNoDataValue()
-    stored = values[values != nodata] if nodata is not None else values.ravel()
-    if stored.dtype.kind == "f" and not np.array_equal(stored, np.round(stored)):
-        raise AssessmentError(f"The LCZ map {path} holds fractional values, so it is not an LCZ map (codes 1–17). "
-                              "Give the LCZ map (OUTPUT of 'Classify local climate zones').")
-    foreign = stored[(stored != legend.NODATA) & (legend.normalise_codes(stored) == legend.NODATA)]
-    if foreign.size > 0.01 * stored.size:  # a few stray cells are tolerated and left out
-        raise AssessmentError(f"The LCZ map {path} is not an LCZ map: {foreign.size} of its cells hold values "
-                              f"that are not LCZ codes 1–17 or 101–107 (e.g. "
-                              f"{', '.join(f'{v:g}' for v in np.unique(foreign)[:5])}). Give the LCZ map (OUTPUT of "
-                              "'Classify local climate zones').")
-    return ds, legend.normalise_codes(values)
 
 
 def assess(lcz_path, reference_path, class_field=None, feedback=None):
@@ -93,3 +68,13 @@ def assess(lcz_path, reference_path, class_field=None, feedback=None):
         raise AssessmentError("The LCZ map and the reference do not overlap (no map cell with data meets a "
                               "reference LCZ 1–17); check that both cover the same place.")
     return cm, lcz_metrics(cm)
+
+
+def assess_filtered(lcz_path, reference_path, scratch, class_field=None, feedback=None):
+    """(confusion matrix, metrics) of the LCZ map at ``lcz_path`` filtered as the LCZ Generator filters it
+    (``lcz_filter.write_filtered``, written into the folder ``scratch``), against the same reference as ``assess``.
+    The Generator's own accuracy figures are of the raw map; this says what its filter, the product most users
+    take, does to them. Raises what ``assess`` raises."""
+    filtered = Path(scratch) / "filtered.tif"
+    write_filtered(lcz_path, filtered, feedback=feedback)
+    return assess(filtered, reference_path, class_field, feedback)

@@ -123,9 +123,10 @@ def _write_json(path, data):
 
 
 def write_report(html_path, metrics, cm, title, details=None, csv_path=None, json_path=None, png_path=None,
-                 warnings=()):
+                 warnings=(), filtered=None):
     """Write the HTML report (and optional CSV, JSON, PNG). ``details``: extra key → value rows to show;
-    ``warnings``: texts shown in a box at the top (and kept in the JSON), such as a single training class."""
+    ``warnings``: texts shown in a box at the top (and kept in the JSON), such as a single training class;
+    ``filtered``: the metrics of the map after the LCZ Generator's filter, shown beside the raw ones."""
     png = confusion_plot_png(cm, title)
     if png_path:
         _write_bytes(png_path, png)
@@ -141,7 +142,7 @@ matrix are the reference, columns the map.</p>
 <h2>Overall</h2><table><tr><th>metric</th><th>value</th><th>definition</th></tr>{overall}</table>
 <h2>Per class</h2><table><tr><th>class</th><th>reference samples</th><th>producer's accuracy</th>
 <th>user's accuracy</th><th>F1</th></tr>{rows}</table>
-<h2>Confusion matrix</h2>{_img(png, "confusion matrix")}
+{_filtered_section(metrics, filtered)}<h2>Confusion matrix</h2>{_img(png, "confusion matrix")}
 <h2>Details</h2>{_details(details)}""")
     if csv_path:
         with atomic_output(csv_path) as tmp:
@@ -158,8 +159,20 @@ matrix are the reference, columns the map.</p>
     if json_path:
         _write_json(json_path, {"title": title, "metrics": metrics, "definitions": DEFINITIONS,
                                 "confusion_matrix": np.asarray(cm).tolist(), "details": details or {},
-                                "warnings": list(warnings)})
+                                "warnings": list(warnings), **({"filtered_metrics": filtered} if filtered else {})})
     return html_path
+
+
+def _filtered_section(metrics, filtered):
+    """The raw and the filtered map's overall figures side by side (none without ``filtered``)."""
+    if not filtered:
+        return ""
+    rows = "".join(f"<tr><th>{k}</th><td>{_fmt(metrics[k])}</td><td>{_fmt(filtered[k])}</td></tr>"
+                   for k in ("OA", "OA_u", "OA_bu_wudapt", "OA_w", "kappa"))
+    return ("<h2>Raw and filtered map</h2><p>The filtered map is the map after the LCZ Generator's Gaussian filter "
+            "(per-class kernels, 'Filter an LCZ map'), the product most users take. The LCZ Generator's accuracy "
+            "figures are those of the raw map.</p><table><tr><th>metric</th><th>raw map</th><th>filtered map</th>"
+            f"</tr>{rows}</table>")
 
 
 def _warnings(warnings):
