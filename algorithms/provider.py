@@ -11,6 +11,7 @@ from .build_object_graphs import BuildObjectGraphsAlgorithm
 from .classify_dates import ClassifyDatesAlgorithm
 from .classify_lcz import ClassifyLCZAlgorithm
 from .global_lcz_map import GlobalLCZMapAlgorithm
+from .lcz_factsheet import LCZFactsheetAlgorithm
 from .lcz_filter import LCZFilterAlgorithm
 from .lcz_parameters import LCZParametersAlgorithm
 from .lcz_zone_statistics import LCZZoneStatisticsAlgorithm
@@ -41,6 +42,11 @@ class ShippedModel(ToolboxMetadata, QgsProcessingModelAlgorithm):
                              "JJA, SON; their probabilities averaged), Sentinel-2 fetched from a STAC API.",
                              "map-lcz-for-an-extent-four-seasons--df4lczlcz_four_seasons-model",
                              ("stac", "seasons", "seasonal", "fetch", "earth search", "model")),
+        "lcz_from_training_areas": ("From LCZ training areas to the LCZ map and its factsheet in one step (the LCZ "
+                                    "Generator workflow): fetch Sentinel-2, train with bootstraps, classify, filter.",
+                                    "lcz-map-from-training-areas-lcz-generator-workflow--df4lczlcz_from_training_areas"
+                                    "-model", ("lcz generator", "training areas", "wudapt", "kml", "workflow",
+                                               "factsheet", "stac", "model")),
     }
 
     def __init__(self, path):
@@ -91,6 +97,7 @@ class DF4LCZProvider(QgsProcessingProvider):
         self.addAlgorithm(LCZZoneStatisticsAlgorithm())
         self.addAlgorithm(GlobalLCZMapAlgorithm())
         self.addAlgorithm(LCZFilterAlgorithm())
+        self.addAlgorithm(LCZFactsheetAlgorithm())
         for path in sorted((RESOURCES / "models").glob("*.model3")):
             model = ShippedModel(path)
             if model.loaded:

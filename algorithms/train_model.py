@@ -36,6 +36,17 @@ def default_model_path():
             return path
 
 
+def training_areas_file(algorithm, parameters, name, context, feedback):
+    """(path, layer name) of the training areas parameter ``name`` as a file the engine (GDAL) reads: the layer's
+    own file when GDAL can, else (memory layers, selected features, other providers) a GeoPackage copy. Raises
+    QgsProcessingException when the source cannot be read."""
+    path, layer = algorithm.parameterAsCompatibleSourceLayerPathAndLayerName(
+        parameters, name, context, ["gpkg", "shp", "geojson", "json", "kml", "kmz", "sqlite"], "gpkg", feedback)
+    if not path:
+        raise QgsProcessingException(algorithm.invalidSourceError(parameters, name))
+    return path, layer
+
+
 class TrainModelAlgorithm(DF4LCZAlgorithm):
     SENTINEL2 = "SENTINEL2"
     VHR = "VHR"
@@ -170,13 +181,7 @@ class TrainModelAlgorithm(DF4LCZAlgorithm):
 
         s2 = self.parameterAsRasterLayer(parameters, self.SENTINEL2, context)
         vhr = self.parameterAsRasterLayer(parameters, self.VHR, context) if parameters.get(self.VHR) else None
-        # A file the engine (GDAL) reads: the layer's own file when GDAL can, else (memory layers, selected
-        # features, other providers) a GeoPackage copy.
-        areas_path, areas_layer = self.parameterAsCompatibleSourceLayerPathAndLayerName(
-            parameters, self.TRAINING_AREAS, context, ["gpkg", "shp", "geojson", "json", "kml", "kmz", "sqlite"],
-            "gpkg", feedback)
-        if not areas_path:
-            raise QgsProcessingException(self.invalidSourceError(parameters, self.TRAINING_AREAS))
+        areas_path, areas_layer = training_areas_file(self, parameters, self.TRAINING_AREAS, context, feedback)
         model_path = self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context)
         report = self.parameterAsFileOutput(parameters, self.REPORT, context)
         base = None

@@ -3,6 +3,8 @@
 - ``resources/models/lcz_for_extent.model3``: sentinel2fetch → classifylcz over one extent and date range;
 - ``resources/models/lcz_four_seasons.model3``: a fetch per season of a YEAR (DJF, MAM, JJA, SON), then one
   classifydates of the four stacks (their probabilities averaged) into one map and its agreement raster.
+- ``resources/models/lcz_from_training_areas.model3``: the LCZ Generator workflow, sentinel2fetch over the extent
+  → trainmodel with bootstraps → classifylcz with the filtered map → lczfactsheet.
 
 Usage: ``QT_QPA_PLATFORM=offscreen python scripts/make_models.py`` (QGIS 3.22 or later; the plugin's provider is
 loaded from this checkout so that the models' output parameters come from the algorithms themselves).
@@ -17,8 +19,9 @@ os.environ["QT_HASH_SEED"] = "0"  # before Qt starts: the same XML attribute ord
 from qgis.core import (QgsApplication, QgsProcessingModelAlgorithm, QgsProcessingModelChildAlgorithm,  # noqa: E402
                        QgsProcessingModelChildDependency, QgsProcessingModelChildParameterSource,
                        QgsProcessingModelOutput, QgsProcessingModelParameter, QgsProcessingParameterDefinition,
-                       QgsProcessingParameterExtent, QgsProcessingParameterNumber, QgsProcessingParameterString,
-                       QgsProcessingProvider)
+                       QgsProcessingParameterExtent, QgsProcessingParameterFeatureSource,
+                       QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer,
+                       QgsProcessingParameterString, QgsProcessingProvider)
 from qgis.PyQt.QtCore import QPointF  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -195,6 +198,79 @@ def lcz_four_seasons() -> QgsProcessingModelAlgorithm:
     return model
 
 
+def add_workflow_inputs(model: QgsProcessingModelAlgorithm) -> None:
+    """The LCZ Generator workflow's inputs besides EXTENT (row 0): the training areas, the dates, the bootstraps,
+    VHR and the global map (rows 1–13)."""
+    from df4lcz.algorithms.compat import SOURCE_VECTOR_POLYGON
+
+    add_input(model, QgsProcessingParameterFeatureSource(
+        "TRAINING_AREAS", "LCZ training areas (polygons, or a WUDAPT KML/KMZ), inside the extent",
+        [SOURCE_VECTOR_POLYGON]), 1)
+    add_input(model, QgsProcessingParameterString("CLASS_FIELD", "Class field (empty: lcz, class… or the KML "
+                                                  "folders)", "", optional=True), 2, advanced=True)
+    add_input(model, QgsProcessingParameterString("START_DATE", "First acquisition date (YYYY-MM-DD)",
+                                                  "2024-06-01"), 3)
+    add_input(model, QgsProcessingParameterString("END_DATE", "Last acquisition date (YYYY-MM-DD)", "2024-08-31"), 4)
+    add_input(model, QgsProcessingParameterNumber("MAX_DATES", "Dates to combine (1: one date, no composite)",
+                                                  number_type("NUMBER_INTEGER"), 3, minValue=1, maxValue=50), 5)
+    add_input(model, QgsProcessingParameterString(
+        "STAC_API", "STAC API (earth-search, planetary-computer, or a URL)", "earth-search"), 6)
+    add_input(model, QgsProcessingParameterString("COLLECTION", "Collection (empty: the API's L2A one)", "",
+                                                  optional=True), 7, advanced=True)
+    add_input(model, QgsProcessingParameterNumber("BOOTSTRAPS", "Bootstraps (70/30 splits by polygon; LCZ "
+                                                  "Generator: 25)", number_type("NUMBER_INTEGER"), 25, minValue=1,
+                                                  maxValue=100), 8)
+    add_input(model, QgsProcessingParameterNumber("EPOCHS", "Epochs", number_type("NUMBER_INTEGER"), 30,
+                                                  minValue=1), 9, advanced=True)
+    add_input(model, QgsProcessingParameterRasterLayer("VHR", "High-resolution (VHR) imagery", optional=True), 10)
+    add_input(model, QgsProcessingParameterNumber("RESOLUTION", "Output resolution (m)",
+                                                  number_type("NUMBER_DOUBLE"), 100.0, minValue=10.0), 11)
+    add_input(model, QgsProcessingParameterRasterLayer(
+        "GLOBAL_MAP", "Global LCZ map, local copy (the factsheet's agreement)", optional=True), 12)
+
+
+def lcz_from_training_areas() -> QgsProcessingModelAlgorithm:
+    """The LCZ Generator workflow: fetch the extent's Sentinel-2 stack, train with bootstraps on the training areas,
+    classify the extent (raw and filtered map), write the factsheet."""
+    model = new_model("LCZ map from training areas (LCZ Generator workflow)", (
+        "From LCZ training areas to the LCZ map and its factsheet in one step, as the LCZ Generator (Demuzere et "
+        "al. 2021) does it: (1) 'Fetch Sentinel-2 for an extent' fetches the Sentinel-2 L2A stack of EXTENT from a "
+        "STAC API (Earth Search by default) for START_DATE to END_DATE, a cloud-free composite of the clearest "
+        "MAX_DATES dates; the training areas must lie inside EXTENT (the samples are taken from this one stack: "
+        "areas outside it give no samples); (2) 'Train DF4LCZ model' trains on the training areas (a polygon "
+        "layer or a WUDAPT KML/KMZ, read as that algorithm reads them) with BOOTSTRAPS 70/30 splits by polygon "
+        "(default 25, as the Generator; each is a training: few bootstraps are quicker, their figures noisier), "
+        "then the final model on all of them, fine-tuning Sen2LCZ-Net, or with VHR imagery the fused DF4LCZ "
+        "model; (3) 'Classify local climate zones' maps EXTENT with that model at RESOLUTION, raw and filtered "
+        "(the Generator's Gaussian filter); (4) 'LCZ factsheet' writes the HTML factsheet (training areas per "
+        "class, bootstrap boxplots, averaged confusion matrix, suspicious training areas, quicklooks of both maps "
+        "and, with GLOBAL_MAP, a local copy of the global LCZ map, the agreement with it). Outputs: the LCZ map, "
+        "the filtered map, the trained model, the training report, the suspicious training areas, the factsheet "
+        "and the Sentinel-2 stack. QGIS runs the steps in order and stops at the first that fails, with its "
+        "message."))
+    add_workflow_inputs(model)
+    param = Source.fromModelParameter
+    add_fetch(model, "", param("START_DATE"), param("END_DATE"), param("MAX_DATES"), 60, {"stack": "STACK"})
+    stack = Source.fromChildOutput("fetch", "OUTPUT")
+    areas = {"TRAINING_AREAS": param("TRAINING_AREAS"), "CLASS_FIELD": param("CLASS_FIELD")}
+    add_child(model, "train", "df4lcz:trainmodel", "Train DF4LCZ model (bootstraps)", 720, 140,
+              {"SENTINEL2": stack, **areas, "VHR": param("VHR"), "BOOTSTRAPS": param("BOOTSTRAPS"),
+               "EPOCHS": param("EPOCHS")},
+              {"TRAINED_MODEL": ("OUTPUT_MODEL", "Trained model"), "REPORT": ("REPORT", "Training report"),
+               "SUSPICIOUS_AREAS": ("SUSPICIOUS_AREAS", "Suspicious training areas")})
+    add_child(model, "classify", "df4lcz:classifylcz", "Classify local climate zones", 1020, 220,
+              {"SENTINEL2": stack, "EXTENT": param("EXTENT"), "VHR": param("VHR"), "RESOLUTION": param("RESOLUTION"),
+               "MODEL_FILE": Source.fromChildOutput("train", "OUTPUT_MODEL")},
+              {"LCZ_MAP": ("OUTPUT", "LCZ map"), "FILTERED_MAP": ("FILTERED_OUTPUT", "Filtered LCZ map")})
+    add_child(model, "factsheet", "df4lcz:lczfactsheet", "LCZ factsheet", 1320, 300,
+              {"TRAINING_REPORT": Source.fromChildOutput("train", "REPORT"), **areas,
+               "LCZ_MAP": Source.fromChildOutput("classify", "OUTPUT"),
+               "FILTERED_MAP": Source.fromChildOutput("classify", "FILTERED_OUTPUT"),
+               "GLOBAL_MAP": param("GLOBAL_MAP")},
+              {"FACTSHEET": ("OUTPUT", "LCZ factsheet")})
+    return model
+
+
 def write(model: QgsProcessingModelAlgorithm, stem: str) -> Path:
     """Create the model's output parameters from its steps, order its inputs as placed (top to bottom) and save
     it as ``resources/models/<stem>.model3``."""
@@ -208,11 +284,12 @@ def write(model: QgsProcessingModelAlgorithm, stem: str) -> Path:
 
 
 def main() -> None:
-    """Write both models."""
+    """Write the three models."""
     app = QgsApplication([], False)
     app.initQgis()
     provider = load_provider()  # noqa: F841 (kept alive while the models are built)
-    for stem, build in (("lcz_for_extent", lcz_for_extent), ("lcz_four_seasons", lcz_four_seasons)):
+    for stem, build in (("lcz_for_extent", lcz_for_extent), ("lcz_four_seasons", lcz_four_seasons),
+                        ("lcz_from_training_areas", lcz_from_training_areas)):
         print(f"wrote {write(build(), stem).relative_to(ROOT)}")
     app.exitQgis()
 

