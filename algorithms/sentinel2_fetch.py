@@ -154,6 +154,9 @@ class Sentinel2FetchAlgorithm(DF4LCZAlgorithm):
                                     self.OBSERVATIONS: geotiff_output(observations)})
             summary = fetch_sentinel2(request, output, ProcessingFeedback(feedback), WindowCache(), observations)
         results = {self.OUTPUT: output, self.SUMMARY: json.dumps(summary)}
-        if observations:
+        if observations and len(summary["dates"]) > 1:
             results[self.OBSERVATIONS] = observations
+        elif observations:
+            feedback.pushWarning("OBSERVATIONS is not written: one date was kept, so there is no composite and no "
+                                 "count of observations; raise MAX_DATES (or widen the dates) for a composite.")
         return results

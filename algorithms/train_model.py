@@ -1,6 +1,7 @@
 """``df4lcz:trainmodel`` ("Train DF4LCZ model") on the user's own LCZ training areas."""
 
 import itertools
+import re
 from pathlib import Path
 
 from qgis.core import (QgsApplication, QgsCoordinateReferenceSystem, QgsFeature, QgsFeatureSink, QgsFields,
@@ -45,6 +46,18 @@ def training_areas_file(algorithm, parameters, name, context, feedback):
     if not path:
         raise QgsProcessingException(algorithm.invalidSourceError(parameters, name))
     return path, layer
+
+
+def _vector_file(destination):
+    """The file a vector destination writes (``ogr:dbname='…' table=…`` and ``path|layername=…`` forms too), or
+    None for a temporary or memory layer."""
+    text = (destination or "").strip()
+    if not text or text.startswith("memory:") or text == "TEMPORARY_OUTPUT":
+        return None
+    if text.startswith("ogr:"):
+        match = re.search(r"dbname='([^']+)'", text)
+        return match.group(1) if match else None
+    return text.split("|", 1)[0]
 
 
 class TrainModelAlgorithm(DF4LCZAlgorithm):
@@ -196,7 +209,9 @@ class TrainModelAlgorithm(DF4LCZAlgorithm):
                  self.BASE_MODEL: model_files(base) if base else None,
                  self.VHR: gdal_source(vhr, self.VHR) if vhr and vhr.providerType() == "gdal" else None},
                 {self.OUTPUT_MODEL: (model_files(model_path)[::-1], (".safetensors",)),
-                 self.REPORT: (report_files(report), (".html", ".htm"))})
+                 self.REPORT: (report_files(report), (".html", ".htm")),
+                 self.SUSPICIOUS_AREAS: ([_vector_file(self.parameterAsOutputLayer(parameters, self.SUSPICIOUS_AREAS,
+                                                                                   context))], None)})
             areas = read_training_areas(areas_path, self.parameterAsString(parameters, self.CLASS_FIELD, context)
                                         or None, areas_layer or None)
             card, summary, oof = train_on_training_areas(

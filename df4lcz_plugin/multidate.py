@@ -101,6 +101,9 @@ class DatesAverage:
             grid = dataclasses.replace(job.grid, row0_px=job.grid.row0_px + rows, col0_px=job.grid.col0_px + cols)
             top, left = grid.patch_origin(0, 0)
             window = (top, left, (grid.rows - 1) * grid.cell_px + PATCH_PX, (grid.cols - 1) * grid.cell_px + PATCH_PX)
+            if top >= ds.RasterYSize or left >= ds.RasterXSize or top + window[2] <= 0 or left + window[3] <= 0:
+                raise InputError(f"The Sentinel-2 stack {path} does not overlap the first stack within the extent: it "
+                                 "would add nothing to any cell. Give stacks of the same place (dates or seasons).")
             nodata = tuple(ds.GetRasterBand(i + 1).GetNoDataValue() for i in range(ds.RasterCount))
             date_job = dataclasses.replace(job, sentinel2_path=path, grid=grid, nodata_values=nodata,
                                            zero_is_nodata=check_values(ds, window, feedback))

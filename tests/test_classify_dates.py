@@ -94,30 +94,42 @@ def test_a_date_counts_only_where_it_has_data(qgis_env, s2_stack, second_date, r
     np.testing.assert_array_equal(agreement[differ], expected)
 
 
-@pytest.fixture(scope="module")
-def shifted(s2_stack, tmp_path_factory):
-    """A crop of the real stack whose geotransform is moved 5 m east: off the first stack's pixel grid."""
-    path = tmp_path_factory.mktemp("shifted") / "shifted.tif"
+def _moved(s2_stack, path, metres):
+    """A crop of the real stack whose geotransform is moved ``metres`` east."""
     ds = gdal.Open(str(s2_stack))
     x0, px, _, y0, _, py = ds.GetGeoTransform()
     raster_copy(s2_stack, path, srcWin=[int((EXTENT[0] - x0) / px), int((EXTENT[3] - y0) / py), 300, 300])
     out = gdal.Open(str(path), gdal.GA_Update)
     gt = list(out.GetGeoTransform())
-    gt[0] += 5
+    gt[0] += metres
     out.SetGeoTransform(gt)
     out = None
     return path
+
+
+@pytest.fixture(scope="module")
+def shifted(s2_stack, tmp_path_factory):
+    """A crop of the real stack moved 5 m east: off the first stack's pixel grid."""
+    return _moved(s2_stack, tmp_path_factory.mktemp("shifted") / "shifted.tif", 5)
+
+
+@pytest.fixture(scope="module")
+def far(s2_stack, tmp_path_factory):
+    """A crop of the real stack moved 100 km east: on the first stack's grid, but elsewhere."""
+    return _moved(s2_stack, tmp_path_factory.mktemp("far") / "far.tif", 100_000)
 
 
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("case, message", [
     ("one", "give at least 2"),
     ("shifted", "not on the first stack's pixel grid"),
+    ("far", "does not overlap the first stack within the extent"),
     ("twice", "is given twice"),
     ("output_is_input", "would overwrite the SENTINEL2 input"),
 ])
-def test_bad_input_is_refused_with_the_reason(qgis_env, s2_stack, second_date, shifted, tmp_path, case, message):
-    stacks = {"one": [s2_stack], "shifted": [s2_stack, shifted], "twice": [s2_stack, s2_stack],
+def test_bad_input_is_refused_with_the_reason(qgis_env, s2_stack, second_date, shifted, far, tmp_path, case,
+                                              message):
+    stacks = {"one": [s2_stack], "shifted": [s2_stack, shifted], "far": [s2_stack, far], "twice": [s2_stack, s2_stack],
               "output_is_input": [s2_stack, second_date]}[case]
     output = second_date if case == "output_is_input" else tmp_path / "lcz.tif"
     before = second_date.read_bytes()

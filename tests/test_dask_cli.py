@@ -199,11 +199,13 @@ def test_changed_arguments_discard_the_tiles(s2_stack, reference, tmp_path):
       "2024-05-02"], "--end 2024-05-02 is before --start 2024-06-01"),
     (["{out}", "--stac", "earth-search", "--start", "2024-13-01"],
      "argument --start: '2024-13-01' is not an ISO date"),
+    (["{out}", "--stac", "earth-search", "--extent", "443800", "4165600", "446800", "4168600", "--start",
+      "2024-06-01", "--end", "2024-06-02"], "is not a place in WGS 84: its numbers look like another CRS's"),
 ], ids=["missing-input", "output-is-input", "output-not-geotiff", "probabilities-is-input", "unknown-model", "zero-workers",
         "workers-and-scheduler", "work-dir-without-cluster", "extent-outside", "scheduler-not-an-address",
         "threads-without-cluster", "negative-threads", "negative-retries", "probabilities-style-is-the-maps",
         "output-alone", "stac-with-sentinel2", "stac-without-extent", "stac-bad-api", "stac-dates-reversed",
-        "stac-bad-date"])
+        "stac-bad-date", "stac-utm-extent-as-lonlat"])
 def test_bad_arguments_exit_2_with_the_reason(s2_stack, tmp_path, args, message):
     names = {"missing": tmp_path / "none.tif", "out": tmp_path / "lcz.tif", "out_upper": tmp_path / "lcz.TIF",
              "stack": s2_stack,

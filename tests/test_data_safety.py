@@ -96,6 +96,10 @@ def test_train_never_overwrites(qgis_env, work):
     _refused(qgis_env, "df4lcz:trainmodel", {**common, "BASE_MODEL": work / "base.safetensors",
                                              "OUTPUT_MODEL": work / "base.safetensors", "REPORT": work / "r.html"},
              "OUTPUT_MODEL would overwrite the BASE_MODEL input", work)
+    # The suspicious areas written over the training areas they are computed from.
+    _refused(qgis_env, "df4lcz:trainmodel", {**common, "OUTPUT_MODEL": work / "m2.safetensors",
+                                             "REPORT": work / "r.html", "SUSPICIOUS_AREAS": work / "tas.gpkg"},
+             "SUSPICIOUS_AREAS would overwrite the TRAINING_AREAS input", work)
     # Its file name becomes its id in Classify's MODEL list, where a comma would split the value.
     _refused(qgis_env, "df4lcz:trainmodel", {**common, "OUTPUT_MODEL": work / "zurich, v2.safetensors",
                                              "REPORT": work / "r.html"},

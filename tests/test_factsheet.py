@@ -71,7 +71,7 @@ def test_factsheet_gathers_training_maps_and_agreement(qgis_env, trained, tmp_pa
 
 
 @pytest.mark.timeout(300)
-def test_a_map_agrees_with_itself_and_other_areas_are_refused(qgis_env, trained, tmp_path):
+def test_a_map_agrees_with_itself_and_other_areas_are_refused(qgis_env, trained, s2_stack, tmp_path):
     """The raw map as its own 'global map': agreement 1, and without a filtered map no filtered figure. Training
     areas other than the report's (20 of the 26) are refused, nothing written."""
     output = tmp_path / "self.html"
@@ -85,3 +85,9 @@ def test_a_map_agrees_with_itself_and_other_areas_are_refused(qgis_env, trained,
         "OUTPUT": tmp_path / "refused.html"}, json_output=False)
     assert rc != 0 and "covers 26 training areas, the training areas given have 20" in text, text
     assert "Traceback" not in text and not list(tmp_path.glob("refused*"))
+    # A raster that is not an LCZ map (the 10-band Sentinel-2 stack) as LCZ_MAP: refused, nothing written.
+    rc, _, text = run_qgis_process(qgis_env, "df4lcz:lczfactsheet", {
+        "TRAINING_REPORT": trained / "train.json", "TRAINING_AREAS": VIRGINIA_TAS, "LCZ_MAP": s2_stack,
+        "OUTPUT": tmp_path / "stack.html"}, json_output=False)
+    assert rc != 0 and "has 10 bands; an LCZ map has one band" in text, text
+    assert "Traceback" not in text and not list(tmp_path.glob("stack*"))

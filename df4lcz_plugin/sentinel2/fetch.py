@@ -104,6 +104,21 @@ class Date:
 Bounds = tuple[float, float, float, float]
 
 
+def _wgs84_bbox(source: osr.SpatialReference, extent: Bounds) -> Bounds:
+    """The extent's longitude/latitude bounding box. Raises FetchError when the extent's numbers are not a place in
+    its CRS (projected metres given as degrees, the usual slip)."""
+    try:
+        bbox = tuple(osr.CoordinateTransformation(source, srs_of(4326)).TransformBounds(*extent, 21))
+    except RuntimeError:
+        bbox = (math.inf,) * 4
+    if not (all(map(math.isfinite, bbox)) and -180 <= bbox[0] <= bbox[2] <= 180 and -90 <= bbox[1] <= bbox[3] <= 90):
+        name = source.GetName() or "its CRS"
+        raise FetchError(f"EXTENT {tuple(extent)} is not a place in {name}: its numbers look like another CRS's (UTM "
+                         "metres given as longitude and latitude?). Give the extent with its own CRS (on the command "
+                         "line: --extent-crs, e.g. EPSG:32618 for UTM zone 18N; the default is EPSG:4326).")
+    return bbox
+
+
 def plan_grid(request: FetchRequest) -> tuple[Grid, Bounds, Bounds]:
     """(the 10 m target grid: the extent plus CONTEXT_MARGIN_M, the extent's WGS 84 bbox, the extent in the grid's
     CRS). Raises FetchError for an empty or too large extent."""
@@ -113,8 +128,7 @@ def plan_grid(request: FetchRequest) -> tuple[Grid, Bounds, Bounds]:
     xmin, ymin, xmax, ymax = request.extent
     if not (xmax > xmin and ymax > ymin):
         raise FetchError(f"EXTENT {request.extent} is empty; draw the area to map.")
-    to_wgs84 = osr.CoordinateTransformation(source, srs_of(4326))
-    bbox = tuple(to_wgs84.TransformBounds(xmin, ymin, xmax, ymax, 21))
+    bbox = _wgs84_bbox(source, request.extent)
     epsg = request.epsg or utm_epsg((bbox[0] + bbox[2]) / 2, (bbox[1] + bbox[3]) / 2)
     to_target = osr.CoordinateTransformation(source, srs_of(epsg))
     x0, y0, x1, y1 = to_target.TransformBounds(xmin, ymin, xmax, ymax, 21)

@@ -12,6 +12,7 @@ import numpy.typing as npt
 from osgeo import gdal, osr
 
 from ..lcz import legend
+from ..lcz.lcz_raster import read_lcz_map
 from ..outputs import atomic_output
 from ..quicklook import render_quicklook
 from .bootstrap import METRICS
@@ -177,11 +178,15 @@ def write_factsheet(html_path: str | Path, report: dict, areas, lcz_path: str | 
     map (``lcz_filter``); global_path: a local copy of the global LCZ map (any CRS). Returns the agreement figures
     ({"raw map": ``agreement``, "filtered map": …}; empty without ``global_path``).
 
-    Raises FactsheetError when the areas are not the report's, or the global map does not overlap the map."""
+    Raises FactsheetError when the areas are not the report's, or the global map does not overlap the map;
+    ``lcz_raster.LCZMapError`` when a map is not an LCZ map (several bands, other values). Nothing is written then.
+    """
     if len(report["out_of_fold"]) != len(areas):
         raise FactsheetError(f"The training report covers {len(report['out_of_fold'])} training areas, the training "
                              f"areas given have {len(areas)}: give the layer the model was trained on.")
     maps = {"raw map": lcz_path, **({"filtered map": filtered_path} if filtered_path else {})}
+    for path in [*maps.values(), *([global_path] if global_path else [])]:
+        read_lcz_map(path)  # an LCZ map each, before anything is written (raises LCZMapError)
     results = {name: agreement(path, global_path) for name, path in maps.items()} if global_path else {}
     page, training, boxplots, confusion, raw_png, filtered_png = factsheet_files(html_path)
     per_class = class_areas(areas)
