@@ -51,7 +51,8 @@ def _same_file(a, b):
 def check_output_paths(inputs, outputs):
     """Refuse output paths that would lose data or mislabel a format, before anything is written.
 
-    inputs: {parameter name: path, iterable of paths, or None} — every file the run reads.
+    inputs: {parameter name: path, iterable of paths, or None} — every file the run reads (each one's ``.qml``
+    style beside it, when there is one, is protected too).
     outputs: {parameter name: (paths, allowed suffixes)} — ``paths`` lists every file the output writes (the
     output first, then its sidecars: ``.aux.xml``, ``.qml``, a report's ``.csv``…); ``allowed suffixes``
     (lower case, e.g. ``(".tif", ".tiff")``) or None for any. Empty or None outputs are skipped.
@@ -59,6 +60,10 @@ def check_output_paths(inputs, outputs):
     """
     read = [(name, p) for name, value in inputs.items() if value
             for p in ([value] if isinstance(value, (str, os.PathLike)) else value) if p]
+    # An input's QGIS style (<name>.qml beside it) is the user's work too: a .tiff output beside a .tif input
+    # would write that very file.
+    read += [(f"{name} style", Path(p).with_suffix(".qml")) for name, p in read
+             if Path(p).suffix.lower() != ".qml" and Path(p).with_suffix(".qml").is_file()]
     written = []
     for name, (paths, suffixes) in outputs.items():
         paths = [p for p in paths if p]

@@ -70,7 +70,7 @@ def test_factsheet_gathers_training_maps_and_agreement(qgis_env, trained, tmp_pa
     assert not list(output.parent.glob("*.partial*"))
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(900)  # the module's training fixture may run under this test
 def test_a_map_agrees_with_itself_and_other_areas_are_refused(qgis_env, trained, s2_stack, tmp_path):
     """The raw map as its own 'global map': agreement 1, and without a filtered map no filtered figure. Training
     areas other than the report's (20 of the 26) are refused, nothing written."""

@@ -171,15 +171,20 @@ def test_lczfilter_on_the_real_zaragoza_map(zaragoza_filtered):
 def _refusals(tmp_path):
     one_band = raster_copy(ZURICH, tmp_path / "zurich_red.tif", bandList=[1])
     lcz = shutil.copy(ZARAGOZA, tmp_path / "zaragoza.tif")  # never the asset cache's own copy
+    (tmp_path / "zaragoza.qml").write_text("<qgis><!-- the user's own style --></qgis>\n")
     return {
         "RGB orthophoto": ({"INPUT": ZURICH}, "has 3 bands"),
         "one-band image": ({"INPUT": one_band}, "values that are not LCZ codes 1–17 or 101–107"),
         "output is the input": ({"INPUT": lcz, "OUTPUT": lcz}, "OUTPUT would overwrite the INPUT input"),
+        # zaragoza.tiff's style would be zaragoza.qml: the input's own (a user's edits to it included).
+        "output's style is the input's": ({"INPUT": lcz, "OUTPUT": tmp_path / "zaragoza.tiff"},
+                                          "OUTPUT would overwrite the INPUT style input"),
     }
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("case", ["RGB orthophoto", "one-band image", "output is the input"])
+@pytest.mark.parametrize("case", ["RGB orthophoto", "one-band image", "output is the input",
+                                  "output's style is the input's"])
 def test_lczfilter_refuses_what_is_not_an_lcz_map(qgis_env, tmp_path, case):
     parameters, message = _refusals(tmp_path)[case]
     before = {path: path.read_bytes() for path in tmp_path.iterdir()}
