@@ -161,23 +161,27 @@ def main():
             for lever in LEVERS:
                 records[lever].append({"confusion_matrix": cms[lever].tolist()})
                 costs[lever].append(seconds[lever])
-            print(f"bootstrap {b + 1}/{args.bootstraps}: " + ", ".join(
-                f"{lever} OA {np.trace(cms[lever]) / cms[lever].sum():.3f}" for lever in LEVERS), flush=True)
+            print(f"bootstrap {b + 1}/{args.bootstraps} done", flush=True)
+            write_table(args, len(areas), len(samples), records, costs, differences)
+
+
+def write_table(args, polygons: int, n_samples: int, records: dict, costs: dict, differences: list) -> None:
+    """Print the table over the bootstraps done so far and write it as JSON (so that a run cut short keeps them)."""
     table = {}
     for lever in LEVERS:
         s = summarise(records[lever])
         table[lever] = {"OA_median": s["median"]["OA"], "OA_iqr": s["iqr"]["OA"],
                         "OA_bu_median": s["median"]["OA_bu_wudapt"], "OA_w_median": s["median"]["OA_w"],
                         "seconds_per_bootstrap": round(statistics.mean(costs[lever]), 1)}
-    report = {"bootstraps": args.bootstraps, "epochs": args.epochs, "members": args.members,
-              "polygons": len(areas), "samples": len(samples), "held_out_samples_unfiltered_map_differs": differences,
-              "levers": table}
+    report = {"bootstraps": len(differences), "requested": args.bootstraps, "epochs": args.epochs,
+              "members": args.members, "polygons": polygons, "samples": n_samples,
+              "held_out_samples_unfiltered_map_differs": differences, "levers": table}
     Path(args.json).write_text(json.dumps(report, indent=1))
     print(f"{'lever':16} {'OA':>6} {'IQR OA':>7} {'OA_bu':>6} {'OA_w':>6} {'s/bootstrap':>12}")
     for lever, row in table.items():
         print(f"{lever:16} {row['OA_median']:6.3f} {row['OA_iqr']:7.3f} {row['OA_bu_median']:6.3f} "
-              f"{row['OA_w_median']:6.3f} {row['seconds_per_bootstrap']:12.1f}")
-    print(f"unfiltered map ≠ raw at {differences} held-out samples (per bootstrap); JSON: {args.json}")
+              f"{row['OA_w_median']:6.3f} {row['seconds_per_bootstrap']:12.1f}", flush=True)
+    print(f"unfiltered map ≠ raw at {differences} held-out samples (per bootstrap); JSON: {args.json}", flush=True)
 
 
 if __name__ == "__main__":
