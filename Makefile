@@ -32,6 +32,7 @@ bench: setup
 	$(PY) bench/bench_sam.py
 	$(PY) bench/bench_dask.py
 	$(PY) bench/bench_fetch.py
+	$(PY) bench/bench_levers.py --json bench_levers.json
 
 # The pinned dependency sets requirements/py3XX/*.txt, resolved by uv from requirements/*.in (never edited by hand).
 pins: setup
@@ -52,4 +53,4 @@ package: setup
 	$(PY) scripts/release_checks.py dist/df4lcz.$(VERSION).zip
 
 clean:
-	rm -rf dist demo_output .pytest_cache reproduce_*.json
+	rm -rf dist demo_output .pytest_cache reproduce_*.json bench_levers.json
