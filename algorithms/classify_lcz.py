@@ -164,7 +164,7 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
         precision = enum_parameter(self.PRECISION, tr("OpenVINO precision (bf16: faster on CPUs with bf16, 99.5 % of "
                                                       "cells with the same class)"), PRECISIONS)
         tta = QgsProcessingParameterBoolean(self.TTA, tr("Test-time augmentation: average over the 8 flips and "
-                                                         "rotations of each patch (8× the Sentinel-2 time)"), False)
+                                                         "rotations of each patch (8× the inference)"), False)
         return batch, max_cloud, backend, precision, tta, palette
 
     def _add_advanced(self, parameters):

@@ -5,8 +5,8 @@
    with the probability raster;
 3. a quicklook PNG with legend;
 4. ``df4lcz:trainmodel`` on the LCZ training areas digitised on that scene
-   (``resources/training_areas/``): Sen2LCZ-Net fine-tuned in 5 bootstraps of the LCZ Generator's 70/30 split by
-   polygon (the Generator makes 25; 5 keep the demo within minutes on a laptop CPU), each assessed on its held-out
+   (``resources/training_areas/``): Sen2LCZ-Net fine-tuned in 3 bootstraps of the LCZ Generator's 70/30 split by
+   polygon (the Generator makes 25; 3 keep the demo within minutes on a laptop CPU), each assessed on its held-out
    polygons (report with the median and IQR of OA, OA_u, OA_bu, OA_w and κ, boxplots, the averaged confusion
    matrix and the suspicious training areas), then the final model trained on all of them.
 
@@ -56,10 +56,10 @@ def main():
     for name, km2 in sorted(summary["area_km2"].items(), key=lambda item: -item[1]):
         print(f"  {name:32s} {km2:8.2f}")
     trained = qgis_process("df4lcz:trainmodel", SENTINEL2=stack["OUTPUT"], TRAINING_AREAS=TRAINING_AREAS, EPOCHS=8,
-                           BOOTSTRAPS=5, SEED=0, DEVICE="auto", OUTPUT_MODEL=OUT / "virginia_model.safetensors",
+                           BOOTSTRAPS=3, SEED=0, DEVICE="auto", OUTPUT_MODEL=OUT / "virginia_model.safetensors",
                            REPORT=OUT / "virginia_training_report.html",
                            SUSPICIOUS_AREAS=OUT / "virginia_suspicious_areas.gpkg")
-    print(f"Trained model: {trained['OUTPUT_MODEL']}\nReport on the held-out polygons of 5 bootstraps: "
+    print(f"Trained model: {trained['OUTPUT_MODEL']}\nReport on the held-out polygons of 3 bootstraps: "
           f"{trained['REPORT']} (median OA {trained['OA']:.3f}, OA_w {trained['OA_w']:.3f}, kappa "
           f"{trained['kappa']:.3f})\nSuspicious training areas: {trained['SUSPICIOUS_AREAS']}")
 
