@@ -75,6 +75,7 @@ def test_train_then_classify_then_assess(qgis_env, s2_stack, tmp_path):
     _, by_hand = assess(tmp_path / "filtered_by_hand.tif", VIRGINIA_TAS)
     assert report["filtered_metrics"]["OA"] == by_hand["OA"] == json.loads(results["FILTERED_METRICS"])["OA"]
     assert report["filtered_metrics"]["n"] == by_hand["n"] == report["metrics"]["n"]
+    assert f"filtered_OA,,{by_hand['OA']}" in (tmp_path / "assess.csv").read_text()
     assert sorted(p.name for p in tmp_path.iterdir() if "scratch" in p.name) == []  # no scratch folder left
     assert gdal.Open(str(tmp_path / "lcz.tif")).GetMetadataItem("DF4LCZ_MODEL") == "df4lcz_model"
 

@@ -156,6 +156,8 @@ matrix are the reference, columns the map.</p>
                         writer.writerow([key, legend.LABELS[code - 1], metrics[key][code - 1]])
                 for label, row in zip(legend.LABELS, np.asarray(cm)):
                     writer.writerow(["confusion_row", label, " ".join(map(str, row))])
+                for key in DEFINITIONS if filtered else ():
+                    writer.writerow([f"filtered_{key}", "", filtered[key]])
     if json_path:
         _write_json(json_path, {"title": title, "metrics": metrics, "definitions": DEFINITIONS,
                                 "confusion_matrix": np.asarray(cm).tolist(), "details": details or {},
