@@ -306,9 +306,14 @@ def choose_dates(request: FetchRequest, scenes: list[Scene], reader: _Reader, gr
     return sorted(ranked[:request.max_dates], key=lambda d: d.day)
 
 
+def _band_reads(dates: list[Date], reader: _Reader) -> list[tuple[Date, str, WindowRead]]:
+    """(date, band, read) of every band window of ``dates``, in So2Sat band order."""
+    return [(d, band, r) for d in dates for band in SO2SAT_BANDS for r in reader.reads(d, (band,))]
+
+
 def _budget(request: FetchRequest, dates: list[Date], reader: _Reader, feedback: Feedback) -> list:
     """The band reads of the chosen dates, after logging (and checking) what they are expected to cost."""
-    jobs = [(d, band, r) for d in dates for band in SO2SAT_BANDS for r in reader.reads(d, (band,))]
+    jobs = _band_reads(dates, reader)
     uncached = [r for _, _, r in jobs if not reader.cached(r)]
     megabytes = sum(_estimate_bytes(r) for r in uncached) / 1e6
     feedback.info(f"{len(dates)} date(s) ({', '.join(str(d.day) for d in dates)}), {len(jobs)} band windows, "
@@ -489,11 +494,8 @@ def fetch_part(plan: FetchPlan, grid: Grid, output: str | Path, cache: WindowCac
     part = FetchPlan(plan.request, grid, plan.extent, dates, plan.metadata)
     reader = _Reader(plan.request, grid, cache, feedback)
     if plan.request.cloud_mask == "scl":
-        reader.run([(d, "scl", r) for d in dates for r in reader.reads(d, ("scl",))], "SCL", (0.0, 0.0))
-        for date in dates:
-            date.scl = _mosaic(date, "scl", grid, "nearest", offset=False)
-    reader.run([(d, band, r) for d in dates for band in SO2SAT_BANDS for r in reader.reads(d, (band,))], "Reading",
-               (0.0, 0.0))
+        _screen(dates, reader, grid, feedback)  # each date's SCL on the part, for its mask
+    reader.run(_band_reads(dates, reader), "Reading", (0.15, 0.9))
     _write_dates(part, output, feedback, None)
 
 
