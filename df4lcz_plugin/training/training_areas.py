@@ -75,9 +75,14 @@ def _is_roi_folder(layer):
     return bool(names) and all(str(n).strip().upper() == "ROI" for n in names)
 
 
+def _row(feature, code, schema):
+    """(geometry, LCZ code, attribute values) of one training area."""
+    return feature.GetGeometryRef().Clone(), code, _values(feature, schema)
+
+
 def _read_kml_folders(ds):
-    """(geometries, codes, attributes, srs, schema) of a WUDAPT KML/KMZ whose folders name the classes."""
-    geometries, codes, attributes, srs, schema, foreign = [], [], [], None, None, []
+    """(rows of ``_row``, srs, schema) of a WUDAPT KML/KMZ whose folders name the classes."""
+    rows, srs, schema, foreign = [], None, None, []
     for index in range(ds.GetLayerCount()):
         layer = ds.GetLayer(index)
         code = parse_code(layer.GetName())
@@ -87,14 +92,32 @@ def _read_kml_folders(ds):
             continue
         srs = srs or layer.GetSpatialRef()
         schema = schema or _schema(layer)  # every folder of a KML has the same fields
-        for feature in layer:
-            geometries.append(feature.GetGeometryRef().Clone())
-            codes.append(code)
-            attributes.append(_values(feature, schema))
+        rows += [_row(feature, code, schema) for feature in layer]
     if foreign:
         raise TrainingAreaError(f"KML folder(s) {', '.join(repr(f) for f in foreign)} are not LCZ classes: a "
                                 "WUDAPT KML has one folder per class named 1–10 and A–G (plus the ROI).")
-    return geometries, codes, attributes, srs, schema
+    return rows, srs, schema
+
+
+def _read_class_field(layer, class_field):
+    """(rows of ``_row``, srs, schema) of a vector layer whose ``class_field`` (guessed among
+    ``CLASS_FIELD_GUESSES`` if None) holds the LCZ."""
+    fields = [layer.GetLayerDefn().GetFieldDefn(i).GetName() for i in range(layer.GetLayerDefn().GetFieldCount())]
+    name = class_field or next((f for f in CLASS_FIELD_GUESSES if f in fields), None)
+    if name not in fields:
+        raise TrainingAreaError(f"The training areas have no class field {class_field or '(lcz/class)'}; "
+                                f"their fields are {', '.join(fields) or 'none'}. Name the field holding the LCZ.")
+    schema, rows, unknown = _schema(layer), [], set()
+    for feature in layer:
+        code = parse_code(feature.GetField(name))
+        if code is None:
+            unknown.add(str(feature.GetField(name)))
+        else:
+            rows.append(_row(feature, code, schema))
+    if unknown:
+        raise TrainingAreaError(f"Unknown LCZ class value(s) in field '{name}': {', '.join(sorted(unknown))}. "
+                                "Use 1–17, 101–107 (WUDAPT-2015 A–G) or the letters A–G.")
+    return rows, layer.GetSpatialRef(), schema
 
 
 def read_training_areas(path, class_field=None, layer_name=None):
@@ -108,31 +131,12 @@ def read_training_areas(path, class_field=None, layer_name=None):
         ds = gdal.OpenEx(str(path), gdal.OF_VECTOR)
     except RuntimeError as error:
         raise TrainingAreaError(f"Cannot open the training areas {path}: {error}") from None
-    driver = ds.GetDriver().ShortName
-    geometries, codes, attributes = [], [], []
-    if driver in ("KML", "LIBKML") and class_field is None:
-        geometries, codes, attributes, srs, schema = _read_kml_folders(ds)
+    if ds.GetDriver().ShortName in ("KML", "LIBKML") and class_field is None:
+        rows, srs, schema = _read_kml_folders(ds)
     else:
-        layer = ds.GetLayerByName(layer_name) if layer_name else ds.GetLayer(0)
-        fields = [layer.GetLayerDefn().GetFieldDefn(i).GetName() for i in range(layer.GetLayerDefn().GetFieldCount())]
-        name = class_field or next((f for f in CLASS_FIELD_GUESSES if f in fields), None)
-        if name not in fields:
-            raise TrainingAreaError(f"The training areas have no class field {class_field or '(lcz/class)'}; "
-                                    f"their fields are {', '.join(fields) or 'none'}. Name the field holding the LCZ.")
-        srs, schema = layer.GetSpatialRef(), _schema(layer)
-        unknown = set()
-        for feature in layer:
-            code = parse_code(feature.GetField(name))
-            if code is None:
-                unknown.add(str(feature.GetField(name)))
-                continue
-            geometries.append(feature.GetGeometryRef().Clone())
-            codes.append(code)
-            attributes.append(_values(feature, schema))
-        if unknown:
-            raise TrainingAreaError(f"Unknown LCZ class value(s) in field '{name}': {', '.join(sorted(unknown))}. "
-                                    "Use 1–17, 101–107 (WUDAPT-2015 A–G) or the letters A–G.")
-    polygons = [(g, c, a) for g, c, a in zip(geometries, codes, attributes)
+        rows, srs, schema = _read_class_field(ds.GetLayerByName(layer_name) if layer_name else ds.GetLayer(0),
+                                              class_field)
+    polygons = [(g, c, a) for g, c, a in rows
                 if g is not None and ogr.GT_Flatten(g.GetGeometryType()) in (ogr.wkbPolygon, ogr.wkbMultiPolygon)]
     if not polygons:
         raise TrainingAreaError(f"{path} holds no LCZ training polygons.")
