@@ -2,7 +2,7 @@
 
 import os
 
-from .df4lcz_plugin import dependencies
+from .df4lcz_plugin.runtime import dependencies
 
 dependencies.activate(os.path.dirname(__file__))
 

@@ -7,7 +7,7 @@ from qgis.core import (QgsProcessingOutputNumber, QgsProcessingOutputString, Qgs
                        QgsProcessingParameterFileDestination, QgsProcessingParameterRasterLayer,
                        QgsProcessingParameterString)
 
-from ..df4lcz_plugin.outputs import check_output_paths
+from ..df4lcz_plugin.runtime.outputs import check_output_paths
 from .base import DF4LCZAlgorithm, ProcessingFeedback, engine_errors, gdal_source, tr
 
 
@@ -115,7 +115,7 @@ class AssessAccuracyAlgorithm(DF4LCZAlgorithm):
 
     def _filtered(self, parameters, context, lcz, reference, report, feedback):
         """The metrics of the map after the LCZ Generator's filter (FILTERED), or None."""
-        from ..df4lcz_plugin.outputs import scratch_folder
+        from ..df4lcz_plugin.runtime.outputs import scratch_folder
         from ..df4lcz_plugin.training.assess import assess_filtered
 
         if not self.parameterAsBool(parameters, self.FILTERED, context):

@@ -11,8 +11,8 @@ from qgis.core import QgsProcessingAlgorithm, QgsProcessingException, QgsProcess
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
-from ..df4lcz_plugin import dependencies
-from ..df4lcz_plugin.feedback import Canceled, Feedback
+from ..df4lcz_plugin.runtime import dependencies
+from ..df4lcz_plugin.runtime.feedback import Canceled, Feedback
 from .compat import FLAG_ADVANCED
 
 RESOURCES = Path(__file__).resolve().parent.parent / "resources"
@@ -166,7 +166,7 @@ class DF4LCZAlgorithm(ToolboxMetadata, QgsProcessingAlgorithm):
     """Base class: Toolbox metadata, the DEVICE check, and the check that the dependency variant a run needs is
     importable."""
 
-    #: What a run needs of the plugin's dependencies (``df4lcz_plugin.dependencies``): "none" (QGIS's own Python
+    #: What a run needs of the plugin's dependencies (``df4lcz_plugin.runtime.dependencies``): "none" (QGIS's own Python
     #: and GDAL suffice), "light" or "full"; ``needs_for`` may decide it from the parameters.
     needs = "full"
 

@@ -9,7 +9,7 @@ from qgis.core import (QgsCoordinateTransform, QgsFeature, QgsFeatureSink, QgsFi
                        QgsProcessingParameterRasterLayer)
 from qgis.PyQt.QtCore import QMetaType
 
-from ..df4lcz_plugin.outputs import check_output_paths
+from ..df4lcz_plugin.runtime.outputs import check_output_paths
 from ..df4lcz_plugin.vhr.sam import PAPER_AMG_SETTINGS
 from .base import (DF4LCZAlgorithm, ProcessingFeedback, device_parameter, engine_errors, gdal_source,
                    segmentation_parameter, tr)
@@ -112,8 +112,8 @@ class BuildObjectGraphsAlgorithm(DF4LCZAlgorithm):
         self.addOutput(QgsProcessingOutputNumber(self.GRAPH_CACHE_HITS, tr("Graphs already cached (graph cache mode)")))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
-        from ..df4lcz_plugin import assets
-        from ..df4lcz_plugin.device import resolve_device
+        from ..df4lcz_plugin.runtime import assets
+        from ..df4lcz_plugin.runtime.device import resolve_device
         from ..df4lcz_plugin.vhr.objects import default_settings, extract_objects, mask_polygons, write_graph_file
 
         layer = self.parameterAsRasterLayer(parameters, self.VHR, context)
@@ -178,7 +178,7 @@ class BuildObjectGraphsAlgorithm(DF4LCZAlgorithm):
     def _fill_cache(self, layer, parameters, context, feedback, amg, rule):
         """Graph cache mode: SAM on exactly the footprints of 'Classify local climate zones' with the same
         SENTINEL2 (CLASSIFICATION_GRID), EXTENT and RESOLUTION; no polygons or graph file."""
-        from ..df4lcz_plugin.device import resolve_device
+        from ..df4lcz_plugin.runtime.device import resolve_device
         from ..df4lcz_plugin.vhr.stream import fill_graph_cache
 
         grid_layer = self.parameterAsRasterLayer(parameters, self.CLASSIFICATION_GRID, context)

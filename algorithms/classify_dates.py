@@ -1,5 +1,5 @@
 """``df4lcz:classifydates``: classify LCZ from several Sentinel-2 stacks of one place (dates, seasonal composites),
-averaging the class probabilities over the dates that have data for a cell (``df4lcz_plugin.multidate``)."""
+averaging the class probabilities over the dates that have data for a cell (``df4lcz_plugin.mapping.multidate``)."""
 
 import json
 from pathlib import Path
@@ -8,7 +8,7 @@ from qgis.core import (QgsProcessingException, QgsProcessingParameterExtent,
                        QgsProcessingParameterMultipleLayers, QgsProcessingParameterRasterDestination)
 
 from ..df4lcz_plugin.models.registry import model_files, read_card
-from ..df4lcz_plugin.outputs import check_output_paths, geotiff_output
+from ..df4lcz_plugin.runtime.outputs import check_output_paths, geotiff_output
 from .base import ProcessingFeedback, engine_errors, gdal_source, tr
 from .classify_lcz import ClassifyLCZAlgorithm, _write_filtered
 from .compat import SOURCE_RASTER
@@ -74,9 +74,9 @@ class ClassifyDatesAlgorithm(ClassifyLCZAlgorithm):
         return layers[0], [gdal_source(layer, self.SENTINEL2) for layer in layers]
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
-        from ..df4lcz_plugin.classify import classify
-        from ..df4lcz_plugin.device import resolve_device
-        from ..df4lcz_plugin.multidate import DatesAverage
+        from ..df4lcz_plugin.mapping.classify import classify
+        from ..df4lcz_plugin.runtime.device import resolve_device
+        from ..df4lcz_plugin.mapping.multidate import DatesAverage
 
         layer, paths = self._stacks(parameters, context)
         bounds = None

@@ -12,7 +12,7 @@ from ..df4lcz_plugin.lcz import legend
 from ..df4lcz_plugin.sentinel2.clouds import MAX_CLOUD_PERCENT
 from ..df4lcz_plugin.models.backends import BACKENDS, PRECISIONS, converted_path
 from ..df4lcz_plugin.models.registry import ModelError, list_models, model_files, read_card
-from ..df4lcz_plugin.outputs import check_output_paths, geotiff_output
+from ..df4lcz_plugin.runtime.outputs import check_output_paths, geotiff_output
 from ..df4lcz_plugin.sentinel2.stack import built_from
 from .base import (DF4LCZAlgorithm, ProcessingFeedback, device_parameter, engine_errors, enum_parameter, gdal_source,
                    tr)
@@ -225,8 +225,8 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
         return card.path
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
-        from ..df4lcz_plugin.classify import classify
-        from ..df4lcz_plugin.device import resolve_device
+        from ..df4lcz_plugin.mapping.classify import classify
+        from ..df4lcz_plugin.runtime.device import resolve_device
         from ..df4lcz_plugin.vhr.imagery import open_vhr
 
         layer = self.parameterAsRasterLayer(parameters, self.SENTINEL2, context)

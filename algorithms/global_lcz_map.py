@@ -7,7 +7,7 @@ from qgis.core import (QgsCoordinateReferenceSystem, QgsProcessingException, Qgs
                        QgsProcessingParameterExtent, QgsProcessingParameterFile,
                        QgsProcessingParameterRasterDestination, QgsProcessingParameterRasterLayer)
 
-from ..df4lcz_plugin.outputs import check_output_paths, geotiff_output
+from ..df4lcz_plugin.runtime.outputs import check_output_paths, geotiff_output
 from .base import DF4LCZAlgorithm, engine_errors, gdal_source, tr
 from .styling import style_on_load
 
@@ -59,7 +59,7 @@ class GlobalLCZMapAlgorithm(DF4LCZAlgorithm):
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
         from osgeo import gdal
 
-        from ..df4lcz_plugin import assets
+        from ..df4lcz_plugin.runtime import assets
         from ..df4lcz_plugin.lcz.global_lcz import write_window
 
         grid = self.parameterAsRasterLayer(parameters, self.GRID, context) if parameters.get(self.GRID) else None

@@ -1,6 +1,6 @@
 """The dependency installer dialog (Plugins ▸ DF4LCZ ▸ Install dependencies…).
 
-It runs the installer's own command line (``python -m df4lcz_plugin.dependencies install|remove``) in a QProcess,
+It runs the installer's own command line (``python -m df4lcz_plugin.runtime.dependencies install|remove``) in a QProcess,
 with the Python interpreter of QGIS's version (``dependencies.find_python``, looked for in a thread): QGIS stays
 responsive, the output is a live log, the ``[done/total]`` lines drive the progress bar, and Cancel stops the
 process, which leaves every package whole. Nothing is installed into QGIS's own Python.
@@ -18,7 +18,7 @@ from qgis.PyQt.QtGui import QFontDatabase
 from qgis.PyQt.QtWidgets import (QComboBox, QDialog, QHBoxLayout, QLabel, QMessageBox, QPlainTextEdit, QProgressBar,
                                  QPushButton, QRadioButton, QVBoxLayout)
 
-from ..df4lcz_plugin import dependencies
+from ..df4lcz_plugin.runtime import dependencies
 
 #: Variant → (radio button text, what it is enough for).
 VARIANTS = {
@@ -122,7 +122,7 @@ class InstallDialog(QDialog):
     def install_arguments(self):
         """Arguments (list of str) of the installer's command for the current choices, after the interpreter."""
         build = ["--torch", self.torch.currentData()] if self.variant() == "full" else []
-        return ["-m", "df4lcz_plugin.dependencies", "install", "--variant", self.variant(), *build,
+        return ["-m", "df4lcz_plugin.runtime.dependencies", "install", "--variant", self.variant(), *build,
                 "--target", str(self.target)]
 
     def running(self):
@@ -144,7 +144,7 @@ class InstallDialog(QDialog):
 
     def _remove_answered(self, button):
         if self.remove_prompt.standardButton(button) == QMessageBox.StandardButton.Yes:
-            self._start("remove", ["-m", "df4lcz_plugin.dependencies", "remove", "--target", str(self.target)])
+            self._start("remove", ["-m", "df4lcz_plugin.runtime.dependencies", "remove", "--target", str(self.target)])
 
     def cancel(self):
         """Stop the running installer: SIGTERM lets it finish moving the current package in (Windows has no such

@@ -5,7 +5,7 @@ from qgis.core import (QgsProcessingOutputNumber, QgsProcessingParameterFeatureS
                        QgsProcessingParameterFile, QgsProcessingParameterFileDestination,
                        QgsProcessingParameterRasterLayer, QgsProcessingParameterString)
 
-from ..df4lcz_plugin.outputs import check_output_paths
+from ..df4lcz_plugin.runtime.outputs import check_output_paths
 from ..df4lcz_plugin.training.factsheet import factsheet_files
 from ..df4lcz_plugin.training.report import report_files
 from .base import DF4LCZAlgorithm, engine_errors, gdal_source, tr

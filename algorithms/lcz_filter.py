@@ -6,7 +6,7 @@ import json
 from qgis.core import (QgsProcessingOutputString, QgsProcessingParameterRasterDestination,
                        QgsProcessingParameterRasterLayer)
 
-from ..df4lcz_plugin.outputs import check_output_paths, geotiff_output
+from ..df4lcz_plugin.runtime.outputs import check_output_paths, geotiff_output
 from .base import DF4LCZAlgorithm, ProcessingFeedback, engine_errors, gdal_source, tr
 from .styling import style_on_load
 

@@ -5,7 +5,7 @@ from qgis.core import (QgsProcessingOutputString, QgsProcessingParameterEnum, Qg
                        QgsProcessingParameterRasterLayer)
 
 from ..df4lcz_plugin.lcz.lcz_parameters import CITATION, PROPERTIES, STATISTICS
-from ..df4lcz_plugin.outputs import check_output_paths, geotiff_output
+from ..df4lcz_plugin.runtime.outputs import check_output_paths, geotiff_output
 from .base import DF4LCZAlgorithm, engine_errors, gdal_source, tr
 from .styling import style_on_load
 

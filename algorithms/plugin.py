@@ -5,7 +5,7 @@ from qgis.core import Qgis, QgsApplication
 from qgis.PyQt import sip
 from qgis.PyQt.QtWidgets import QPushButton
 
-from ..df4lcz_plugin import dependencies
+from ..df4lcz_plugin.runtime import dependencies
 from .compat import QAction
 from .install_dialog import InstallDialog
 from .provider import DF4LCZProvider

@@ -10,7 +10,7 @@ from qgis.core import (QgsProcessingException, QgsProcessingOutputString, QgsPro
                        QgsProcessingParameterNumber, QgsProcessingParameterRasterDestination,
                        QgsProcessingParameterString, QgsSettings)
 
-from ..df4lcz_plugin.outputs import check_output_paths, geotiff_output
+from ..df4lcz_plugin.runtime.outputs import check_output_paths, geotiff_output
 from .base import DF4LCZAlgorithm, ProcessingFeedback, engine_errors, enum_parameter, tr
 from .compat import FLAG_ADVANCED, NUMBER_DOUBLE, NUMBER_INTEGER
 

@@ -5,7 +5,7 @@ from qgis.core import (QgsProcessingOutputNumber, QgsProcessingOutputString,
 
 from ..df4lcz_plugin.sentinel2.stack import build_stack, read_product_info
 from ..df4lcz_plugin.sentinel2.clouds import MODES
-from ..df4lcz_plugin.outputs import check_output_paths, geotiff_output
+from ..df4lcz_plugin.runtime.outputs import check_output_paths, geotiff_output
 from .base import DF4LCZAlgorithm, ProcessingFeedback, engine_errors, enum_parameter, tr
 from .compat import FILE_FOLDER
 

@@ -13,7 +13,7 @@ from qgis.PyQt.QtCore import QMetaType
 
 from ..df4lcz_plugin.training.bootstrap import DEFAULT_BOOTSTRAPS, MAX_BOOTSTRAPS, check_bootstraps
 from ..df4lcz_plugin.models.registry import builtin_models_dir, model_files, user_models_dir
-from ..df4lcz_plugin.outputs import check_output_paths
+from ..df4lcz_plugin.runtime.outputs import check_output_paths
 from ..df4lcz_plugin.training.report import report_files
 from .base import (DF4LCZAlgorithm, ProcessingFeedback, device_parameter, engine_errors, gdal_source,
                    segmentation_parameter, tr)
@@ -188,7 +188,7 @@ class TrainModelAlgorithm(DF4LCZAlgorithm):
         return super().checkParameterValues(parameters, context)
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
-        from ..df4lcz_plugin.device import resolve_device
+        from ..df4lcz_plugin.runtime.device import resolve_device
         from ..df4lcz_plugin.training.train import train_on_training_areas
         from ..df4lcz_plugin.training.training_areas import read_training_areas
 

@@ -30,7 +30,7 @@ TARGET_HOURS = 1.0
 
 
 def _run(mosaic, output, card, bounds, tile_cells, executor=None):
-    from df4lcz_plugin.classify import classify
+    from df4lcz_plugin.mapping.classify import classify
 
     started = time.perf_counter()
     summary = classify(mosaic, output, card, bounds=bounds, tile_size=tile_cells, executor=executor)
@@ -50,9 +50,9 @@ def main():
     from osgeo import gdal
 
     from bench_sentinel2 import MODEL, build_mosaic
-    from df4lcz_plugin import assets
+    from df4lcz_plugin.runtime import assets
     from df4lcz_plugin.sentinel2.stack import build_stack
-    from df4lcz_plugin.dask_tiles import DaskTiles
+    from df4lcz_plugin.mapping.dask_tiles import DaskTiles
     from df4lcz_plugin.models.registry import builtin_models_dir, read_card
 
     card = read_card(builtin_models_dir() / MODEL)

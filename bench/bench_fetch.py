@@ -31,7 +31,7 @@ class _Log:
     """Feedback that keeps the fetch's messages (the estimate is one of them)."""
 
     def __init__(self):
-        from df4lcz_plugin.feedback import Feedback
+        from df4lcz_plugin.runtime.feedback import Feedback
 
         self.lines = []
         self.feedback = type("F", (Feedback,), {"info": lambda _, t: self.lines.append(t),

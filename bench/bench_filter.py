@@ -17,7 +17,7 @@ from osgeo import gdal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from df4lcz_plugin import assets  # noqa: E402
+from df4lcz_plugin.runtime import assets  # noqa: E402
 from df4lcz_plugin.lcz import legend  # noqa: E402
 from df4lcz_plugin.lcz.lcz_filter import filter_lcz, pixel_size_m  # noqa: E402
 

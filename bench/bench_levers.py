@@ -33,9 +33,9 @@ from osgeo import gdal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from df4lcz_plugin import assets  # noqa: E402
-from df4lcz_plugin.classify import iter_tiles, predict_tile, tile_cells  # noqa: E402
-from df4lcz_plugin.grid import OutputGrid  # noqa: E402
+from df4lcz_plugin.runtime import assets  # noqa: E402
+from df4lcz_plugin.mapping.classify import iter_tiles, predict_tile, tile_cells  # noqa: E402
+from df4lcz_plugin.runtime.grid import OutputGrid  # noqa: E402
 from df4lcz_plugin.lcz.lcz_filter import filter_lcz  # noqa: E402
 from df4lcz_plugin.models.backends import TTARunner  # noqa: E402
 from df4lcz_plugin.models.registry import builtin_models_dir  # noqa: E402
@@ -98,7 +98,7 @@ def read_at(maps: list, rows: npt.NDArray[np.int64], cols: npt.NDArray[np.int64]
 def one_bootstrap(setup, samples: Samples, stack: Path, b: int, members: int, seed: int) -> tuple:
     """({lever: confusion matrix 17 × 17}, {lever: seconds}, unfiltered-map disagreements with raw) of bootstrap
     ``b``."""
-    from df4lcz_plugin.feedback import Feedback
+    from df4lcz_plugin.runtime.feedback import Feedback
 
     seed_b = bootstrap_seed(seed, b)
     split = split_polygons(samples.polygons, samples.codes, np.random.default_rng(seed_b), test_share=1 - TRAIN_SHARE)

@@ -139,7 +139,7 @@ def _mosaic(path):
     tile grid's edges (LV95), as a GeoTIFF at 0.5 m."""
     from osgeo import gdal
 
-    from df4lcz_plugin import assets
+    from df4lcz_plugin.runtime import assets
 
     source = gdal.Open(str(assets.fetch(assets.ZURICH_ORTHO)))
     image = source.ReadAsArray()[:3]
@@ -166,9 +166,9 @@ def main():
     import torch
     from segment_anything import SamAutomaticMaskGenerator
 
-    from df4lcz_plugin import assets
+    from df4lcz_plugin.runtime import assets
     from df4lcz_plugin.vhr import sam, sam_tiles
-    from df4lcz_plugin.device import resolve_device
+    from df4lcz_plugin.runtime.device import resolve_device
     from df4lcz_plugin.vhr.graph import DEFAULT_GRAPH_RULE, build_graph
     from df4lcz_plugin.vhr.graph_cache import GraphCache
     from df4lcz_plugin.vhr.imagery import open_vhr, read_patch

@@ -96,8 +96,8 @@ def threads_child(mosaic):
 
 
 def classify_child(mode, mosaic, bounds, out_dir, device):
-    from df4lcz_plugin.classify import classify
-    from df4lcz_plugin.device import resolve_device
+    from df4lcz_plugin.mapping.classify import classify
+    from df4lcz_plugin.runtime.device import resolve_device
     from df4lcz_plugin.models.registry import builtin_models_dir, read_card
 
     device = resolve_device(device)
@@ -120,9 +120,9 @@ def naive_child(mosaic, bounds, device, naive_cells):
     import numpy as np
     import torch
 
-    from df4lcz_plugin.classify import predict_tile
-    from df4lcz_plugin.device import resolve_device
-    from df4lcz_plugin.grid import PATCH_PX, make_grid
+    from df4lcz_plugin.mapping.classify import predict_tile
+    from df4lcz_plugin.runtime.device import resolve_device
+    from df4lcz_plugin.runtime.grid import PATCH_PX, make_grid
     from df4lcz_plugin.models.registry import builtin_models_dir, load_model
     from df4lcz_plugin.sentinel2.checks import open_sentinel2
 
@@ -183,7 +183,7 @@ def main():
         else:
             classify_child(mode, mosaic, bounds, rest[0], args.device)
         return
-    from df4lcz_plugin import assets
+    from df4lcz_plugin.runtime import assets
     from df4lcz_plugin.sentinel2.stack import build_stack
 
     with tempfile.TemporaryDirectory() as tmp:

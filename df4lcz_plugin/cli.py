@@ -27,23 +27,23 @@ from pathlib import Path
 from osgeo import gdal
 
 from .lcz import legend
-from .classify import classify
+from .mapping.classify import classify
 from .sentinel2.clouds import MAX_CLOUD_PERCENT
-from .dask_tiles import RETRIES, DaskTiles
-from .device import DeviceError, resolve_device
-from .feedback import Feedback
-from .folder_lock import Busy, FolderLock, LockError
-from .grid import GridError
+from .mapping.dask_tiles import RETRIES, DaskTiles
+from .runtime.device import DeviceError, resolve_device
+from .runtime.feedback import Feedback
+from .runtime.folder_lock import Busy, FolderLock, LockError
+from .runtime.grid import GridError
 from .models.backends import BACKENDS, PRECISIONS, BackendError
 from .models.registry import ModelError, list_models, model_files, read_card
-from .outputs import OutputPathError, check_output_paths, geotiff_output
+from .runtime.outputs import OutputPathError, check_output_paths, geotiff_output
 from .sentinel2.stack import built_from
 from .sentinel2.checks import InputError
 from .sentinel2.cog_windows import WindowCache
 from .sentinel2.fetch import MODES, FetchRequest, check_outside_cache, fetch_plan, grid_template, plan_fetch
 from .sentinel2.stac import STAC_APIS, FetchError, resolve_api
-from .outputs import scratch_folder
-from .tile_store import WorkDirError, check_work_dir
+from .runtime.outputs import scratch_folder
+from .mapping.tile_store import WorkDirError, check_work_dir
 
 gdal.UseExceptions()
 

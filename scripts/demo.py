@@ -22,8 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from df4lcz_plugin import assets  # noqa: E402
-from df4lcz_plugin.quicklook import render_quicklook  # noqa: E402
+from df4lcz_plugin.runtime import assets  # noqa: E402
+from df4lcz_plugin.lcz.quicklook import render_quicklook  # noqa: E402
 
 OUT = ROOT / "demo_output"
 EXTENT = "-75.72,-75.52,37.59,37.75 [EPSG:4326]"

@@ -11,10 +11,10 @@ from osgeo import gdal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from df4lcz_plugin import assets  # noqa: E402
+from df4lcz_plugin.runtime import assets  # noqa: E402
 from df4lcz_plugin.lcz import legend  # noqa: E402
 from df4lcz_plugin.sentinel2.stack import build_stack  # noqa: E402
-from df4lcz_plugin.classify import classify  # noqa: E402
+from df4lcz_plugin.mapping.classify import classify  # noqa: E402
 from df4lcz_plugin.models.registry import builtin_models_dir, load_model  # noqa: E402
 
 

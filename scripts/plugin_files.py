@@ -21,7 +21,7 @@ PLUGIN_NAME = "df4lcz"
 SHIPPED_MODEL = builtin_models_dir() / "sen2lcznet_so2sat.json"
 # .secrets.baseline: the detect-secrets findings accepted for plugins.qgis.org (scripts/release_checks.py).
 # The pin files and their inputs ship so that the installed plugin can install and check its own dependencies
-# (df4lcz_plugin.dependencies); the development tools' pins (py3XX/dev.txt) do not.
+# (df4lcz_plugin.runtime.dependencies); the development tools' pins (py3XX/dev.txt) do not.
 ITEMS = ("metadata.txt", "__init__.py", "LICENSE", "README.md", "df4lcz_plugin", "algorithms", "resources",
          "requirements/light.in", "requirements/full.in", ".secrets.baseline",
          *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "requirements").glob("py3*/*-*.txt")))

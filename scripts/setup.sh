@@ -3,7 +3,7 @@
 #  1. Debian QGIS (and the Debian Python packages the tests use) if missing
 #  2. the development venv .venv (Debian Python, --system-site-packages)
 #  3. the plugin's dependencies (the "full" set pinned for this Python) in <plugin>/.deps/py<XY> of the default QGIS
-#     profile, without numpy, by the plugin's own installer (df4lcz_plugin.dependencies)
+#     profile, without numpy, by the plugin's own installer (df4lcz_plugin.runtime.dependencies)
 #  4. assets (weights, test scene, checkpoints) into the per-user cache
 #  5. the shipped LCZ model, converted from the So2Sat Keras weights
 #  6. the plugin copied into the default profile and enabled
@@ -42,13 +42,13 @@ fi
 
 DEPS=$PLUGIN/.deps/py$PYVER
 echo "== plugin dependencies in $DEPS (PyTorch: a few GB, several minutes the first time)"
-.venv/bin/python -m df4lcz_plugin.dependencies install --variant full --target "$DEPS"
+.venv/bin/python -m df4lcz_plugin.runtime.dependencies install --variant full --target "$DEPS"
 # The venv sees the same private folder, so tests and scripts use exactly what QGIS uses.
 SITE=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 echo "$DEPS" > "$SITE/df4lcz_deps.pth"
 
 echo "== fetching assets"
-.venv/bin/python -m df4lcz_plugin.assets
+.venv/bin/python -m df4lcz_plugin.runtime.assets
 if [ ! -f resources/lcz_models/sen2lcznet_so2sat.safetensors ]; then
   echo "== converting the So2Sat Sen2LCZ-Net weights"
   .venv/bin/python -m df4lcz_plugin.models.keras_import

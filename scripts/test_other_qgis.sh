@@ -33,10 +33,10 @@ if [ "${1:-}" = --inside ]; then  # in the root: ZIP REFERENCE_DIR
          "GDAL $(python3 -c 'from osgeo import gdal; print(gdal.__version__)')"
     for variant in light full; do
         start=$SECONDS
-        (cd "$plugins/df4lcz" && HOME=$home python3 -m df4lcz_plugin.dependencies install --variant $variant)
+        (cd "$plugins/df4lcz" && HOME=$home python3 -m df4lcz_plugin.runtime.dependencies install --variant $variant)
         echo "TIME pip $variant $((SECONDS - start)) s"
     done
-    deps=$(cd "$plugins/df4lcz" && python3 -c 'import df4lcz_plugin.dependencies as d; print(d.deps_folder(".").resolve())')
+    deps=$(cd "$plugins/df4lcz" && python3 -c 'import df4lcz_plugin.runtime.dependencies as d; print(d.deps_folder(".").resolve())')
     tools=$(mktemp -d /tmp/df4lcz-tools.XXXXXX)
     python3 -m pip install -q --disable-pip-version-check --only-binary :all: --no-deps --target "$tools" $TEST_TOOLS
     start=$SECONDS

@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import plugin_files  # noqa: E402
-from df4lcz_plugin import assets, dependencies  # noqa: E402
+from df4lcz_plugin.runtime import assets, dependencies  # noqa: E402
 from df4lcz_plugin.sentinel2.stack import build_stack  # noqa: E402
 from df4lcz_plugin.sentinel2.bands import SO2SAT_BANDS  # noqa: E402
 from df4lcz_plugin.models.registry import builtin_models_dir  # noqa: E402

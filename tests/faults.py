@@ -1,7 +1,7 @@
 """Fault injection for the long jobs (``test_faults.py``): run a job as a subprocess, stop it at a moment of its
 own progress, then check what it left.
 
-A ``Moment`` is either a named checkpoint of the engine (``df4lcz_plugin.kill_points``: the N-th ``batch`` of a
+A ``Moment`` is either a named checkpoint of the engine (``df4lcz_plugin.runtime.kill_points``: the N-th ``batch`` of a
 tile, ``tile`` done, ``mosaic`` write, ``strip``, ``epoch``, ``clear`` of the work folder, ``rename <file>`` just
 before a finished file is renamed into place), which the process reaches by its own work whatever the machine's
 load, or a time in the first second (before any checkpoint: imports, argument checks, cluster start-up). The

@@ -15,7 +15,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from df4lcz_plugin import assets  # noqa: E402
+from df4lcz_plugin.runtime import assets  # noqa: E402
 from df4lcz_plugin.sentinel2.stack import build_stack  # noqa: E402
 from df4lcz_plugin.training.samples import read_patches, sample_training_areas  # noqa: E402
 from df4lcz_plugin.training.training_areas import read_training_areas  # noqa: E402

@@ -46,7 +46,7 @@ import numpy as np
 import pytest
 from osgeo import gdal, osr
 
-from df4lcz_plugin import assets
+from df4lcz_plugin.runtime import assets
 from df4lcz_plugin.sentinel2.bands import SO2SAT_BANDS
 
 gdal.UseExceptions()

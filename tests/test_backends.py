@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from osgeo import gdal
 
-from df4lcz_plugin.classify import TILE_PX, classify, predict_tile, tile_cells
-from df4lcz_plugin.grid import make_grid
+from df4lcz_plugin.mapping.classify import TILE_PX, classify, predict_tile, tile_cells
+from df4lcz_plugin.runtime.grid import make_grid
 from df4lcz_plugin.models import backends
 from df4lcz_plugin.models.registry import read_card
 from df4lcz_plugin.sentinel2.checks import open_sentinel2
@@ -119,7 +119,7 @@ def test_memory_is_bounded_at_resolution_2000(s2_stack, tmp_path):
     build_mosaic(s2_stack, tmp_path / "mosaic.vrt", 5, 9600)
     # VmHWM: the peak of this process's own memory (ru_maxrss would keep the forked parent's, a big pytest).
     script = ("import re, sys; sys.path.insert(0, sys.argv[1]);"
-              "from df4lcz_plugin.classify import classify;"
+              "from df4lcz_plugin.mapping.classify import classify;"
               "from df4lcz_plugin.models.registry import read_card;"
               "s = classify(sys.argv[2], sys.argv[3], read_card(sys.argv[4]), resolution=2000);"
               "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1);"

@@ -9,12 +9,12 @@ import torch
 from osgeo import gdal
 
 from df4lcz_plugin.lcz import legend
-from df4lcz_plugin.classify import classify, predict_tile
+from df4lcz_plugin.mapping.classify import classify, predict_tile
 from df4lcz_plugin.cli import ConsoleFeedback
 from df4lcz_plugin.sentinel2.checks import InputError, open_sentinel2
-from df4lcz_plugin.device import DeviceError, resolve_device
-from df4lcz_plugin.feedback import Canceled, Feedback
-from df4lcz_plugin.grid import PATCH_PX, make_grid
+from df4lcz_plugin.runtime.device import DeviceError, resolve_device
+from df4lcz_plugin.runtime.feedback import Canceled, Feedback
+from df4lcz_plugin.runtime.grid import PATCH_PX, make_grid
 from df4lcz_plugin.models.backends import TorchRunner
 
 from conftest import FARMLAND_EXTENT, SEA_EXTENT, raster_copy

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from osgeo import gdal
 
-from df4lcz_plugin import assets
+from df4lcz_plugin.runtime import assets
 from df4lcz_plugin.sentinel2 import clouds
 from df4lcz_plugin.sentinel2.stack import Sentinel2Error, build_stack, read_product_info
 from df4lcz_plugin.sentinel2.bands import SO2SAT_BANDS
-from df4lcz_plugin.grid import make_grid
+from df4lcz_plugin.runtime.grid import make_grid
 from df4lcz_plugin.training.samples import sample_training_areas
 from df4lcz_plugin.training.training_areas import read_training_areas
 

@@ -19,12 +19,12 @@ import pytest
 from osgeo import gdal
 
 from conftest import MODEL_CARD, ROOT, raster_copy, run_qgis_process
-from df4lcz_plugin.classify import TileJob, TileResult
+from df4lcz_plugin.mapping.classify import TileJob, TileResult
 from df4lcz_plugin.cli import ConsoleFeedback
-from df4lcz_plugin.feedback import Feedback
-from df4lcz_plugin.folder_lock import lock_path
-from df4lcz_plugin.grid import make_grid
-from df4lcz_plugin.tile_store import MANIFEST, TileStore, WorkDirError, save_tile
+from df4lcz_plugin.runtime.feedback import Feedback
+from df4lcz_plugin.runtime.folder_lock import lock_path
+from df4lcz_plugin.runtime.grid import make_grid
+from df4lcz_plugin.mapping.tile_store import MANIFEST, TileStore, WorkDirError, save_tile
 
 # 5 km × 5 km across the corner of four pieces of the 3 × 3 mosaic (pieces meet at 442170 E, 4172970 N).
 EXTENT = (439700.0, 4170500.0, 444700.0, 4175500.0)
@@ -256,7 +256,7 @@ def test_a_second_run_on_a_work_folder_is_refused(s2_stack, tmp_path):
     args = ["--extent", "437000", "4170000", "439000", "4172000", "--tile-cells", "5", "--workers", "1",
             "--threads", "1"]
     alone = tmp_path / "alone"
-    dead = subprocess.run([sys.executable, "-c", "import os, sys; from df4lcz_plugin.folder_lock import FolderLock; "
+    dead = subprocess.run([sys.executable, "-c", "import os, sys; from df4lcz_plugin.runtime.folder_lock import FolderLock; "
                            "lock = FolderLock(sys.argv[1]); os.kill(os.getpid(), 9)", alone / "lcz.tiles"],
                           cwd=ROOT, timeout=60)
     assert dead.returncode == -signal.SIGKILL and lock_path(alone / "lcz.tiles").is_file()

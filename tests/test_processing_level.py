@@ -10,7 +10,7 @@ from osgeo import gdal
 from conftest import MODEL_CARD, raster_copy
 
 from df4lcz_plugin.models.registry import ModelError, read_card
-from df4lcz_plugin.processing_level import combine_levels, level_warning, stack_level, with_level
+from df4lcz_plugin.sentinel2.processing_level import combine_levels, level_warning, stack_level, with_level
 from df4lcz_plugin.sentinel2.composite import build_composite
 
 WINDOW = [130, 480, 100, 100]  # srcWin (px) of the real stack: 1 km² of the farmland

@@ -137,5 +137,5 @@ def test_provider_loads_without_torch(qgis_env, s2_stack, tmp_path):
                                    json_output=False)
     text = " ".join(text.split())
     assert rc != 0 and "OpenVINO, safetensors, LightGBM" in text and "cannot be imported in QGIS's Python" in text
-    assert "'python3 -m df4lcz_plugin.dependencies install --variant light'" in text and "Traceback" not in text
+    assert "'python3 -m df4lcz_plugin.runtime.dependencies install --variant light'" in text and "Traceback" not in text
     assert not (tmp_path / "o.tif").exists()

@@ -5,7 +5,7 @@ generator."""
 import numpy as np
 import pytest
 
-from df4lcz_plugin import assets
+from df4lcz_plugin.runtime import assets
 from df4lcz_plugin.vhr import graph, imagery, sam, sam_decoder, sam_tiles
 from df4lcz_plugin.vhr.graph_cache import GraphCache
 from df4lcz_plugin.vhr.stream import FootprintGraphs

@@ -8,7 +8,7 @@ from osgeo import gdal
 
 from df4lcz_plugin.sentinel2.stack import Sentinel2Error, build_stack
 from df4lcz_plugin.sentinel2.bands import SO2SAT_BANDS
-from df4lcz_plugin.feedback import Canceled, Feedback
+from df4lcz_plugin.runtime.feedback import Canceled, Feedback
 
 MTD_L2A = """<?xml version="1.0" encoding="UTF-8"?>
 <n1:Level-2A_User_Product xmlns:n1="https://psd-14.sentinel2.eo.esa.int/PSD/User_Product_Level-2A.xsd">

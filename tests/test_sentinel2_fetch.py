@@ -25,7 +25,7 @@ from conftest import ROOT, empty_cache_env, run_qgis_process
 from stac_servers import (CLEAR_DATE, CLOUDY_DATE, REJECTED_DATE, collection_json, free_port,  # noqa: F401
                           running, rustac_program, stac_scene)
 
-from df4lcz_plugin.feedback import Feedback
+from df4lcz_plugin.runtime.feedback import Feedback
 from df4lcz_plugin.sentinel2.cog_windows import Grid, WindowCache
 from df4lcz_plugin.sentinel2.fetch import FetchRequest, fetch_part, fetch_plan, fetch_sentinel2, plan_fetch
 from df4lcz_plugin.sentinel2.stac import FetchError, StacApi

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from osgeo import gdal, ogr, osr
 
-from df4lcz_plugin import assets
+from df4lcz_plugin.runtime import assets
 from df4lcz_plugin.training import train
 from df4lcz_plugin.training.bootstrap import BUFFER_M, bootstrap_seed, cap_polygons, check_bootstraps
 from df4lcz_plugin.training.assess import AssessmentError, assess
-from df4lcz_plugin.feedback import Canceled, Feedback
+from df4lcz_plugin.runtime.feedback import Canceled, Feedback
 from df4lcz_plugin.models.registry import read_card
 from df4lcz_plugin.training.samples import SamplingError, sample_training_areas, split_polygons
 from df4lcz_plugin.training.training_areas import TrainingAreaError, TrainingAreas, parse_code, read_training_areas
@@ -437,7 +437,7 @@ def test_reference_raster_in_another_crs(tmp_path):
 
 
 def test_empty_intersection(s2_stack, model, tmp_path):
-    from df4lcz_plugin.classify import classify
+    from df4lcz_plugin.mapping.classify import classify
 
     from conftest import SEA_EXTENT
 
@@ -482,7 +482,7 @@ def test_training_with_vhr_trains_the_gcn_and_chooses_alpha(s2_stack, tmp_path, 
     # Shared segmentation by default: the card says so, and a classification over the training squares with
     # the new model (cells whose footprints lie among the samples' footprints) composes its footprints from the
     # tiles the training segmented, without SAM.
-    from df4lcz_plugin.classify import classify
+    from df4lcz_plugin.mapping.classify import classify
 
     assert card.stream("vhr")["graph_rule"]["segmentation"] == "tiles"
     summary = classify(s2_stack, tmp_path / "lcz.tif", load_model(card_path),

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 from osgeo import gdal, ogr
 
-from df4lcz_plugin import assets
+from df4lcz_plugin.runtime import assets
 from df4lcz_plugin.lcz.lcz_filter import write_filtered
 from df4lcz_plugin.training.assess import assess
 

@@ -6,10 +6,11 @@ import pytest
 import torch
 from osgeo import gdal, ogr
 
-from df4lcz_plugin import assets, fusion
+from df4lcz_plugin.mapping import fusion
+from df4lcz_plugin.runtime import assets
 from df4lcz_plugin.vhr import sam
 from df4lcz_plugin.vhr.graph import build_graph
-from df4lcz_plugin.grid import make_grid
+from df4lcz_plugin.runtime.grid import make_grid
 from df4lcz_plugin.models.registry import load_model
 from df4lcz_plugin.vhr.imagery import open_vhr, read_patch
 

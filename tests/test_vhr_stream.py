@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from df4lcz_plugin import assets, fusion
+from df4lcz_plugin.mapping import fusion
+from df4lcz_plugin.runtime import assets
 from df4lcz_plugin.vhr import graph, imagery, sam
 from df4lcz_plugin.models.gcn import ObjectGCN
 

@@ -16,7 +16,7 @@ from osgeo import gdal
 
 from conftest import MODEL_CARD, QGIS_PROCESS, ZURICH, raster_copy, run_qgis_process
 
-from df4lcz_plugin import assets
+from df4lcz_plugin.runtime import assets
 from df4lcz_plugin.vhr.imagery import open_vhr, read_patch
 
 from test_data_safety import FARMLAND_WINDOW, _refused
@@ -219,7 +219,7 @@ def test_assess_reads_wudapt_2015_codes(qgis_env, tmp_path):
 
 
 def test_assess_refuses_the_probability_raster(qgis_env, s2_stack, model, tmp_path):
-    from df4lcz_plugin.classify import classify
+    from df4lcz_plugin.mapping.classify import classify
 
     classify(s2_stack, tmp_path / "lcz.tif", model, bounds=(450000.0, 4162000.0, 452000.0, 4164000.0),
              probabilities_path=tmp_path / "p.tif")

@@ -11,9 +11,9 @@ from osgeo import gdal, osr
 
 from . import legend
 from .lcz_raster import LCZMapError
-from ..grid import OutputGrid
+from ..runtime.grid import OutputGrid
 from .lcz_raster import create_lcz_raster, write_style_sidecar
-from ..outputs import atomic_output
+from ..runtime.outputs import atomic_output
 
 gdal.UseExceptions()
 

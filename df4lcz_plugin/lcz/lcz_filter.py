@@ -33,10 +33,10 @@ import numpy.typing as npt
 from osgeo import gdal, osr
 
 from . import legend
-from ..feedback import Feedback
-from ..grid import OutputGrid
+from ..runtime.feedback import Feedback
+from ..runtime.grid import OutputGrid
 from .lcz_raster import create_lcz_raster, palette_of, read_lcz_map, write_style_sidecar
-from ..outputs import atomic_output
+from ..runtime.outputs import atomic_output
 
 gdal.UseExceptions()
 

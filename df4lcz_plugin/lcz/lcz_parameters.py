@@ -134,7 +134,7 @@ def write_parameter_raster(lcz_path, out_path, statistic="middle"):
 
     from .lcz_raster import LCZMapError, read_lcz_map
     from .lcz_raster import write_ramp_style
-    from ..outputs import atomic_output
+    from ..runtime.outputs import atomic_output
 
     ds, codes = read_lcz_map(lcz_path)
     if not (codes != legend.NODATA).any():

@@ -8,8 +8,8 @@ import numpy as np
 from osgeo import gdal
 
 from . import legend
-from ..fusion import SOURCE_LABELS, SOURCE_NODATA
-from ..outputs import atomic_output
+from ..mapping.fusion import SOURCE_LABELS, SOURCE_NODATA
+from ..runtime.outputs import atomic_output
 
 gdal.UseExceptions()
 

@@ -42,7 +42,7 @@ def openvino_available():
 
 def converted_path(card):
     """Where the OpenVINO form of ``card``'s Sentinel-2 stream lives (beside the model, keyed by its weights)."""
-    from ..assets import cache_dir, sha256_of
+    from ..runtime.assets import cache_dir, sha256_of
 
     sha = card.data.get("weights_sha256") or sha256_of(card.weights_path)
     name = f"{card.path.stem}.openvino-{sha[:16]}.xml"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import assets
+from ..runtime import assets
 from ..sentinel2.bands import SO2SAT_BANDS
 from .registry import builtin_models_dir, save_model
 

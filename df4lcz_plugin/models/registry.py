@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..processing_level import LEVELS as PROCESSING_LEVELS
+from ..sentinel2.processing_level import LEVELS as PROCESSING_LEVELS
 from ..sentinel2.bands import SO2SAT_BANDS
 
 CARD_FORMAT = "df4lcz-model-card/1"
@@ -216,7 +216,7 @@ def load_model(path, device="cpu"):
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from ..assets import sha256_of
+    from ..runtime.assets import sha256_of
 
     card = read_card(path)
     try:
@@ -251,8 +251,8 @@ def save_model(path, card_data, modules):
     """
     from safetensors.torch import save_file
 
-    from ..assets import sha256_of
-    from ..outputs import atomic_output
+    from ..runtime.assets import sha256_of
+    from ..runtime.outputs import atomic_output
 
     weights, card_path = model_files(path)[::-1]
     state = {f"{stream}.{key}": value.detach().cpu().contiguous()

@@ -21,7 +21,7 @@ import numpy as np
 from osgeo import gdal, osr
 
 from .bands import SO2SAT_BANDS, normalise_band_name
-from ..feedback import Feedback
+from ..runtime.feedback import Feedback
 
 gdal.UseExceptions()
 

@@ -227,7 +227,7 @@ def cloud_mask(info, folder, bounds, srs_wkt, mode="auto", model_file=None, feed
     info: ``sentinel2.ProductInfo`` (band files, offsets). mode: ``MODES``. model_file: the s2cloudless model
     (default: from the asset loader). Raises CloudMaskError when the requested source is missing.
     """
-    from ..feedback import Feedback
+    from ..runtime.feedback import Feedback
 
     feedback = feedback or Feedback()
     if mode not in MODES:
@@ -251,7 +251,7 @@ def cloud_mask(info, folder, bounds, srs_wkt, mode="auto", model_file=None, feed
         if lacking:
             raise CloudMaskError(f"CLOUD_MASK=s2cloudless cannot run: {lacking}.")
         if model_file is None:
-            from .. import assets
+            from ..runtime import assets
             model_file = assets.fetch_member(assets.S2CLOUDLESS_MODEL)
         found = (s2cloudless_classes(info.band_files, info.offsets, bounds, S2CLOUDLESS_RESOLUTION_M, model_file),
                  S2CLOUDLESS_RESOLUTION_M, "s2cloudless")

@@ -30,9 +30,9 @@ from typing import Iterator
 
 from osgeo import gdal, osr
 
-from .. import assets
-from ..kill_points import kill_point
-from ..outputs import atomic_output
+from ..runtime import assets
+from ..runtime.kill_points import kill_point
+from ..runtime.outputs import atomic_output
 from .stac import Asset, FetchError, Scene
 
 gdal.UseExceptions()

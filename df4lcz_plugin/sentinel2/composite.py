@@ -21,10 +21,10 @@ import numpy as np
 from osgeo import gdal
 
 from .bands import SO2SAT_BANDS
-from ..feedback import Feedback
-from ..kill_points import kill_point
-from ..outputs import atomic_output, scratch_folder
-from ..processing_level import combine_levels, stack_level
+from ..runtime.feedback import Feedback
+from ..runtime.kill_points import kill_point
+from ..runtime.outputs import atomic_output, scratch_folder
+from .processing_level import combine_levels, stack_level
 from .stack import build_stack, create_stack_raster
 from .checks import check_values, open_sentinel2, own_mask_band
 

@@ -38,9 +38,9 @@ import numpy as np
 from osgeo import gdal, osr
 from scipy.ndimage import binary_dilation
 
-from ..feedback import Feedback
-from ..kill_points import kill_point
-from ..outputs import atomic_output, scratch_folder
+from ..runtime.feedback import Feedback
+from ..runtime.kill_points import kill_point
+from ..runtime.outputs import atomic_output, scratch_folder
 from .bands import SO2SAT_BANDS
 from .checks import utm_epsg
 from .clouds import CLOUD, SHADOW, SNOW, scl_classes

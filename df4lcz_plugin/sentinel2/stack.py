@@ -21,9 +21,9 @@ from osgeo import gdal
 
 from .bands import METADATA_BAND_ORDER, NATIVE_RESOLUTION_M, SO2SAT_BANDS, normalise_band_name
 from .clouds import CLOUD, SHADOW, SNOW, cloud_mask
-from ..feedback import Feedback
-from ..kill_points import kill_point
-from ..outputs import atomic_output
+from ..runtime.feedback import Feedback
+from ..runtime.kill_points import kill_point
+from ..runtime.outputs import atomic_output
 
 gdal.UseExceptions()
 

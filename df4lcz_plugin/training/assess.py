@@ -12,7 +12,7 @@ import numpy as np
 from osgeo import gdal
 
 from ..lcz import legend
-from ..feedback import Feedback
+from ..runtime.feedback import Feedback
 from ..lcz.lcz_filter import write_filtered
 from ..lcz.lcz_raster import LCZMapError, read_lcz_map
 from .metrics import confusion_matrix, lcz_metrics

@@ -23,7 +23,7 @@ from osgeo import ogr, osr
 
 from ..lcz import legend
 from .metrics import lcz_metrics
-from ..outputs import atomic_output
+from ..runtime.outputs import atomic_output
 from ..sentinel2.checks import _utm_for
 
 DEFAULT_BOOTSTRAPS = 25

@@ -13,8 +13,8 @@ from osgeo import gdal, osr
 
 from ..lcz import legend
 from ..lcz.lcz_raster import read_lcz_map
-from ..outputs import atomic_output
-from ..quicklook import render_quicklook
+from ..runtime.outputs import atomic_output
+from ..lcz.quicklook import render_quicklook
 from .bootstrap import METRICS
 from .report import (DEFINITIONS, _fmt, _png, _pyplot, _suspicious_section, _write_bytes, _write_page, boxplots_png,
                      confusion_plot_png)

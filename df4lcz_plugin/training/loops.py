@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..feedback import Canceled, Feedback
-from ..kill_points import kill_point
+from ..runtime.feedback import Canceled, Feedback
+from ..runtime.kill_points import kill_point
 
 PAPER_ALPHA = 0.6
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..lcz import legend
-from ..outputs import atomic_output
+from ..runtime.outputs import atomic_output
 
 DEFINITIONS = {
     "OA": "overall accuracy",

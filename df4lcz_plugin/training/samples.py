@@ -17,10 +17,10 @@ import numpy as np
 from osgeo import gdal, ogr, osr
 
 from ..sentinel2.clouds import MAX_CLOUD_PERCENT
-from ..ogr_memory import memory_datasource
+from ..runtime.ogr_memory import memory_datasource
 from ..sentinel2.checks import check_values, open_sentinel2, own_mask_band
-from ..feedback import Feedback
-from ..grid import PATCH_PX
+from ..runtime.feedback import Feedback
+from ..runtime.grid import PATCH_PX
 
 gdal.UseExceptions()
 

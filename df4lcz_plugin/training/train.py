@@ -32,14 +32,14 @@ import numpy as np
 from ..sentinel2.bands import SO2SAT_BANDS
 from .bootstrap import (DEFAULT_BOOTSTRAPS, TRAIN_SHARE, BootstrapLog, areas_digest, bootstrap_seed, cap_polygons,
                         check_bootstraps, held_out_counts, out_of_fold, run_key, summarise)
-from ..feedback import Canceled, Feedback, StageFeedback, duration_text
-from ..kill_points import kill_point
+from ..runtime.feedback import Canceled, Feedback, StageFeedback, duration_text
+from ..runtime.kill_points import kill_point
 from .report import report_files
 from .training_areas import TrainingAreas
 from ..vhr.graph import DEFAULT_GRAPH_RULE, ObjectGraph, normalised_edges
 from ..lcz.legend import label as class_name
 from .metrics import confusion_matrix, lcz_metrics, paper_oa_b_n
-from ..processing_level import card_level, stack_level, with_level
+from ..sentinel2.processing_level import card_level, stack_level, with_level
 from .samples import SPLITS, class_weights, read_patches, sample_training_areas, split_polygons
 from .loops import PAPER_ALPHA, choose_alpha, gcn_probabilities, log_probabilities, train_gcn, train_sentinel2
 
@@ -372,8 +372,8 @@ def _sample_graphs(sentinel2_path, vhr_path, samples, device, amg_settings, feed
     per run (and shared with other runs through the graph cache)."""
     from osgeo import gdal
 
-    from .. import assets
-    from ..grid import PATCH_PX, patch_footprint
+    from ..runtime import assets
+    from ..runtime.grid import PATCH_PX, patch_footprint
     from ..vhr.sam import PAPER_AMG_SETTINGS
     from ..vhr.stream import FootprintGraphs
 
@@ -516,7 +516,7 @@ def main(argv=None):
     lczc.add_argument("--seed", type=int, default=0)
     lczc.add_argument("--batch-size", type=int, default=64, help="Sentinel-2 stream batch (paper: 64)")
     args = parser.parse_args(argv)
-    from ..device import resolve_device
+    from ..runtime.device import resolve_device
 
     out = lczc_ges2(args.path, args.split, args.epochs, resolve_device(args.device), args.seed,
                     batch_size=args.batch_size)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .graph import ObjectGraph
-from ..outputs import atomic_output
+from ..runtime.outputs import atomic_output
 
 DEFAULT_CAP_MB = 2048
 _TRIM_EVERY = 256  # writes between two checks of the cache's size
@@ -36,7 +36,7 @@ class GraphCache:
     """Object graphs of footprints on disk. ``folder`` defaults to the per-user cache."""
 
     def __init__(self, folder=None, cap_bytes=None):
-        from ..assets import cache_dir
+        from ..runtime.assets import cache_dir
 
         self.folder = Path(folder or os.environ.get("DF4LCZ_GRAPH_CACHE") or cache_dir() / "graphs")
         self.cap_bytes = cap_bytes or int(os.environ.get("DF4LCZ_GRAPH_CACHE_MB", DEFAULT_CAP_MB)) << 20

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 from osgeo import gdal, ogr, osr
 
-from ..feedback import Feedback
+from ..runtime.feedback import Feedback
 from .graph import DEFAULT_GRAPH_RULE, build_graph
-from ..ogr_memory import memory_datasource
-from ..outputs import atomic_output
+from ..runtime.ogr_memory import memory_datasource
+from ..runtime.outputs import atomic_output
 from .sam import PATCH_SIZE_PX, MaskGenerator, PatchMasks, load_sam
 from .imagery import VHRError, open_vhr, overlaps, read_patch
 

@@ -200,7 +200,7 @@ class _OpenVINOEncoder:
 
     def __init__(self, encoder):
         from ..models.backends import OpenVINORunner, convert
-        from ..assets import cache_dir
+        from ..runtime.assets import cache_dir
 
         size = encoder.img_size
         xml = cache_dir() / "openvino" / f"sam-image-encoder-{_weights_sha256(encoder)[:16]}.xml"

@@ -14,7 +14,7 @@ from its tiles; the tiles are cached too, so classification, training and the ob
 import time
 from collections import OrderedDict
 
-from .. import assets
+from ..runtime import assets
 from . import sam_tiles
 from .graph import DEFAULT_GRAPH_RULE, build_graph, segmentation_of
 from .graph_cache import GraphCache, file_identity
@@ -240,8 +240,8 @@ def fill_graph_cache(vhr_path, sentinel2_path, bounds, resolution, device="cpu",
 
     Raises InputError, GridError, VHRError, sam.SAMError, Canceled.
     """
-    from ..feedback import Feedback
-    from ..grid import make_grid
+    from ..runtime.feedback import Feedback
+    from ..runtime.grid import make_grid
     from ..sentinel2.checks import open_sentinel2
 
     feedback = feedback or Feedback()

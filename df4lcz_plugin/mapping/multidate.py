@@ -19,11 +19,11 @@ import numpy.typing as npt
 from osgeo import gdal
 
 from .classify import check_level, compute_tile, tile_result
-from .feedback import TileClock
-from .grid import PATCH_PX
-from .models.backends import sentinel2_runner
-from .outputs import atomic_output
-from .sentinel2.checks import InputError, check_values, open_sentinel2, own_mask_band
+from ..runtime.feedback import TileClock
+from ..runtime.grid import PATCH_PX
+from ..models.backends import sentinel2_runner
+from ..runtime.outputs import atomic_output
+from ..sentinel2.checks import InputError, check_values, open_sentinel2, own_mask_band
 
 gdal.UseExceptions()
 

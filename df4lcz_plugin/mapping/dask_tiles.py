@@ -23,17 +23,17 @@ import uuid
 
 from osgeo import gdal
 
-from .assets import sha256_of
+from ..runtime.assets import sha256_of
 from .classify import GDAL_CACHE_BYTES, compute_tile, tile_result
-from .grid import PATCH_PX
-from .device import resolve_device
-from .models.backends import sentinel2_runner
-from .models.registry import read_card
-from .sentinel2.checks import own_mask_band
-from .sentinel2.cog_windows import Grid, WindowCache
-from .sentinel2.fetch import fetch_part
+from ..runtime.grid import PATCH_PX
+from ..runtime.device import resolve_device
+from ..models.backends import sentinel2_runner
+from ..models.registry import read_card
+from ..sentinel2.checks import own_mask_band
+from ..sentinel2.cog_windows import Grid, WindowCache
+from ..sentinel2.fetch import fetch_part
 from .tile_store import TileStore, load_tile, save_tile, tile_engine
-from .feedback import TileClock
+from ..runtime.feedback import TileClock
 
 gdal.UseExceptions()
 

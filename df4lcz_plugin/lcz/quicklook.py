@@ -3,7 +3,7 @@
 import numpy as np
 from osgeo import gdal
 
-from .lcz import legend
+from . import legend
 
 gdal.UseExceptions()
 

@@ -212,7 +212,7 @@ def cache_dir():
 def mirror_dirs():
     """Local mirror folders, in the order they are tried."""
     dirs = [Path(p) for p in os.environ.get("DF4LCZ_ASSET_MIRROR", "").split(os.pathsep) if p]
-    dirs.append(Path(__file__).resolve().parent.parent.parent / "shared")
+    dirs.append(Path(__file__).resolve().parents[3] / "shared")
     return dirs
 
 

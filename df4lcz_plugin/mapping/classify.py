@@ -18,19 +18,19 @@ from dataclasses import dataclass
 import numpy as np
 from osgeo import gdal
 
-from .lcz import legend
-from .sentinel2.clouds import MAX_CLOUD_PERCENT
-from .feedback import Feedback, TileClock
-from .grid import PATCH_PX, OutputGrid, make_grid
-from .kill_points import kill_point
+from ..lcz import legend
+from ..sentinel2.clouds import MAX_CLOUD_PERCENT
+from ..runtime.feedback import Feedback, TileClock
+from ..runtime.grid import PATCH_PX, OutputGrid, make_grid
+from ..runtime.kill_points import kill_point
 from .fusion import SOURCE_FUSED, SOURCE_NODATA, SOURCE_S2, fuse
-from .lcz.lcz_raster import probability_percent
+from ..lcz.lcz_raster import probability_percent
 from .map_writer import open_map
-from .models.backends import sentinel2_runner
-from .models.registry import LoadedModel, load_model
-from .processing_level import card_level, level_warning, stack_level
-from .sentinel2.checks import InputError, check_values, open_sentinel2, own_mask_band, valid_pixels
-from .vhr.stream import CHUNK_CELLS, FusionCost, VHRStream
+from ..models.backends import sentinel2_runner
+from ..models.registry import LoadedModel, load_model
+from ..sentinel2.processing_level import card_level, level_warning, stack_level
+from ..sentinel2.checks import InputError, check_values, open_sentinel2, own_mask_band, valid_pixels
+from ..vhr.stream import CHUNK_CELLS, FusionCost, VHRStream
 
 gdal.UseExceptions()
 

@@ -28,9 +28,9 @@ uses a folder (``.deps/.lock-py<XY>``, held by the installer and its pip). ``rem
 (``.deps/.trash-py<XY>``), so an interrupted removal leaves the whole folder or a part of the renamed one, which the
 next removal deletes. Command line, run from the plugin folder with the Python QGIS uses (``find_python``)::
 
-    python3 -m df4lcz_plugin.dependencies install --variant light|full [--torch BUILD] [--target DIR]
-    python3 -m df4lcz_plugin.dependencies remove [--target DIR]
-    python3 -m df4lcz_plugin.dependencies missing --variant light|full [--target DIR]
+    python3 -m df4lcz_plugin.runtime.dependencies install --variant light|full [--torch BUILD] [--target DIR]
+    python3 -m df4lcz_plugin.runtime.dependencies remove [--target DIR]
+    python3 -m df4lcz_plugin.runtime.dependencies missing --variant light|full [--target DIR]
 
 ``install`` prints ``[done/total] …`` lines (``PROGRESS``) between pip's own messages; SIGTERM or Ctrl+C stops it
 cleanly (exit status 2). The QGIS dialog (``algorithms/install_dialog.py``) runs this same command. This module
@@ -54,7 +54,7 @@ from pathlib import Path
 
 from .folder_lock import Busy, FolderLock, LockError
 
-PLUGIN_ROOT = Path(__file__).resolve().parent.parent
+PLUGIN_ROOT = Path(__file__).resolve().parents[2]
 REQUIREMENTS = PLUGIN_ROOT / "requirements"
 #: The variants; ``<variant>.in`` in REQUIREMENTS lists each one's direct dependencies.
 VARIANTS = ("light", "full")
@@ -153,7 +153,7 @@ def find_python():
         return same_version[0]
     raise InstallError(f"No Python {version} interpreter (the version QGIS runs) was found in {prefix} or on PATH. "
                        f"Install Python {version} and its pip so that python{version} is on PATH, or run the "
-                       "installer's command (python3 -m df4lcz_plugin.dependencies install …) with QGIS's Python "
+                       "installer's command (python3 -m df4lcz_plugin.runtime.dependencies install …) with QGIS's Python "
                        "yourself.")
 
 
@@ -284,7 +284,7 @@ def install_advice(variant, lacking):
     return (f"{shown} cannot be imported in QGIS's Python (not installed, or not completely), so this needs the "
             f"plugin's '{variant}' dependencies. Install them from QGIS with Plugins ▸ {MENU} ▸ {INSTALL_ENTRY} "
             f"(choose '{variant}'), or without QGIS: in the plugin folder {PLUGIN_ROOT}, run "
-            f"'python3 -m df4lcz_plugin.dependencies install --variant {variant}' with the Python QGIS uses. "
+            f"'python3 -m df4lcz_plugin.runtime.dependencies install --variant {variant}' with the Python QGIS uses. "
             "Then restart QGIS.")
 
 
@@ -566,7 +566,7 @@ def stop_on_signals():
 
 def main(argv=None):
     """The command line (module docstring); returns the exit status: 0 done, 1 failed or missing, 2 stopped."""
-    parser = argparse.ArgumentParser(prog="python3 -m df4lcz_plugin.dependencies",
+    parser = argparse.ArgumentParser(prog="python3 -m df4lcz_plugin.runtime.dependencies",
                                      description="Install, remove or check the DF4LCZ plugin's private dependencies.")
     commands = parser.add_subparsers(dest="command", required=True)
     for command, text in (("install", "install what a variant lacks"), ("remove", "delete the dependency folder"),

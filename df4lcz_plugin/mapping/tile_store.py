@@ -19,8 +19,8 @@ import numpy as np
 from osgeo import gdal
 
 from .classify import TileResult
-from .kill_points import kill_point
-from .outputs import atomic_output
+from ..runtime.kill_points import kill_point
+from ..runtime.outputs import atomic_output
 
 gdal.UseExceptions()
 

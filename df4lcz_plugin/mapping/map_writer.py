@@ -4,10 +4,10 @@ renamed when complete, then given their ``.qml`` sidecars."""
 
 import contextlib
 
-from .lcz.lcz_raster import (create_lcz_raster, create_probability_raster, create_source_raster,
+from ..lcz.lcz_raster import (create_lcz_raster, create_probability_raster, create_source_raster,
                          write_probability_style, write_style_sidecar)
-from .kill_points import kill_point
-from .outputs import atomic_output
+from ..runtime.kill_points import kill_point
+from ..runtime.outputs import atomic_output
 
 
 class MapWriter:
