@@ -6,7 +6,7 @@ import pytest
 import torch
 from osgeo import gdal, ogr
 
-from df4lcz_plugin.mapping import fusion
+from df4lcz_plugin.lcz import lcz_raster
 from df4lcz_plugin.runtime import assets
 from df4lcz_plugin.vhr import sam
 from df4lcz_plugin.vhr.graph import build_graph
@@ -59,7 +59,7 @@ def test_fused_classification(qgis_env, s2_stack, vhr_fixture, fused_model, tmp_
     assert rc == 0, text
     source = gdal.Open(str(tmp_path / "source.tif")).ReadAsArray()
     assert source.shape == (4, 4)
-    assert source[0, 0] == fusion.SOURCE_FUSED and (source.ravel()[1:] == fusion.SOURCE_S2).all()
+    assert source[0, 0] == lcz_raster.SOURCE_FUSED and (source.ravel()[1:] == lcz_raster.SOURCE_S2).all()
     # Recompute the fused cell independently: P_S2 from the S2 patch, P_VHR from SAM → graph → GCN.
     model = load_model(fused_model)
     ds = gdal.Open(str(s2_stack))
@@ -86,7 +86,7 @@ def test_sentinel2_only_model_ignores_vhr(qgis_env, s2_stack, vhr_fixture, tmp_p
         "OUTPUT": tmp_path / "lcz.tif", "SOURCE": tmp_path / "source.tif"}, json_output=False)
     assert rc == 0, text
     assert "has no high-resolution stream" in text and "No fused result is produced" in text
-    assert (gdal.Open(str(tmp_path / "source.tif")).ReadAsArray() == fusion.SOURCE_S2).all()
+    assert (gdal.Open(str(tmp_path / "source.tif")).ReadAsArray() == lcz_raster.SOURCE_S2).all()
 
 
 def _bad_vhr_cases(s2_stack, vhr_fixture, fused_model, tmp_path):

@@ -8,12 +8,14 @@ import numpy as np
 from osgeo import gdal
 
 from . import legend
-from ..mapping.fusion import SOURCE_LABELS, SOURCE_NODATA
 from ..runtime.outputs import atomic_output
 
 gdal.UseExceptions()
 
 PROBABILITY_NODATA = 255
+#: Codes of the SOURCE band: which stream gave each cell its class (``mapping.fusion``).
+SOURCE_NODATA, SOURCE_S2, SOURCE_FUSED = 0, 1, 2
+SOURCE_LABELS = {SOURCE_NODATA: "No data", SOURCE_S2: "Sentinel-2 stream only", SOURCE_FUSED: "Sentinel-2 + VHR fused"}
 #: Band of the probability raster holding the winning class's probability (after the 17 class bands).
 WINNER_BAND = len(legend.CODES) + 1
 _OPTIONS = ["COMPRESS=DEFLATE", "TILED=YES", "BIGTIFF=IF_SAFER"]

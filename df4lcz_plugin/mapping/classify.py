@@ -23,8 +23,8 @@ from ..sentinel2.clouds import MAX_CLOUD_PERCENT
 from ..runtime.feedback import Feedback, TileClock
 from ..runtime.grid import PATCH_PX, OutputGrid, make_grid
 from ..runtime.kill_points import kill_point
-from .fusion import SOURCE_FUSED, SOURCE_NODATA, SOURCE_S2, fuse
-from ..lcz.lcz_raster import probability_percent
+from .fusion import fuse
+from ..lcz.lcz_raster import SOURCE_FUSED, SOURCE_NODATA, SOURCE_S2, probability_percent
 from .map_writer import open_map
 from ..models.backends import sentinel2_runner
 from ..models.registry import LoadedModel, load_model

@@ -4,10 +4,6 @@ P = α·P_S2 + (1 − α)·P_VHR, with α from the model card (the paper: 0.6). 
 the same patch, matched by its cell (row, col), never by list order.
 """
 
-SOURCE_NODATA, SOURCE_S2, SOURCE_FUSED = 0, 1, 2
-SOURCE_LABELS = {SOURCE_NODATA: "No data", SOURCE_S2: "Sentinel-2 stream only", SOURCE_FUSED: "Sentinel-2 + VHR fused"}
-
-
 def fuse(p_s2, p_vhr, alpha):
     """α·p_s2 + (1−α)·p_vhr for arrays of class probabilities (17,) or (17, …); α in [0, 1].
 
