@@ -31,7 +31,6 @@ class LCZFilterAlgorithm(DF4LCZAlgorithm):
     needs = "none"  # GDAL and numpy only
     description = "Filters an LCZ map as the LCZ Generator does (per-class Gaussian kernels): its recommended map."
     keywords = ("filter", "gaussian", "smooth", "speckle", "lcz generator", "lczfilter", "majority", "demuzere")
-    help_anchor = "filter-an-lcz-map--df4lczlczfilter"
     icon_name = "lcz_filter"
 
     def name(self):
