@@ -6,6 +6,7 @@ Usage: ``python scripts/plugin_files.py copy PLUGIN_DIR`` or ``python scripts/pl
 
 import configparser
 import contextlib
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -69,8 +70,8 @@ def built_site():
 
 
 def copy(plugin_dir):
-    """Make ``plugin_dir`` hold exactly the plugin's files and the built site, keeping its private ``.deps``
-    folder."""
+    """Make ``plugin_dir`` hold exactly the plugin's files and the built site (where this Python has MkDocs),
+    keeping its private ``.deps`` folder."""
     plugin_dir = Path(plugin_dir)
     plugin_dir.mkdir(parents=True, exist_ok=True)
     for child in plugin_dir.iterdir():
@@ -83,6 +84,10 @@ def copy(plugin_dir):
         else:
             (plugin_dir / item).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, plugin_dir / item)
+    if importlib.util.find_spec("mkdocs") is None:  # a Python without the development tools (a Debian root's)
+        print(f"{plugin_dir}: no documentation site (Help pages) without MkDocs; 'make setup' installs it.",
+              file=sys.stderr)
+        return
     with built_site() as site:
         shutil.copytree(site, plugin_dir / SITE)
 
