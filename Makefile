@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 VERSION := $(shell sed -n 's/^version=//p' metadata.txt)
 
-.PHONY: setup install demo test test-qgis-3.40 test-qgis-3.44 faults bench package pins reproduce clean
+.PHONY: setup install demo test docs test-qgis-3.40 test-qgis-3.44 faults bench package pins reproduce clean
 
 setup:
 	bash scripts/setup.sh
@@ -38,6 +38,12 @@ bench: setup
 pins: setup
 	$(PY) scripts/compile_pins.py
 
+# The documentation site: the reference pages written from the algorithms (PyQGIS: the system Python), then the site
+# built strictly into site/ (broken links and pages left out of the navigation fail). The plugin ships a copy.
+docs: setup
+	QT_QPA_PLATFORM=offscreen /usr/bin/python3 scripts/docs_reference.py
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
 # The DF4LCZ paper's protocol on LCZC-GES2 (needs internet and, realistically, a GPU): both split protocols.
 LCZC ?= data/DF4LCZ
 reproduce: setup
@@ -53,4 +59,4 @@ package: setup
 	$(PY) scripts/release_checks.py dist/df4lcz.$(VERSION).zip
 
 clean:
-	rm -rf dist demo_output .pytest_cache reproduce_*.json bench_levers.json
+	rm -rf dist demo_output site .pytest_cache reproduce_*.json bench_levers.json

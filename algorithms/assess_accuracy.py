@@ -30,7 +30,6 @@ class AssessAccuracyAlgorithm(DF4LCZAlgorithm):
     needs = "none"  # assessment needs GDAL and matplotlib only (QGIS has them).
     description = "Compares an LCZ map with reference polygons or an LCZ raster: OA, OA_w, kappa, confusion matrix."
     keywords = ("accuracy", "assessment", "validation", "confusion matrix", "kappa", "oa", "f1")
-    help_anchor = "assess-a-map--df4lczassessaccuracy"
     icon_name = "assess_accuracy"
 
     def name(self):

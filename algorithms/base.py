@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from qgis.core import QgsProcessingAlgorithm, QgsProcessingException, QgsProcessingParameterEnum
-from qgis.PyQt.QtCore import QCoreApplication
+from qgis.PyQt.QtCore import QCoreApplication, QUrl
 from qgis.PyQt.QtGui import QIcon
 
 from ..df4lcz_plugin.runtime import dependencies
@@ -16,7 +16,9 @@ from ..df4lcz_plugin.runtime.feedback import Canceled, Feedback
 from .compat import FLAG_ADVANCED
 
 RESOURCES = Path(__file__).resolve().parent.parent / "resources"
-HELP_URL = "https://github.com/df4lcz/df4lcz-qgis"
+#: The documentation site shipped in the plugin (built from docs/ by scripts/plugin_files.py): the Help button opens
+#: an algorithm's reference page there, offline. No copy of the site is published online.
+DOCS_SITE = RESOURCES.parent / "docs_site"
 #: Tags of every DF4LCZ algorithm and model (the Toolbox search matches them).
 TAGS = ("lcz", "local climate zones", "urban", "climate", "wudapt", "sentinel-2", "classification",
         "segment anything")
@@ -131,13 +133,12 @@ def engine_errors():
 class ToolboxMetadata:
     """Group, tags, short description, help link and icon, for the algorithms and the shipped models alike.
 
-    A subclass sets ``description`` (one line), ``keywords`` (tags of its own), ``help_anchor`` (its README
-    section) and ``icon_name`` (``resources/icons/<icon_name>.svg``).
+    A subclass sets ``description`` (one line), ``keywords`` (tags of its own) and ``icon_name``
+    (``resources/icons/<icon_name>.svg``); its Help opens ``docs_site/reference/<name>.html``.
     """
 
     description = ""
     keywords = ()
-    help_anchor = ""
     icon_name = ""
 
     def group(self):
@@ -153,7 +154,9 @@ class ToolboxMetadata:
         return tr(self.description)
 
     def helpUrl(self):  # noqa: N802 (QGIS API name)
-        return f"{HELP_URL}#{self.help_anchor}"
+        """The ``file://`` URL of this algorithm's page in the shipped site; empty (no Help button) without one."""
+        page = DOCS_SITE / "reference" / f"{self.name()}.html"
+        return QUrl.fromLocalFile(str(page)).toString() if page.is_file() else ""
 
     def svgIconPath(self):  # noqa: N802 (QGIS API name)
         return str(RESOURCES / "icons" / f"{self.icon_name}.svg")

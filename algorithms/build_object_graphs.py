@@ -47,7 +47,6 @@ class BuildObjectGraphsAlgorithm(DF4LCZAlgorithm):
     needs = "full"  # PyTorch: SAM and the object graphs.
     description = "Segments VHR imagery into objects with Segment Anything (SAM) and builds their graphs."
     keywords = ("sam", "segmentation", "objects", "graph", "vhr", "orthophoto", "graph cache")
-    help_anchor = "extract-sam-objects--df4lczbuildobjectgraphs"
     icon_name = "build_object_graphs"
 
     def name(self):

@@ -21,7 +21,6 @@ class ClassifyDatesAlgorithm(ClassifyLCZAlgorithm):
     AGREEMENT = "AGREEMENT"
     description = "Maps local climate zones from several Sentinel-2 dates or seasons, averaging their probabilities."
     keywords = ("map", "deep learning", "dates", "seasons", "seasonal", "multi-temporal", "average", "agreement")
-    help_anchor = "classify-several-dates--df4lczclassifydates"
     icon_name = "classify_dates"
 
     def name(self):

@@ -59,7 +59,6 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
     needs = "light"  # a Sentinel-2-only model on the CPU (OpenVINO); needs_for says when PyTorch is needed.
     description = "Maps local climate zones (LCZ 1–10, A–G) from a Sentinel-2 stack, optionally fused with VHR."
     keywords = ("map", "deep learning", "so2sat", "sen2lcz-net", "df4lcz", "fusion", "vhr")
-    help_anchor = "classify--df4lczclassifylcz-classify-local-climate-zones-df4lcz"
     icon_name = "classify_lcz"
 
     def __init__(self):

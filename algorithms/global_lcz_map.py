@@ -23,7 +23,6 @@ class GlobalLCZMapAlgorithm(DF4LCZAlgorithm):
     needs = "none"
     description = "Reads the global 100 m LCZ map (Demuzere et al. 2022) over an extent or onto an LCZ map's grid."
     keywords = ("global lcz map", "demuzere", "zenodo", "compare", "agreement", "download", "lcz_get_map")
-    help_anchor = "global-lcz-map--df4lczgloballczmap"
     icon_name = "global_lcz_map"
 
     def name(self):

@@ -26,7 +26,6 @@ class LCZFactsheetAlgorithm(DF4LCZAlgorithm):
     needs = "none"  # GDAL, numpy and matplotlib
     description = "Writes the LCZ Generator's factsheet of a training and its map: one HTML page with its figures."
     keywords = ("factsheet", "report", "lcz generator", "bootstrap", "quicklook", "agreement", "demuzere")
-    help_anchor = "lcz-factsheet--df4lczlczfactsheet"
     icon_name = "lcz_factsheet"
 
     def name(self):

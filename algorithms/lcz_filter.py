@@ -10,7 +10,7 @@ from ..df4lcz_plugin.runtime.outputs import check_output_paths, geotiff_output
 from .base import DF4LCZAlgorithm, ProcessingFeedback, engine_errors, gdal_source, tr
 from .styling import style_on_load
 
-#: The rule as the help and the README state it (``lcz_filter.KERNELS``).
+#: The rule as the help and docs/guide/lczfilter.md state it (``lcz_filter.KERNELS``).
 FILTER_HELP = ("Each class's one-hot mask is convolved with a normalised Gaussian kernel of that class's radius and "
                "σ in metres (LCZ 1: 200/100; LCZ 2–7 and 9: 300/150; LCZ 8 and 10: 500/250; A–D and F: 200/75; "
                "E: 300/150; G: 50/25), and each cell keeps the class whose smoothed value is highest: a single cell "
@@ -31,7 +31,6 @@ class LCZFilterAlgorithm(DF4LCZAlgorithm):
     needs = "none"  # GDAL and numpy only
     description = "Filters an LCZ map as the LCZ Generator does (per-class Gaussian kernels): its recommended map."
     keywords = ("filter", "gaussian", "smooth", "speckle", "lcz generator", "lczfilter", "majority", "demuzere")
-    help_anchor = "filter-an-lcz-map--df4lczlczfilter"
     icon_name = "lcz_filter"
 
     def name(self):

@@ -20,7 +20,6 @@ class LCZParametersAlgorithm(DF4LCZAlgorithm):
     description = "Maps the urban canopy properties of each LCZ (Stewart & Oke 2012): SVF, heights, fractions…"
     keywords = ("urban canopy parameters", "ucp", "sky view factor", "albedo", "admittance", "anthropogenic heat",
                 "stewart", "oke", "lcz4r")
-    help_anchor = "urban-canopy-parameters--df4lczlczparameters"
     icon_name = "lcz_parameters"
 
     def name(self):

@@ -28,7 +28,6 @@ class LCZZoneStatisticsAlgorithm(DF4LCZAlgorithm):
     needs = "none"
     description = "Area (km²) and share (%) of each LCZ in each polygon, e.g. districts (native:zonalhistogram)."
     keywords = ("zonal statistics", "zonal histogram", "area", "districts", "share", "lcz_cal_area")
-    help_anchor = "lcz-share-per-zone--df4lczlczzonestatistics"
     icon_name = "lcz_zone_statistics"
 
     def name(self):

@@ -25,34 +25,29 @@ class ShippedModel(ToolboxMetadata, QgsProcessingModelAlgorithm):
     """A bundled ``resources/models/<stem>.model3``, with the id ``df4lcz:<stem>`` (a model's own id is its
     title, spaces included), the algorithms' group and Toolbox metadata."""
 
-    #: stem → (short description, README section, keywords)
+    #: stem → (short description, keywords)
     METADATA = {
         "lcz_from_safe": ("Stacks a Sentinel-2 product and classifies local climate zones, in one step.",
-                          "a-model--resourcesmodelslcz_from_safemodel3", ("safe", "model", "l1c", "l2a")),
+                          ("safe", "model", "l1c", "l2a")),
         "lcz_from_composite": ("Composites several Sentinel-2 dates cloud-free and classifies local climate zones.",
-                               "build-a-cloud-free-composite--df4lczsentinel2composite",
                                ("composite", "cloud-free", "model", "safe")),
         "lcz_uses": ("Classifies local climate zones, maps their urban canopy parameters and their share per zone.",
-                     "a-model--resourcesmodelslcz_usesmodel3",
                      ("model", "urban canopy parameters", "zonal histogram", "districts")),
         "lcz_for_extent": ("Fetches the Sentinel-2 stack of an extent from a STAC API and classifies local climate "
-                           "zones, in one step.", "map-lcz-for-an-extent--df4lczlcz_for_extent-model",
-                           ("stac", "fetch", "download", "earth search", "model", "composite")),
+                           "zones, in one step.", ("stac", "fetch", "download", "earth search", "model", "composite")),
         "lcz_four_seasons": ("Maps local climate zones of an extent from the four seasons of a year (DJF, MAM, "
                              "JJA, SON; their probabilities averaged), Sentinel-2 fetched from a STAC API.",
-                             "map-lcz-for-an-extent-four-seasons--df4lczlcz_four_seasons-model",
                              ("stac", "seasons", "seasonal", "fetch", "earth search", "model")),
         "lcz_from_training_areas": ("From LCZ training areas to the LCZ map and its factsheet in one step (the LCZ "
                                     "Generator workflow): fetch Sentinel-2, train with bootstraps, classify, filter.",
-                                    "lcz-map-from-training-areas-lcz-generator-workflow--df4lczlcz_from_training_areas"
-                                    "-model", ("lcz generator", "training areas", "wudapt", "kml", "workflow",
-                                               "factsheet", "stac", "model")),
+                                    ("lcz generator", "training areas", "wudapt", "kml", "workflow", "factsheet",
+                                     "stac", "model")),
     }
 
     def __init__(self, path):
         super().__init__()
         self.path = Path(path)
-        self.description, self.help_anchor, self.keywords = self.METADATA[self.path.stem]
+        self.description, self.keywords = self.METADATA[self.path.stem]
         self.icon_name = self.path.stem
         self.loaded = self.fromFile(str(self.path))
 

@@ -23,7 +23,6 @@ class Sentinel2CompositeAlgorithm(DF4LCZAlgorithm):
     needs = "light"  # GDAL, and lightgbm for s2cloudless cloud masks; not PyTorch.
     description = "Combines several Sentinel-2 dates into one cloud-free 10-band stack (per-pixel median)."
     keywords = ("composite", "cloud-free", "median", "multi-temporal", "cloud mask", "safe")
-    help_anchor = "build-a-cloud-free-composite--df4lczsentinel2composite"
     icon_name = "sentinel2_composite"
 
     def name(self):

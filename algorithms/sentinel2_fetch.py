@@ -59,7 +59,6 @@ class Sentinel2FetchAlgorithm(DF4LCZAlgorithm):
     needs = "light"  # pystac-client and GDAL; not PyTorch.
     description = "Fetches the Sentinel-2 stack of an extent from a STAC API (Earth Search by default)."
     keywords = ("stac", "fetch", "download", "earth search", "planetary computer", "cog", "l2a", "composite")
-    help_anchor = "fetch-sentinel-2-for-an-extent-stac--df4lczsentinel2fetch"
     icon_name = "sentinel2_fetch"
 
     def name(self):

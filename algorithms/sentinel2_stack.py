@@ -23,7 +23,6 @@ class Sentinel2StackAlgorithm(DF4LCZAlgorithm):
     needs = "light"  # GDAL, and lightgbm for s2cloudless cloud masks; not PyTorch.
     description = "Stacks a Sentinel-2 L1C/L2A product (.SAFE) into the 10-band, 10 m raster the LCZ models read."
     keywords = ("safe", "l1c", "l2a", "band stack", "cloud mask", "s2cloudless", "jp2")
-    help_anchor = "build-the-sentinel-2-stack--df4lczsentinel2stack"
     icon_name = "sentinel2_stack"
 
     def name(self):

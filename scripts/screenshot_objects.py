@@ -1,4 +1,4 @@
-"""Screenshot of SAM objects over the orthophoto from the QGIS desktop, for the README.
+"""Screenshot of SAM objects over the orthophoto from the QGIS desktop, for the documentation (docs/).
 
 Run under Xvfb: ``xvfb-run -s "-screen 0 1400x1000x24" qgis --nologo --code scripts/screenshot_objects.py``
 with ``DF4LCZ_SHOT`` = "ORTHO.tif;OBJECTS.gpkg;OUT.png" (set by the caller).

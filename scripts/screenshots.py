@@ -1,4 +1,4 @@
-"""Screenshots of the plugin in the QGIS desktop, for the README.
+"""Screenshots of the plugin in the QGIS desktop, for the documentation (docs/).
 
 Usage: ``python3 scripts/screenshots.py [NAME ...]`` (default: every one in SHOTS) writes ``docs/NAME.png``. It
 unzips this working tree's plugin zip into a fresh temporary QGIS profile (no dependencies installed), enables it, and

