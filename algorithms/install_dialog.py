@@ -59,6 +59,11 @@ class InstallDialog(QDialog):
         self._waiter = QTimer(self)
         self._waiter.setInterval(50)
         self._waiter.timeout.connect(self._launch)
+        # Cancel's kill: a child timer, which goes with the dialog (a singleShot lambda would outlive it).
+        self._killer = QTimer(self)
+        self._killer.setSingleShot(True)
+        self._killer.setInterval(KILL_AFTER_MS)
+        self._killer.timeout.connect(self._kill)
         self.setWindowTitle(f"{dependencies.MENU}: {dependencies.INSTALL_ENTRY}")
         self.resize(760, 560)
         layout = QVBoxLayout(self)
@@ -166,16 +171,18 @@ class InstallDialog(QDialog):
                 process.kill()
             return
         process.terminate()
-        QTimer.singleShot(KILL_AFTER_MS, lambda: self._kill(process))
+        if not self._killer.isActive():
+            self._killer.start()
 
-    def _kill(self, process):
-        if self.process is process and self.running():
-            process.kill()
+    def _kill(self):
+        if self.running():  # the cancelled installer: _finished stops this timer
+            self.process.kill()
 
     def stop(self):
         """Cancel and wait for the installer to end (for the plugin's unload)."""
         self.cancel()
         self._waiter.stop()
+        self._killer.stop()
         self._lookup = None
         if self.running() and not self.process.waitForFinished(KILL_AFTER_MS):
             self.process.kill()
@@ -242,6 +249,7 @@ class InstallDialog(QDialog):
             self._report(f"Could not start {self.process.program()}: {self.process.errorString()}")
 
     def _finished(self, code, status):
+        self._killer.stop()
         if self._partial:
             self._line(self._partial)
             self._partial = ""
