@@ -14,7 +14,11 @@ import gc, sys, weakref
 from qgis.core import QgsApplication
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import QCoreApplication, QEvent
-from qgis.PyQt.QtWidgets import QAction, QDialog, QPushButton
+from qgis.PyQt.QtWidgets import QDialog, QPushButton
+try:
+    from qgis.PyQt.QtGui import QAction  # Qt 6
+except ImportError:
+    from qgis.PyQt.QtWidgets import QAction  # Qt 5
 from qgis.utils import iface, loadPlugin, plugins, startPlugin, unloadPlugin
 
 NAME, ENTRY = "df4lcz", "Install dependencies…"
