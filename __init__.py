@@ -1,13 +1,21 @@
 """DF4LCZ QGIS plugin: LCZ mapping with the DF4LCZ model, as a Processing provider (id ``df4lcz``)."""
 
+from __future__ import annotations
+
 import os
+from typing import TYPE_CHECKING
 
 from .df4lcz_plugin.runtime import dependencies
+
+if TYPE_CHECKING:
+    from qgis.gui import QgisInterface
+
+    from .algorithms.plugin import DF4LCZPlugin
 
 dependencies.activate(os.path.dirname(__file__))
 
 
-def classFactory(iface):  # noqa: N802 (QGIS API name)
+def classFactory(iface: QgisInterface | None) -> DF4LCZPlugin:  # noqa: N802 (QGIS API name)
     """QGIS plugin entry point."""
     from .algorithms.plugin import DF4LCZPlugin
 

@@ -1,11 +1,14 @@
 """``df4lcz:assessaccuracy`` ("Assess LCZ map accuracy"): OA, OA_u, OA_bu, OA_w, κ, per-class PA/UA/F1."""
 
-import json
+from __future__ import annotations
 
-from qgis.core import (QgsProcessingOutputNumber, QgsProcessingOutputString, QgsProcessingParameterBoolean,
-                       QgsProcessingParameterFile,
+import json
+from typing import Any
+
+from qgis.core import (QgsProcessingContext, QgsProcessingFeedback, QgsProcessingOutputNumber,
+                       QgsProcessingOutputString, QgsProcessingParameterBoolean, QgsProcessingParameterFile,
                        QgsProcessingParameterFileDestination, QgsProcessingParameterRasterLayer,
-                       QgsProcessingParameterString)
+                       QgsProcessingParameterString, QgsRasterLayer)
 
 from ..df4lcz_plugin.runtime.outputs import check_output_paths
 from .base import DF4LCZAlgorithm, ProcessingFeedback, engine_errors, gdal_source, tr
@@ -32,13 +35,13 @@ class AssessAccuracyAlgorithm(DF4LCZAlgorithm):
     keywords = ("accuracy", "assessment", "validation", "confusion matrix", "kappa", "oa", "f1")
     icon_name = "assess_accuracy"
 
-    def name(self):
+    def name(self) -> str:
         return "assessaccuracy"
 
-    def displayName(self):  # noqa: N802 (QGIS API name)
+    def displayName(self) -> str:  # noqa: N802 (QGIS API name)
         return tr("Assess LCZ map accuracy")
 
-    def shortHelpString(self):  # noqa: N802 (QGIS API name)
+    def shortHelpString(self) -> str:  # noqa: N802 (QGIS API name)
         return tr("Compares an LCZ map (one band of codes 1–17; 101–107 also read as A–G) with a reference: LCZ "
                 "training-area polygons (a class field with 1–17, 101–107 or A–G, or a WUDAPT KML/KMZ), or an LCZ "
                 "raster (codes 1–17 or 101–107) in any CRS and resolution, warped onto the map's grid with mode "
@@ -56,7 +59,7 @@ class AssessAccuracyAlgorithm(DF4LCZAlgorithm):
                 "of the raw map.\n\n"
                 "Outputs: an HTML report with a confusion-matrix plot, plus CSV and JSON.")
 
-    def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
+    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:  # noqa: N802 (QGIS API name)
         self.addParameter(QgsProcessingParameterRasterLayer(self.LCZ, tr("LCZ map")))
         self.addParameter(QgsProcessingParameterFile(self.REFERENCE, tr("Reference (training-area polygons, "
                                                                         "KML/KMZ or LCZ raster)")))
@@ -78,7 +81,8 @@ class AssessAccuracyAlgorithm(DF4LCZAlgorithm):
         self.addOutput(QgsProcessingOutputString("METRICS", tr("All metrics (JSON)")))
         self.addOutput(QgsProcessingOutputString("FILTERED_METRICS", tr("All metrics of the filtered map (JSON)")))
 
-    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
+    def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,  # noqa: N802
+                         feedback: QgsProcessingFeedback) -> dict[str, Any]:
         from ..df4lcz_plugin.training.assess import assess
         from ..df4lcz_plugin.training.report import json_safe, write_report
 
@@ -112,7 +116,8 @@ class AssessAccuracyAlgorithm(DF4LCZAlgorithm):
             results["FILTERED_METRICS"] = json.dumps(json_safe(filtered))
         return results
 
-    def _filtered(self, parameters, context, lcz, reference, report, feedback):
+    def _filtered(self, parameters: dict[str, Any], context: QgsProcessingContext, lcz: QgsRasterLayer,
+                  reference: str, report: str, feedback: QgsProcessingFeedback) -> dict[str, Any] | None:
         """The metrics of the map after the LCZ Generator's filter (FILTERED), or None."""
         from ..df4lcz_plugin.runtime.outputs import scratch_folder
         from ..df4lcz_plugin.training.assess import assess_filtered

@@ -1,13 +1,17 @@
 """What the DF4LCZ algorithms share: Toolbox metadata, the DEVICE choice, feedback adapter, dependency check and
 error translation."""
 
+from __future__ import annotations
+
 import contextlib
 import ctypes
 import functools
 import sys
 from pathlib import Path
+from typing import Any, Iterable, Iterator
 
-from qgis.core import QgsProcessingAlgorithm, QgsProcessingException, QgsProcessingParameterEnum
+from qgis.core import (QgsProcessingAlgorithm, QgsProcessingContext, QgsProcessingException, QgsProcessingFeedback,
+                       QgsProcessingParameterEnum, QgsRasterLayer)
 from qgis.PyQt.QtCore import QCoreApplication, QUrl
 from qgis.PyQt.QtGui import QIcon
 
@@ -24,13 +28,13 @@ TAGS = ("lcz", "local climate zones", "urban", "climate", "wudapt", "sentinel-2"
         "segment anything")
 
 
-def tr(text):
+def tr(text: str) -> str:
     """``text`` translated in the plugin's "DF4LCZ" context (unchanged until a translation is installed)."""
     return QCoreApplication.translate("DF4LCZ", text)
 
 
 @functools.lru_cache(maxsize=None)
-def cuda_devices():
+def cuda_devices() -> tuple[str, ...]:
     """Names of the CUDA GPUs of this machine, in PyTorch's order; empty without an NVIDIA driver or GPU.
 
     Asked of the NVIDIA driver through ctypes, once per process: importing PyTorch at provider load would be slow,
@@ -51,14 +55,15 @@ def cuda_devices():
     return tuple(names)
 
 
-def device_choices():
+def device_choices() -> list[str]:
     """DEVICE's choices: auto, cpu, then, with GPUs, cuda (the first, as PyTorch and the command line read it)
     and cuda:N for each."""
     gpus = [f"cuda:{index}" for index in range(len(cuda_devices()))]
     return ["auto", "cpu"] + (["cuda"] + gpus if gpus else [])
 
 
-def enum_parameter(name, description, options, default=None):
+def enum_parameter(name: str, description: str, options: Iterable[str],
+                   default: str | None = None) -> QgsProcessingParameterEnum:
     """A list parameter stored as the chosen option's text (static strings), not its index: saved models, batch
     runs and ``qgis_process … NAME=option`` keep their choice when options are added or reordered. ``default``:
     an option (the first if None); read the value with ``parameterAsEnumString``."""
@@ -69,14 +74,14 @@ def enum_parameter(name, description, options, default=None):
     return parameter
 
 
-def device_parameter(name):
+def device_parameter(name: str) -> QgsProcessingParameterEnum:
     """The DEVICE parameter: a list of the devices present, stored as its text (``cpu``, ``cuda:0``)."""
     gpus = "; ".join(f"cuda:{index} = {gpu}" for index, gpu in enumerate(cuda_devices()))
     description = tr("Device (auto: the first GPU if any, else the CPU)") + (f" — {gpus}" if gpus else "")
     return enum_parameter(name, description, device_choices(), "auto")
 
 
-def segmentation_parameter(name):
+def segmentation_parameter(name: str) -> QgsProcessingParameterEnum:
     """The advanced SEGMENTATION parameter, stored as its text: ``tiles`` (shared segmentation, SAM once per
     320 m tile; the default) or ``footprint`` (the paper's: SAM on each footprint)."""
     from ..df4lcz_plugin.models.registry import SEGMENTATIONS
@@ -88,7 +93,7 @@ def segmentation_parameter(name):
     return parameter
 
 
-def gdal_source(layer, parameter):
+def gdal_source(layer: QgsRasterLayer | None, parameter: str) -> str:
     """The file GDAL reads for a raster ``layer`` (its source without QGIS's ``|option`` suffixes).
 
     Raises QgsProcessingException when the layer is missing or not read by GDAL.
@@ -101,24 +106,24 @@ def gdal_source(layer, parameter):
 class ProcessingFeedback(Feedback):
     """Engine feedback over a ``QgsProcessingFeedback`` (progress in %, cancel, log)."""
 
-    def __init__(self, feedback):
+    def __init__(self, feedback: QgsProcessingFeedback) -> None:
         self._feedback = feedback
 
-    def progress(self, fraction):
+    def progress(self, fraction: float) -> None:
         self._feedback.setProgress(100.0 * fraction)
 
-    def canceled(self):
+    def canceled(self) -> bool:
         return self._feedback.isCanceled()
 
-    def info(self, text):
+    def info(self, text: str) -> None:
         self._feedback.pushInfo(text)
 
-    def warning(self, text):
+    def warning(self, text: str) -> None:
         self._feedback.pushWarning(text)
 
 
 @contextlib.contextmanager
-def engine_errors():
+def engine_errors() -> Iterator[None]:
     """Turn engine errors (bad input, cancel) into ``QgsProcessingException`` with the engine's message."""
     try:
         yield
@@ -137,31 +142,31 @@ class ToolboxMetadata:
     (``resources/icons/<icon_name>.svg``); its Help opens ``docs_site/reference/<name>.html``.
     """
 
-    description = ""
-    keywords = ()
-    icon_name = ""
+    description: str = ""
+    keywords: tuple[str, ...] = ()
+    icon_name: str = ""
 
-    def group(self):
+    def group(self) -> str:
         return tr("Local climate zones")
 
-    def groupId(self):  # noqa: N802 (QGIS API name)
+    def groupId(self) -> str:  # noqa: N802 (QGIS API name)
         return "lcz"
 
-    def tags(self):
+    def tags(self) -> list[str]:
         return list(TAGS + self.keywords)
 
-    def shortDescription(self):  # noqa: N802 (QGIS API name)
+    def shortDescription(self) -> str:  # noqa: N802 (QGIS API name)
         return tr(self.description)
 
-    def helpUrl(self):  # noqa: N802 (QGIS API name)
+    def helpUrl(self) -> str:  # noqa: N802 (QGIS API name)
         """The ``file://`` URL of this algorithm's page in the shipped site; empty (no Help button) without one."""
         page = DOCS_SITE / "reference" / f"{self.name()}.html"
         return QUrl.fromLocalFile(str(page)).toString() if page.is_file() else ""
 
-    def svgIconPath(self):  # noqa: N802 (QGIS API name)
+    def svgIconPath(self) -> str:  # noqa: N802 (QGIS API name)
         return str(RESOURCES / "icons" / f"{self.icon_name}.svg")
 
-    def icon(self):
+    def icon(self) -> QIcon:
         return QIcon(self.svgIconPath())
 
 
@@ -171,16 +176,17 @@ class DF4LCZAlgorithm(ToolboxMetadata, QgsProcessingAlgorithm):
 
     #: What a run needs of the plugin's dependencies (``df4lcz_plugin.runtime.dependencies``): "none" (QGIS's own Python
     #: and GDAL suffice), "light" or "full"; ``needs_for`` may decide it from the parameters.
-    needs = "full"
+    needs: str = "full"
 
-    def createInstance(self):  # noqa: N802 (QGIS API name)
+    def createInstance(self) -> DF4LCZAlgorithm:  # noqa: N802 (QGIS API name)
         return type(self)()
 
-    def needs_for(self, parameters, context):
+    def needs_for(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str:
         """The dependency variant this run needs: the class's ``needs`` unless a subclass looks at the parameters."""
         return self.needs
 
-    def checkParameterValues(self, parameters, context):  # noqa: N802 (QGIS API name)
+    def checkParameterValues(self, parameters: dict[str, Any],  # noqa: N802 (QGIS API name)
+                             context: QgsProcessingContext) -> tuple[bool, str]:
         # Before the variant: DEVICE=cuda without a GPU is the user's mistake, not a missing PyTorch.
         device = parameters.get("DEVICE")
         if isinstance(device, str) and device and device not in device_choices():

@@ -10,9 +10,11 @@
   there, and PyQt6 has no ``QVariant.Type``); before, only a ``QVariant.Type`` of the same value.
 """
 
+from __future__ import annotations
+
 from qgis.core import (Qgis, QgsField, QgsProcessing, QgsProcessingParameterDefinition, QgsProcessingParameterFile,
                        QgsProcessingParameterNumber, QgsRasterFileWriter, QgsUnitTypes, QgsWkbTypes)
-from qgis.PyQt.QtCore import QVariant
+from qgis.PyQt.QtCore import QMetaType, QVariant
 
 try:
     from qgis.PyQt.QtGui import QAction  # noqa: F401 (re-exported) -- Qt 6
@@ -49,7 +51,7 @@ RASTER_WRITER_SUCCESS = (Qgis.RasterFileWriterResult.Success if hasattr(Qgis, "R
 FIELD_TAKES_QMETATYPE = Qgis.versionInt() >= 33800
 
 
-def field(name, kind):
+def field(name: str, kind: QMetaType.Type) -> QgsField:
     """A QgsField named ``name`` of type ``kind``, a ``QMetaType.Type`` member (``QMetaType.Type.Int``, …)."""
     if FIELD_TAKES_QMETATYPE:
         return QgsField(name, kind)

@@ -1,11 +1,15 @@
 """``df4lcz:globallczmap`` ("Global LCZ map window"): the window of the global 100 m LCZ map (Demuzere et al.
 2022) over an extent or on an LCZ map's grid, for comparing with ours."""
 
-import json
+from __future__ import annotations
 
-from qgis.core import (QgsCoordinateReferenceSystem, QgsProcessingException, QgsProcessingOutputString,
-                       QgsProcessingParameterExtent, QgsProcessingParameterFile,
-                       QgsProcessingParameterRasterDestination, QgsProcessingParameterRasterLayer)
+import json
+from typing import Any
+
+from qgis.core import (QgsCoordinateReferenceSystem, QgsProcessingContext, QgsProcessingException,
+                       QgsProcessingFeedback, QgsProcessingOutputString, QgsProcessingParameterExtent,
+                       QgsProcessingParameterFile, QgsProcessingParameterRasterDestination,
+                       QgsProcessingParameterRasterLayer)
 
 from ..df4lcz_plugin.runtime.outputs import check_output_paths, geotiff_output
 from .base import DF4LCZAlgorithm, engine_errors, gdal_source, tr
@@ -25,13 +29,13 @@ class GlobalLCZMapAlgorithm(DF4LCZAlgorithm):
     keywords = ("global lcz map", "demuzere", "zenodo", "compare", "agreement", "download", "lcz_get_map")
     icon_name = "global_lcz_map"
 
-    def name(self):
+    def name(self) -> str:
         return "globallczmap"
 
-    def displayName(self):  # noqa: N802 (QGIS API name)
+    def displayName(self) -> str:  # noqa: N802 (QGIS API name)
         return tr("Global LCZ map window")
 
-    def shortHelpString(self):  # noqa: N802 (QGIS API name)
+    def shortHelpString(self) -> str:  # noqa: N802 (QGIS API name)
         return tr("Reads the window of the global LCZ map (Demuzere et al. 2022, ESSD 14:3835; lcz_filter_v3.tif, "
                   "Zenodo record 8419340, 100 m, EPSG:4326, CC BY 4.0) that covers EXTENT, or the grid of an LCZ "
                   "map (GRID: the output then has that map's CRS, cells and size, ready for 'Assess LCZ map "
@@ -43,7 +47,7 @@ class GlobalLCZMapAlgorithm(DF4LCZAlgorithm):
                   "An extent outside the map, a window of only no data, a file that is not an LCZ map, and an "
                   "offline run without a local copy are refused with the reason.")
 
-    def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
+    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:  # noqa: N802 (QGIS API name)
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, tr("Extent (ignored with a grid)"),
                                                        optional=True))
         self.addParameter(QgsProcessingParameterRasterLayer(self.GRID, tr("Grid of this LCZ map (optional)"),
@@ -55,7 +59,8 @@ class GlobalLCZMapAlgorithm(DF4LCZAlgorithm):
         self.addOutput(QgsProcessingOutputString(self.CLASSES, tr("Cells per LCZ code (JSON)")))
         self.addOutput(QgsProcessingOutputString(self.READ_FROM, tr("Where the global map was read")))
 
-    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
+    def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,  # noqa: N802
+                         feedback: QgsProcessingFeedback) -> dict[str, Any]:
         from osgeo import gdal
 
         from ..df4lcz_plugin.runtime import assets

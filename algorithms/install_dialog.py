@@ -6,29 +6,31 @@ responsive, the output is a live log, the ``[done/total]`` lines drive the progr
 process, which leaves every package whole. Nothing is installed into QGIS's own Python.
 """
 
+from __future__ import annotations
+
 import os
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlparse
 
 from qgis.PyQt.QtCore import QProcess, QProcessEnvironment, QTimer
 from qgis.PyQt.QtGui import QFontDatabase
-from qgis.PyQt.QtWidgets import (QComboBox, QDialog, QHBoxLayout, QLabel, QMessageBox, QPlainTextEdit, QProgressBar,
-                                 QPushButton, QRadioButton, QVBoxLayout)
+from qgis.PyQt.QtWidgets import (QAbstractButton, QComboBox, QDialog, QHBoxLayout, QLabel, QMessageBox,
+                                 QPlainTextEdit, QProgressBar, QPushButton, QRadioButton, QVBoxLayout, QWidget)
 
 from ..df4lcz_plugin.runtime import dependencies
 
 #: Variant → (radio button text, what it is enough for).
-VARIANTS = {
+VARIANTS: dict[str, tuple[str, str]] = {
     "light": ("Light: OpenVINO, safetensors, LightGBM, SciPy, Dask (about 100 MB)",
               "Sentinel-2 stack and composites, classification on the CPU, the Dask command line."),
     "full": ("Full: light plus PyTorch, torch-geometric, Segment Anything, MobileSAM (about 5 GB)",
              "Everything: also VHR fusion with SAM, object graphs, training, and NVIDIA GPUs (CUDA)."),
 }
 #: PyTorch build → what it runs on.
-BUILDS = {"cuda": "CUDA: NVIDIA GPUs and the CPU", "cpu": "CPU only, smaller"}
+BUILDS: dict[str, str] = {"cuda": "CUDA: NVIDIA GPUs and the CPU", "cpu": "CPU only, smaller"}
 if sys.platform == "darwin":
     BUILDS["cpu"] = "CPU and Apple GPUs (MPS)"
 #: How long Cancel waits for the installer to stop cleanly (it finishes moving a package in) before killing it, ms.
@@ -37,7 +39,7 @@ KILL_AFTER_MS = 10000
 _LOOKUP = ThreadPoolExecutor(max_workers=1)
 
 
-def _display(path):
+def _display(path: str | os.PathLike[str]) -> str:
     """``path`` with the home folder written ``~``: shorter, and the same for every user."""
     try:
         return str(Path("~") / Path(path).relative_to(Path.home()))
@@ -49,16 +51,25 @@ class InstallDialog(QDialog):
     """Installs or removes the plugin's dependencies in ``target`` (Path; default: this plugin's
     ``.deps/py<XY>``). Non-modal: ``show()`` it; the work runs in ``self.process`` (a QProcess while running)."""
 
-    def __init__(self, target=None, parent=None):
+    def __init__(self, target: str | os.PathLike[str] | None = None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.target = Path(target) if target else dependencies.deps_folder(dependencies.PLUGIN_ROOT)
-        self.process = None
-        self.restart_prompt = self.remove_prompt = None
-        self._task, self._arguments, self._cancelled, self._partial = None, [], False, ""
-        self._lookup = None  # the Future of dependencies.find_python while the interpreter is looked for
+        self.process: QProcess | None = None
+        self.restart_prompt: QMessageBox | None = None
+        self.remove_prompt: QMessageBox | None = None
+        self._task: str | None = None
+        self._arguments: list[str] = []
+        self._cancelled, self._partial = False, ""
+        # The Future of dependencies.find_python while the interpreter is looked for.
+        self._lookup: Future[str] | None = None
         self._waiter = QTimer(self)
         self._waiter.setInterval(50)
         self._waiter.timeout.connect(self._launch)
+        # Cancel's kill: a child timer, which goes with the dialog (a singleShot lambda would outlive it).
+        self._killer = QTimer(self)
+        self._killer.setSingleShot(True)
+        self._killer.setInterval(KILL_AFTER_MS)
+        self._killer.timeout.connect(self._kill)
         self.setWindowTitle(f"{dependencies.MENU}: {dependencies.INSTALL_ENTRY}")
         self.resize(760, 560)
         layout = QVBoxLayout(self)
@@ -67,7 +78,8 @@ class InstallDialog(QDialog):
                        f"Folder: <tt>{_display(self.target)}</tt>")
         intro.setWordWrap(True)
         layout.addWidget(intro)
-        self.choices, self.states = {}, {}
+        self.choices: dict[str, QRadioButton] = {}
+        self.states: dict[str, QLabel] = {}
         for variant, (title, use) in VARIANTS.items():
             self.choices[variant] = QRadioButton(title)
             self.states[variant] = QLabel()
@@ -115,26 +127,26 @@ class InstallDialog(QDialog):
         self.torch.currentIndexChanged.connect(self._update)
         self._update()
 
-    def variant(self):
+    def variant(self) -> str:
         """The chosen variant: "light" or "full"."""
         return "full" if self.choices["full"].isChecked() else "light"
 
-    def install_arguments(self):
+    def install_arguments(self) -> list[str]:
         """Arguments (list of str) of the installer's command for the current choices, after the interpreter."""
         build = ["--torch", self.torch.currentData()] if self.variant() == "full" else []
         return ["-m", "df4lcz_plugin.runtime.dependencies", "install", "--variant", self.variant(), *build,
                 "--target", str(self.target)]
 
-    def running(self):
+    def running(self) -> bool:
         """True from an Install or Remove click until its installer ends."""
         return self._lookup is not None or (self.process is not None
                                             and self.process.state() != QProcess.ProcessState.NotRunning)
 
-    def install(self):
+    def install(self) -> None:
         """Start installing the chosen variant (no-op while something runs)."""
         self._start("install", self.install_arguments())
 
-    def ask_remove(self):
+    def ask_remove(self) -> None:
         """Ask (non-modal ``self.remove_prompt``) whether to delete the dependency folder; Yes deletes it."""
         self.remove_prompt = QMessageBox(QMessageBox.Icon.Question, self.windowTitle(),
                                          f"Delete {_display(self.target)} and every package in it?",
@@ -142,11 +154,12 @@ class InstallDialog(QDialog):
         self.remove_prompt.buttonClicked.connect(self._remove_answered)
         self.remove_prompt.open()
 
-    def _remove_answered(self, button):
+    def _remove_answered(self, button: QAbstractButton) -> None:
+        assert self.remove_prompt is not None  # the prompt whose button was clicked
         if self.remove_prompt.standardButton(button) == QMessageBox.StandardButton.Yes:
             self._start("remove", ["-m", "df4lcz_plugin.runtime.dependencies", "remove", "--target", str(self.target)])
 
-    def cancel(self):
+    def cancel(self) -> None:
         """Stop the running installer: SIGTERM lets it finish moving the current package in (Windows has no such
         signal for it: it and its pip are killed, and the package's dist-info, moved last, keeps the folder
         consistent). While the interpreter is looked for, the installer is not started."""
@@ -154,9 +167,9 @@ class InstallDialog(QDialog):
             return
         self._cancelled = True
         self.log.appendPlainText("Cancelling…")
-        if self._lookup is not None:
-            return
         process = self.process
+        if self._lookup is not None or process is None:  # not started yet
+            return
         if sys.platform == "win32":  # kill() would end the installer alone, and its pip would write on
             # By full path: a taskkill.exe earlier on PATH would be started instead.
             taskkill = [os.path.join(os.environ.get("SystemRoot", r"C:\Windows"), "System32", "taskkill.exe"),
@@ -166,22 +179,25 @@ class InstallDialog(QDialog):
                 process.kill()
             return
         process.terminate()
-        QTimer.singleShot(KILL_AFTER_MS, lambda: self._kill(process))
+        if not self._killer.isActive():
+            self._killer.start()
 
-    def _kill(self, process):
-        if self.process is process and self.running():
-            process.kill()
+    def _kill(self) -> None:
+        if self.process is not None and self.running():  # the cancelled installer: _finished stops this timer
+            self.process.kill()
 
-    def stop(self):
+    def stop(self) -> None:
         """Cancel and wait for the installer to end (for the plugin's unload)."""
         self.cancel()
         self._waiter.stop()
+        self._killer.stop()
         self._lookup = None
-        if self.running() and not self.process.waitForFinished(KILL_AFTER_MS):
-            self.process.kill()
-            self.process.waitForFinished()
+        process = self.process
+        if process is not None and self.running() and not process.waitForFinished(KILL_AFTER_MS):
+            process.kill()
+            process.waitForFinished()
 
-    def _start(self, task, arguments):
+    def _start(self, task: str, arguments: list[str]) -> None:
         """Look for the interpreter in ``_LOOKUP``; ``_launch`` starts ``task`` once it is found."""
         if self.running():
             return
@@ -192,11 +208,12 @@ class InstallDialog(QDialog):
         self._waiter.start()
         self._update()
 
-    def _launch(self):
-        if not self._lookup.done():
+    def _launch(self) -> None:
+        lookup = self._lookup
+        if lookup is None or not lookup.done():
             return
         self._waiter.stop()
-        lookup, self._lookup = self._lookup, None
+        self._lookup = None
         try:
             python = lookup.result()
         except dependencies.InstallError as error:
@@ -222,13 +239,14 @@ class InstallDialog(QDialog):
         self.process.start()
         self._update()
 
-    def _read(self):
+    def _read(self) -> None:
+        assert self.process is not None  # the signal's sender
         text = self._partial + bytes(self.process.readAllStandardOutput()).decode("utf-8", "replace")
         *lines, self._partial = text.split("\n")
         for line in lines:
             self._line(line.rstrip("\r"))
 
-    def _line(self, line):
+    def _line(self, line: str) -> None:
         self.log.appendPlainText(line)
         progress = dependencies.PROGRESS.match(line)
         if progress:
@@ -237,11 +255,13 @@ class InstallDialog(QDialog):
             self.progress.setValue(done)
             self._update()
 
-    def _error(self, error):
+    def _error(self, error: QProcess.ProcessError) -> None:
+        assert self.process is not None  # the signal's sender
         if error == QProcess.ProcessError.FailedToStart:
             self._report(f"Could not start {self.process.program()}: {self.process.errorString()}")
 
-    def _finished(self, code, status):
+    def _finished(self, code: int, status: QProcess.ExitStatus) -> None:
+        self._killer.stop()
         if self._partial:
             self._line(self._partial)
             self._partial = ""
@@ -259,12 +279,12 @@ class InstallDialog(QDialog):
             self._restart("The dependencies are removed. Restart QGIS so that it stops using them.")
         self._update()
 
-    def _not_started(self, text):
+    def _not_started(self, text: str) -> None:
         self.progress.setRange(0, 1)
         self._report(text)
         self._update()
 
-    def _cancelled_text(self):
+    def _cancelled_text(self) -> str:
         if self._task == "install":
             return "Cancelled. The packages installed so far are whole and kept; Install finishes the job."
         if self.target.exists():
@@ -273,11 +293,11 @@ class InstallDialog(QDialog):
                 f"of them in {_display(dependencies.trash_folder(self.target))}. Restart QGIS so that it stops "
                 "using them.")
 
-    def _report(self, text):
+    def _report(self, text: str) -> None:
         self.status.setText(text)
         self.log.appendPlainText(text)
 
-    def _restart(self, text):
+    def _restart(self, text: str) -> None:
         """Say ``text`` and show it in the non-modal ``self.restart_prompt`` (the dialog reappears if closed)."""
         self._report(text)
         self.show()
@@ -285,7 +305,7 @@ class InstallDialog(QDialog):
                                           QMessageBox.StandardButton.Ok, self)
         self.restart_prompt.open()
 
-    def _update(self):
+    def _update(self) -> None:
         """Enable what may be used now, and show how much of each variant the target holds."""
         running = self.running()
         for widget in (self.install_button, self.remove_button, *self.choices.values()):

@@ -1,7 +1,12 @@
 """``df4lcz:lczfactsheet`` ("LCZ factsheet (LCZ Generator)"): one HTML page with PNG figures beside it, as the
 LCZ Generator's factsheet; the engine is ``df4lcz_plugin.training.factsheet``."""
 
-from qgis.core import (QgsProcessingOutputNumber, QgsProcessingParameterFeatureSource,
+from __future__ import annotations
+
+from typing import Any
+
+from qgis.core import (QgsProcessingContext, QgsProcessingFeedback, QgsProcessingOutputNumber,
+                       QgsProcessingParameterFeatureSource,
                        QgsProcessingParameterFile, QgsProcessingParameterFileDestination,
                        QgsProcessingParameterRasterLayer, QgsProcessingParameterString)
 
@@ -28,13 +33,13 @@ class LCZFactsheetAlgorithm(DF4LCZAlgorithm):
     keywords = ("factsheet", "report", "lcz generator", "bootstrap", "quicklook", "agreement", "demuzere")
     icon_name = "lcz_factsheet"
 
-    def name(self):
+    def name(self) -> str:
         return "lczfactsheet"
 
-    def displayName(self):  # noqa: N802 (QGIS API name)
+    def displayName(self) -> str:  # noqa: N802 (QGIS API name)
         return tr("LCZ factsheet (LCZ Generator)")
 
-    def shortHelpString(self):  # noqa: N802 (QGIS API name)
+    def shortHelpString(self) -> str:  # noqa: N802 (QGIS API name)
         return tr("Writes a factsheet like the LCZ Generator's (Demuzere et al. 2021, Front. Environ. Sci. "
                   "9:637455): one HTML page, with its figures beside it as PNG files named <factsheet>_*.png "
                   "(keep them together when you move it). It shows:\n"
@@ -58,7 +63,7 @@ class LCZFactsheetAlgorithm(DF4LCZAlgorithm):
                   "the map. Output AGREEMENT: the raw map's agreement with the global map (none without it). The "
                   "page and each figure are written via a temporary file: a failed run leaves no partial file.")
 
-    def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
+    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:  # noqa: N802 (QGIS API name)
         self.addParameter(QgsProcessingParameterFile(
             self.TRAINING_REPORT, tr("Training report of 'Train DF4LCZ model' (.html or its .json)"),
             fileFilter="Training report (*.html *.json)"))
@@ -75,13 +80,14 @@ class LCZFactsheetAlgorithm(DF4LCZAlgorithm):
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT, tr("LCZ factsheet"), "HTML (*.html)"))
         self.addOutput(QgsProcessingOutputNumber(self.AGREEMENT, tr("Agreement of the raw map with the global map")))
 
-    def _raster(self, parameters, name, context):
+    def _raster(self, parameters: dict[str, Any], name: str, context: QgsProcessingContext) -> str | None:
         """The GDAL path of an optional raster parameter, or None."""
         if not parameters.get(name):
             return None
         return gdal_source(self.parameterAsRasterLayer(parameters, name, context), name)
 
-    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
+    def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,  # noqa: N802
+                         feedback: QgsProcessingFeedback) -> dict[str, Any]:
         from ..df4lcz_plugin.training.factsheet import read_training_report, write_factsheet
         from ..df4lcz_plugin.training.training_areas import read_training_areas
 

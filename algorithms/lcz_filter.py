@@ -1,10 +1,13 @@
 """``df4lcz:lczfilter`` ("Filter an LCZ map (LCZ Generator Gaussian filter)"): the LCZ Generator's filtered map
 of any LCZ raster; the engine is ``df4lcz_plugin.lcz.lcz_filter``."""
 
-import json
+from __future__ import annotations
 
-from qgis.core import (QgsProcessingOutputString, QgsProcessingParameterRasterDestination,
-                       QgsProcessingParameterRasterLayer)
+import json
+from typing import Any
+
+from qgis.core import (QgsProcessingContext, QgsProcessingFeedback, QgsProcessingOutputString,
+                       QgsProcessingParameterRasterDestination, QgsProcessingParameterRasterLayer)
 
 from ..df4lcz_plugin.runtime.outputs import check_output_paths, geotiff_output
 from .base import DF4LCZAlgorithm, ProcessingFeedback, engine_errors, gdal_source, tr
@@ -33,13 +36,13 @@ class LCZFilterAlgorithm(DF4LCZAlgorithm):
     keywords = ("filter", "gaussian", "smooth", "speckle", "lcz generator", "lczfilter", "majority", "demuzere")
     icon_name = "lcz_filter"
 
-    def name(self):
+    def name(self) -> str:
         return "lczfilter"
 
-    def displayName(self):  # noqa: N802 (QGIS API name)
+    def displayName(self) -> str:  # noqa: N802 (QGIS API name)
         return tr("Filter an LCZ map (LCZ Generator Gaussian filter)")
 
-    def shortHelpString(self):  # noqa: N802 (QGIS API name)
+    def shortHelpString(self) -> str:  # noqa: N802 (QGIS API name)
         return tr("Makes the filtered LCZ map of the LCZ Generator (Demuzere et al. 2021, Front. Environ. Sci. "
                   "9:637455; the lcz_filter band of the global LCZ map, 'recommended for most users') from any LCZ "
                   "map: ours, WUDAPT's, the global map (one band; codes 1–17, or 101–107 for LCZ A–G; any CRS). "
@@ -51,12 +54,13 @@ class LCZFilterAlgorithm(DF4LCZAlgorithm):
                   "codes) is refused, as is an OUTPUT that is the INPUT; a failed or cancelled run leaves no "
                   "partial file.")
 
-    def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
+    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:  # noqa: N802 (QGIS API name)
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, tr("LCZ map")))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, tr("Filtered LCZ map")))
         self.addOutput(QgsProcessingOutputString(self.CLASSES, tr("Cells per LCZ code of the filtered map (JSON)")))
 
-    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
+    def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,  # noqa: N802
+                         feedback: QgsProcessingFeedback) -> dict[str, Any]:
         from ..df4lcz_plugin.lcz.lcz_filter import write_filtered
 
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)

@@ -1,7 +1,12 @@
 """``df4lcz:lczparameters`` ("LCZ urban canopy parameters"): Stewart & Oke (2012) Tables 3–4 mapped over an
 LCZ raster."""
 
-from qgis.core import (QgsProcessingOutputString, QgsProcessingParameterEnum, QgsProcessingParameterRasterDestination,
+from __future__ import annotations
+
+from typing import Any
+
+from qgis.core import (QgsProcessingContext, QgsProcessingFeedback, QgsProcessingOutputString,
+                       QgsProcessingParameterEnum, QgsProcessingParameterRasterDestination,
                        QgsProcessingParameterRasterLayer)
 
 from ..df4lcz_plugin.lcz.lcz_parameters import CITATION, PROPERTIES, STATISTICS
@@ -22,13 +27,13 @@ class LCZParametersAlgorithm(DF4LCZAlgorithm):
                 "stewart", "oke", "lcz4r")
     icon_name = "lcz_parameters"
 
-    def name(self):
+    def name(self) -> str:
         return "lczparameters"
 
-    def displayName(self):  # noqa: N802 (QGIS API name)
+    def displayName(self) -> str:  # noqa: N802 (QGIS API name)
         return tr("LCZ urban canopy parameters")
 
-    def shortHelpString(self):  # noqa: N802 (QGIS API name)
+    def shortHelpString(self) -> str:  # noqa: N802 (QGIS API name)
         bands = "; ".join(f"{i}: {p.key}, {p.title.lower()} ({p.unit})" for i, p in enumerate(PROPERTIES, start=1))
         return tr(f"Turns an LCZ map (one band; codes 1–17, or 101–107 for LCZ A–G: ours, WUDAPT, the global map) "
                   f"into a GeoTIFF of the properties of each zone on the same grid, one Float32 band per property, "
@@ -41,7 +46,7 @@ class LCZParametersAlgorithm(DF4LCZAlgorithm):
                   "A raster that is not an LCZ map (several bands, fractional values, values that are not LCZ "
                   "codes) is refused. The values are the class's typical ranges, not measurements of the place.")
 
-    def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
+    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:  # noqa: N802 (QGIS API name)
         self.addParameter(QgsProcessingParameterRasterLayer(self.LCZ, tr("LCZ map")))
         statistic = QgsProcessingParameterEnum(self.STATISTIC, tr("Value of each class's range"),
                                                options=list(STATISTICS), defaultValue="middle")
@@ -50,7 +55,8 @@ class LCZParametersAlgorithm(DF4LCZAlgorithm):
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, tr("Urban canopy parameters")))
         self.addOutput(QgsProcessingOutputString(self.CLASSES, tr("Cells per LCZ code (JSON)")))
 
-    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
+    def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,  # noqa: N802
+                         feedback: QgsProcessingFeedback) -> dict[str, Any]:
         import json
 
         from ..df4lcz_plugin.lcz.lcz_parameters import write_parameter_raster

@@ -1,6 +1,10 @@
 """The QGIS plugin object: registers the ``df4lcz`` Processing provider and, in the desktop, the dependency
 installer's menu entry and its notice when the dependencies are missing."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from qgis.core import Qgis, QgsApplication
 from qgis.PyQt import sip
 from qgis.PyQt.QtWidgets import QPushButton
@@ -10,6 +14,9 @@ from .compat import QAction
 from .install_dialog import InstallDialog
 from .provider import DF4LCZProvider
 
+if TYPE_CHECKING:  # for the annotations only: qgis_process starts the plugin without the desktop
+    from qgis.gui import QgisInterface, QgsMessageBarItem
+
 MENU = f"&{dependencies.MENU}"
 
 
@@ -18,16 +25,19 @@ class DF4LCZPlugin:
     Install dependencies… and, if the light dependencies are missing (``dependencies.missing``), a message-bar
     notice with the same button. ``unload`` removes all of it."""
 
-    def __init__(self, iface):
-        self.iface = iface
-        self.provider = None
-        self.install_action = self.notice = self.dialog = None
+    def __init__(self, iface: QgisInterface | None) -> None:
+        self.iface = iface  # None where qgis_process or a script starts the plugin: initProcessing only
+        self.provider: DF4LCZProvider | None = None
+        self.install_action: QAction | None = None
+        self.notice: QgsMessageBarItem | None = None
+        self.dialog: InstallDialog | None = None
 
-    def initProcessing(self):  # noqa: N802 (QGIS API name)
+    def initProcessing(self) -> None:  # noqa: N802 (QGIS API name)
         self.provider = DF4LCZProvider()
         QgsApplication.processingRegistry().addProvider(self.provider)
 
-    def initGui(self):  # noqa: N802 (QGIS API name)
+    def initGui(self) -> None:  # noqa: N802 (QGIS API name)
+        assert self.iface is not None  # QGIS calls initGui in the desktop only
         self.initProcessing()
         self.install_action = QAction(dependencies.INSTALL_ENTRY, self.iface.mainWindow())
         self.install_action.triggered.connect(self.show_installer)
@@ -45,25 +55,28 @@ class DF4LCZPlugin:
             self.notice.layout().addWidget(button)
             self.iface.messageBar().pushWidget(self.notice, Qgis.MessageLevel.Warning)
 
-    def show_installer(self):
+    def show_installer(self) -> None:
         """Show the installer dialog (one per plugin, kept while a run goes on) and drop the notice."""
         self._drop_notice()
+        assert self.iface is not None  # called from what initGui added
         if self.dialog is None:
             self.dialog = InstallDialog(parent=self.iface.mainWindow())
         self.dialog.show()
         self.dialog.raise_()
         self.dialog.activateWindow()
 
-    def _drop_notice(self):
+    def _drop_notice(self) -> None:
         if self.notice is not None and not sip.isdeleted(self.notice):  # the user may have closed it
+            assert self.iface is not None  # initGui made the notice
             self.iface.messageBar().popWidget(self.notice)
         self.notice = None
 
-    def unload(self):
+    def unload(self) -> None:
         if self.provider is not None:
             QgsApplication.processingRegistry().removeProvider(self.provider)
             self.provider = None
         if self.install_action is not None:
+            assert self.iface is not None  # initGui made the action
             self.iface.removePluginMenu(MENU, self.install_action)
             self.install_action.deleteLater()
             self.install_action = None

@@ -1,6 +1,9 @@
 """The ``df4lcz`` Processing provider. It loads without PyTorch: the algorithms then explain what is missing."""
 
+from __future__ import annotations
+
 from pathlib import Path
+from typing import ClassVar
 
 from qgis.core import QgsProcessingModelAlgorithm, QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
@@ -26,7 +29,7 @@ class ShippedModel(ToolboxMetadata, QgsProcessingModelAlgorithm):
     title, spaces included), the algorithms' group and Toolbox metadata."""
 
     #: stem → (short description, keywords)
-    METADATA = {
+    METADATA: ClassVar[dict[str, tuple[str, tuple[str, ...]]]] = {
         "lcz_from_safe": ("Stacks a Sentinel-2 product and classifies local climate zones, in one step.",
                           ("safe", "model", "l1c", "l2a")),
         "lcz_from_composite": ("Composites several Sentinel-2 dates cloud-free and classifies local climate zones.",
@@ -44,42 +47,42 @@ class ShippedModel(ToolboxMetadata, QgsProcessingModelAlgorithm):
                                      "stac", "model")),
     }
 
-    def __init__(self, path):
+    def __init__(self, path: str | Path) -> None:
         super().__init__()
         self.path = Path(path)
         self.description, self.keywords = self.METADATA[self.path.stem]
         self.icon_name = self.path.stem
         self.loaded = self.fromFile(str(self.path))
 
-    def name(self):
+    def name(self) -> str:
         return self.path.stem
 
-    def displayName(self):  # noqa: N802 (QGIS API name)
+    def displayName(self) -> str:  # noqa: N802 (QGIS API name)
         return tr(super().displayName())  # the model's title
 
-    def createInstance(self):  # noqa: N802 (QGIS API name)
+    def createInstance(self) -> ShippedModel:  # noqa: N802 (QGIS API name)
         return ShippedModel(self.path)
 
 
 class DF4LCZProvider(QgsProcessingProvider):
     """Provider id ``df4lcz``: the algorithms plus the bundled models in ``resources/models/*.model3``."""
 
-    def id(self):
+    def id(self) -> str:
         return "df4lcz"
 
-    def name(self):
+    def name(self) -> str:
         return "DF4LCZ"
 
-    def longName(self):  # noqa: N802 (QGIS API name)
+    def longName(self) -> str:  # noqa: N802 (QGIS API name)
         return "DF4LCZ local climate zones"
 
-    def icon(self):
+    def icon(self) -> QIcon:
         return QIcon(str(RESOURCES / "icon.svg"))
 
-    def supportedOutputRasterLayerExtensions(self):  # noqa: N802 (QGIS API name)
+    def supportedOutputRasterLayerExtensions(self) -> list[str]:  # noqa: N802 (QGIS API name)
         return ["tif"]
 
-    def loadAlgorithms(self):  # noqa: N802 (QGIS API name)
+    def loadAlgorithms(self) -> None:  # noqa: N802 (QGIS API name)
         self.addAlgorithm(Sentinel2StackAlgorithm())
         self.addAlgorithm(Sentinel2CompositeAlgorithm())
         self.addAlgorithm(Sentinel2FetchAlgorithm())

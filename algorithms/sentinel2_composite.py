@@ -1,10 +1,13 @@
 """``df4lcz:sentinel2composite``: a cloud-free Sentinel-2 composite of several dates, ready for classification."""
 
+from __future__ import annotations
+
 import json
 from pathlib import Path
+from typing import Any
 
-from qgis.core import (QgsProcessingException, QgsProcessingOutputString,
-                       QgsProcessingParameterMultipleLayers,
+from qgis.core import (QgsProcessingContext, QgsProcessingException, QgsProcessingFeedback,
+                       QgsProcessingOutputString, QgsProcessingParameterMultipleLayers,
                        QgsProcessingParameterRasterDestination)
 
 from ..df4lcz_plugin.sentinel2.clouds import MODES
@@ -25,13 +28,13 @@ class Sentinel2CompositeAlgorithm(DF4LCZAlgorithm):
     keywords = ("composite", "cloud-free", "median", "multi-temporal", "cloud mask", "safe")
     icon_name = "sentinel2_composite"
 
-    def name(self):
+    def name(self) -> str:
         return "sentinel2composite"
 
-    def displayName(self):  # noqa: N802 (QGIS API name)
+    def displayName(self) -> str:  # noqa: N802 (QGIS API name)
         return tr("Build cloud-free Sentinel-2 composite")
 
-    def shortHelpString(self):  # noqa: N802 (QGIS API name)
+    def shortHelpString(self) -> str:  # noqa: N802 (QGIS API name)
         return tr("Combines several Sentinel-2 acquisitions of the same place into one cloud-free 10-band stack "
                 "(B2, B3, B4, B5, B6, B7, B8, B8A, B11, B12, 10 m, 0–10000), as the LCZ models expect: So2Sat LCZ42 "
                 "and the LCZ Generator work on cloud-free composites.\n\n"
@@ -44,7 +47,7 @@ class Sentinel2CompositeAlgorithm(DF4LCZAlgorithm):
                 "pixel (0 = no clear observation: no data in the composite). Written in strips, so memory stays "
                 "bounded; progress and cancel per strip.")
 
-    def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
+    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:  # noqa: N802 (QGIS API name)
         self.addParameter(QgsProcessingParameterMultipleLayers(
             self.INPUTS, tr("Sentinel-2 products (folders) or stacks"), SOURCE_FILE))
         self.addParameter(enum_parameter(self.CLOUD_MASK, tr("Cloud and shadow mask of product folders"), MODES))
@@ -53,7 +56,8 @@ class Sentinel2CompositeAlgorithm(DF4LCZAlgorithm):
                                                                   optional=True, createByDefault=True))
         self.addOutput(QgsProcessingOutputString(self.SUMMARY, tr("Summary (JSON)")))
 
-    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
+    def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,  # noqa: N802
+                         feedback: QgsProcessingFeedback) -> dict[str, Any]:
         from ..df4lcz_plugin.sentinel2.composite import build_composite
         from ..df4lcz_plugin.sentinel2.stack import read_product_info
 

@@ -5,14 +5,19 @@ from __future__ import annotations
 import datetime as dt
 import json
 import urllib.parse
+from typing import TYPE_CHECKING, Any
 
-from qgis.core import (QgsProcessingException, QgsProcessingOutputString, QgsProcessingParameterExtent,
+from qgis.core import (QgsProcessingContext, QgsProcessingException, QgsProcessingFeedback,
+                       QgsProcessingOutputString, QgsProcessingParameterExtent,
                        QgsProcessingParameterNumber, QgsProcessingParameterRasterDestination,
                        QgsProcessingParameterString, QgsSettings)
 
 from ..df4lcz_plugin.runtime.outputs import check_output_paths, geotiff_output
 from .base import DF4LCZAlgorithm, ProcessingFeedback, engine_errors, enum_parameter, tr
 from .compat import FLAG_ADVANCED, NUMBER_DOUBLE, NUMBER_INTEGER
+
+if TYPE_CHECKING:
+    from ..df4lcz_plugin.sentinel2.fetch import FetchRequest
 
 
 def qgis_proxy() -> str | None:
@@ -61,13 +66,13 @@ class Sentinel2FetchAlgorithm(DF4LCZAlgorithm):
     keywords = ("stac", "fetch", "download", "earth search", "planetary computer", "cog", "l2a", "composite")
     icon_name = "sentinel2_fetch"
 
-    def name(self):
+    def name(self) -> str:
         return "sentinel2fetch"
 
-    def displayName(self):  # noqa: N802 (QGIS API name)
+    def displayName(self) -> str:  # noqa: N802 (QGIS API name)
         return tr("Fetch Sentinel-2 for an extent (STAC)")
 
-    def shortHelpString(self):  # noqa: N802 (QGIS API name)
+    def shortHelpString(self) -> str:  # noqa: N802 (QGIS API name)
         from ..df4lcz_plugin.sentinel2.stac import STAC_APIS
 
         apis = "; ".join(f"{name}: {api.url}, {api.collection}" for name, api in STAC_APIS.items())
@@ -90,7 +95,7 @@ class Sentinel2FetchAlgorithm(DF4LCZAlgorithm):
                   "removed. The output is L2A (surface reflectance); the shipped model was trained on L1C, and "
                   "the classification warns about it. QGIS's proxy settings apply.")
 
-    def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
+    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:  # noqa: N802 (QGIS API name)
         from ..df4lcz_plugin.sentinel2.fetch import MODES
 
         today = dt.date.today()
@@ -121,7 +126,7 @@ class Sentinel2FetchAlgorithm(DF4LCZAlgorithm):
             createByDefault=False))
         self.addOutput(QgsProcessingOutputString(self.SUMMARY, tr("Summary (JSON)")))
 
-    def _request(self, parameters, context):
+    def _request(self, parameters: dict[str, Any], context: QgsProcessingContext) -> FetchRequest:
         from ..df4lcz_plugin.sentinel2.fetch import FetchRequest
         from ..df4lcz_plugin.sentinel2.stac import resolve_api
 
@@ -143,7 +148,8 @@ class Sentinel2FetchAlgorithm(DF4LCZAlgorithm):
             max_download_mb=self.parameterAsDouble(parameters, self.MAX_DOWNLOAD_MB, context),
             proxy=qgis_proxy())
 
-    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
+    def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,  # noqa: N802
+                         feedback: QgsProcessingFeedback) -> dict[str, Any]:
         from ..df4lcz_plugin.sentinel2.cog_windows import WindowCache
         from ..df4lcz_plugin.sentinel2.fetch import fetch_sentinel2
 

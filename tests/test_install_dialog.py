@@ -1,13 +1,10 @@
 """The dependency installer as a QGIS user drives it. The real dialog widget (offscreen) runs the real installer
 command in a QProcess (real pip, the real package index) into a temporary dependency folder: cancel mid-way,
-install again, repair a half-moved package, remove, cancel a removal. A killed installer's pip keeps another
-installer out; removal refuses what is not a dependency folder. The plugin in a real QGIS desktop (Xvfb, fresh
-profile without dependencies) shows its Plugins menu entry and its notice, and unloading removes both. The
-engine's package moves and PyTorch build choices are checked on their own."""
+install again, repair a half-moved package, remove, cancel a removal, unload after a cancel. A killed installer's
+pip keeps another installer out; removal refuses what is not a dependency folder. The plugin in a real QGIS desktop
+(Xvfb, fresh profile without dependencies) shows its Plugins menu entry and its notice, and unloading removes both.
+The engine's package moves and PyTorch build choices are checked on their own."""
 
-import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,12 +12,8 @@ from pathlib import Path
 
 import pytest
 
-import plugin_files
-from conftest import QGIS_PROCESS, ROOT
+from conftest import ROOT, run_desktop_probe
 from df4lcz_plugin.runtime import dependencies
-
-#: pip's cache and the assets stay the real user's; QGIS's settings go to the temporary HOME.
-_XDG_CACHE_HOME = str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")))
 
 
 @pytest.fixture(scope="module")
@@ -158,6 +151,31 @@ def test_cancel_while_removing(plugin, tmp_path):
                                                                         "are removed")
         assert str(target.parent / ".trash-py311") in dialog.status.text()
     dialog.close()
+
+
+@pytest.mark.timeout(120)
+def test_unload_after_cancel_leaves_nothing_running(plugin, tmp_path, monkeypatch):
+    """Cancel, then the plugin's unload (``stop()``, then the dialog deleted) while the installer ignores SIGTERM (a
+    Python that sleeps, here): stop() kills it, and no timer of the deleted dialog fires later (one did, and
+    raised on the deleted QProcess)."""
+    from df4lcz.algorithms import install_dialog
+    from qgis.PyQt.QtCore import QCoreApplication, QEvent, QProcess
+    from qgis.PyQt.QtTest import QTest
+
+    monkeypatch.setattr(install_dialog, "KILL_AFTER_MS", 200)
+    errors = []
+    monkeypatch.setattr(sys, "excepthook", lambda *error: errors.append(error))
+    dialog = install_dialog.InstallDialog(tmp_path / ".deps" / "py311")
+    dialog._start("install", ["-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                                    "print('ready', flush=True); time.sleep(60)"])
+    _wait(dialog, lambda: "ready" in dialog.log.toPlainText())
+    dialog.cancel()
+    dialog.stop()
+    assert not dialog.running() and dialog.process.exitStatus() == QProcess.ExitStatus.CrashExit
+    dialog.deleteLater()
+    QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+    QTest.qWait(5 * install_dialog.KILL_AFTER_MS)  # past every kill timer the two Cancels started
+    assert errors == []
 
 
 def test_interpreter_lookup_leaves_the_dialog_responsive(plugin, tmp_path, monkeypatch):
@@ -306,8 +324,6 @@ def test_find_python_finds_qgis_python_not_the_one_on_path():
 
 
 _DESKTOP_PROBE = """
-import json, os, traceback
-from qgis.PyQt.QtCore import QTimer
 from qgis.PyQt.QtWidgets import QPushButton
 from qgis.utils import iface, loadPlugin, plugins, startPlugin, unloadPlugin
 
@@ -321,51 +337,24 @@ def notices():
     return [{"text": item.text(), "buttons": [b.text() for b in item.findChildren(QPushButton)]}
             for item in iface.messageBar().items()]
 
-def probe():
-    out = {}
-    try:
-        out["entries"], out["notices"] = entries(), notices()
-        out["unloaded"] = unloadPlugin("df4lcz")
-        out["entries_after_unload"], out["notices_after_unload"] = entries(), notices()
-        out["restarted"] = loadPlugin("df4lcz") and startPlugin("df4lcz")
-        buttons = [b for item in iface.messageBar().items() for b in item.findChildren(QPushButton)
-                   if b.text() == "Install dependencies…"]
-        buttons[0].click()
-        dialog = plugins["df4lcz"].dialog
-        out["dialog"] = [dialog.isVisible(), dialog.windowTitle()]
-        out["notices_after_click"] = notices()
-    except Exception:
-        out["error"] = traceback.format_exc()
-    with open(os.environ["DF4LCZ_PROBE"], "w") as f:
-        json.dump(out, f)
-    os._exit(0)
-
-QTimer.singleShot(0, probe)
+def probe(out):
+    out["entries"], out["notices"] = entries(), notices()
+    out["unloaded"] = unloadPlugin("df4lcz")
+    out["entries_after_unload"], out["notices_after_unload"] = entries(), notices()
+    out["restarted"] = loadPlugin("df4lcz") and startPlugin("df4lcz")
+    buttons = [b for item in iface.messageBar().items() for b in item.findChildren(QPushButton)
+               if b.text() == "Install dependencies…"]
+    buttons[0].click()
+    dialog = plugins["df4lcz"].dialog
+    out["dialog"] = [dialog.isVisible(), dialog.windowTitle()]
+    out["notices_after_click"] = notices()
 """
 
 
+@pytest.mark.timeout(700)
 def test_plugin_menu_and_notice_in_the_qgis_desktop(tmp_path):
     """A fresh profile holding the plugin without dependencies, in the real QGIS desktop under Xvfb."""
-    home = tmp_path / "home"
-    plugin_files.copy(home / ".local/share/QGIS/QGIS3/profiles/default/python/plugins/df4lcz")
-    (home / "run").mkdir(mode=0o700)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON") and k != "QT_QPA_PLATFORM"}
-    env.update(HOME=str(home), XDG_RUNTIME_DIR=str(home / "run"), XDG_DATA_HOME=str(home / ".local/share"),
-               XDG_CACHE_HOME=_XDG_CACHE_HOME, DF4LCZ_PROBE=str(tmp_path / "probe.json"))
-    subprocess.run([QGIS_PROCESS, "plugins", "enable", "df4lcz"], env=dict(env, QT_QPA_PLATFORM="offscreen"),
-                   check=True, capture_output=True)
-    (tmp_path / "probe.py").write_text(_DESKTOP_PROBE)
-    desktop = subprocess.Popen(["xvfb-run", "-a", "-s", "-screen 0 1400x1000x24", "qgis", "--nologo", "--code",
-                                str(tmp_path / "probe.py")], env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        output = desktop.communicate(timeout=600)[0]
-    finally:
-        if desktop.poll() is None:
-            os.killpg(desktop.pid, signal.SIGKILL)
-    assert (tmp_path / "probe.json").exists(), output
-    out = json.loads((tmp_path / "probe.json").read_text())
-    assert "error" not in out, out["error"]
+    out = run_desktop_probe(tmp_path, _DESKTOP_PROBE)
     assert out["entries"] == [dependencies.INSTALL_ENTRY]
     [notice] = [n for n in out["notices"] if n["text"].startswith("its algorithms need Python packages")]
     assert "OpenVINO" in notice["text"] and notice["buttons"] == [dependencies.INSTALL_ENTRY]
