@@ -75,9 +75,9 @@ def default_text(value) -> str:
 
 def _number_type(parameter, name: str) -> str:
     """A number's type: integer or not, and its range where it has one."""
-    from qgis.core import QgsProcessingParameterNumber
+    from df4lcz.algorithms.compat import NUMBER_INTEGER  # the plugin's own names of QGIS's enums (3.22 to 4)
 
-    integer = parameter.dataType() == QgsProcessingParameterNumber.Integer
+    integer = parameter.dataType() == NUMBER_INTEGER
     low, high = (f"{bound:g}" if abs(bound) < 1e300 else "" for bound in (parameter.minimum(), parameter.maximum()))
     span = f", {low} to {high}" if low and high else f", ≥ {low}" if low else f", ≤ {high}" if high else ""
     return name + (", integer" if integer else "") + span
@@ -85,6 +85,7 @@ def _number_type(parameter, name: str) -> str:
 
 def type_text(parameter, registry) -> str:
     """The parameter's type as the Toolbox names it, with a list's options, a number's range, a file's kind."""
+    from df4lcz.algorithms.compat import FILE_FOLDER
     from qgis.core import QgsProcessingParameterEnum, QgsProcessingParameterFile, QgsProcessingParameterNumber
 
     kind = registry.parameterType(parameter.type())
@@ -92,7 +93,7 @@ def type_text(parameter, registry) -> str:
     if isinstance(parameter, QgsProcessingParameterEnum):
         return name + ": " + ", ".join(f"`{option}`" for option in parameter.options())
     if isinstance(parameter, QgsProcessingParameterFile):
-        if parameter.behavior() == QgsProcessingParameterFile.Folder:
+        if parameter.behavior() == FILE_FOLDER:
             return "Folder"
         return "File" + (f" (`.{parameter.extension()}`)" if parameter.extension() else "")
     if isinstance(parameter, QgsProcessingParameterNumber):
