@@ -170,7 +170,7 @@ def graph_batch(graphs: Sequence[ObjectGraph], device: torch.device | str = "cpu
     return x.to(device), edge_index.to(device), edge_weight.to(device), batch.to(device)
 
 
-def gcn_probabilities(gcn: ObjectGCN, graphs: Sequence[ObjectGraph],
+def gcn_probabilities(gcn: torch.nn.Module, graphs: Sequence[ObjectGraph],
                       device: torch.device | str = "cpu") -> npt.NDArray[np.float32]:
     """float32 (len(graphs), 17) class probabilities of non-empty ObjectGraphs."""
     import torch
