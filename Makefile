@@ -59,4 +59,4 @@ package: setup
 	$(PY) scripts/release_checks.py dist/df4lcz.$(VERSION).zip
 
 clean:
-	rm -rf dist demo_output site .pytest_cache reproduce_*.json bench_levers.json
+	rm -rf dist demo_output site .pytest_cache .mypy_cache reproduce_*.json bench_levers.json

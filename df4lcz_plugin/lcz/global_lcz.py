@@ -6,6 +6,8 @@ neighbour would keep one arbitrary source cell of a 100 m UTM cell straddling fo
 source the two are the same.
 """
 
+from pathlib import Path
+
 import numpy as np
 from osgeo import gdal, osr
 
@@ -18,7 +20,7 @@ from ..runtime.outputs import atomic_output
 gdal.UseExceptions()
 
 
-def _wgs84_bounds(bounds, wkt):
+def _wgs84_bounds(bounds: tuple[float, float, float, float], wkt: str) -> tuple[float, float, float, float]:
     """(xmin, ymin, xmax, ymax) in lon/lat of ``bounds`` given in the CRS ``wkt`` (densified edges)."""
     source, wgs84 = osr.SpatialReference(), osr.SpatialReference()
     source.ImportFromWkt(wkt)
@@ -28,7 +30,9 @@ def _wgs84_bounds(bounds, wkt):
     return osr.CoordinateTransformation(source, wgs84).TransformBounds(*bounds, 21)
 
 
-def write_window(source, out_path, bounds, wkt, size=None, palette="official_2022", metadata=None):
+def write_window(source: gdal.Dataset, out_path: Path | str, bounds: tuple[float, float, float, float], wkt: str,
+                 size: tuple[int, int] | None = None, palette: str = "official_2022",
+                 metadata: dict[str, str] | None = None) -> dict[int, int]:
     """Write ``out_path``, the LCZ GeoTIFF (codes 1–17, 0 = no data, colour table, ``.qml``) of the window
     ``bounds`` (xmin, ymin, xmax, ymax in the CRS ``wkt``) of the GDAL dataset ``source`` (an LCZ map in
     EPSG:4326, codes 1–17 or 101–107), warped with ``mode`` onto ``size`` = (cols, rows) cells over the bounds,

@@ -27,6 +27,7 @@ so it runs in QGIS's own Python).
 """
 
 import math
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -76,7 +77,7 @@ def _correlate(values: npt.NDArray[np.float64], weights: npt.NDArray[np.float64]
     padding[axis] = (h, h)
     padded = np.pad(values, padding)
 
-    def shifted(offset):
+    def shifted(offset: int) -> npt.NDArray[np.float64]:
         return padded[offset:offset + n] if axis == 0 else padded[:, offset:offset + n]
 
     out = weights[h] * values
@@ -154,7 +155,8 @@ def pixel_size_m(geotransform: tuple, wkt: str, size: tuple[int, int]) -> tuple[
     return abs(dx) * radians * n * math.cos(latitude), abs(dy) * radians * m
 
 
-def write_filtered(lcz_path, out_path, palette: str | None = None, feedback: Feedback | None = None) -> dict:
+def write_filtered(lcz_path: Path | str, out_path: Path | str, palette: str | None = None,
+                   feedback: Feedback | None = None) -> dict[int, int]:
     """Write ``out_path``: the filtered map (``filter_lcz``) of the LCZ map at ``lcz_path`` (one band, codes 1–17
     or 101–107 for LCZ A–G, any CRS), on its grid, as the styled LCZ GeoTIFF (codes 1–17, 0 = no data, colour
     table, category names, ``.qml``) in ``palette`` (default: the input's own LCZ palette when its colour table

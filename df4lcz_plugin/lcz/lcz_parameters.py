@@ -36,8 +36,10 @@ is 0 m (no roughness elements).
 """
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from . import legend
 
@@ -99,7 +101,7 @@ STATISTICS = ("middle", "low", "high")
 NODATA = -9999.0
 
 
-def lookup(statistic="middle"):
+def lookup(statistic: str = "middle") -> npt.NDArray[np.float32]:
     """float32 (len(PROPERTIES), 18) table: row p, column code (0 = no data → NODATA) → the ``statistic``
     ("low", "high" or "middle" = the mean of the two) of property p for that LCZ; NaN (unknown) → NODATA.
 
@@ -113,7 +115,7 @@ def lookup(statistic="middle"):
     return np.where(np.isnan(table), NODATA, table).astype(np.float32)
 
 
-def parameter_bands(codes, statistic="middle"):
+def parameter_bands(codes: npt.ArrayLike, statistic: str = "middle") -> npt.NDArray[np.float32]:
     """float32 (len(PROPERTIES), H, W) property values of an int (H, W) array of LCZ codes 0–17 (0 = no data,
     as ``legend.normalise_codes`` gives), NODATA where the code is 0 or the paper gives no value."""
     codes = np.asarray(codes)
@@ -122,7 +124,7 @@ def parameter_bands(codes, statistic="middle"):
     return lookup(statistic)[:, codes]
 
 
-def write_parameter_raster(lcz_path, out_path, statistic="middle"):
+def write_parameter_raster(lcz_path: Path | str, out_path: Path | str, statistic: str = "middle") -> dict[int, int]:
     """Write ``out_path``: a float32 GeoTIFF on the LCZ map's grid (same size, geotransform and CRS), one band
     per property of PROPERTIES (description "<key>: <title> (<statistic>)", unit set), nodata NODATA, and its
     ``.qml`` (the STYLED_BAND on a sequential ramp); written atomically. Returns {code: cells} of the LCZ cells found.

@@ -2,13 +2,20 @@
 and write the QML sidecar QGIS reads when it opens the file. See ``shared/design/qgis_anchors_and_conventions.md`` §3.
 """
 
+from __future__ import annotations
+
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 from osgeo import gdal
 
 from . import legend
 from ..runtime.outputs import atomic_output
+
+if TYPE_CHECKING:
+    from ..runtime.grid import OutputGrid
 
 gdal.UseExceptions()
 
@@ -26,7 +33,7 @@ class LCZMapError(ValueError):
     LCZ cell where one is needed."""
 
 
-def read_lcz_map(path):
+def read_lcz_map(path: Path | str) -> tuple[gdal.Dataset, npt.NDArray[np.int64]]:
     """(GDAL dataset, int64 (H, W) codes 0–17) of an LCZ map: one band of codes 1–17 (or 101–107 for A–G).
 
     Raises LCZMapError when the raster is not an LCZ map (several bands, e.g. the 18-band probability
@@ -54,7 +61,8 @@ def read_lcz_map(path):
     return ds, legend.normalise_codes(values)
 
 
-def create_lcz_raster(path, grid, projection, palette_name="official_2022", metadata=None):
+def create_lcz_raster(path: Path | str, grid: OutputGrid, projection: str, palette_name: str = "official_2022",
+                      metadata: dict[str, str] | None = None) -> gdal.Dataset:
     """A new single-band Byte GeoTIFF over ``grid`` styled with the LCZ palette; returns the GDAL dataset.
 
     The GDAL colour table and category names (stored by GTiff in the ``.aux.xml`` sidecar) give every QGIS
@@ -77,7 +85,7 @@ def create_lcz_raster(path, grid, projection, palette_name="official_2022", meta
     return ds
 
 
-def palette_of(band, default="official_2022"):
+def palette_of(band: gdal.Band, default: str = "official_2022") -> str:
     """The name of the LCZ palette (``legend.PALETTES``) whose colours codes 1–17 of the GDAL ``band``'s colour
     table hold, or ``default`` when it has none of them (no table, WUDAPT codes 101–107, colours of its own)."""
     table = band.GetColorTable()
@@ -88,7 +96,8 @@ def palette_of(band, default="official_2022"):
                  if colours == tuple(legend.rgb(h) for h in hexes)), default)
 
 
-def create_probability_raster(path, grid, projection, metadata=None):
+def create_probability_raster(path: Path | str, grid: OutputGrid, projection: str,
+                              metadata: dict[str, str] | None = None) -> gdal.Dataset:
     """A new 18-band Byte GeoTIFF in percent (0–100), nodata 255: bands 1–17 the probability of LCZ 1–10, A–G,
     band 18 (``WINNER_BAND``) the probability of the winning class, the map's confidence, which the ``.qml``
     of ``write_probability_style`` shows."""
@@ -105,7 +114,7 @@ def create_probability_raster(path, grid, projection, metadata=None):
     return ds
 
 
-def probability_percent(probs, missing):
+def probability_percent(probs: npt.NDArray[np.floating], missing: npt.NDArray[np.bool_]) -> npt.NDArray[np.uint8]:
     """uint8 (18, rows, cols) for ``create_probability_raster`` from float (17, rows, cols) probabilities (0–1)
     and bool (rows, cols) cells without a class (written as PROBABILITY_NODATA)."""
     percent = np.rint(np.nan_to_num(probs) * 100)
@@ -113,7 +122,8 @@ def probability_percent(probs, missing):
     return np.where(missing, PROBABILITY_NODATA, stacked).astype(np.uint8)
 
 
-def create_source_raster(path, grid, projection, metadata=None):
+def create_source_raster(path: Path | str, grid: OutputGrid, projection: str,
+                         metadata: dict[str, str] | None = None) -> gdal.Dataset:
     """A new Byte GeoTIFF saying which streams decided each cell: 0 no data, 1 Sentinel-2 only, 2 fused."""
     ds = gdal.GetDriverByName("GTiff").Create(str(path), grid.cols, grid.rows, 1, gdal.GDT_Byte, options=_OPTIONS)
     ds.SetGeoTransform(grid.geotransform)
@@ -126,23 +136,23 @@ def create_source_raster(path, grid, projection, metadata=None):
     return ds
 
 
-def write_style_sidecar(raster_path, palette_name="official_2022"):
+def write_style_sidecar(raster_path: Path | str, palette_name: str = "official_2022") -> Path:
     """Write ``<raster>.qml`` (17 labelled classes), which QGIS applies when it opens the raster."""
     return _write_qml(raster_path, legend.qml(palette_name))
 
 
-def write_probability_style(raster_path):
+def write_probability_style(raster_path: Path | str) -> Path:
     """Write ``<raster>.qml`` for a probability raster: its band 18, the winning class's probability, on a
     sequential 0–100 % ramp (the classes' own bands stay readable in the layer's properties)."""
     return _write_qml(raster_path, legend.confidence_qml(WINNER_BAND))
 
 
-def write_ramp_style(raster_path, band, minimum, maximum, unit):
+def write_ramp_style(raster_path: Path | str, band: int, minimum: float, maximum: float, unit: str) -> Path:
     """Write ``<raster>.qml`` showing ``band`` on the sequential ramp over ``minimum``–``maximum`` (``unit``)."""
     return _write_qml(raster_path, legend.ramp_qml(band, minimum, maximum, unit))
 
 
-def _write_qml(raster_path, text):
+def _write_qml(raster_path: Path | str, text: str) -> Path:
     # Under a temporary name, renamed when complete: a killed run leaves the old style or the new one.
     qml_path = Path(raster_path).with_suffix(".qml")
     with atomic_output(qml_path) as tmp:

@@ -8,6 +8,7 @@ Names follow Stewart & Oke (2012, BAMS 93:1879). Palettes: see ``shared/design/l
 from xml.sax.saxutils import quoteattr  # nosec B406
 
 import numpy as np
+import numpy.typing as npt
 
 NODATA = 0
 CODES = tuple(range(1, 18))
@@ -36,7 +37,7 @@ PALETTES = {"official_2022": OFFICIAL_2022, "classic_wudapt": CLASSIC_WUDAPT}
 PALETTE_TITLES = {"official_2022": "Official global LCZ map (2022)", "classic_wudapt": "Classic WUDAPT"}
 
 
-def normalise_codes(values):
+def normalise_codes(values: npt.ArrayLike) -> npt.NDArray[np.int64]:
     """int64 array of LCZ codes 0–17 from ``values`` (any integer array): 1–17 stay, the WUDAPT-2015 codes
     101–107 for LCZ A–G become 11–17, anything else becomes 0 (no data)."""
     values = np.asarray(values)
@@ -44,7 +45,7 @@ def normalise_codes(values):
     return np.where(np.isin(codes, CODES), codes, NODATA)
 
 
-def label(code):
+def label(code: int) -> str:
     """Legend label of an LCZ code 1–17, e.g. ``"LCZ A: Dense trees"``.
 
     Raises ValueError for a code outside 1–17.
@@ -54,7 +55,7 @@ def label(code):
     return f"LCZ {LABELS[code - 1]}: {NAMES[code - 1]}"
 
 
-def palette(name="official_2022"):
+def palette(name: str = "official_2022") -> tuple[str, ...]:
     """Colours of codes 1–17 as ``#RRGGBB`` strings (tuple of 17).
 
     Raises ValueError naming the known palettes when ``name`` is unknown.
@@ -65,12 +66,12 @@ def palette(name="official_2022"):
         raise ValueError(f"unknown LCZ palette {name!r}; choose one of {sorted(PALETTES)}") from None
 
 
-def rgb(hex_colour):
+def rgb(hex_colour: str) -> tuple[int, ...]:
     """``"#RRGGBB"`` → (r, g, b) ints 0–255."""
     return tuple(int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))
 
 
-def _style(renderer):
+def _style(renderer: str) -> str:
     """A QGIS raster layer style (QML text) around a ``<rasterrenderer>`` element."""
     return f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
 <qgis version="3.22.16-Białowieża" styleCategories="AllStyleCategories" hasScaleBasedVisibilityFlag="0">
@@ -100,7 +101,7 @@ _MIN_MAX = """      <rasterTransparency/>
       </minMaxOrigin>"""
 
 
-def qml(palette_name="official_2022"):
+def qml(palette_name: str = "official_2022") -> str:
     """A QGIS layer style (QML text) with a paletted renderer on band 1 and 17 labelled LCZ classes.
 
     Value 0 is left out of the palette, so no-data cells stay transparent.
@@ -122,12 +123,12 @@ def qml(palette_name="official_2022"):
 CONFIDENCE_RAMP = ((0, "#ffffcc"), (25, "#a1dab4"), (50, "#41b6c4"), (75, "#2c7fb8"), (100, "#253494"))
 
 
-def confidence_qml(band):
+def confidence_qml(band: int) -> str:
     """A QGIS layer style (QML text) for ``band``, a probability in percent (0–100): ``ramp_qml`` over 0–100 %."""
     return ramp_qml(band, 0, 100, "%")
 
 
-def ramp_qml(band, minimum, maximum, unit):
+def ramp_qml(band: int, minimum: float, maximum: float, unit: str) -> str:
     """A QGIS layer style (QML text): a pseudocolour renderer on ``band`` with the sequential CONFIDENCE_RAMP
     stretched over ``minimum``–``maximum`` (in the band's ``unit``, shown in the labels), interpolated; the nodata
     value stays transparent."""

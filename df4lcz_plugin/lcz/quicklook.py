@@ -1,5 +1,7 @@
 """A quicklook PNG of an LCZ map with its legend (matplotlib), beside a true-colour view of the Sentinel-2 input."""
 
+from pathlib import Path
+
 import numpy as np
 from osgeo import gdal
 
@@ -8,7 +10,8 @@ from . import legend
 gdal.UseExceptions()
 
 
-def render_quicklook(lcz_path, png_path, sentinel2_path=None, palette_name="official_2022", title="LCZ map"):
+def render_quicklook(lcz_path: Path | str, png_path: Path | str, sentinel2_path: Path | str | None = None,
+                     palette_name: str = "official_2022", title: str = "LCZ map") -> Path | str:
     """Write ``png_path``: the LCZ map (codes 1–17, 0 transparent) with a legend of the classes present, and,
     if ``sentinel2_path`` (a 10-band So2Sat-order stack) is given, its B4/B3/B2 true colour over the same extent.
     """

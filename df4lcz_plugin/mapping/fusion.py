@@ -4,7 +4,12 @@ P = α·P_S2 + (1 − α)·P_VHR, with α from the model card (the paper: 0.6). 
 the same patch, matched by its cell (row, col), never by list order.
 """
 
-def fuse(p_s2, p_vhr, alpha):
+import numpy as np
+import numpy.typing as npt
+
+
+def fuse(p_s2: npt.NDArray[np.floating], p_vhr: npt.NDArray[np.floating],
+         alpha: float) -> npt.NDArray[np.floating]:
     """α·p_s2 + (1−α)·p_vhr for arrays of class probabilities (17,) or (17, …); α in [0, 1].
 
     Raises ValueError for α outside [0, 1] or mismatched shapes.

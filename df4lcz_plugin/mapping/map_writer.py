@@ -2,21 +2,32 @@
 probability and decision-source GeoTIFFs, filled tile by tile under temporary names (``outputs.atomic_output``),
 renamed when complete, then given their ``.qml`` sidecars."""
 
+from __future__ import annotations
+
 import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..lcz.lcz_raster import (create_lcz_raster, create_probability_raster, create_source_raster,
                          write_probability_style, write_style_sidecar)
 from ..runtime.kill_points import kill_point
 from ..runtime.outputs import atomic_output
 
+if TYPE_CHECKING:
+    from osgeo import gdal
+
+    from ..runtime.grid import OutputGrid
+    from .classify import TileResult
+
 
 class MapWriter:
     """Writes each tile's ``classify.TileResult`` into the open output datasets at the tile's place."""
 
-    def __init__(self, datasets):
+    def __init__(self, datasets: dict[str, gdal.Dataset]) -> None:
         self.datasets = datasets
 
-    def write(self, tile, result):
+    def write(self, tile: tuple[int, int, int, int], result: TileResult) -> None:
         """tile: (row, col, rows, cols) in output cells; result: its TileResult (arrays of rows × cols)."""
         kill_point("mosaic")
         row, col = tile[:2]
@@ -28,7 +39,9 @@ class MapWriter:
 
 
 @contextlib.contextmanager
-def open_map(grid, projection, metadata, output_path, palette, probabilities_path=None, source_path=None):
+def open_map(grid: OutputGrid, projection: str, metadata: dict[str, str], output_path: Path | str, palette: str,
+             probabilities_path: Path | str | None = None,
+             source_path: Path | str | None = None) -> Iterator[MapWriter]:
     """Yield a MapWriter over new GeoTIFFs of ``grid`` (``lcz_raster``: LCZ codes with colour table and category
     names; 18-band probabilities in percent; decision source). On success they are renamed into place and the
     ``.qml`` sidecars written; on any error (or SIGTERM) nothing is left behind and existing files are untouched.
@@ -37,7 +50,7 @@ def open_map(grid, projection, metadata, output_path, palette, probabilities_pat
         lcz_tmp = stack.enter_context(atomic_output(output_path))
         prob_tmp = stack.enter_context(atomic_output(probabilities_path)) if probabilities_path else None
         source_tmp = stack.enter_context(atomic_output(source_path)) if source_path else None
-        datasets = {}
+        datasets: dict[str, gdal.Dataset] = {}
         # Runs first on exit: GDAL must close (and write its .aux.xml) before the files are renamed or removed.
         stack.callback(datasets.clear)
         datasets["lcz"] = create_lcz_raster(lcz_tmp, grid, projection, palette, metadata)

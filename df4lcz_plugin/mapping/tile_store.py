@@ -10,10 +10,13 @@ The manifest is written atomically and deleted first by ``clear``: a clean-up st
 without a manifest, which the next run recognises as a work folder and discards.
 """
 
+from __future__ import annotations
+
 import contextlib
 import json
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from osgeo import gdal
@@ -21,6 +24,13 @@ from osgeo import gdal
 from .classify import TileResult
 from ..runtime.kill_points import kill_point
 from ..runtime.outputs import atomic_output
+
+if TYPE_CHECKING:
+    from ..runtime.feedback import Feedback
+    from .classify import TileJob
+
+#: (row, col, rows, cols) of a tile in output cells.
+Tile = tuple[int, int, int, int]
 
 gdal.UseExceptions()
 
@@ -34,12 +44,12 @@ class WorkDirError(ValueError):
     """The work folder cannot hold this run's tiles."""
 
 
-def tile_file(folder, tile):
+def tile_file(folder: Path | str, tile: Tile) -> Path:
     """Path of ``tile`` (row, col, rows, cols)'s GeoTIFF in the tiles ``folder``."""
     return Path(folder) / f"r{tile[0]:06d}_c{tile[1]:06d}.tif"
 
 
-def save_tile(folder, job, tile, result, engine):
+def save_tile(folder: Path | str, job: TileJob, tile: Tile, result: TileResult, engine: str) -> None:
     """Write ``result`` (a ``classify.TileResult``) of ``tile`` of ``job``'s grid into ``folder``, georeferenced,
     under a temporary name then renamed. ``engine``: the back-end that computed it, kept in its metadata."""
     row, col, rows, cols = tile
@@ -56,19 +66,19 @@ def save_tile(folder, job, tile, result, engine):
         ds = None  # closed (flushed) before the rename
 
 
-def load_tile(folder, tile):
+def load_tile(folder: Path | str, tile: Tile) -> TileResult:
     """The TileResult of ``tile``'s GeoTIFF in ``folder``, as ``save_tile`` wrote it (no source raster)."""
     ds = gdal.Open(str(tile_file(folder, tile)))
     data = ds.ReadAsArray().reshape(ds.RasterCount, ds.RasterYSize, ds.RasterXSize)
     return TileResult(data[0], data[1:] if len(data) > 1 else None, None, int(ds.GetMetadataItem(_CLOUD_KEY)))
 
 
-def tile_engine(folder, tile):
+def tile_engine(folder: Path | str, tile: Tile) -> str | None:
     """The back-end that computed ``tile``'s GeoTIFF in ``folder`` (e.g. 'openvino f32 on cpu')."""
     return gdal.Open(str(tile_file(folder, tile))).GetMetadataItem(_ENGINE_KEY)
 
 
-def _tiles_only(folder):
+def _tiles_only(folder: Path) -> bool:
     """Whether ``folder`` holds nothing but a ``tiles`` folder of tile files and their partial files: what a
     ``clear`` stopped after deleting the manifest leaves."""
     entries = list(folder.iterdir())
@@ -78,7 +88,7 @@ def _tiles_only(folder):
                for p in entries[0].iterdir())
 
 
-def check_work_dir(folder):
+def check_work_dir(folder: Path | str) -> None:
     """Raise WorkDirError unless ``folder`` is new, empty, or a work folder (it holds a manifest, or only tiles
     left by a stopped clean-up)."""
     folder = Path(folder)
@@ -97,7 +107,7 @@ class TileStore:
     folder is a file, or holds other files and no manifest (it is not a work folder: nothing is deleted).
     """
 
-    def __init__(self, folder, manifest, feedback):
+    def __init__(self, folder: Path | str, manifest: dict[str, Any], feedback: Feedback) -> None:
         self.folder = Path(folder)
         self.tiles = self.folder / "tiles"
         # Compared as text: JSON turns tuples into lists, and a NaN nodata value is never equal to itself.
@@ -117,22 +127,25 @@ class TileStore:
                 Path(tmp).write_text(text, encoding="utf-8")
         self.tiles.mkdir(exist_ok=True)
 
-    def finished(self):
+    def finished(self) -> list[Path]:
         """Paths of the finished tile files."""
         return sorted(p for p in self.tiles.glob("r*_c*.tif") if _TILE_FILE.fullmatch(p.name))
 
-    def has(self, tile):
+    def has(self, tile: Tile) -> bool:
         """Whether ``tile``'s file is there and reads back whole; one that does not is deleted (not done)."""
         path = tile_file(self.tiles, tile)
         if not path.is_file():
             return False
         try:
-            return load_tile(self.tiles, tile).codes.shape == tuple(tile[2:]) or path.unlink()
+            whole = load_tile(self.tiles, tile).codes.shape == tuple(tile[2:])
+            if not whole:  # another tile size: not this run's
+                path.unlink()
+            return whole
         except (RuntimeError, TypeError, ValueError):  # GDAL cannot read it, or its metadata is gone
             path.unlink(missing_ok=True)
             return False
 
-    def clear(self):
+    def clear(self) -> None:
         """Delete the manifest, then the tiles, then the folders if nothing else is in them."""
         (self.folder / MANIFEST).unlink(missing_ok=True)
         for path in self.finished():

@@ -1,7 +1,17 @@
 """Model definitions. ``keras_default_init`` gives a freshly built module Keras's default initial weights."""
 
 
-def keras_default_init(module):
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from torch import nn
+
+ModuleT = TypeVar("ModuleT", bound="nn.Module")
+
+
+def keras_default_init(module: ModuleT) -> ModuleT:
     """Initialise ``module`` in place as Keras layers are by default, and return it.
 
     The authors' Keras models set no initialisers, so every kernel (Conv3D, Dense, and both of Spektral

@@ -22,7 +22,7 @@ class ObjectGCN(nn.Module):
     probabilities float32 (G, 17) for the G graphs of the batch; ``logits`` gives the scores before softmax.
     """
 
-    def __init__(self, in_features=5, hidden=32, num_classes=len(CODES)):
+    def __init__(self, in_features: int = 5, hidden: int = 32, num_classes: int = len(CODES)) -> None:
         super().__init__()
         from torch_geometric.nn import GraphConv
 
@@ -31,12 +31,14 @@ class ObjectGCN(nn.Module):
         self.head = nn.Linear(hidden, num_classes)
         keras_default_init(self)
 
-    def logits(self, x, edge_index, edge_weight, batch):
+    def logits(self, x: torch.Tensor, edge_index: torch.Tensor, edge_weight: torch.Tensor,
+               batch: torch.Tensor) -> torch.Tensor:
         from torch_geometric.nn import global_mean_pool
 
         for conv in self.convs:
             x = torch.relu(conv(x, edge_index, edge_weight))
         return self.head(global_mean_pool(x, batch))
 
-    def forward(self, x, edge_index, edge_weight, batch):
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge_weight: torch.Tensor,
+                batch: torch.Tensor) -> torch.Tensor:
         return self.logits(x, edge_index, edge_weight, batch).softmax(dim=1)

@@ -11,26 +11,31 @@ merge2. The two 128-input heads (``dense_4`` and ``dense_5``) are told apart by 
 """
 
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
+from typing import Any
+
 import numpy as np
+import numpy.typing as npt
 
 from ..runtime import assets
 from ..sentinel2.bands import SO2SAT_BANDS
 from .registry import builtin_models_dir, save_model
 
-SEN2LCZ_CONFIG = {"in_bands": 10, "num_classes": 17, "width": 16, "convs_per_block": 4, "drop_rate": 0.2}
+SEN2LCZ_CONFIG: dict[str, Any] = {"in_bands": 10, "num_classes": 17, "width": 16, "convs_per_block": 4,
+                                  "drop_rate": 0.2}
 
 
-def _names(values):
+def _names(values: Iterable[bytes | str]) -> list[str]:
     return [v.decode() if isinstance(v, bytes) else v for v in values]
 
 
-def keras_layers(h5_path):
+def keras_layers(h5_path: Path | str) -> list[tuple[str, list[npt.NDArray[Any]]]]:
     """Weight-bearing layers of a Keras weights file as ``[(layer_name, [arrays…]), …]`` in file order."""
     import h5py
 
-    layers = []
+    layers: list[tuple[str, list[npt.NDArray[Any]]]] = []
     with h5py.File(h5_path, "r") as f:
         for name in _names(f.attrs["layer_names"]):
             group = f[name]
@@ -40,7 +45,7 @@ def keras_layers(h5_path):
     return layers
 
 
-def sen2lcz_state_dict(h5_path):
+def sen2lcz_state_dict(h5_path: Path | str) -> dict[str, npt.NDArray[Any]]:
     """The Sen2LCZNet state dict (numpy float32 arrays) converted from the Keras HDF5 file.
 
     Conv kernels (kh, kw, in, out) → (out, in, kh, kw); dense kernels (in, out) → (out, in).
@@ -48,7 +53,7 @@ def sen2lcz_state_dict(h5_path):
     """
     layers = keras_layers(h5_path)
 
-    def of_kind(prefix):
+    def of_kind(prefix: str) -> list[tuple[str, list[npt.NDArray[Any]]]]:
         found = [(n, w) for n, w in layers if n.rsplit("_", 1)[0] == prefix]
         return sorted(found, key=lambda item: int(item[0].rsplit("_", 1)[1]))
 
@@ -57,7 +62,7 @@ def sen2lcz_state_dict(h5_path):
     if (len(convs), len(norms), len(dense)) != (16, 16, 4):
         raise ValueError(f"{h5_path}: expected 16 conv2d, 16 batch_normalization and 4 dense layers, "
                          f"found {len(convs)}, {len(norms)}, {len(dense)}")
-    state = {}
+    state: dict[str, npt.NDArray[Any]] = {}
     for index, ((_, (kernel, bias)), (_, (gamma, beta, mean, var))) in enumerate(zip(convs, norms)):
         prefix = f"blocks.{index // 4}.{index % 4}"
         state[f"{prefix}.0.weight"] = kernel.transpose(3, 2, 0, 1)
@@ -72,7 +77,7 @@ def sen2lcz_state_dict(h5_path):
             for k, v in state.items()}
 
 
-def sen2lcz_card():
+def sen2lcz_card() -> dict[str, Any]:
     """The model card of the converted So2Sat Sen2LCZ-Net."""
     return {
         "id": "sen2lcznet_so2sat",
@@ -111,7 +116,7 @@ def sen2lcz_card():
     }
 
 
-def convert(output_stem=None):
+def convert(output_stem: Path | str | None = None) -> Path:
     """Convert the So2Sat Keras weights (fetched by the asset loader) into ``<output_stem>.{safetensors,json}``."""
     import torch
 

@@ -6,13 +6,14 @@ The 10 bands form a depth axis of one input channel; three bottleneck blocks of 
 A new module starts from Keras's default initial weights (``keras_default_init``), as the authors' model does.
 """
 
+import torch
 from torch import nn
 
 from ..lcz.legend import CODES
 from . import keras_default_init
 
 
-def _bn(channels):
+def _bn(channels: int) -> nn.BatchNorm3d:
     # Keras BatchNormalization defaults: epsilon 1e-3, momentum 0.99.
     return nn.BatchNorm3d(channels, eps=1e-3, momentum=0.01)
 
@@ -20,7 +21,7 @@ def _bn(channels):
 class Bottleneck3d(nn.Module):
     """conv1×1(stride)–BN–ReLU, conv3×3–BN–ReLU, conv1×1(4f)–BN, plus a shortcut, then ReLU."""
 
-    def __init__(self, in_channels, width, stride):
+    def __init__(self, in_channels: int, width: int, stride: int) -> None:
         super().__init__()
         out_channels = 4 * width
         self.body = nn.Sequential(
@@ -29,13 +30,13 @@ class Bottleneck3d(nn.Module):
             nn.Conv3d(width, out_channels, kernel_size=1), _bn(out_channels),
         )
         if stride == 1 and in_channels == out_channels:
-            self.shortcut = nn.Identity()
+            self.shortcut: nn.Module = nn.Identity()
         else:
             self.shortcut = nn.Sequential(nn.Conv3d(in_channels, out_channels, kernel_size=1, stride=stride),
                                           _bn(out_channels))
         self.relu = nn.ReLU(inplace=True)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.relu(self.body(x) + self.shortcut(x))
 
 
@@ -47,10 +48,11 @@ class ResNet11_3D(nn.Module):
     ``logits(x)`` gives the pre-softmax scores, for training with ``CrossEntropyLoss``.
     """
 
-    def __init__(self, num_classes=len(CODES), widths=(64, 128, 256)):
+    def __init__(self, num_classes: int = len(CODES), widths: tuple[int, ...] = (64, 128, 256)) -> None:
         super().__init__()
         self.stem = nn.Sequential(nn.Conv3d(1, 64, kernel_size=3, padding=1), _bn(64), nn.ReLU(inplace=True))
-        blocks, channels = [], 64
+        blocks: list[nn.Module] = []
+        channels = 64
         for index, width in enumerate(widths):
             blocks.append(Bottleneck3d(channels, width, stride=1 if index == 0 else 2))
             channels = 4 * width
@@ -58,9 +60,9 @@ class ResNet11_3D(nn.Module):
         self.head = nn.Linear(channels, num_classes)
         keras_default_init(self)
 
-    def logits(self, x):
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
         x = self.blocks(self.stem(x.unsqueeze(1)))
         return self.head(x.mean(dim=(2, 3, 4)))
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.logits(x).softmax(dim=1)

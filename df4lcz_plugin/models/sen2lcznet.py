@@ -15,7 +15,7 @@ from torch import nn
 from ..lcz.legend import CODES
 
 
-def _conv_bn_relu(in_channels, out_channels):
+def _conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
     # Keras BatchNormalization defaults: epsilon 1e-3, momentum 0.99 (PyTorch momentum 0.01).
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
@@ -32,7 +32,8 @@ class Sen2LCZNet(nn.Module):
     Output: float32 tensor (B, 17), class probabilities for LCZ 1–10, A–G (rows sum to 1).
     """
 
-    def __init__(self, in_bands=10, num_classes=len(CODES), width=16, convs_per_block=4, drop_rate=0.2):
+    def __init__(self, in_bands: int = 10, num_classes: int = len(CODES), width: int = 16, convs_per_block: int = 4,
+                 drop_rate: float = 0.2) -> None:
         super().__init__()
         self.blocks = nn.ModuleList()
         self.heads = nn.ModuleList()
@@ -50,7 +51,7 @@ class Sen2LCZNet(nn.Module):
         self.pool_max = nn.MaxPool2d(2)
         self.pool_avg = nn.AvgPool2d(2)
 
-    def level_outputs(self, x):
+    def level_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Feature maps after each block (before pooling) and after each pooling merge, for layer checks."""
         outputs = []
         for level, block in enumerate(self.blocks):
@@ -63,11 +64,11 @@ class Sen2LCZNet(nn.Module):
                 outputs.append(x)
         return outputs
 
-    def head_probabilities(self, x):
+    def head_probabilities(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The four heads' softmax outputs (B, 17): on merge0, merge1, merge2 and the last block."""
         feats = self.level_outputs(x)
         head_inputs = (feats[1], feats[3], feats[5], feats[6])
         return [torch.softmax(head(f.mean(dim=(2, 3))), dim=1) for head, f in zip(self.heads, head_inputs)]
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack(self.head_probabilities(x)).mean(dim=0)

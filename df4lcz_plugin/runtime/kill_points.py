@@ -12,10 +12,10 @@ import fnmatch
 import os
 import signal
 
-_counts = {}
+_counts: dict[str, int] = {}
 
 
-def kill_point(name):
+def kill_point(name: str) -> None:
     """Checkpoint ``name`` (e.g. 'batch', 'tile', 'mosaic', 'clear', 'rename <file name>')."""
     spec = os.environ.get("DF4LCZ_KILL_AT")
     if not spec:

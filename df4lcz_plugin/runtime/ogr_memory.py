@@ -7,6 +7,6 @@ from osgeo import gdal, ogr
 DRIVER = "MEM" if gdal.GetDriverByName("MEM").GetMetadataItem(gdal.DCAP_VECTOR) == "YES" else "Memory"
 
 
-def memory_datasource():
+def memory_datasource() -> ogr.DataSource:
     """A new, empty in-memory OGR data source; keep it referenced while its layers are used (GDAL bindings)."""
     return ogr.GetDriverByName(DRIVER).CreateDataSource("")

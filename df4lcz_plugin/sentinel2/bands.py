@@ -13,7 +13,7 @@ METADATA_BAND_ORDER = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B
 _BAND = re.compile(r"^B0?(1[0-2]|[1-9]|8A)$", re.IGNORECASE)
 
 
-def normalise_band_name(name):
+def normalise_band_name(name: str) -> str | None:
     """``"B02"``/``"b2"``/``"B8a"`` → ``"B2"``/``"B2"``/``"B8A"``; None if ``name`` is not a Sentinel-2 band."""
     match = _BAND.match(name.strip())
     return f"B{match.group(1).upper()}" if match else None

@@ -17,7 +17,12 @@ statistical (band order without descriptions, values above the scale):
 
 import math
 
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
 import numpy as np
+import numpy.typing as npt
 from osgeo import gdal, osr
 
 from .bands import SO2SAT_BANDS, normalise_band_name
@@ -44,12 +49,12 @@ class InputError(ValueError):
     """The Sentinel-2 raster (or its content in the extent) cannot be classified."""
 
 
-def utm_epsg(lon, lat):
+def utm_epsg(lon: float, lat: float) -> int:
     """The EPSG code of the WGS 84 / UTM zone of a point (degrees)."""
     return (32600 if lat >= 0 else 32700) + min(int((lon + 180) // 6) + 1, 60)
 
 
-def _utm_for(srs, x, y):
+def _utm_for(srs: osr.SpatialReference, x: float, y: float) -> osr.SpatialReference:
     """The WGS 84 UTM zone of the point (x, y) given in ``srs``."""
     geographic = srs.CloneGeogCS()
     for s in (srs, geographic):
@@ -61,7 +66,7 @@ def _utm_for(srs, x, y):
     return utm
 
 
-def ground_pixel_size(ds):
+def ground_pixel_size(ds: gdal.Dataset) -> tuple[tuple[float, ...], osr.SpatialReference]:
     """(x, y) ground size in metres of one pixel at the raster's centre, measured in the local UTM zone.
 
     Equal to the nominal pixel size in a UTM or national grid; larger or smaller where the CRS's units are not
@@ -82,7 +87,7 @@ def ground_pixel_size(ds):
     return tuple(sizes), utm
 
 
-def open_sentinel2(path, pixel_size_m=10.0):
+def open_sentinel2(path: Path | str, pixel_size_m: float = 10.0) -> gdal.Dataset:
     """Open a Sentinel-2 stack and check it: 10 bands in So2Sat order (when band descriptions are set), a
     projected CRS in ground metres, pixels of ``pixel_size_m`` (the model card's, 10 m for So2Sat models).
 
@@ -121,7 +126,7 @@ def open_sentinel2(path, pixel_size_m=10.0):
     return ds
 
 
-def own_mask_band(ds):
+def own_mask_band(ds: gdal.Dataset) -> gdal.Band | None:
     """The raster's own GDAL mask band (per-dataset mask, as ``sentinel2stack`` writes for clouds, or alpha),
     or None when its mask only repeats the nodata value or there is none."""
     band = ds.GetRasterBand(1)
@@ -129,7 +134,8 @@ def own_mask_band(ds):
     return None if flags & (gdal.GMF_ALL_VALID | gdal.GMF_NODATA) else band.GetMaskBand()
 
 
-def valid_pixels(data, nodata_values, zero_is_nodata=True):
+def valid_pixels(data: npt.NDArray[Any], nodata_values: Sequence[float | None],
+                 zero_is_nodata: bool = True) -> npt.NDArray[np.bool_]:
     """bool (H, W): pixels of ``data`` (bands, H, W) that hold data in every band: not the band's nodata value,
     not NaN, and not 0 unless ``zero_is_nodata`` is False (values shifted below 0, where 0 is a real value)."""
     valid = np.ones(data.shape[1:], dtype=bool)
@@ -143,7 +149,7 @@ def valid_pixels(data, nodata_values, zero_is_nodata=True):
     return valid
 
 
-def sample_values(ds, window):
+def sample_values(ds: gdal.Dataset, window: tuple[int, int, int, int]) -> npt.NDArray[np.float32]:
     """float32 (bands, N): the valid pixels of 8 × 8 windows of 32 × 32 px spread over ``window``.
 
     window: (row, col, height, width) in raster pixels, clipped to the raster here.
@@ -164,7 +170,7 @@ def sample_values(ds, window):
     return np.concatenate(samples, axis=1) if samples else np.zeros((ds.RasterCount, 0), np.float32)
 
 
-def check_values(ds, window, feedback=None):
+def check_values(ds: gdal.Dataset, window: tuple[int, int, int, int], feedback: Feedback | None = None) -> bool:
     """Judge the stack's values in ``window`` (row, col, height, width px) from a sample of its valid pixels.
 
     Raises InputError when they are not on the 0–10000 DN scale (reflectance 0–1 or percent). Reports through

@@ -46,7 +46,7 @@ from .checks import utm_epsg
 from .clouds import CLOUD, SHADOW, SNOW, scl_classes
 from .cog_windows import Access, Grid, WindowCache, WindowRead, fetch_window, planned_window, srs_of
 from .composite import build_composite
-from .stac import FetchError, Scene, StacApi, group_by_solar_day, search
+from .stac import Asset, FetchError, Scene, StacApi, group_by_solar_day, search
 from .stack import add_mask_band, create_stack_raster, remove_offset
 
 gdal.UseExceptions()
@@ -194,7 +194,8 @@ def _mosaic(date: Date, key: str, grid: Grid, resample: str, offset: bool) -> np
     """(height, width) of one band (or ``scl``) of a date on the grid, ``resample``d: the tiles in the grid's CRS
     mosaicked at their native resolution first, then tiles of other UTM zones warped into the gaps. With
     ``offset``, each tile's offset removed (clipped at 1, 0 stays no data)."""
-    here, elsewhere = [], []
+    here: list[tuple[tuple[str, int | None], int]] = []
+    elsewhere: list[tuple[tuple[str, int | None], int]] = []
     for scene in date.scenes:
         path = date.windows.get((scene.id, key))
         if path is not None:
@@ -214,8 +215,12 @@ def _mosaic(date: Date, key: str, grid: Grid, resample: str, offset: bool) -> np
     return out
 
 
-def _asset(scene: Scene, key: str):
-    return scene.scl if key == "scl" else scene.bands[key]
+def _asset(scene: Scene, key: str) -> Asset:
+    """The asset of band ``key`` of ``scene``, or its SCL for ``scl`` (asked for only where the scene has one)."""
+    asset = scene.scl if key == "scl" else scene.bands[key]
+    if asset is None:
+        raise FetchError(f"Scene {scene.id} has no SCL asset.")
+    return asset
 
 
 def _estimate_bytes(read: WindowRead) -> float:

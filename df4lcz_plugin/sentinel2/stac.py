@@ -174,7 +174,8 @@ def parse_item(item: dict) -> Scene:
     """
     props = item.get("properties", {})
     when = dt.datetime.fromisoformat(str(props["datetime"]).replace("Z", "+00:00"))
-    bbox = tuple(float(v) for v in (item.get("bbox") or (0, 0, 0, 0))[:4])
+    west, south, east, north = (float(v) for v in (item.get("bbox") or (0, 0, 0, 0))[:4])
+    bbox = (west, south, east, north)
     baseline = str(props.get("s2:processing_baseline", "unknown"))
     scene = Scene(item["id"], when, (when + dt.timedelta(hours=(bbox[0] + bbox[2]) / 2 / 15)).date(),
                   str(props.get("platform", "unknown")), float(props.get("eo:cloud_cover", 100.0)), baseline,

@@ -7,8 +7,10 @@ cells with no data (0) and reference values that are not LCZ codes are left out.
 """
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from osgeo import gdal
 
 from ..lcz import legend
@@ -26,7 +28,8 @@ class AssessmentError(LCZMapError):
     """The map and the reference do not overlap, the reference is unusable, or the map is not an LCZ map."""
 
 
-def reference_on_map_grid(lcz_ds, reference_path, class_field=None):
+def reference_on_map_grid(lcz_ds: gdal.Dataset, reference_path: Path | str,
+                          class_field: str | None = None) -> npt.NDArray[np.integer]:
     """int (H, W) reference values on the map grid (0 = none), from polygons or from a raster (as stored)."""
     try:
         ref = gdal.OpenEx(str(reference_path), gdal.OF_RASTER)
@@ -44,7 +47,8 @@ def reference_on_map_grid(lcz_ds, reference_path, class_field=None):
     return np.concatenate([[0], areas.codes])[ids]  # polygon id + 1 → its code; 0 stays 0
 
 
-def assess(lcz_path, reference_path, class_field=None, feedback=None):
+def assess(lcz_path: Path | str, reference_path: Path | str, class_field: str | None = None,
+           feedback: Feedback | None = None) -> tuple[npt.NDArray[np.int64], dict[str, Any]]:
     """(17 × 17 confusion matrix, metrics dict) of an LCZ map (codes 1–17) against a reference.
 
     Both may code LCZ A–G as 11–17 or as the WUDAPT-2015 101–107. Reference cells with other values are left
@@ -70,7 +74,9 @@ def assess(lcz_path, reference_path, class_field=None, feedback=None):
     return cm, lcz_metrics(cm)
 
 
-def assess_filtered(lcz_path, reference_path, scratch, class_field=None, feedback=None):
+def assess_filtered(lcz_path: Path | str, reference_path: Path | str, scratch: Path | str,
+                    class_field: str | None = None,
+                    feedback: Feedback | None = None) -> tuple[npt.NDArray[np.int64], dict[str, Any]]:
     """(confusion matrix, metrics) of the LCZ map at ``lcz_path`` filtered as the LCZ Generator filters it
     (``lcz_filter.write_filtered``, written into the folder ``scratch``), against the same reference as ``assess``.
     The Generator's own accuracy figures are of the raw map; this says what its filter, the product most users

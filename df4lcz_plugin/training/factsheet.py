@@ -3,9 +3,12 @@ with PNG figures beside it (``<factsheet>_*.png``) gathering a bootstrapped trai
 its training areas, the LCZ map it made (raw and filtered) and, given a local copy of the global LCZ map
 (Demuzere et al. 2022), the agreement of our map with it. Figures come from ``report`` and ``quicklook``."""
 
+from __future__ import annotations
+
 import html
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -18,6 +21,9 @@ from ..lcz.quicklook import render_quicklook
 from .bootstrap import METRICS
 from .report import (DEFINITIONS, _fmt, _png, _pyplot, _suspicious_section, _write_bytes, _write_page, boxplots_png,
                      confusion_plot_png)
+
+if TYPE_CHECKING:
+    from .training_areas import TrainingAreas
 
 gdal.UseExceptions()
 
@@ -51,7 +57,7 @@ def read_training_report(path: str | Path) -> dict:
     return data
 
 
-def class_areas(areas) -> dict[int, tuple[int, float]]:
+def class_areas(areas: TrainingAreas) -> dict[int, tuple[int, float]]:
     """LCZ code → (polygons, area in km²) of the training areas (``training_areas.TrainingAreas``), as read and
     before any capping; areas are measured in a Lambert azimuthal equal-area projection centred on them, so they
     are true areas on any CRS."""
@@ -153,7 +159,7 @@ def _accuracy_section(report: dict, boxplots: Path, confusion: Path) -> str:
 
 
 def _agreement_section(results: dict[str, dict], global_path: str | Path | None) -> str:
-    if not results:
+    if not results or global_path is None:  # results come with a global map only
         return ""
     labels = sorted({label for r in results.values() for label in r["per_class"]}, key=legend.LABELS.index)
     head = "".join(f"<th>{html.escape(name)}</th>" for name in results)
@@ -168,7 +174,7 @@ def _agreement_section(results: dict[str, dict], global_path: str | Path | None)
             f"<table><tr><th>class</th>{head}</tr><tr><th>all classes</th>{overall}</tr>{rows}</table>")
 
 
-def write_factsheet(html_path: str | Path, report: dict, areas, lcz_path: str | Path,
+def write_factsheet(html_path: str | Path, report: dict, areas: TrainingAreas, lcz_path: str | Path,
                     filtered_path: str | Path | None = None, global_path: str | Path | None = None,
                     title: str = "LCZ factsheet") -> dict:
     """Write the factsheet ``html_path`` and its figures (``factsheet_files``), each via a temporary file.

@@ -20,13 +20,24 @@ Recipes (``shared/design/df4lcz_method.md`` §4–6; ctrlovefly/DF4LCZ):
 Cancelling keeps the best weights so far (``TrainingResult.canceled``); before the first epoch ends it raises.
 """
 
+from __future__ import annotations
+
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from ..runtime.feedback import Canceled, Feedback
 from ..runtime.kill_points import kill_point
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..models.gcn import ObjectGCN
+    from ..vhr.graph import ObjectGraph
 
 PAPER_ALPHA = 0.6
 
@@ -35,26 +46,27 @@ PAPER_ALPHA = 0.6
 class TrainingResult:
     """The best weights (in the module), per-epoch history, and whether training was cut short."""
 
-    module: object
-    history: list = field(default_factory=list)
+    module: torch.nn.Module
+    history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = -1
     canceled: bool = False
 
 
-def log_probabilities(module, x):
+def log_probabilities(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Log class probabilities (B, 17) of a Sentinel-2 stream (logits if it has them, else its probabilities)."""
     import torch
 
-    if hasattr(module, "logits"):
-        return torch.log_softmax(module.logits(x), dim=1)
+    logits = getattr(module, "logits", None)
+    if logits is not None:
+        return torch.log_softmax(logits(x), dim=1)
     return torch.log(module(x).clamp_min(1e-7))
 
 
-def _augment(x, generator):
+def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """A per-sample random flip/rotation of each of the (B, C, H, H) patches ``x`` (module docstring)."""
     import torch
 
-    def per_sample(flag):
+    def per_sample(flag: torch.Tensor) -> torch.Tensor:
         return flag.view(-1, *([1] * (x.dim() - 1)))
 
     x = torch.where(per_sample(torch.rand(len(x), generator=generator) < 0.5), x.flip(-1), x)
@@ -63,8 +75,12 @@ def _augment(x, generator):
     return torch.where(per_sample(torch.rand(len(x), generator=generator) < 0.5), x.flip(-2), x)
 
 
-def train_sentinel2(module, x_train, y_train, x_val, y_val, epochs=100, batch_size=64, lr=0.002,
-                    weights=None, device="cpu", seed=0, feedback=None, patience=40, step_size=5, decay=0.4):
+def train_sentinel2(module: torch.nn.Module, x_train: npt.NDArray[np.float32] | torch.Tensor,
+                    y_train: npt.NDArray[np.int64] | torch.Tensor, x_val: npt.NDArray[np.float32] | torch.Tensor,
+                    y_val: npt.NDArray[np.int64] | torch.Tensor, epochs: int = 100,
+                    batch_size: int = 64, lr: float = 0.002, weights: npt.NDArray[np.float32] | None = None,
+                    device: torch.device | str = "cpu", seed: int = 0, feedback: Feedback | None = None,
+                    patience: int = 40, step_size: int = 5, decay: float = 0.4) -> TrainingResult:
     """Train a Sentinel-2 stream on patches (float32 (N, 10, 32, 32)) and 0-based labels (int64 (N,)).
 
     lr is multiplied by ``decay`` every ``step_size`` epochs. Reports lr, loss and validation OA per epoch (also
@@ -118,11 +134,20 @@ def train_sentinel2(module, x_train, y_train, x_val, y_val, epochs=100, batch_si
         if waited >= patience:
             feedback.info(f"Early stop: validation loss has not improved for {patience} epochs.")
             break
-    module.load_state_dict(best_state)
+    module.load_state_dict(_best(best_state))
     return result
 
 
-def _stop(result, best_state, epoch, feedback):
+def _best(best_state: dict[str, Any] | None) -> dict[str, Any]:
+    """The best epoch's weights; ValueError when no epoch gave a validation OA (no epoch, or no validation sample)."""
+    if best_state is None:
+        raise ValueError("Training ended without a validation accuracy (no epoch ran, or the validation set is "
+                         "empty); no model was written.")
+    return best_state
+
+
+def _stop(result: TrainingResult, best_state: dict[str, Any] | None, epoch: int,
+          feedback: Feedback) -> TrainingResult:
     if best_state is None:
         raise Canceled("Training was canceled before its first epoch ended; no model was written.")
     result.module.load_state_dict(best_state)
@@ -132,7 +157,8 @@ def _stop(result, best_state, epoch, feedback):
     return result
 
 
-def graph_batch(graphs, device="cpu"):
+def graph_batch(graphs: Sequence[ObjectGraph], device: torch.device | str = "cpu"
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """torch tensors (x, edge_index, edge_weight, batch) of a list of ObjectGraphs (disjoint union)."""
     import torch
 
@@ -144,7 +170,8 @@ def graph_batch(graphs, device="cpu"):
     return x.to(device), edge_index.to(device), edge_weight.to(device), batch.to(device)
 
 
-def gcn_probabilities(gcn, graphs, device="cpu"):
+def gcn_probabilities(gcn: torch.nn.Module, graphs: Sequence[ObjectGraph],
+                      device: torch.device | str = "cpu") -> npt.NDArray[np.float32]:
     """float32 (len(graphs), 17) class probabilities of non-empty ObjectGraphs."""
     import torch
 
@@ -152,8 +179,10 @@ def gcn_probabilities(gcn, graphs, device="cpu"):
         return gcn(*graph_batch(graphs, device)).cpu().numpy()
 
 
-def train_gcn(gcn, train_graphs, y_train, val_graphs, y_val, epochs=100, batch_size=32, lr=0.01, device="cpu",
-              seed=0, feedback=None, patience=20):
+def train_gcn(gcn: ObjectGCN, train_graphs: Sequence[ObjectGraph], y_train: npt.ArrayLike,
+              val_graphs: Sequence[ObjectGraph], y_val: npt.ArrayLike, epochs: int = 100, batch_size: int = 32,
+              lr: float = 0.01, device: torch.device | str = "cpu", seed: int = 0, feedback: Feedback | None = None,
+              patience: int = 20) -> TrainingResult:
     """Train the GCN on non-empty ObjectGraphs with 0-based labels; returns a TrainingResult (best val OA)."""
     import torch
 
@@ -195,11 +224,11 @@ def train_gcn(gcn, train_graphs, y_train, val_graphs, y_val, epochs=100, batch_s
         best_loss = min(best_loss, val_loss)
         if waited >= patience:
             break
-    gcn.load_state_dict(best_state)
+    gcn.load_state_dict(_best(best_state))
     return result
 
 
-def choose_alpha(p_s2, p_vhr, y):
+def choose_alpha(p_s2: npt.NDArray[np.floating], p_vhr: npt.NDArray[np.floating], y: npt.ArrayLike) -> float:
     """The fusion weight α maximising OA of α·p_s2 + (1−α)·p_vhr on validation samples (arrays (N, 17), (N,))."""
     candidates = np.round(np.arange(0, 1.0001, 0.05), 2)
     scores = [((a * p_s2 + (1 - a) * p_vhr).argmax(1) == y).mean() for a in candidates]

@@ -18,7 +18,10 @@ The confusion matrix ``cm`` is 17 × 17 over LCZ codes 1–17: rows = reference,
   picked by position (first 10, last 7), so an absent class moves another class into the other group.
 """
 
+from typing import Any
+
 import numpy as np
+import numpy.typing as npt
 
 from ..lcz.legend import CODES
 
@@ -48,18 +51,18 @@ OA_W_WEIGHTS = np.array([
 ])
 
 
-def confusion_matrix(reference, predicted):
+def confusion_matrix(reference: npt.ArrayLike, predicted: npt.ArrayLike) -> npt.NDArray[np.int64]:
     """17 × 17 int64 counts of (reference, predicted) LCZ codes 1–17; pairs with any other value are skipped."""
     reference, predicted = np.asarray(reference).ravel(), np.asarray(predicted).ravel()
     keep = np.isin(reference, CODES) & np.isin(predicted, CODES)
     return np.bincount((reference[keep] - 1) * N + predicted[keep] - 1, minlength=N * N).reshape(N, N)
 
 
-def _ratio(numerator, denominator):
+def _ratio(numerator: float, denominator: float) -> float:
     return float(numerator / denominator) if denominator else float("nan")
 
 
-def lcz_metrics(cm):
+def lcz_metrics(cm: npt.ArrayLike) -> dict[str, Any]:
     """All metrics of a 17 × 17 confusion matrix as a dict (NaN where a denominator is 0).
 
     Keys: n, OA, OA_u, OA_bu_wudapt, OA_bu_binary, OA_w, kappa, OA_B, OA_N, weighted_F1, and per-class lists
@@ -102,7 +105,7 @@ def lcz_metrics(cm):
     }
 
 
-def paper_oa_b_n(cm):
+def paper_oa_b_n(cm: npt.ArrayLike) -> dict[str, float]:
     """{"OA_B_paper", "OA_N_paper"} of a 17 × 17 ``cm`` computed as ctrlovefly/DF4LCZ ``fusion.py`` does.
 
     fusion.py calls sklearn's ``confusion_matrix(true, pred)`` without ``labels=``: a k × k matrix of the k

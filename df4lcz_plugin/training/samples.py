@@ -11,9 +11,14 @@ Splits (``split_polygons``, leakage-free): within each class, the polygons are s
 validation and training; no polygon feeds two splits.
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 from osgeo import gdal, ogr, osr
 
 from ..sentinel2.clouds import MAX_CLOUD_PERCENT
@@ -21,6 +26,9 @@ from ..runtime.ogr_memory import memory_datasource
 from ..sentinel2.checks import check_values, open_sentinel2, own_mask_band
 from ..runtime.feedback import Feedback
 from ..runtime.grid import PATCH_PX
+
+if TYPE_CHECKING:
+    from .training_areas import TrainingAreas
 
 gdal.UseExceptions()
 
@@ -37,20 +45,20 @@ class Samples:
     """Patch centres (raster row, col), their LCZ code (1–17) and polygon id (index in the training areas), as
     int64 arrays of length N."""
 
-    rows: np.ndarray
-    cols: np.ndarray
-    codes: np.ndarray
-    polygons: np.ndarray
+    rows: npt.NDArray[np.int64]
+    cols: npt.NDArray[np.int64]
+    codes: npt.NDArray[np.int64]
+    polygons: npt.NDArray[np.int64]
     cloud_dropped: int = 0  # candidate patches dropped under the stack's cloud mask
 
-    def take(self, keep):
+    def take(self, keep: npt.NDArray[np.bool_]) -> Samples:
         """The samples where the boolean (N,) ``keep`` is true."""
         return Samples(self.rows[keep], self.cols[keep], self.codes[keep], self.polygons[keep])
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.codes)
 
-    def summary(self, splits):
+    def summary(self, splits: npt.NDArray[np.str_]) -> dict[str, dict[str, Any]]:
         """{split: {"samples": {code: n}, "polygons": n}} for a split name per sample (str (N,)), for the model
         card and the report."""
         return {split: {"samples": {int(c): int(((splits == split) & (self.codes == c)).sum())
@@ -59,7 +67,8 @@ class Samples:
                 for split in SPLITS if (splits == split).any()}
 
 
-def split_polygons(polygons, codes, rng, test_share=0.3, validation_share=0.2):
+def split_polygons(polygons: npt.NDArray[np.integer], codes: npt.NDArray[np.integer], rng: np.random.Generator,
+                   test_share: float = 0.3, validation_share: float = 0.2) -> npt.NDArray[np.str_]:
     """str (N,) split name per sample ('train', 'validation', 'test'), drawn by polygon, stratified by class.
 
     polygons, codes: int (N,) per sample. Per class of n polygons, shuffled by ``rng`` (a NumPy Generator):
@@ -79,7 +88,7 @@ def split_polygons(polygons, codes, rng, test_share=0.3, validation_share=0.2):
     return splits
 
 
-def rasterise_polygons(ds, areas):
+def rasterise_polygons(ds: gdal.Dataset, areas: TrainingAreas) -> npt.NDArray[np.int32]:
     """int32 (H, W) polygon id + 1 per pixel of the Sentinel-2 grid (0 = outside every polygon)."""
     target = ds.GetSpatialRef().Clone()
     target.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
@@ -101,7 +110,8 @@ def rasterise_polygons(ds, areas):
     return raster.GetRasterBand(1).ReadAsArray()
 
 
-def sample_training_areas(sentinel2_path, areas, spacing_px=5, feedback=None):
+def sample_training_areas(sentinel2_path: Path | str, areas: TrainingAreas, spacing_px: int = 5,
+                          feedback: Feedback | None = None) -> Samples:
     """Samples of ``areas`` on the Sentinel-2 stack (see module docstring), classes of < 3 polygons left out.
 
     Raises SamplingError when no polygon overlaps the raster, or fewer than 2 classes keep 3 polygons.
@@ -147,7 +157,7 @@ def sample_training_areas(sentinel2_path, areas, spacing_px=5, feedback=None):
 _CLEAR, _NODATA, _CLOUDY = 0, 1, 2
 
 
-def _patch_state(ds, mask_band, top, left):
+def _patch_state(ds: gdal.Dataset, mask_band: gdal.Band | None, top: int, left: int) -> int:
     """_CLEAR, _NODATA (a pixel is 0) or _CLOUDY (more than MAX_CLOUD_PERCENT masked, as in classification)."""
     patch = ds.ReadAsArray(int(left), int(top), PATCH_PX, PATCH_PX)
     if not (patch != 0).all():
@@ -159,7 +169,7 @@ def _patch_state(ds, mask_band, top, left):
     return _CLEAR
 
 
-def read_patches(sentinel2_path, samples, scale=10000.0):
+def read_patches(sentinel2_path: Path | str, samples: Samples, scale: float = 10000.0) -> npt.NDArray[np.float32]:
     """float32 (N, 10, 32, 32) patches centred on the samples, divided by ``scale`` (model card scaling)."""
     ds = gdal.Open(str(sentinel2_path))
     half = PATCH_PX // 2
@@ -169,7 +179,7 @@ def read_patches(sentinel2_path, samples, scale=10000.0):
     return np.maximum(out, 1) / scale  # negative DN clipped to 1, as classification does
 
 
-def class_weights(codes, num_classes=17):
+def class_weights(codes: npt.ArrayLike, num_classes: int = 17) -> npt.NDArray[np.float32]:
     """Inverse-frequency class weights (float32, (17,)), mean 1 over the classes present; 0 for absent ones."""
     counts = np.bincount(np.asarray(codes) - 1, minlength=num_classes).astype(np.float64)
     weights = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)

@@ -7,6 +7,7 @@ placemarks are all named "ROI" (the region of interest) is skipped.
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from osgeo import gdal, ogr, osr
 
@@ -15,6 +16,12 @@ from ..lcz.legend import LABELS
 gdal.UseExceptions()
 ogr.UseExceptions()
 
+#: An attribute value of a training area (numbers as numbers, other types as text, unset as None).
+Value = int | float | str | None
+#: (name, OGR field type) of each attribute field of a layer.
+Schema = list[tuple[str, int]]
+#: (geometry, LCZ code, attribute values) of one training area (``_row``).
+Row = tuple[ogr.Geometry, int, list[Value]]
 CLASS_FIELD_GUESSES = ("lcz", "LCZ", "class", "Class", "CLASS", "lcz_class", "code")
 
 
@@ -22,7 +29,7 @@ class TrainingAreaError(ValueError):
     """The training areas cannot be read or hold unknown classes."""
 
 
-def parse_code(value):
+def parse_code(value: object) -> int | None:
     """An LCZ code 1–17 from a class value (17, "17", 107, "G", "g"); None if it is not one."""
     text = str(value).strip().upper()
     if text in LABELS[10:]:
@@ -44,24 +51,24 @@ class TrainingAreas:
     (int, float, str or None; other types as text), so that outputs per polygon can carry them.
     """
 
-    geometries: list
-    codes: list
+    geometries: list[ogr.Geometry]
+    codes: list[int]
     srs: osr.SpatialReference
-    fields: list = field(default_factory=list)
-    attributes: list = field(default_factory=list)
+    fields: Schema = field(default_factory=list)
+    attributes: list[list[Value]] = field(default_factory=list)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.codes)
 
 
-def _schema(layer):
+def _schema(layer: ogr.Layer) -> Schema:
     """(name, OGR field type) of a layer's attribute fields."""
     definition = layer.GetLayerDefn()
     return [(definition.GetFieldDefn(i).GetName(), definition.GetFieldDefn(i).GetType())
             for i in range(definition.GetFieldCount())]
 
 
-def _values(feature, schema):
+def _values(feature: ogr.Feature, schema: Schema) -> list[Value]:
     """A feature's values of ``schema`` (numbers as numbers, everything else as text, unset as None)."""
     numeric = (ogr.OFTInteger, ogr.OFTInteger64, ogr.OFTReal)
     return [None if feature.GetFieldIndex(name) < 0 or not feature.IsFieldSetAndNotNull(name)
@@ -69,20 +76,21 @@ def _values(feature, schema):
             for name, kind in schema]
 
 
-def _is_roi_folder(layer):
+def _is_roi_folder(layer: ogr.Layer) -> bool:
     names = [feature.GetField("Name") if feature.GetFieldIndex("Name") >= 0 else None for feature in layer]
     layer.ResetReading()
     return bool(names) and all(str(n).strip().upper() == "ROI" for n in names)
 
 
-def _row(feature, code, schema):
+def _row(feature: ogr.Feature, code: int, schema: Schema) -> Row:
     """(geometry, LCZ code, attribute values) of one training area."""
     return feature.GetGeometryRef().Clone(), code, _values(feature, schema)
 
 
-def _read_kml_folders(ds):
+def _read_kml_folders(ds: gdal.Dataset) -> tuple[list[Row], osr.SpatialReference | None, Schema | None]:
     """(rows of ``_row``, srs, schema) of a WUDAPT KML/KMZ whose folders name the classes."""
-    rows, srs, schema, foreign = [], None, None, []
+    rows: list[Row] = []
+    srs, schema, foreign = None, None, []
     for index in range(ds.GetLayerCount()):
         layer = ds.GetLayer(index)
         code = parse_code(layer.GetName())
@@ -99,7 +107,8 @@ def _read_kml_folders(ds):
     return rows, srs, schema
 
 
-def _read_class_field(layer, class_field):
+def _read_class_field(layer: ogr.Layer,
+                      class_field: str | None) -> tuple[list[Row], osr.SpatialReference | None, Schema]:
     """(rows of ``_row``, srs, schema) of a vector layer whose ``class_field`` (guessed among
     ``CLASS_FIELD_GUESSES`` if None) holds the LCZ."""
     fields = [layer.GetLayerDefn().GetFieldDefn(i).GetName() for i in range(layer.GetLayerDefn().GetFieldCount())]
@@ -107,7 +116,7 @@ def _read_class_field(layer, class_field):
     if name not in fields:
         raise TrainingAreaError(f"The training areas have no class field {class_field or '(lcz/class)'}; "
                                 f"their fields are {', '.join(fields) or 'none'}. Name the field holding the LCZ.")
-    schema, rows, unknown = _schema(layer), [], set()
+    schema, rows, unknown = _schema(layer), [], set[str]()
     for feature in layer:
         code = parse_code(feature.GetField(name))
         if code is None:
@@ -120,7 +129,8 @@ def _read_class_field(layer, class_field):
     return rows, layer.GetSpatialRef(), schema
 
 
-def read_training_areas(path, class_field=None, layer_name=None):
+def read_training_areas(path: Path | str, class_field: str | None = None,
+                        layer_name: str | None = None) -> TrainingAreas:
     """Read TAs from ``path``: a vector layer with ``class_field`` (guessed among lcz/class/… if None), or a
     WUDAPT KML/KMZ whose folders name the classes.
 

@@ -11,13 +11,15 @@ with D = diag(row sums of A), no identity added, and 0 where a degree is 0.
 """
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from ..models.registry import SEGMENTATIONS
-from .sam import PATCH_SIZE_PX
+from .sam import PATCH_SIZE_PX, PatchMasks
 
-DEFAULT_GRAPH_RULE = {"rule": "radius", "radius": 0.25}
+DEFAULT_GRAPH_RULE: dict[str, Any] = {"rule": "radius", "radius": 0.25}
 
 
 @dataclass
@@ -25,16 +27,16 @@ class ObjectGraph:
     """x: float32 (N, 5); edge_index: int64 (2, E), one column (source j, target i) per nonzero Â[i, j];
     edge_weight: float32 (E,) = Â[i, j]. torch-geometric sums at the target, so a layer computes Â·X."""
 
-    x: np.ndarray
-    edge_index: np.ndarray
-    edge_weight: np.ndarray
+    x: npt.NDArray[np.float32]
+    edge_index: npt.NDArray[np.int64]
+    edge_weight: npt.NDArray[np.float32]
 
     @property
-    def num_nodes(self):
+    def num_nodes(self) -> int:
         return len(self.x)
 
 
-def node_features(rgb, patch_masks):
+def node_features(rgb: npt.NDArray[np.uint8], patch_masks: PatchMasks) -> npt.NDArray[np.float32]:
     """(N, 5) float32 features of the masks of a (320, 320, 3) uint8 patch."""
     if len(patch_masks) == 0:
         return np.zeros((0, 5), np.float32)
@@ -45,7 +47,7 @@ def node_features(rgb, patch_masks):
     return np.concatenate([colours, centres], axis=1).astype(np.float32)
 
 
-def adjacency(centres, rule=None):
+def adjacency(centres: npt.NDArray[np.floating], rule: dict[str, Any] | None = None) -> npt.NDArray[np.bool_]:
     """Binary symmetric (N, N) adjacency without self-loops from node centres (N, 2), by ``rule``.
 
     Raises ValueError for an unknown rule.
@@ -59,7 +61,7 @@ def adjacency(centres, rule=None):
     return a
 
 
-def segmentation_of(rule):
+def segmentation_of(rule: dict[str, Any] | None) -> str:
     """``tiles`` or ``footprint`` from a graph rule's ``segmentation`` (none: ``footprint``, the paper's and older
     models'). Raises ValueError for another value."""
     mode = (rule or {}).get("segmentation", "footprint")
@@ -68,7 +70,7 @@ def segmentation_of(rule):
     return mode
 
 
-def normalised_edges(a):
+def normalised_edges(a: npt.ArrayLike) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
     """(edge_index int64 (2, E), edge_weight float32 (E,)) of Â = D^-1/2 A D^-1/2 for an (N, N) adjacency ``a``.
 
     D holds the row sums of ``a``; a node with degree 0 gets D^-1/2 = 0 (Spektral: inf → 0). Entry Â[i, j]
@@ -84,7 +86,7 @@ def normalised_edges(a):
     return np.stack([cols, rows]).astype(np.int64), a_hat[rows, cols].astype(np.float32)
 
 
-def build_graph(rgb, patch_masks, rule=None):
+def build_graph(rgb: npt.NDArray[np.uint8], patch_masks: PatchMasks, rule: dict[str, Any] | None = None) -> ObjectGraph:
     """The ObjectGraph of one patch; with zero masks, a graph with zero nodes (the patch has no VHR vote)."""
     x = node_features(rgb, patch_masks)
     edge_index, edge_weight = normalised_edges(adjacency(x[:, 3:5], rule))

@@ -7,13 +7,18 @@ percentile to 0–255 (QGIS's default cumulative cut), so that a few saturated p
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 from osgeo import gdal, osr
 
 from .sam import PATCH_SIZE_PX
 
 gdal.UseExceptions()
+
+#: (xmin, ymin, xmax, ymax) of a footprint or extent, in the units of its CRS (metres here).
+Bounds = tuple[float, float, float, float]
 
 MAX_RESOLUTION_M = 5.0
 #: Non-8-bit imagery is stretched linearly between these percentiles of each band to 0–255.
@@ -26,7 +31,7 @@ class VHRError(ValueError):
     """The high-resolution raster cannot be used."""
 
 
-def pixel_size_m(ds):
+def pixel_size_m(ds: gdal.Dataset) -> float:
     """Approximate pixel size in metres (the mean of x and y; geographic CRSs converted at the raster's centre)."""
     gt = ds.GetGeoTransform()
     size = (abs(gt[1]) + abs(gt[5])) / 2
@@ -45,11 +50,11 @@ class VHRSource:
 
     dataset: gdal.Dataset
     rgb_view: gdal.Dataset
-    stretch: list
+    stretch: list[tuple[float, float]]
     resolution_m: float
 
 
-def open_vhr(path):
+def open_vhr(path: Path | str) -> VHRSource:
     """Open and check a VHR raster: at least 3 bands, pixels of at most 5 m, a CRS.
 
     Raises VHRError naming the problem (band count, resolution, CRS) and the fix.
@@ -73,7 +78,8 @@ def open_vhr(path):
     return VHRSource(ds, rgb, stretch, resolution)
 
 
-def percentile_stretch(band, low=STRETCH_PERCENTILES[0], high=STRETCH_PERCENTILES[1]):
+def percentile_stretch(band: gdal.Band, low: float = STRETCH_PERCENTILES[0],
+                       high: float = STRETCH_PERCENTILES[1]) -> tuple[float, float]:
     """(low, high) values of ``band`` at the given percentiles of its valid pixels, read at most 1024 px wide.
 
     Robust to a few extreme pixels (a 65535 in a 16-bit image), unlike min–max: QGIS's own default contrast
@@ -91,7 +97,7 @@ def percentile_stretch(band, low=STRETCH_PERCENTILES[0], high=STRETCH_PERCENTILE
     return float(lo), float(max(hi, lo + 1e-9))
 
 
-def read_patch(source, bounds, srs_wkt):
+def read_patch(source: VHRSource, bounds: Bounds, srs_wkt: str) -> tuple[npt.NDArray[np.uint8], float]:
     """The RGB patch on ``bounds`` (xmin, ymin, xmax, ymax in ``srs_wkt``): (uint8 (320, 320, 3), coverage 0–1)."""
     warped = gdal.Warp("", source.rgb_view, format="MEM", outputBounds=bounds, dstSRS=srs_wkt,
                        width=PATCH_SIZE_PX, height=PATCH_SIZE_PX, dstAlpha=True,
@@ -105,7 +111,7 @@ def read_patch(source, bounds, srs_wkt):
     return rgb, float(alpha.mean())
 
 
-def overlaps(source, bounds, srs_wkt):
+def overlaps(source: VHRSource, bounds: Bounds, srs_wkt: str) -> bool:
     """True if the VHR raster's footprint intersects ``bounds`` (in ``srs_wkt``)."""
     ds = source.dataset
     gt = ds.GetGeoTransform()

@@ -13,18 +13,26 @@ Graph file (``.npz``, open format, numpy only; no pickles):
 - ``crs_wkt`` str; ``settings_json`` str: the AMG settings, the graph rule and the checkpoint's sha256.
 """
 
+from __future__ import annotations
+
 import json
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 from osgeo import gdal, ogr, osr
 
 from ..runtime.feedback import Feedback
-from .graph import DEFAULT_GRAPH_RULE, build_graph
+from .graph import DEFAULT_GRAPH_RULE, ObjectGraph, build_graph
 from ..runtime.ogr_memory import memory_datasource
 from ..runtime.outputs import atomic_output
 from .sam import PATCH_SIZE_PX, MaskGenerator, PatchMasks, load_sam
-from .imagery import VHRError, open_vhr, overlaps, read_patch
+from .imagery import Bounds, VHRError, open_vhr, overlaps, read_patch
+
+if TYPE_CHECKING:
+    import torch
 
 PATCH_M = 320.0
 
@@ -34,13 +42,13 @@ class PatchObjects:
     """One patch: its id, bounds, coverage, kept masks and graph."""
 
     patch_id: int
-    bounds: tuple
+    bounds: Bounds
     coverage: float
     masks: PatchMasks
-    graph: object
+    graph: ObjectGraph
 
 
-def patch_bounds(bounds, patch_m=PATCH_M):
+def patch_bounds(bounds: Bounds, patch_m: float = PATCH_M) -> list[Bounds]:
     """320 m patches covering ``bounds`` (xmin, ymin, xmax, ymax), row-major from the top-left corner."""
     xmin, ymin, xmax, ymax = bounds
     cols, rows = int(np.ceil((xmax - xmin) / patch_m - 1e-9)), int(np.ceil((ymax - ymin) / patch_m - 1e-9))
@@ -48,14 +56,16 @@ def patch_bounds(bounds, patch_m=PATCH_M):
             for r in range(rows) for c in range(cols)]
 
 
-def _drop_outside_coverage(patch_masks, coverage_mask):
+def _drop_outside_coverage(patch_masks: PatchMasks, coverage_mask: npt.NDArray[np.bool_]) -> PatchMasks:
     keep = [i for i, m in enumerate(patch_masks.masks) if coverage_mask[m].mean() > 0.5]
     return PatchMasks(patch_masks.masks[keep], patch_masks.bbox[keep], patch_masks.predicted_iou[keep],
                       patch_masks.stability[keep], patch_masks.settings)
 
 
-def extract_objects(vhr_path, bounds, srs_wkt, checkpoint, device="cpu", amg_settings=None, graph_rule=None,
-                    feedback=None, fast=False):
+def extract_objects(vhr_path: Path | str, bounds: Bounds, srs_wkt: str, checkpoint: Path | str,
+                    device: torch.device | str = "cpu", amg_settings: dict[str, Any] | None = None,
+                    graph_rule: dict[str, Any] | None = None, feedback: Feedback | None = None,
+                    fast: bool = False) -> list[PatchObjects]:
     """SAM objects and graphs of every 320 m patch of ``bounds`` (in ``srs_wkt``, metres).
 
     ``fast``: SAM under bfloat16 autocast (``sam.MaskGenerator``). Returns a list of PatchObjects. Raises VHRError
@@ -82,7 +92,7 @@ def extract_objects(vhr_path, bounds, srs_wkt, checkpoint, device="cpu", amg_set
     return results
 
 
-def mask_polygons(mask, footprint, srs_wkt):
+def mask_polygons(mask: npt.NDArray[np.bool_], footprint: Bounds, srs_wkt: str) -> ogr.Geometry:
     """OGR (multi)polygon of a (320, 320) bool mask placed on ``footprint`` (1 m pixels), via GDAL Polygonize."""
     xmin, _, _, ymax = footprint
     size = (footprint[2] - footprint[0]) / PATCH_SIZE_PX
@@ -102,7 +112,8 @@ def mask_polygons(mask, footprint, srs_wkt):
     return union
 
 
-def write_graph_file(path, patches, srs_wkt, settings):
+def write_graph_file(path: Path | str, patches: list[PatchObjects], srs_wkt: str,
+                     settings: dict[str, Any]) -> Path | str:
     """Write the ``.npz`` graph file (format in the module docstring) via a temporary file."""
     offsets = np.cumsum([0] + [p.graph.num_nodes for p in patches])
     arrays = {
@@ -124,7 +135,8 @@ def write_graph_file(path, patches, srs_wkt, settings):
     return path
 
 
-def default_settings(amg_settings, graph_rule, checkpoint_sha256):
+def default_settings(amg_settings: dict[str, Any] | None, graph_rule: dict[str, Any] | None,
+                     checkpoint_sha256: str) -> dict[str, Any]:
     """The settings recorded in graph files and model cards."""
     from .sam import PAPER_AMG_SETTINGS
 

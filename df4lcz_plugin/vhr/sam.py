@@ -10,12 +10,23 @@ MobileSAM ``vit_t`` (TinyViT encoder from ``mobilesam-mirror``; prompt encoder a
 ``segment-anything``) or the official ``vit_b``/``vit_l``/``vit_h``.
 """
 
+from __future__ import annotations
+
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from .sam_decoder import DECODER_BATCH_CPU, exact_generator
+
+if TYPE_CHECKING:
+    import torch
+    from segment_anything import SamPredictor
+    from segment_anything.modeling import Sam
 
 PATCH_SIZE_PX = 320
 MIN_MASK_AREA_PX = 50
@@ -40,7 +51,7 @@ class SAMError(ValueError):
     """A SAM checkpoint is missing, corrupt, or of another architecture."""
 
 
-def detect_architecture(state_dict):
+def detect_architecture(state_dict: Mapping[str, Any]) -> str:
     """``"vit_t"``, ``"vit_b"``, ``"vit_l"`` or ``"vit_h"`` from a SAM state dict's image-encoder keys.
 
     Raises SAMError when the keys are not those of a SAM model.
@@ -57,7 +68,7 @@ def detect_architecture(state_dict):
                    "weights). Give MobileSAM's mobile_sam.pt or an official SAM checkpoint (vit_b/vit_l/vit_h).")
 
 
-def _build(architecture):
+def _build(architecture: str) -> Sam:
     from segment_anything import sam_model_registry
     from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
@@ -84,7 +95,7 @@ def _build(architecture):
     )
 
 
-def load_sam(checkpoint, device="cpu", architecture="auto"):
+def load_sam(checkpoint: Path | str, device: torch.device | str = "cpu", architecture: str = "auto") -> Sam:
     """A SAM model in eval mode on ``device`` from a checkpoint file (a state dict, never unpickled objects).
 
     ``architecture``: ``auto`` (detected) or one of vit_t/vit_b/vit_l/vit_h, which must match the checkpoint.
@@ -120,17 +131,17 @@ class PatchMasks:
     masks: bool (N, 320, 320); bbox: float32 (N, 4) as SAM's XYWH in pixels; predicted_iou, stability: float32 (N,).
     """
 
-    masks: np.ndarray
-    bbox: np.ndarray
-    predicted_iou: np.ndarray
-    stability: np.ndarray
-    settings: dict = field(default_factory=dict)
+    masks: npt.NDArray[np.bool_]
+    bbox: npt.NDArray[np.float32]
+    predicted_iou: npt.NDArray[np.float32]
+    stability: npt.NDArray[np.float32]
+    settings: dict[str, Any] = field(default_factory=dict)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.masks)
 
 
-def _bfloat16(sam_model):
+def _bfloat16(sam_model: Sam) -> Sam:
     """A shallow copy of ``sam_model`` whose image encoder and mask decoder run under bfloat16 autocast and
     hand back float32 (the rest of AMG, and numpy, need float32); the caller's model is left as it is."""
     import copy
@@ -138,11 +149,11 @@ def _bfloat16(sam_model):
     import torch
 
     class Autocast(torch.nn.Module):
-        def __init__(self, module, device_type):
+        def __init__(self, module: torch.nn.Module, device_type: str) -> None:
             super().__init__()
             self.module, self.device_type = module, device_type
 
-        def forward(self, *args, **kwargs):
+        def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor | tuple[torch.Tensor, ...]:
             with torch.autocast(device_type=self.device_type, dtype=torch.bfloat16):
                 out = self.module(*args, **kwargs)
             return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
@@ -156,16 +167,16 @@ def _bfloat16(sam_model):
     return fast
 
 
-def _batched_predictor(sam_model):
+def _batched_predictor(sam_model: Sam) -> SamPredictor:
     """A ``SamPredictor`` whose ``set_image`` takes the next image embedding from ``queue`` when there is one:
     the embeddings of several crops and footprints are computed in one image-encoder batch beforehand, and the
     library's automatic mask generation then runs exactly as it would, crop by crop."""
     from segment_anything import SamPredictor
 
     class BatchedPredictor(SamPredictor):
-        queue = []
+        queue: list[tuple[torch.Tensor, tuple[int, ...], tuple[int, ...]]] = []
 
-        def set_image(self, image, image_format="RGB"):
+        def set_image(self, image: npt.NDArray[np.uint8], image_format: str = "RGB") -> None:
             if not self.queue:
                 return super().set_image(image, image_format)
             self.reset_image()
@@ -178,7 +189,7 @@ def _batched_predictor(sam_model):
 ENCODER_BACKENDS = ("auto", "openvino", "pytorch")
 
 
-def _weights_sha256(module):
+def _weights_sha256(module: torch.nn.Module) -> str:
     """sha256 of a module's state dict (names, shapes and float bytes): the key of its converted form."""
     import hashlib
 
@@ -198,7 +209,7 @@ class _OpenVINOEncoder:
     real patches are the library's, pixel for pixel (``bench/bench_sam.py``, ``tests/test_sam_tiles.py``). The
     IR is built once per checkpoint (about 7 s) in the user's cache, keyed by the encoder's weights."""
 
-    def __init__(self, encoder):
+    def __init__(self, encoder: torch.nn.Module) -> None:
         from ..models.backends import OpenVINORunner, convert
         from ..runtime.assets import cache_dir
 
@@ -208,13 +219,13 @@ class _OpenVINOEncoder:
             convert(encoder, xml, (1, 3, size, size))  # batch 1: TinyViT's traced shapes are static
         self.runner = OpenVINORunner(xml, "f32")
 
-    def __call__(self, batch):
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         import torch
 
         return torch.from_numpy(self.runner(batch.cpu().numpy()))
 
 
-def image_encoder(sam_model, backend="auto"):
+def image_encoder(sam_model: Sam, backend: str = "auto") -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
     """(callable (1, 3, S, S) float32 preprocessed crop → (1, 256, 64, 64) float32 torch tensor, description).
 
     backend: ``auto`` (OpenVINO on the CPU when it is installed and converts the encoder, else PyTorch),
@@ -249,7 +260,7 @@ class MaskGenerator:
     which runs. Raises SAMError for an encoder backend that cannot run.
     """
 
-    def __init__(self, sam_model, fast=False, encoder="auto", **settings):
+    def __init__(self, sam_model: Sam, fast: bool = False, encoder: str = "auto", **settings: Any) -> None:
         from segment_anything import SamAutomaticMaskGenerator
 
         self.settings = {**PAPER_AMG_SETTINGS, **settings}
@@ -263,11 +274,11 @@ class MaskGenerator:
             self._encoder, self.engine = image_encoder(sam_model, encoder)
         self._generator.predictor = _batched_predictor(self._generator.predictor.model)
 
-    def __call__(self, rgb):
+    def __call__(self, rgb: npt.NDArray[np.uint8]) -> PatchMasks:
         """Masks of ``rgb`` (uint8, (320, 320, 3)), filtered as the paper does. Zero masks is a legal result."""
         return self.many([rgb])[0]
 
-    def _encode(self, rgbs):
+    def _encode(self, rgbs: Sequence[npt.NDArray[np.uint8]]) -> None:
         """Queue the image embeddings of every crop of every patch, in the order AMG will ask for them."""
         import torch
         from segment_anything.utils.amg import generate_crop_boxes
@@ -288,7 +299,7 @@ class MaskGenerator:
         predictor.queue[:] = [(features[i:i + 1], tuple(t.shape[-2:]), crop.shape[:2])
                               for i, (t, crop) in enumerate(zip(transformed, crops))]
 
-    def many(self, rgbs, paper_filter=True):
+    def many(self, rgbs: Sequence[npt.NDArray[np.uint8]], paper_filter: bool = True) -> list[PatchMasks]:
         """PatchMasks of each uint8 (320, 320, 3) patch of ``rgbs``; ``paper_filter=False`` keeps every AMG mask
         (a shared-segmentation tile, ``sam_tiles``: the paper's rules apply to each footprint's composed masks)."""
         import torch
@@ -302,7 +313,7 @@ class MaskGenerator:
         self._generator.predictor.queue.clear()
         return [self._filter(records, paper_filter) for records in results]
 
-    def _filter(self, records, paper_filter=True):
+    def _filter(self, records: list[dict[str, Any]], paper_filter: bool = True) -> PatchMasks:
         records = sorted(records, key=lambda r: -r["area"])
         if paper_filter:
             records = [r for r in records if r["area"] >= MIN_MASK_AREA_PX][:MAX_MASKS]

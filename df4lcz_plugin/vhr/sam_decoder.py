@@ -25,20 +25,36 @@ This cuts the transformer's work per prompt from the library's 2.7 GFLOP (ten 40
 0.27 GFLOP each) to about 0.9 GFLOP; bench/bench_sam.py measures the seconds.
 """
 
+from __future__ import annotations
+
 import math
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+    import torch
+    from segment_anything import SamAutomaticMaskGenerator
+    from segment_anything.modeling import MaskDecoder, Sam, TwoWayTransformer
+    from segment_anything.modeling.transformer import Attention, TwoWayAttentionBlock
+    from torch import nn
+
+    #: The folded image side of a crop: keys, key_pe, and the first layer's per-head projections (``prepare``).
+    PreparedImage = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 #: Prompts per decoder call on the CPU: the fastest of 1, 2, 4, 8 and 16 on the development CPU (9.1, 8.0 and
 #: 9.9 s a patch for 2, 4 and 8). The masks do not depend on it.
 DECODER_BATCH_CPU = 4
 
 
-def _by_head(linear, heads):
+def _by_head(linear: nn.Linear, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(weight (H, d, C), bias (H, d)) of an attention's input projection C → H·d, split by head."""
     out, c = linear.weight.shape
     return linear.weight.view(heads, out // heads, c), linear.bias.view(heads, out // heads)
 
 
-def _dot_image_tokens(x, keys, key_pe, bias=None):
+def _dot_image_tokens(x: torch.Tensor, keys: torch.Tensor, key_pe: torch.Tensor,
+                      bias: torch.Tensor | None = None) -> torch.Tensor:
     """``bias + x @ (keys + key_pe)ᵀ``: (B, M, N) for x (B, M, C), keys (B, N, C), key_pe (N, C), bias (B, M, 1)
     or None; the shared key_pe goes through one matrix product over all B·M rows instead of a (B, N, C) sum."""
     import torch
@@ -48,7 +64,8 @@ def _dot_image_tokens(x, keys, key_pe, bias=None):
     return torch.baddbmm(pe_scores if bias is None else bias + pe_scores, x, keys.transpose(1, 2))
 
 
-def _tokens_to_image(attention, q_in, keys, key_pe):
+def _tokens_to_image(attention: Attention, q_in: torch.Tensor, keys: torch.Tensor,
+                     key_pe: torch.Tensor) -> torch.Tensor:
     """``attention(q=q_in, k=keys + key_pe, v=keys)`` (segment-anything ``Attention``) for q_in (B, T, C) tokens on
     keys (B, N, C) image tokens, key_pe (N, C), with k_proj and v_proj applied to the T side: (B, T, C)."""
     import torch
@@ -65,7 +82,8 @@ def _tokens_to_image(attention, q_in, keys, key_pe):
     return attention.out_proj(out.reshape(b, t, heads * d))
 
 
-def _image_to_tokens_scores(attention, keys, key_pe, k_in):
+def _image_to_tokens_scores(attention: Attention, keys: torch.Tensor, key_pe: torch.Tensor,
+                            k_in: torch.Tensor) -> torch.Tensor:
     """Scores (B, H, T, N) before softmax of ``attention(q=keys + key_pe, k=k_in, ...)``: the N image tokens
     keys (B, N, C), key_pe (N, C) on the T tokens k_in (B, T, C), with q_proj applied to the T side."""
     import torch
@@ -78,7 +96,8 @@ def _image_to_tokens_scores(attention, keys, key_pe, k_in):
     return _dot_image_tokens(k_q, keys, key_pe, bias).view(b, heads, t, -1)
 
 
-def _image_to_tokens_residual(attention, keys, scores, v_in):
+def _image_to_tokens_residual(attention: Attention, keys: torch.Tensor, scores: torch.Tensor,
+                              v_in: torch.Tensor) -> torch.Tensor:
     """keys (B, N, C) or (N, C) + the output of the image tokens' attention on the T tokens v_in (B, T, C), from
     its scores (B, H, T, N), with out_proj applied to the T values."""
     import torch
@@ -91,7 +110,8 @@ def _image_to_tokens_residual(attention, keys, scores, v_in):
     return torch.baddbmm(keys, weights.transpose(1, 2), v_o.reshape(b, heads * t, -1))
 
 
-def _block(block, queries, keys, query_pe, key_pe):
+def _block(block: TwoWayAttentionBlock, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor,
+           key_pe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``TwoWayAttentionBlock.forward`` (a layer after the first) on the folded attentions."""
     q = queries + query_pe
     queries = block.norm1(queries + block.self_attn(q=q, k=q, v=queries))
@@ -101,7 +121,7 @@ def _block(block, queries, keys, query_pe, key_pe):
     return queries, block.norm4(_image_to_tokens_residual(block.cross_attn_image_to_token, keys, scores, queries))
 
 
-def prompt_tokens(decoder, sparse):
+def prompt_tokens(decoder: MaskDecoder, sparse: torch.Tensor) -> torch.Tensor:
     """``MaskDecoder.predict_masks``'s tokens (B, 5 + P, C) float32: the IoU token, the 4 mask tokens, then the
     sparse prompt embeddings (B, P, C) (a point and its padding point, P = 2)."""
     import torch
@@ -117,13 +137,13 @@ class PromptTransformer:
     Raises ValueError for a transformer whose first layer adds the query PE (not SAM's).
     """
 
-    def __init__(self, transformer):
+    def __init__(self, transformer: TwoWayTransformer) -> None:
         if not transformer.layers[0].skip_first_layer_pe:
             raise ValueError("the SAM transformer's first layer adds the query PE; the folded path does not apply")
         self.transformer = transformer
-        self._image = None
+        self._image: PreparedImage | None = None
 
-    def prepare(self, image_embedding, image_pe):
+    def prepare(self, image_embedding: torch.Tensor, image_pe: torch.Tensor) -> None:
         """image_embedding (1, C, 64, 64) float32 with the dense no-mask embedding added; image_pe (1, C, 64, 64),
         the prompt encoder's dense positional encoding."""
         layer = self.transformer.layers[0]
@@ -132,7 +152,7 @@ class PromptTransformer:
         key_pe = image_pe.flatten(2)[0].T.contiguous()
         with_pe = keys + key_pe
 
-        def by_head(x, heads):  # (N, H·d) → (H, N, d)
+        def by_head(x: torch.Tensor, heads: int) -> torch.Tensor:  # (N, H·d) → (H, N, d)
             return x.view(len(x), heads, -1).transpose(0, 1)
 
         d = to_tokens.internal_dim // to_tokens.num_heads
@@ -142,12 +162,18 @@ class PromptTransformer:
                        (by_head(to_tokens.q_proj(with_pe), to_tokens.num_heads).transpose(1, 2) / math.sqrt(d))
                        .contiguous())
 
-    def layers(self, tokens):
+    def _image_side(self) -> PreparedImage:
+        """The image side of the crop ``prepare`` was last given. Raises ValueError before any."""
+        if self._image is None:
+            raise ValueError("PromptTransformer.prepare must be called before layers and final")
+        return self._image
+
+    def layers(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(queries (B, T, C), keys (B, N, C)) after the transformer's layers, for tokens (B, T, C): the output,
         IoU and prompt tokens of B prompts."""
         import torch
 
-        keys, key_pe, k_image, v_image, q_image = self._image
+        keys, key_pe, k_image, v_image, q_image = self._image_side()
         first, (b, t, _) = self.transformer.layers[0], tokens.shape
         # The first layer (skip_first_layer_pe): the image side is the prepared one, heads as the batch.
         queries = first.norm1(first.self_attn(q=tokens, k=tokens, v=tokens))
@@ -165,15 +191,16 @@ class PromptTransformer:
             queries, keys = _block(block, queries, keys, tokens, key_pe)
         return queries, keys
 
-    def final(self, queries, keys, tokens, index):
+    def final(self, queries: torch.Tensor, keys: torch.Tensor, tokens: torch.Tensor,
+              index: list[int]) -> torch.Tensor:
         """The final attention and norm for the tokens at ``index`` only (each token's row is independent):
         (B, len(index), C)."""
         transformer, q = self.transformer, queries[:, index]
-        out = _tokens_to_image(transformer.final_attn_token_to_image, q + tokens[:, index], keys, self._image[1])
+        out = _tokens_to_image(transformer.final_attn_token_to_image, q + tokens[:, index], keys, self._image_side()[1])
         return transformer.norm_final_attn(q + out)
 
 
-def exact_generator(sam_model, settings, decoder_batch):
+def exact_generator(sam_model: Sam, settings: dict[str, Any], decoder_batch: int) -> SamAutomaticMaskGenerator:
     """A ``SamAutomaticMaskGenerator`` with ``settings`` whose decoder is ``PromptTransformer`` and which
     upscales and upsamples only the masks above ``pred_iou_thresh``: the library's masks, in the library's order
     (scores to float32 rounding). Everything after the decoder (stability score, boxes, crop-edge filter, RLE,
@@ -186,7 +213,11 @@ def exact_generator(sam_model, settings, decoder_batch):
                                             is_box_near_crop_edge, mask_to_rle_pytorch, uncrop_masks)
 
     class ExactGenerator(SamAutomaticMaskGenerator):
-        def _decode(self, in_points, in_labels):
+        _transformer: PromptTransformer
+        _prepared: torch.Tensor | None
+
+        def _decode(self, in_points: torch.Tensor,
+                    in_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             """(masks (M, h, w) logits at the crop's size, their predicted IoU (M,), their prompts (M,)) for the
             masks above pred_iou_thresh, prompt-major as the library's flatten(0, 1) then filter."""
             model = self.predictor.model
@@ -217,7 +248,8 @@ def exact_generator(sam_model, settings, decoder_batch):
             masks = model.postprocess_masks(low_res[:, None], self.predictor.input_size, self.predictor.original_size)
             return masks[:, 0], iou_preds[passed], rows[:, 0]
 
-        def _process_batch(self, points, im_size, crop_box, orig_size):
+        def _process_batch(self, points: npt.NDArray[np.float64], im_size: tuple[int, ...], crop_box: list[int],
+                           orig_size: tuple[int, ...]) -> MaskData:
             # SamAutomaticMaskGenerator._process_batch (segment-anything 1.0) with _decode for predict_torch and
             # its pred_iou_thresh filter.
             orig_h, orig_w = orig_size

@@ -11,15 +11,32 @@ from its tiles; the tiles are cached too, so classification, training and the ob
 ``footprint`` (the paper's: one SAM run per footprint; a rule without the key, as in older models).
 """
 
+from __future__ import annotations
+
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
 
 from ..runtime import assets
 from . import sam_tiles
-from .graph import DEFAULT_GRAPH_RULE, build_graph, segmentation_of
+from .graph import DEFAULT_GRAPH_RULE, ObjectGraph, build_graph, segmentation_of
 from .graph_cache import GraphCache, file_identity
-from .sam import PAPER_AMG_SETTINGS, MaskGenerator, load_sam
-from .imagery import MIN_COVERAGE, VHRError, open_vhr, overlaps, read_patch
+from .sam import PAPER_AMG_SETTINGS, MaskGenerator, PatchMasks, load_sam
+from .imagery import MIN_COVERAGE, Bounds, VHRError, open_vhr, overlaps, read_patch
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..models.registry import LoadedModel
+    from ..runtime.feedback import Feedback
+
+#: A tile (column i, row j) of the shared-segmentation grid (``sam_tiles``).
+Tile = tuple[int, int]
 
 #: Decoded SAM tiles kept in memory (a few MB each): a row of footprints reuses its neighbours' tiles.
 TILES_IN_MEMORY = 32
@@ -38,8 +55,10 @@ class FootprintGraphs:
     passes its URI). Raises VHRError for unusable imagery, sam.SAMError for a bad checkpoint (when SAM runs).
     """
 
-    def __init__(self, vhr_path, srs_wkt, device="cpu", checkpoint=None, amg_settings=None, graph_rule=None,
-                 source_id=None, cache=None, fast=False):
+    def __init__(self, vhr_path: Path | str, srs_wkt: str, device: torch.device | str = "cpu",
+                 checkpoint: Path | str | None = None, amg_settings: dict[str, Any] | None = None,
+                 graph_rule: dict[str, Any] | None = None, source_id: str | None = None,
+                 cache: GraphCache | None = None, fast: bool = False) -> None:
         self.source = open_vhr(vhr_path)
         self.srs_wkt = srs_wkt
         self.device = device
@@ -55,23 +74,23 @@ class FootprintGraphs:
         self.source_id = source_id or file_identity(vhr_path)
         self.cache = cache or GraphCache()
         self._sha256 = assets.sha256_of(self.checkpoint)
-        self._generator = None
-        self._tiles = OrderedDict()
+        self._generator: MaskGenerator | None = None
+        self._tiles: OrderedDict[Tile, PatchMasks] = OrderedDict()
         self.sam_runs = self.cache_hits = 0
         self.sam_seconds = 0.0
 
-    def _sam_settings(self):
+    def _sam_settings(self) -> dict[str, Any]:
         return {**self.settings, "fast_sam": True} if self.fast else self.settings  # other masks, other key
 
-    def key(self, footprint):
+    def key(self, footprint: Bounds) -> str:
         return GraphCache.key(self.source_id, footprint, self.srs_wkt, self._sha256, self._sam_settings(), self.rule)
 
-    def tile_key(self, tile):
+    def tile_key(self, tile: Tile) -> str:
         """Cache key of the SAM masks of a shared-segmentation tile (no graph rule: masks only)."""
         return GraphCache.key(self.source_id, sam_tiles.tile_bounds(tile), self.srs_wkt, self._sha256,
                               self._sam_settings(), {"sam_tile_m": sam_tiles.TILE_M})
 
-    def sam_runs_needed(self, footprints):
+    def sam_runs_needed(self, footprints: Sequence[Bounds]) -> int:
         """SAM runs that the graphs of ``footprints`` still need at most: footprints not in the cache, or, with
         shared segmentation, the distinct tiles of those footprints not in the cache."""
         missing = [f for f in footprints if self.key(f) not in self.cache]
@@ -79,15 +98,17 @@ class FootprintGraphs:
             return len(missing)
         return sum(self.tile_key(t) not in self.cache for t in sam_tiles.tiles_of(missing))
 
-    def graph(self, footprint):
+    def graph(self, footprint: Bounds) -> ObjectGraph | None:
         """The ObjectGraph of ``footprint`` (xmin, ymin, xmax, ymax in ``srs_wkt``), or None when the imagery
         covers less than MIN_COVERAGE of it. A graph may have zero nodes (SAM found no object)."""
         return self.graphs([footprint])[0]
 
-    def graphs(self, footprints, on_sam=None):
+    def graphs(self, footprints: Sequence[Bounds],
+               on_sam: Callable[[], object] | None = None) -> list[ObjectGraph | None]:
         """``graph`` of each footprint; those not in the cache go through SAM ``batch`` footprints at a time.
         ``on_sam()`` is called after each SAM call (progress, time estimate, cancel)."""
-        results, todo = [], []
+        results: list[ObjectGraph | None] = []
+        todo: list[tuple[int, str, npt.NDArray[np.uint8]]] = []
         for index, footprint in enumerate(footprints):
             key = self.key(footprint)
             graph = self.cache.get(key)
@@ -103,21 +124,23 @@ class FootprintGraphs:
             tiles = self._tile_masks(sam_tiles.tiles_of([footprints[index] for index, _, _ in todo]), on_sam)
             for index, key, rgb in todo:
                 masks = sam_tiles.compose(footprints[index], tiles, self.settings)
-                results[index] = build_graph(rgb, masks, self.rule)
-                self.cache.put(key, results[index])
+                results[index] = built = build_graph(rgb, masks, self.rule)
+                self.cache.put(key, built)
             return results
         for start in range(0, len(todo), self.batch):
             chunk = todo[start:start + self.batch]
             for (index, key, rgb), masks in zip(chunk, self._segment([rgb for _, _, rgb in chunk])):
-                results[index] = build_graph(rgb, masks, self.rule)
-                self.cache.put(key, results[index])
+                results[index] = built = build_graph(rgb, masks, self.rule)
+                self.cache.put(key, built)
             if on_sam is not None:
                 on_sam()
         return results
 
-    def _tile_masks(self, tiles, on_sam=None):
+    def _tile_masks(self, tiles: Sequence[Tile],
+                    on_sam: Callable[[], object] | None = None) -> dict[Tile, PatchMasks]:
         """{tile: PatchMasks of all its AMG masks}: from memory, the cache, or SAM (``batch`` tiles per call)."""
-        found, todo = {}, []
+        found: dict[Tile, PatchMasks] = {}
+        todo: list[Tile] = []
         for tile in tiles:
             if tile in self._tiles:
                 self._tiles.move_to_end(tile)
@@ -133,9 +156,9 @@ class FootprintGraphs:
             if coverage == 0:  # no imagery, no objects: no SAM (cached too, so that cost estimates know it)
                 found[tile] = sam_tiles.no_masks(self.settings)
                 self.cache.put_arrays(self.tile_key(tile), sam_tiles.pack(found[tile]))
-        todo = [(tile, rgb) for tile, rgb, coverage in patches if coverage > 0]
-        for start in range(0, len(todo), self.batch):
-            chunk = todo[start:start + self.batch]
+        segment = [(tile, rgb) for tile, rgb, coverage in patches if coverage > 0]
+        for start in range(0, len(segment), self.batch):
+            chunk = segment[start:start + self.batch]
             for (tile, _), masks in zip(chunk, self._segment([rgb for _, rgb in chunk], paper_filter=False)):
                 self.cache.put_arrays(self.tile_key(tile), sam_tiles.pack(masks))
                 found[tile] = masks
@@ -148,7 +171,7 @@ class FootprintGraphs:
             self._tiles.popitem(last=False)
         return found
 
-    def _segment(self, rgbs, paper_filter=True):
+    def _segment(self, rgbs: Sequence[npt.NDArray[np.uint8]], paper_filter: bool = True) -> list[PatchMasks]:
         import torch
 
         started = time.perf_counter()
@@ -169,7 +192,9 @@ class VHRStream:
     Raises VHRError (bad raster, no overlap with ``bounds``), sam.SAMError.
     """
 
-    def __init__(self, model, vhr_path, srs_wkt, bounds, device, checkpoint=None, source_id=None, fast=False):
+    def __init__(self, model: LoadedModel, vhr_path: Path | str, srs_wkt: str, bounds: Bounds,
+                 device: torch.device | str, checkpoint: Path | str | None = None, source_id: str | None = None,
+                 fast: bool = False) -> None:
         card = model.card.stream("vhr")
         self.graphs = FootprintGraphs(vhr_path, srs_wkt, device, checkpoint, card["sam"]["amg"], card["graph_rule"],
                                       source_id, fast=fast)
@@ -178,11 +203,12 @@ class VHRStream:
         self.gcn = model.modules["vhr"]
         self.device = device
 
-    def probabilities(self, footprints, on_sam=None):
+    def probabilities(self, footprints: Sequence[Bounds],
+                      on_sam: Callable[[], object] | None = None) -> list[npt.NDArray[np.float32] | None]:
         """P_VHR float32 (17,) of each footprint, or None (coverage < 90 %, or no object)."""
         import torch
 
-        out = []
+        out: list[npt.NDArray[np.float32] | None] = []
         for graph in self.graphs.graphs(footprints, on_sam):
             if graph is None or graph.num_nodes == 0:
                 out.append(None)
@@ -203,7 +229,8 @@ class FusionCost:
     imagery or Sentinel-2 data need none, so it is an upper bound).
     """
 
-    def __init__(self, graphs, footprints, resolution_m, feedback):
+    def __init__(self, graphs: FootprintGraphs, footprints: Sequence[Bounds], resolution_m: float,
+                 feedback: Feedback) -> None:
         self.graphs, self.feedback = graphs, feedback
         self.cached = sum(graphs.key(f) in graphs.cache for f in footprints)
         self.remaining = graphs.sam_runs_needed(footprints)
@@ -219,7 +246,7 @@ class FusionCost:
                             f"fewer SAM runs than {resolution_m:g} m.")
         feedback.info(message)
 
-    def sam_done(self):
+    def sam_done(self) -> None:
         """After each SAM call: an estimate after SAM runs 1, 2, 4, 8, …; then the cancel check."""
         runs = self.graphs.sam_runs
         if runs >= self._next_report:
@@ -231,8 +258,11 @@ class FusionCost:
         self.feedback.check_canceled()
 
 
-def fill_graph_cache(vhr_path, sentinel2_path, bounds, resolution, device="cpu", checkpoint=None, amg_settings=None,
-                     graph_rule=None, source_id=None, feedback=None, fast=False):
+def fill_graph_cache(vhr_path: Path | str, sentinel2_path: Path | str, bounds: Bounds | None, resolution: float,
+                     device: torch.device | str = "cpu", checkpoint: Path | str | None = None,
+                     amg_settings: dict[str, Any] | None = None, graph_rule: dict[str, Any] | None = None,
+                     source_id: str | None = None, feedback: Feedback | None = None,
+                     fast: bool = False) -> dict[str, int]:
     """Put the object graphs of exactly the footprints that ``classify`` would use (the grid of
     ``sentinel2_path`` at ``resolution`` m over ``bounds``) into the graph cache, so that SAM runs once (overnight,
     or on a GPU machine) and every later classification or training with the same imagery, checkpoint and
