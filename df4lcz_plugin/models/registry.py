@@ -285,13 +285,15 @@ def ensemble_members(card: ModelCard) -> list[ModelCard]:
     cards = []
     for member in card.data.get("ensemble", {}).get("members", []):
         weights = card.path.parent / member["model"]
-        for path, key in ((weights, "weights_sha256"), (weights.with_suffix(".json"), "card_sha256")):
-            if not path.is_file():
-                raise ModelError(f"The ensemble {card.path} lists the member model file {path}, which is missing. "
-                                 "Restore the model's members folder or train the ensemble again.")
+        files = ((weights, "weights_sha256"), (weights.with_suffix(".json"), "card_sha256"))
+        missing = [path for path, _ in files if not path.is_file()]
+        if missing:
+            raise ModelError(f"The ensemble {card.path} lists the member model file {missing[0]}, which is missing. "
+                             "Restore the model's members folder or train the ensemble again.")
+        for path, key in files:
             if sha256_of(path) != member[key]:
                 raise ModelError(f"The member model file {path} is not the one the ensemble {card.path} lists "
-                                 f"(its sha256 differs): it was changed or replaced. Train the ensemble again.")
+                                 "(its sha256 differs): it was changed or replaced. Train the ensemble again.")
         member_card = read_card(weights)
         if member_card.is_ensemble:
             raise ModelError(f"The member model {member_card.path} of {card.path} is itself an ensemble.")
