@@ -6,6 +6,8 @@ is shared by the module's tests."""
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +37,8 @@ def ensemble(qgis_env: dict[str, str], s2_stack: Path, tmp_path_factory: pytest.
     assert areas.GetLayer(0).GetFeatureCount() == 9
     areas = None  # written
     rc, result, text = run_qgis_process(qgis_env, "df4lcz:trainmodel", {
-        "SENTINEL2": s2_stack, "TRAINING_AREAS": folder / "areas.gpkg", "EPOCHS": 1, "BOOTSTRAPS": 2, "ENSEMBLE": "true",
-        "OUTPUT_MODEL": folder / "city.safetensors", "REPORT": folder / "training_report.html"})
+        "SENTINEL2": s2_stack, "TRAINING_AREAS": folder / "areas.gpkg", "EPOCHS": 1, "BOOTSTRAPS": 2,
+        "ENSEMBLE": "true", "OUTPUT_MODEL": folder / "city.safetensors", "REPORT": folder / "training_report.html"})
     assert rc == 0, text
     return Path(result["results"]["OUTPUT_MODEL"])
 
@@ -106,6 +108,24 @@ def test_ensemble_runners_compose(ensemble: Path, s2_stack: Path) -> None:
     assert engine == "openvino f32 on cpu, ensemble of 3 models, test-time augmentation ×8"
     tta_each = [TTARunner(sentinel2_runner(model, "pytorch")[0])(patches) for model in models]
     np.testing.assert_allclose(openvino(patches), np.mean(tta_each, axis=0), atol=1e-4)
+
+
+@pytest.mark.timeout(300)
+def test_ensemble_on_dask_workers(ensemble: Path, s2_stack: Path, tmp_path: Path) -> None:
+    """The command line on a real Dask LocalCluster of 2 workers (each loads the ensemble by its path) writes the
+    probabilities that it writes in one process, with the ensemble's 3 models."""
+    extent = [str(v) for v in (FARMLAND_EXTENT[0], FARMLAND_EXTENT[1], FARMLAND_EXTENT[0] + 2000,
+                               FARMLAND_EXTENT[1] + 2000)]
+    for name, cluster in (("here", []), ("dask", ["--tile-cells", "10", "--workers", "2", "--threads", "1"])):
+        run = subprocess.run([sys.executable, "-m", "df4lcz_plugin", "classify", str(s2_stack),
+                              str(tmp_path / f"{name}.tif"), "--model", str(ensemble.with_suffix(".json")),
+                              "--extent", *extent, "--probabilities", str(tmp_path / f"{name}_p.tif"), *cluster],
+                             cwd=ROOT, capture_output=True, text=True, timeout=280)
+        assert run.returncode == 0, run.stderr
+        assert json.loads(run.stdout)["backend"].endswith("ensemble of 3 models")
+    assert json.loads(run.stdout)["workers"] == 2
+    np.testing.assert_array_equal(gdal.Open(str(tmp_path / "dask_p.tif")).ReadAsArray(),
+                                  gdal.Open(str(tmp_path / "here_p.tif")).ReadAsArray())
 
 
 @pytest.mark.timeout(300)
