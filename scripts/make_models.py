@@ -18,7 +18,8 @@ from pathlib import Path
 os.environ["QT_HASH_SEED"] = "0"  # before Qt starts: the same XML attribute order on every run (diffable files)
 from qgis.core import (QgsApplication, QgsProcessingModelAlgorithm, QgsProcessingModelChildAlgorithm,  # noqa: E402
                        QgsProcessingModelChildDependency, QgsProcessingModelChildParameterSource,
-                       QgsProcessingModelOutput, QgsProcessingModelParameter, QgsProcessingParameterDefinition,
+                       QgsProcessingModelOutput, QgsProcessingModelParameter, QgsProcessingParameterBoolean,
+                       QgsProcessingParameterDefinition,
                        QgsProcessingParameterExtent, QgsProcessingParameterFeatureSource,
                        QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer,
                        QgsProcessingParameterString, QgsProcessingProvider)
@@ -199,8 +200,8 @@ def lcz_four_seasons() -> QgsProcessingModelAlgorithm:
 
 
 def add_workflow_inputs(model: QgsProcessingModelAlgorithm) -> None:
-    """The LCZ Generator workflow's inputs besides EXTENT (row 0): the training areas, the dates, the bootstraps,
-    VHR and the global map (rows 1–13)."""
+    """The LCZ Generator workflow's inputs besides EXTENT (row 0): the training areas, the dates, the bootstraps and
+    the ensemble, VHR and the global map (rows 1–13)."""
     from df4lcz.algorithms.compat import SOURCE_VECTOR_POLYGON
 
     add_input(model, QgsProcessingParameterFeatureSource(
@@ -220,13 +221,16 @@ def add_workflow_inputs(model: QgsProcessingModelAlgorithm) -> None:
     add_input(model, QgsProcessingParameterNumber("BOOTSTRAPS", "Bootstraps (70/30 splits by polygon; LCZ "
                                                   "Generator: 25)", number_type("NUMBER_INTEGER"), 25, minValue=1,
                                                   maxValue=100), 8)
+    add_input(model, QgsProcessingParameterBoolean("ENSEMBLE", "Ensemble: map with the bootstrap models and the "
+                                                   "final model, their probabilities averaged (needs BOOTSTRAPS ≥ 2)",
+                                                   False), 9)
     add_input(model, QgsProcessingParameterNumber("EPOCHS", "Epochs", number_type("NUMBER_INTEGER"), 30,
-                                                  minValue=1), 9, advanced=True)
-    add_input(model, QgsProcessingParameterRasterLayer("VHR", "High-resolution (VHR) imagery", optional=True), 10)
+                                                  minValue=1), 10, advanced=True)
+    add_input(model, QgsProcessingParameterRasterLayer("VHR", "High-resolution (VHR) imagery", optional=True), 11)
     add_input(model, QgsProcessingParameterNumber("RESOLUTION", "Output resolution (m)",
-                                                  number_type("NUMBER_DOUBLE"), 100.0, minValue=10.0), 11)
+                                                  number_type("NUMBER_DOUBLE"), 100.0, minValue=10.0), 12)
     add_input(model, QgsProcessingParameterRasterLayer(
-        "GLOBAL_MAP", "Global LCZ map, local copy (the factsheet's agreement)", optional=True), 12)
+        "GLOBAL_MAP", "Global LCZ map, local copy (the factsheet's agreement)", optional=True), 13)
 
 
 def lcz_from_training_areas() -> QgsProcessingModelAlgorithm:
@@ -241,7 +245,10 @@ def lcz_from_training_areas() -> QgsProcessingModelAlgorithm:
         "layer or a WUDAPT KML/KMZ, read as that algorithm reads them) with BOOTSTRAPS 70/30 splits by polygon "
         "(default 25, as the Generator; each is a training: few bootstraps are quicker, their figures noisier), "
         "then the final model on all of them, fine-tuning Sen2LCZ-Net, or with VHR imagery the fused DF4LCZ "
-        "model; (3) 'Classify local climate zones' maps EXTENT with that model at RESOLUTION, raw and filtered "
+        "model; with ENSEMBLE the bootstrap models are kept beside it as the members of an ensemble; (3) 'Classify "
+        "local climate zones' maps EXTENT with that model at RESOLUTION (with ENSEMBLE, the mean of the "
+        "probabilities of the final model and the bootstrap models: BOOTSTRAPS + 1 times the inference), raw and "
+        "filtered "
         "(the Generator's Gaussian filter); (4) 'LCZ factsheet' writes the HTML factsheet (training areas per "
         "class, bootstrap boxplots, averaged confusion matrix, suspicious training areas, quicklooks of both maps "
         "and, with GLOBAL_MAP, a local copy of the global LCZ map, the agreement with it). Outputs: the LCZ map, "
@@ -255,7 +262,7 @@ def lcz_from_training_areas() -> QgsProcessingModelAlgorithm:
     areas = {"TRAINING_AREAS": param("TRAINING_AREAS"), "CLASS_FIELD": param("CLASS_FIELD")}
     add_child(model, "train", "df4lcz:trainmodel", "Train DF4LCZ model (bootstraps)", 720, 140,
               {"SENTINEL2": stack, **areas, "VHR": param("VHR"), "BOOTSTRAPS": param("BOOTSTRAPS"),
-               "EPOCHS": param("EPOCHS")},
+               "ENSEMBLE": param("ENSEMBLE"), "EPOCHS": param("EPOCHS")},
               {"TRAINED_MODEL": ("OUTPUT_MODEL", "Trained model"), "REPORT": ("REPORT", "Training report"),
                "SUSPICIOUS_AREAS": ("SUSPICIOUS_AREAS", "Suspicious training areas")})
     add_child(model, "classify", "df4lcz:classifylcz", "Classify local climate zones", 1020, 220,

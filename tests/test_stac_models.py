@@ -79,9 +79,9 @@ def by_hand(env: dict[str, str], stac_scene: StacScene,  # noqa: F811
     ("lcz_four_seasons", ["EXTENT", "YEAR", "STAC_API", "COLLECTION", "MODEL", "RESOLUTION",
                           "classify:AGREEMENT", "classify:LCZ_MAP"]),
     ("lcz_from_training_areas", ["EXTENT", "TRAINING_AREAS", "CLASS_FIELD", "START_DATE", "END_DATE", "MAX_DATES",
-                                 "STAC_API", "COLLECTION", "BOOTSTRAPS", "EPOCHS", "VHR", "RESOLUTION", "GLOBAL_MAP",
-                                 "classify:FILTERED_MAP", "classify:LCZ_MAP", "factsheet:FACTSHEET", "fetch:STACK",
-                                 "train:REPORT", "train:SUSPICIOUS_AREAS", "train:TRAINED_MODEL"])])  # by step id
+                                 "STAC_API", "COLLECTION", "BOOTSTRAPS", "ENSEMBLE", "EPOCHS", "VHR", "RESOLUTION",
+                                 "GLOBAL_MAP", "classify:FILTERED_MAP", "classify:LCZ_MAP", "factsheet:FACTSHEET",
+                                 "fetch:STACK", "train:REPORT", "train:SUSPICIOUS_AREAS", "train:TRAINED_MODEL"])])
 def test_models_load_headless(qgis_env: dict[str, str], stem: str, inputs: list[str]) -> None:
     """qgis_process reads each model file and lists its inputs and outputs."""
     listing = subprocess.run([QGIS_PROCESS, "help", str(MODELS / f"{stem}.model3")], env=qgis_env,
@@ -186,3 +186,19 @@ def test_lcz_from_training_areas_runs_the_generator_workflow(
     page = outputs["factsheet:FACTSHEET"].read_text(encoding="utf-8")
     assert "26 polygons in 5 classes" in page and "Accuracy over 2 bootstraps" in page
     assert all((tmp_path / f"factsheet_{name}.png").is_file() for name in ("map", "filtered", "boxplots"))
+
+
+@pytest.mark.timeout(300)
+def test_lcz_from_training_areas_passes_ensemble_to_trainmodel(
+        env: dict[str, str], stac_scene: StacScene, tmp_path: Path) -> None:  # noqa: F811
+    """ENSEMBLE reaches trainmodel: with BOOTSTRAPS=1 the run stops at the training step with trainmodel's reason
+    (after the fetch of one date), and writes no model."""
+    rc, _, text = run_qgis_process(env, MODELS / "lcz_from_training_areas.model3", {
+        "EXTENT": _extent(stac_scene), "TRAINING_AREAS": VIRGINIA_TAS, **JUNE_TO_AUGUST, "MAX_DATES": 1,
+        "STAC_API": stac_scene.api_url, "BOOTSTRAPS": 1, "ENSEMBLE": "true", "EPOCHS": 1,
+        "train:TRAINED_MODEL": tmp_path / "model.safetensors", "train:REPORT": tmp_path / "train.html",
+        "classify:LCZ_MAP": tmp_path / "lcz.tif", "classify:FILTERED_MAP": tmp_path / "lcz_filtered.tif",
+        "factsheet:FACTSHEET": tmp_path / "factsheet.html", "fetch:STACK": tmp_path / "stack.tif"},
+        json_output=False)
+    assert rc != 0 and "ENSEMBLE needs BOOTSTRAPS of 2 or more (it is 1)" in text, text
+    assert not (tmp_path / "model.safetensors").exists() and not (tmp_path / "lcz.tif").exists()

@@ -11,11 +11,12 @@ import pytest
 from osgeo import gdal, ogr, osr
 
 from df4lcz_plugin.runtime import assets
+from df4lcz_plugin.runtime.assets import sha256_of
 from df4lcz_plugin.training import train
 from df4lcz_plugin.training.bootstrap import BUFFER_M, bootstrap_seed, cap_polygons, check_bootstraps
 from df4lcz_plugin.training.assess import AssessmentError, assess
 from df4lcz_plugin.runtime.feedback import Canceled, Feedback
-from df4lcz_plugin.models.registry import read_card
+from df4lcz_plugin.models.registry import ensemble_members, read_card
 from df4lcz_plugin.training.samples import SamplingError, sample_training_areas, split_polygons
 from df4lcz_plugin.training.training_areas import TrainingAreaError, TrainingAreas, parse_code, read_training_areas
 
@@ -158,7 +159,8 @@ def test_bootstraps_canceled_then_resumed_converge(s2_stack, tmp_path):
     the first (and says so), no model is written. The re-run resumes from it, trains the second and the final
     model: the final loss falls, its validation OA beats the majority class, the held-out polygons' median OA_w
     is ≥ 0.9, and the card records the bootstrap figures. The stack is a VRT labelled L2A: the model fine-tuned
-    from the shipped L1C one is for L2A stacks."""
+    from the shipped L1C one is for L2A stacks. With ENSEMBLE: the canceled run leaves the first bootstrap's member,
+    which the re-run keeps as it was; the card lists both members, each an L2A model of its own."""
     import json
 
     class CancelInSecondBootstrap(Recorder):
@@ -168,13 +170,16 @@ def test_bootstraps_canceled_then_resumed_converge(s2_stack, tmp_path):
     stack = tmp_path / "l2a.vrt"
     gdal.Translate(str(stack), str(s2_stack), format="VRT", metadataOptions=["PROCESSING_LEVEL=Level-2A"])
     areas = read_training_areas(VIRGINIA_TAS)
-    arguments = dict(base_model=MODEL_CARD, epochs=3, seed=0, bootstraps=2)
+    arguments = dict(base_model=MODEL_CARD, epochs=3, seed=0, bootstraps=2, ensemble=True)
     with pytest.raises(Canceled, match="Canceled after 1 of 2 bootstraps"):
         train.train_on_training_areas(stack, areas, tmp_path / "virginia", tmp_path / "report.html",
                                       feedback=CancelInSecondBootstrap(), **arguments)
     assert not (tmp_path / "virginia.safetensors").exists()
     assert "1 of the 2 bootstraps requested were finished" in (tmp_path / "report.html").read_text()
     assert len((tmp_path / "report.bootstraps.jsonl").read_text().splitlines()) == 2  # the key, bootstrap 1
+    first = tmp_path / "virginia.members" / "virginia.bootstrap_001.safetensors"
+    before = sha256_of(first)
+    assert sorted(p.name for p in first.parent.iterdir()) == ["virginia.bootstrap_001.json", first.name]
     feedback = Recorder()
     card_path, summary, oof = train.train_on_training_areas(stack, areas, tmp_path / "virginia",
                                                             tmp_path / "report.html", feedback=feedback, **arguments)
@@ -187,6 +192,9 @@ def test_bootstraps_canceled_then_resumed_converge(s2_stack, tmp_path):
     assert [h["lr"] for h in history] == [2e-4] * 3  # the fine-tuning recipe: step 50
     assert card.data["training"]["warnings"] == [] and card.data["training"]["capped_polygons"] == 3
     assert card.stream("sentinel2")["processing_level"] == "L2A"
+    members = ensemble_members(card)
+    assert [m.weights_path.name for m in members] == [first.name, "virginia.bootstrap_002.safetensors"]
+    assert sha256_of(first) == before and all(m.stream("sentinel2")["processing_level"] == "L2A" for m in members)
     validation = card.data["training"]["samples"]["validation"]["samples"]
     majority = max(validation.values()) / sum(validation.values())
     assert max(h["val_OA"] for h in history) > majority

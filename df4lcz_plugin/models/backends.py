@@ -11,6 +11,9 @@ float32 (B, 17). ``sentinel2_runner`` picks and builds one:
   it): max |Δp| against PyTorch 4.8e-6 on real patches. ``precision="bf16"`` is opt-in.
 - ``pytorch``: BatchNorm folded into the convolutions, channels-last.
 
+An ensemble (``registry.ensemble_members``) gets one runner of the chosen back-end per model, its own stream's
+first, and ``EnsembleRunner`` averages their probabilities; TTA wraps the ensemble (each member sees the 8 views).
+
 Threads, measured on the 2-core development machine (bench/bench_sentinel2.py, patches/s, idle / with one core
 busy elsewhere): OpenVINO 1 thread 2,115 / 2,259, 2 threads 4,156 / 2,220; PyTorch 1 thread 1,827 / 1,878,
 2 threads 3,666 / 901. OpenVINO's scheduler uses every core when idle and degrades gracefully under load, so it
@@ -20,8 +23,16 @@ as another process competes, which a QGIS desktop always has, so it gets ``TORCH
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 
 import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from .registry import LoadedModel, ModelCard
+
+#: A runner: patches float32 (B, 10, 32, 32) → class probabilities float32 (B, 17).
+Runner = Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]]
 
 BACKENDS = ("auto", "openvino", "pytorch")
 PRECISIONS = ("f32", "bf16")
@@ -34,13 +45,13 @@ class BackendError(RuntimeError):
     """The requested back-end cannot run here."""
 
 
-def openvino_available():
+def openvino_available() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("openvino") is not None
 
 
-def converted_path(card):
+def converted_path(card: "ModelCard") -> Path:
     """Where the OpenVINO form of ``card``'s Sentinel-2 stream lives (beside the model, keyed by its weights)."""
     from ..runtime.assets import cache_dir, sha256_of
 
@@ -52,7 +63,7 @@ def converted_path(card):
     return cache_dir() / "openvino" / name
 
 
-def convert(module, xml_path, input_shape=(-1, 10, 32, 32)):
+def convert(module: Any, xml_path: Union[str, Path], input_shape: Sequence[int] = (-1, 10, 32, 32)) -> Path:
     """Convert a PyTorch module to OpenVINO IR at ``xml_path`` (+ ``.bin``), fp32 weights; ``input_shape``
     (float32, -1 a dynamic dimension) defaults to a Sentinel-2 stream's (B, 10, 32, 32).
 
@@ -84,20 +95,20 @@ def convert(module, xml_path, input_shape=(-1, 10, 32, 32)):
 class OpenVINORunner:
     """Compiled OpenVINO model on the CPU; ``precision`` f32 (default) or bf16."""
 
-    def __init__(self, xml_path, precision="f32", threads=OPENVINO_THREADS):
+    def __init__(self, xml_path: Union[str, Path], precision: str = "f32", threads: int = OPENVINO_THREADS) -> None:
         import openvino as ov
 
-        self.compiled = ov.Core().compile_model(str(xml_path), "CPU", {"INFERENCE_PRECISION_HINT": precision,
-                                                                      "INFERENCE_NUM_THREADS": threads})
+        config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads}
+        self.compiled = ov.Core().compile_model(str(xml_path), "CPU", config)
 
-    def __call__(self, batch):
+    def __call__(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         return np.asarray(self.compiled(np.ascontiguousarray(batch, dtype=np.float32))[0], dtype=np.float32)
 
 
 class TorchRunner:
     """A PyTorch Sentinel-2 stream with BatchNorm folded in, channels-last, on ``device``."""
 
-    def __init__(self, module, device):
+    def __init__(self, module: Any, device: Any) -> None:
         import torch
 
         from .inference import fuse_conv_bn
@@ -108,14 +119,14 @@ class TorchRunner:
         self.memory_format = torch.channels_last_3d if is_3d else torch.channels_last
         self.module = fuse_conv_bn(module).to(device, memory_format=self.memory_format)
 
-    def __call__(self, batch):
+    def __call__(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         import torch
 
         tensor = torch.from_numpy(batch).to(self.device)
         if tensor.dim() == 4:
             tensor = tensor.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            return self.module(tensor).float().cpu().numpy()
+            return np.asarray(self.module(tensor).float().cpu().numpy(), dtype=np.float32)
 
 
 class TTARunner:
@@ -124,25 +135,45 @@ class TTARunner:
     not depend on a patch's orientation, so the average removes the network's own orientation bias; it costs 8×.
     float32 (B, 10, 32, 32) → float32 (B, 17)."""
 
-    def __init__(self, runner):
+    def __init__(self, runner: Runner) -> None:
         self.runner = runner
 
-    def __call__(self, batch):
+    def __call__(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         views = [np.rot90(flipped, k, axes=(2, 3)) for flipped in (batch, batch[..., ::-1]) for k in range(4)]
         probabilities = self.runner(np.ascontiguousarray(np.concatenate(views), dtype=np.float32))
-        return probabilities.reshape(len(views), len(batch), -1).mean(axis=0)
+        return np.asarray(probabilities.reshape(len(views), len(batch), -1).mean(axis=0), dtype=np.float32)
 
 
-def sentinel2_runner(model, backend="auto", device="cpu", precision="f32", threads=None, tta=False):
+class EnsembleRunner:
+    """An ensemble: the mean of the class probabilities of its members' runners (bagging; the LCZ Generator's
+    bootstrap models as members, issue 26). float32 (B, 10, 32, 32) → float32 (B, 17); costs the sum of the
+    members' inference."""
+
+    def __init__(self, runners: Sequence[Runner]) -> None:
+        self.runners = list(runners)
+
+    def __call__(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        total = self.runners[0](batch).astype(np.float64)
+        for runner in self.runners[1:]:
+            total += runner(batch)
+        return (total / len(self.runners)).astype(np.float32)
+
+
+def sentinel2_runner(model: Union["ModelCard", "LoadedModel"], backend: str = "auto", device: Any = "cpu",
+                     precision: str = "f32", threads: Optional[int] = None,
+                     tta: bool = False) -> tuple[Runner, str]:
     """(runner, description) for the Sentinel-2 stream of ``model`` (a registry ModelCard or LoadedModel).
 
     threads: CPU inference threads (a Dask worker's share of its machine's cores); None or 0: the measured
     defaults, ``OPENVINO_THREADS`` and ``TORCH_CPU_THREADS``. tta: wrap it in ``TTARunner`` (8× the cost).
+    An ensemble: an ``EnsembleRunner`` of its own stream's runner and each member's, all of the same back-end and
+    precision (a ModelCard's members checked by ``registry.ensemble_members``, a LoadedModel's when loaded).
 
     A ModelCard with its OpenVINO form already built needs no PyTorch. Raises BackendError when the back-end
-    cannot run (OpenVINO not installed, OpenVINO asked for on CUDA, bf16 with PyTorch).
+    cannot run (OpenVINO not installed, OpenVINO asked for on CUDA, bf16 with PyTorch), ModelError for an
+    ensemble's missing or changed member.
     """
-    from .registry import LoadedModel
+    from .registry import LoadedModel, ensemble_members
 
     card = model.card if isinstance(model, LoadedModel) else model
     on_cuda = str(device).startswith("cuda")
@@ -152,6 +183,21 @@ def sentinel2_runner(model, backend="auto", device="cpu", precision="f32", threa
         raise BackendError(f"PRECISION '{precision}' is not one of {', '.join(PRECISIONS)}.")
     if backend == "auto":
         backend = "openvino" if not on_cuda and openvino_available() else "pytorch"
+    members = list(model.members) if isinstance(model, LoadedModel) else ensemble_members(card)
+    built = [_stream_runner(one, backend, device, precision, threads) for one in [model, *members]]
+    runner, engine = built[0]
+    if members:
+        runner, engine = EnsembleRunner([one for one, _ in built]), f"{engine}, ensemble of {len(built)} models"
+    return (TTARunner(runner), f"{engine}, test-time augmentation ×8") if tta else (runner, engine)
+
+
+def _stream_runner(model: Union["ModelCard", "LoadedModel"], backend: str, device: Any, precision: str,
+                   threads: Optional[int]) -> tuple[Runner, str]:
+    """(runner, description) of one model's own Sentinel-2 stream on ``backend`` (openvino or pytorch)."""
+    from .registry import LoadedModel
+
+    card = model.card if isinstance(model, LoadedModel) else model
+    on_cuda = str(device).startswith("cuda")
     if backend == "openvino":
         if on_cuda:
             raise BackendError("BACKEND=openvino runs on the CPU; use DEVICE=cpu, or BACKEND=pytorch for the GPU.")
@@ -163,13 +209,12 @@ def sentinel2_runner(model, backend="auto", device="cpu", precision="f32", threa
             convert(model.sentinel2, xml)
         elif not xml.exists():
             ensure_converted(card.path)
-        runner, engine = OpenVINORunner(xml, precision, threads or OPENVINO_THREADS), f"openvino {precision} on cpu"
-    else:
-        runner, engine = _torch_runner(model, card, device, precision, threads)
-    return (TTARunner(runner), f"{engine}, test-time augmentation ×8") if tta else (runner, engine)
+        return OpenVINORunner(xml, precision, threads or OPENVINO_THREADS), f"openvino {precision} on cpu"
+    return _torch_runner(model, card, device, precision, threads)
 
 
-def _torch_runner(model, card, device, precision, threads):
+def _torch_runner(model: Union["ModelCard", "LoadedModel"], card: "ModelCard", device: Any, precision: str,
+                  threads: Optional[int]) -> tuple[Runner, str]:
     """(TorchRunner, description) of ``sentinel2_runner``'s PyTorch back-end."""
     from .registry import LoadedModel, load_model
 
@@ -179,11 +224,11 @@ def _torch_runner(model, card, device, precision, threads):
         import torch
 
         torch.set_num_threads(threads or TORCH_CPU_THREADS)
-    loaded = model if isinstance(model, LoadedModel) else load_model(card.path, device)
+    loaded = model if isinstance(model, LoadedModel) else load_model(card.path, device, members=False)
     return TorchRunner(loaded.sentinel2, device), f"pytorch on {device}"
 
 
-def ensure_converted(card_path):
+def ensure_converted(card_path: Union[str, Path]) -> Path:
     """Build the OpenVINO form of a model's Sentinel-2 stream if it is missing (setup does this for the shipped
     model, so that the plugin zip carries it); returns its path."""
     from .registry import load_model, read_card
@@ -191,7 +236,7 @@ def ensure_converted(card_path):
     card = read_card(card_path)
     xml = converted_path(card)
     if not xml.exists():
-        convert(load_model(card.path, "cpu").sentinel2, xml)
+        convert(load_model(card.path, "cpu", members=False).sentinel2, xml)
     return xml
 
 

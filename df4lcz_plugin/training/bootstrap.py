@@ -12,13 +12,16 @@ polygons of ``POLYSIZE`` 300 000 m² or more replaced by a ``BUFFERSIZE`` 300 m 
 - ``out_of_fold``: per polygon, what the bootstraps that held it out predicted for its samples.
 - ``BootstrapLog``: the finished bootstraps, one JSON line each, rewritten atomically after each, and read back
   by a re-run of the same training.
+- ``check_ensemble``: ENSEMBLE (the bootstrap models kept as the members of an ensemble) needs 2 bootstraps or more.
 """
 
 import hashlib
 import json
 from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
+import numpy.typing as npt
 from osgeo import ogr, osr
 
 from ..lcz import legend
@@ -39,7 +42,12 @@ SUSPICIOUS_MIN_HELD_OUT = 2
 SUSPICIOUS_SHARE = 0.5
 
 
-def check_bootstraps(bootstraps):
+#: A bootstrap record (``BootstrapLog``): bootstrap, seconds, alpha, best_epoch, confusion_matrix, held_out, and
+#: with ENSEMBLE the sha256 of its member model's weights (member_sha256).
+Record = dict[str, Any]
+
+
+def check_bootstraps(bootstraps: float) -> None:
     """Raise ValueError unless 1 ≤ bootstraps (a number) ≤ 100."""
     if not 1 <= bootstraps <= MAX_BOOTSTRAPS:
         raise ValueError(f"BOOTSTRAPS is {bootstraps:g}; give 1 to {MAX_BOOTSTRAPS} (the LCZ Generator makes "
@@ -47,14 +55,24 @@ def check_bootstraps(bootstraps):
                          "BOOTSTRAPS + 1 trainings).")
 
 
-def _metric_srs(srs, x, y):
+def check_ensemble(bootstraps: float, ensemble: bool) -> None:
+    """Raise ValueError when ``ensemble`` is asked for with fewer than 2 bootstraps (its members are the
+    bootstrap models)."""
+    if ensemble and bootstraps < 2:
+        raise ValueError(f"ENSEMBLE needs BOOTSTRAPS of 2 or more (it is {bootstraps:g}): the ensemble's members "
+                         "are the bootstrap models, averaged with the final model. Raise BOOTSTRAPS or untick "
+                         "ENSEMBLE.")
+
+
+def _metric_srs(srs: osr.SpatialReference, x: float, y: float) -> osr.SpatialReference:
     """``srs`` when it is projected in metres, else the WGS 84 UTM zone of (x, y) (given in ``srs``)."""
     if srs.IsProjected() and srs.GetLinearUnits() == 1.0:
         return srs
     return _utm_for(srs, x, y)
 
 
-def cap_polygons(geometries, srs):
+def cap_polygons(geometries: Sequence[ogr.Geometry],
+                 srs: osr.SpatialReference) -> tuple[list[ogr.Geometry], list[int]]:
     """The polygons with each one of 0.3 km² or more replaced by the 300 m buffer around its centroid.
 
     geometries: OGR polygons in ``srs`` (any CRS: areas and buffers are computed in ``srs`` when it is projected
@@ -62,7 +80,8 @@ def cap_polygons(geometries, srs):
     ``srs``, list of the indices capped). The buffer is GEOS's, 30 segments per quarter circle: its area is
     π·300² within 0.05 %.
     """
-    out, capped = [], []
+    out: list[ogr.Geometry] = []
+    capped: list[int] = []
     for index, geometry in enumerate(geometries):
         centroid = geometry.Centroid()
         metric = _metric_srs(srs, centroid.GetX(), centroid.GetY())
@@ -81,14 +100,15 @@ def cap_polygons(geometries, srs):
     return out, capped
 
 
-def bootstrap_seed(seed, bootstrap):
+def bootstrap_seed(seed: int, bootstrap: Optional[int]) -> int:
     """An int seed (0 ≤ s < 2³²) for bootstrap ``bootstrap`` (0-based) of a run seeded ``seed``; ``None``: the
     final model's."""
     key = [abs(int(seed)), int(seed) < 0, 0 if bootstrap is None else bootstrap + 1]
     return int(np.random.SeedSequence(key).generate_state(1)[0])
 
 
-def held_out_counts(polygons, predicted):
+def held_out_counts(polygons: npt.NDArray[np.integer[Any]],
+                    predicted: npt.NDArray[np.integer[Any]]) -> dict[int, list[int]]:
     """{polygon id: [samples predicted as LCZ 1, …, 17]} of a bootstrap's test samples (int arrays (N,))."""
     counts = {}
     for polygon in np.unique(polygons):
@@ -97,7 +117,7 @@ def held_out_counts(polygons, predicted):
     return counts
 
 
-def summarise(records):
+def summarise(records: Sequence[Record]) -> dict[str, Any]:
     """Median, quartiles and IQR of ``METRICS`` and of per-class F1 over the bootstraps, and the averaged
     confusion matrix.
 
@@ -108,11 +128,11 @@ def summarise(records):
     """
     per = [lcz_metrics(np.asarray(r["confusion_matrix"])) for r in records]
 
-    def stats(values):
-        values = np.asarray(values, np.float64)
-        if np.isnan(values).all():
+    def stats(values: Sequence[float]) -> dict[str, float]:
+        array = np.asarray(values, np.float64)
+        if np.isnan(array).all():
             return {"median": float("nan"), "q1": float("nan"), "q3": float("nan"), "iqr": float("nan")}
-        q1, median, q3 = np.nanpercentile(values, [25, 50, 75])
+        q1, median, q3 = np.nanpercentile(array, [25, 50, 75])
         return {"median": float(median), "q1": float(q1), "q3": float(q3), "iqr": float(q3 - q1)}
 
     overall = {key: stats([m[key] for m in per]) for key in METRICS}
@@ -124,7 +144,7 @@ def summarise(records):
             "per_bootstrap": per}
 
 
-def out_of_fold(records, codes):
+def out_of_fold(records: Sequence[Record], codes: Sequence[int]) -> list[dict[str, Any]]:
     """Per training polygon, its out-of-fold predictions over the bootstraps that held it out.
 
     codes: each polygon's LCZ code (length P). Returns a list of P dicts: ``oof_share`` (share of its held-out
@@ -151,12 +171,12 @@ def out_of_fold(records, codes):
     return out
 
 
-def run_key(**inputs):
+def run_key(**inputs: Any) -> str:
     """sha256 hex of what decides a training's bootstraps (JSON-able values; geometries as WKB hex)."""
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def areas_digest(areas):
+def areas_digest(areas: Any) -> str:
     """sha256 hex of the training areas' geometries (WKB), codes and CRS."""
     digest = hashlib.sha256(areas.srs.ExportToWkt().encode())
     for geometry, code in zip(areas.geometries, areas.codes):
@@ -169,11 +189,13 @@ class BootstrapLog:
     per bootstrap. Rewritten whole through ``atomic_output`` after each bootstrap, so a kill leaves the previous
     complete file; a run with another key starts it afresh."""
 
-    def __init__(self, path, key):
-        self.path, self.key, self.records = Path(path), key, []
+    def __init__(self, path: Union[str, Path], key: str) -> None:
+        self.path, self.key = Path(path), key
+        self.records: list[Record] = []
 
-    def resume(self, bootstraps):
-        """The records of this run already in the file (bootstraps 0…k−1, at most ``bootstraps``)."""
+    def resume(self, bootstraps: int, usable: Optional[Callable[[Record], bool]] = None) -> list[Record]:
+        """The records of this run already in the file (bootstraps 0…k−1, at most ``bootstraps``), up to the first
+        that ``usable`` (if given) refuses: that bootstrap and the later ones are trained again."""
         try:
             lines = self.path.read_text(encoding="utf-8").splitlines()
             head = json.loads(lines[0]) if lines else {}
@@ -183,9 +205,12 @@ class BootstrapLog:
             return []
         records = [json.loads(line) for line in lines[1:]]
         self.records = [r for i, r in enumerate(records) if r["bootstrap"] == i][:bootstraps]
+        if usable is not None:
+            self.records = self.records[:next((i for i, r in enumerate(self.records) if not usable(r)),
+                                              len(self.records))]
         return list(self.records)
 
-    def add(self, record):
+    def add(self, record: Record) -> None:
         """Append a finished bootstrap's record and rewrite the file."""
         self.records.append(record)
         with atomic_output(self.path) as tmp, open(tmp, "w", encoding="utf-8") as handle:

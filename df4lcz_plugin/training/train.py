@@ -22,16 +22,19 @@ import json
 import os
 import pickle  # nosec B403
 import re
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NoReturn, Optional, Sequence, Union, cast
 
 import numpy as np
+import numpy.typing as npt
 
 from ..sentinel2.bands import SO2SAT_BANDS
-from .bootstrap import (DEFAULT_BOOTSTRAPS, TRAIN_SHARE, BootstrapLog, areas_digest, bootstrap_seed, cap_polygons,
-                        check_bootstraps, held_out_counts, out_of_fold, run_key, summarise)
+from .bootstrap import (DEFAULT_BOOTSTRAPS, TRAIN_SHARE, BootstrapLog, Record, areas_digest, bootstrap_seed,
+                        cap_polygons, check_bootstraps, check_ensemble, held_out_counts, out_of_fold, run_key,
+                        summarise)
+from .members import EnsembleMembers
 from ..runtime.feedback import Canceled, Feedback, StageFeedback, duration_text
 from ..runtime.kill_points import kill_point
 from .report import report_files
@@ -40,10 +43,12 @@ from ..vhr.graph import DEFAULT_GRAPH_RULE, ObjectGraph, normalised_edges
 from ..lcz.legend import label as class_name
 from .metrics import confusion_matrix, lcz_metrics, paper_oa_b_n
 from ..sentinel2.processing_level import card_level, stack_level, with_level
-from .samples import SPLITS, class_weights, read_patches, sample_training_areas, split_polygons
+from .samples import SPLITS, Samples, class_weights, read_patches, sample_training_areas, split_polygons
 from .loops import PAPER_ALPHA, choose_alpha, gcn_probabilities, log_probabilities, train_gcn, train_sentinel2
 
 SPLIT_FILES = {"random": "partition_random.npz", "polygons": "partition_polygons_1125.npz"}
+CLASSES = list(range(1, 18))
+LICENCE = "as the training data"
 
 try:  # NumPy >= 2 (its pickles name numpy._core)
     from numpy._core import multiarray as _multiarray, numeric as _numeric
@@ -67,14 +72,14 @@ class _SplitUnpickler(pickle.Unpickler):
     """Resolves only ``_SPLIT_GLOBALS``; builtins (dict, list, tuple, int, str) come from pickle opcodes and
     need no lookup. Anything else (os.system, builtins.eval, …) is refused before it can be called."""
 
-    def find_class(self, module, name):
+    def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _SPLIT_GLOBALS:
             return _SPLIT_GLOBALS[module, name]
         raise UnsafePickleError(f"The split file refers to {module}.{name}; only NumPy arrays, dtypes and scalars "
                                 "are allowed. It is not a DF4LCZ split file, or it was tampered with.")
 
 
-def _indices(name, value):
+def _indices(name: str, value: object) -> list[int]:
     """A split's indices as Python ints, from a list/tuple of ints or NumPy integer scalars or a 1-D integer array."""
     if isinstance(value, np.ndarray):
         if value.ndim != 1 or value.dtype.kind not in "iu":
@@ -90,7 +95,7 @@ def _indices(name, value):
     return [int(item) for item in value]
 
 
-def read_split_file(path):
+def read_split_file(path: Union[str, Path]) -> dict[str, list[int]]:
     """{'train': [int], 'validation': [int], 'test': [int]} from a DF4LCZ split pickle, read safely.
 
     Each split may be stored as a list of ints, a list of NumPy integer scalars or a 1-D integer ndarray (the
@@ -102,7 +107,7 @@ def read_split_file(path):
     return {name: _indices(name, data[name]) for name in SPLITS}
 
 
-def class_warnings(train_codes, test_codes):
+def class_warnings(train_codes: npt.ArrayLike, test_codes: npt.ArrayLike) -> list[str]:
     """Warnings (list of str) about training and test labels (LCZ codes 1–17) whose accuracy figures mislead:
     a single training class, a single test class, and classes with test samples but no training samples."""
     train, test = np.asarray(train_codes), np.asarray(test_codes)
@@ -115,11 +120,12 @@ def class_warnings(train_codes, test_codes):
                         "class's producer's accuracy, and kappa is 0 or undefined (NaN).")
     for code in sorted(set(test.tolist()) - set(train.tolist())):
         warnings.append(f"{class_name(code)} has {int((test == code).sum())} test sample(s) but no training "
-                        "samples: the model was not trained on it here, so these samples will most likely count as errors.")
+                        "samples: the model was not trained on it here, so these samples will most likely count as "
+                        "errors.")
     return warnings
 
 
-def _new_sentinel2_stream(base_model):
+def _new_sentinel2_stream(base_model: Optional[str]) -> tuple[Any, dict[str, Any], dict[str, float]]:
     """(module, stream card, recipe): Sen2LCZ-Net fine-tuned from ``base_model``, or a fresh 3D ResNet11.
 
     recipe: ``train_sentinel2``'s lr and step_size — from scratch the authors' (0.002, step 5); fine-tuning
@@ -136,7 +142,7 @@ def _new_sentinel2_stream(base_model):
     return ResNet11_3D(), card, {"lr": 0.002, "step_size": 5}
 
 
-def _probabilities(module, x, device):
+def _probabilities(module: Any, x: npt.NDArray[np.float32], device: Any) -> npt.NDArray[np.float32]:
     import torch
 
     module.eval()
@@ -156,10 +162,10 @@ class _Setup:
     """What every training of a run shares: all samples' patches (float32 (N, 10, 32, 32)), their 0-based labels
     (int64 (N,)), their object graphs (None without VHR) and the recipe."""
 
-    x: np.ndarray
-    labels: np.ndarray
-    graphs: list
-    base_model: object
+    x: npt.NDArray[np.float32]
+    labels: npt.NDArray[np.int64]
+    graphs: Optional[list[Optional[ObjectGraph]]]
+    base_model: Optional[str]
     epochs: int
     batch_size: int
     device: str
@@ -170,27 +176,30 @@ class _Fitted:
     """A trained model: the Sentinel-2 stream's TrainingResult, the GCN's (or None), α and the test
     probabilities (float32 (n_test, 17), None without test samples)."""
 
-    s2: object
-    gcn: object = None
-    alpha: float = None
-    p_test: np.ndarray = None
+    s2: Any
+    gcn: Any = None
+    alpha: Optional[float] = None
+    p_test: Any = None  # float32 (n_test, 17) or None
 
 
 class _Recorded(StageFeedback):
     """The run's feedback, its warnings kept for the card and the report."""
 
-    def __init__(self, run):
+    def __init__(self, run: Feedback) -> None:
         super().__init__(run, 0, 1)
-        self.warnings = []
+        self.warnings: list[str] = []
 
-    def warning(self, text):
+    def warning(self, text: str) -> None:
         self.warnings.append(text)
         super().warning(text)
 
 
-def train_on_training_areas(sentinel2_path, areas, model_path, report_path, base_model=None, vhr_path=None,
-                            epochs=30, batch_size=64, device="cpu", seed=0, amg_settings=None, feedback=None,
-                            segmentation="tiles", bootstraps=DEFAULT_BOOTSTRAPS):
+def train_on_training_areas(sentinel2_path: str, areas: TrainingAreas, model_path: Union[str, Path],
+                            report_path: str, base_model: Optional[str] = None, vhr_path: Optional[str] = None,
+                            epochs: int = 30, batch_size: int = 64, device: str = "cpu", seed: int = 0,
+                            amg_settings: Optional[dict[str, Any]] = None, feedback: Optional[Feedback] = None,
+                            segmentation: str = "tiles", bootstraps: int = DEFAULT_BOOTSTRAPS,
+                            ensemble: bool = False) -> tuple[Path, Optional[dict[str, Any]], list[dict[str, Any]]]:
     """Assess by bootstraps as the LCZ Generator does, then train a DF4LCZ model on all the LCZ training areas;
     write it (safetensors + card) and the accuracy report.
 
@@ -201,10 +210,13 @@ def train_on_training_areas(sentinel2_path, areas, model_path, report_path, base
     The card's Sentinel-2 stream records the stack's processing level (``processing_level.with_level``), and the
     card the bootstrap figures. segmentation: ``tiles`` (shared segmentation, the default) or ``footprint`` (the
     paper's, one SAM run per sample); recorded in the card's graph rule (``vhr.stream``).
+    ensemble: keep each bootstrap's model as a member model (``members.EnsembleMembers``, in
+    ``<model>.members/``), listed in the final model's card (``registry.ensemble_entry``): classifying with the
+    model then averages the final model's Sentinel-2 probabilities and the members' (``backends.EnsembleRunner``).
     Returns (model card path, ``bootstrap.summarise`` dict, ``bootstrap.out_of_fold`` list, one per polygon of
-    ``areas``). Raises ValueError for BOOTSTRAPS out of range, SamplingError, the VHR/SAM errors, ModelError when
-    the model's file name cannot be its id (``registry.MODEL_ID``: no commas), and Canceled (after writing the
-    report of the bootstraps finished, if any, when no model could be trained).
+    ``areas``). Raises ValueError for BOOTSTRAPS out of range or ENSEMBLE with fewer than 2, SamplingError, the
+    VHR/SAM errors, ModelError when the model's file name cannot be its id (``registry.MODEL_ID``: no commas), and
+    Canceled (after writing the report of the bootstraps finished, if any, when no model could be trained).
     """
     from ..models.registry import MODEL_ID, ModelError
 
@@ -212,6 +224,7 @@ def train_on_training_areas(sentinel2_path, areas, model_path, report_path, base
         raise ModelError(f"The model's file name '{Path(model_path).stem}' is its id in Classify's MODEL list, so it "
                          "may hold letters, digits, '_', '-', '.' and spaces only (no commas); rename it.")
     check_bootstraps(bootstraps)
+    check_ensemble(bootstraps, ensemble)
     feedback = _Recorded(feedback or Feedback())
     geometries, capped = cap_polygons(areas.geometries, areas.srs)
     if capped:
@@ -234,7 +247,11 @@ def train_on_training_areas(sentinel2_path, areas, model_path, report_path, base
                   base_model=base_model, epochs=epochs, batch_size=batch_size, seed=seed, amg=amg_settings,
                   segmentation=segmentation)
     log = BootstrapLog(report_files(report_path)[-1], key)
-    records = _run_bootstraps(setup, samples, log, bootstraps, seed, feedback)
+    title = (f"DF4LCZ trained on {len(areas)} training areas "
+             f"({'fine-tuned Sen2LCZ-Net' if base_model else '3D ResNet11'}{' + GCN' if vhr_path else ''})")
+    members = EnsembleMembers(model_path, {"title": title, "streams": {"sentinel2": s2_card}, "classes": CLASSES,
+                                           "licence": LICENCE}, bootstraps) if ensemble else None
+    records = _run_bootstraps(setup, samples, log, bootstraps, seed, feedback, members)
     summary = summarise(records) if records else None
     oof = out_of_fold(records, areas.codes)
     split = split_polygons(samples.polygons, samples.codes, np.random.default_rng(bootstrap_seed(seed, None)),
@@ -248,32 +265,46 @@ def train_on_training_areas(sentinel2_path, areas, model_path, report_path, base
               "warnings": feedback.warnings, "capped": len(capped)}
     if fitted is None:
         _canceled(report, log)
-    title = (f"DF4LCZ trained on {len(areas)} training areas "
-             f"({'fine-tuned Sen2LCZ-Net' if base_model else '3D ResNet11'}{' + GCN' if vhr_path else ''})")
     modules = {"sentinel2": fitted.s2.module.cpu(), **({"vhr": fitted.gcn.module.cpu()} if fitted.gcn else {})}
-    card = {
+    card: dict[str, Any] = {
         "id": Path(model_path).stem, "title": title, "streams": streams,
-        "fusion": {"alpha": fitted.alpha} if fitted.gcn else None, "classes": list(range(1, 18)),
+        "fusion": {"alpha": fitted.alpha} if fitted.gcn else None, "classes": CLASSES,
         "training": {"sentinel2": str(sentinel2_path), "vhr": str(vhr_path) if vhr_path else None,
                      "protocol": PROTOCOL, "seed": seed, "epochs": epochs, "batch_size": batch_size,
                      "best_epoch": fitted.s2.best_epoch, "canceled": fitted.s2.canceled,
                      "samples": samples.summary(split), "history": fitted.s2.history,
                      "base_model": str(base_model) if base_model else None, "warnings": feedback.warnings,
                      "processing_level": level, "capped_polygons": len(capped)},
-        "bootstrap_metrics": _card_figures(summary, bootstraps),
-        "licence": "as the training data",
+        "bootstrap_metrics": _card_figures(cast(dict[str, Any], summary), bootstraps),  # all bootstraps done
+        "licence": LICENCE,
     }
     from ..models.registry import save_model
+
+    ensemble_card, ensemble_report = _ensemble_outputs(members, model_path)
+    card.update(ensemble_card)
 
     card_path = save_model(Path(model_path).with_suffix(""), card, modules)
     _write_report(report, {"model": str(card_path), "title": title, "final model samples": card["training"]["samples"],
                            "final model best epoch": fitted.s2.best_epoch,
                            "final model canceled early": fitted.s2.canceled, "fusion": json.dumps(card["fusion"]),
-                           "patches dropped under the cloud mask": samples.cloud_dropped})
+                           "patches dropped under the cloud mask": samples.cloud_dropped, **ensemble_report})
     return card_path, summary, oof
 
 
-def _stat(path):
+def _ensemble_outputs(members: Optional[EnsembleMembers],
+                      model_path: Union[str, Path]) -> tuple[dict[str, Any], dict[str, str]]:
+    """(the final model card's ``ensemble`` field, the report's line about the members) of an ENSEMBLE run; both
+    empty without ``members``."""
+    from ..models.registry import ensemble_entry
+
+    if members is None:
+        return {}, {}
+    return ({"ensemble": ensemble_entry(model_path, members.paths())},
+            {"ensemble members": f"{members.bootstraps} bootstrap models in {members.folder}, their probabilities "
+                                 "averaged with the final model's"})
+
+
+def _stat(path: str) -> Optional[tuple[int, int]]:
     """(size, mtime) of a file, None for a non-file source (e.g. a GDAL connection string)."""
     try:
         stat = os.stat(path)
@@ -282,14 +313,14 @@ def _stat(path):
         return None
 
 
-def _card_figures(summary, requested):
+def _card_figures(summary: dict[str, Any], requested: int) -> dict[str, Any]:
     """The bootstrap figures the model card records."""
     return {"protocol": PROTOCOL, "bootstraps": summary["bootstraps"], "requested": requested,
             **{part: summary[part] for part in ("median", "q1", "q3", "iqr")},
             "F1": summary["F1"]}
 
 
-def _write_report(report, details):
+def _write_report(report: dict[str, Any], details: dict[str, Any]) -> None:
     from .report import write_bootstrap_report
 
     write_bootstrap_report(report["path"], report["summary"], report["requested"], report["areas"], report["oof"],
@@ -298,7 +329,7 @@ def _write_report(report, details):
                            warnings=report["warnings"])
 
 
-def _canceled(report, log):
+def _canceled(report: dict[str, Any], log: BootstrapLog) -> NoReturn:
     """Raise Canceled, after writing the report of the bootstraps finished, if any."""
     done = len(log.records)
     if not done:
@@ -309,10 +340,13 @@ def _canceled(report, log):
                    "No model was written.")
 
 
-def _run_bootstraps(setup, samples, log, bootstraps, seed, feedback):
+def _run_bootstraps(setup: _Setup, samples: Samples, log: BootstrapLog, bootstraps: int, seed: int,
+                    feedback: _Recorded, members: Optional[EnsembleMembers]) -> list[Record]:
     """The bootstrap records: those of ``log`` resumed, then each bootstrap trained and assessed on its held-out
-    polygons, until all are done or the run is canceled (the bootstrap then under way is dropped)."""
-    records = log.resume(bootstraps)
+    polygons, until all are done or the run is canceled (the bootstrap then under way is dropped). With
+    ``members``, each bootstrap's model is written as a member before its record, and a resumed record whose
+    member is missing or another is trained again (with the later ones)."""
+    records = log.resume(bootstraps, members.usable if members is not None else None)
     if records:
         feedback.info(f"Resuming: {len(records)} of {bootstraps} bootstraps were finished before ({log.path}).")
     started = time.perf_counter()
@@ -333,9 +367,14 @@ def _run_bootstraps(setup, samples, log, bootstraps, seed, feedback):
         test = split == "test"
         predicted = fitted.p_test.argmax(1) + 1
         cm = confusion_matrix(samples.codes[test], predicted)
-        log.add({"bootstrap": b, "seconds": round(time.perf_counter() - clock, 2), "alpha": fitted.alpha,
-                 "best_epoch": fitted.s2.best_epoch, "confusion_matrix": cm.tolist(),
-                 "held_out": held_out_counts(samples.polygons[test], predicted)})
+        record = {"bootstrap": b, "seconds": round(time.perf_counter() - clock, 2), "alpha": fitted.alpha,
+                  "best_epoch": fitted.s2.best_epoch, "confusion_matrix": cm.tolist(),
+                  "held_out": held_out_counts(samples.polygons[test], predicted)}
+        if members is not None:
+            record["member_sha256"] = members.save(b, fitted.s2.module, {
+                "protocol": PROTOCOL, "bootstrap": b + 1, "bootstraps": bootstraps, "seed": seed_b,
+                "best_epoch": fitted.s2.best_epoch, "samples": samples.summary(split)})
+        log.add(record)
         kill_point("bootstrap")
         m = lcz_metrics(cm)
         left = (time.perf_counter() - started) / (b + 1 - len(records)) * (bootstraps - b)
@@ -346,7 +385,7 @@ def _run_bootstraps(setup, samples, log, bootstraps, seed, feedback):
     return log.records
 
 
-def _fit(setup, split, seed, feedback):
+def _fit(setup: _Setup, split: npt.NDArray[np.str_], seed: int, feedback: Feedback) -> _Fitted:
     """Train the Sentinel-2 stream (and, with graphs, the GCN and α) on the samples whose ``split`` (str (N,)) is
     'train', validated on 'validation'; the 'test' samples' probabilities in ``_Fitted.p_test``."""
     import torch
@@ -367,7 +406,9 @@ def _fit(setup, split, seed, feedback):
     return fitted
 
 
-def _sample_graphs(sentinel2_path, vhr_path, samples, device, amg_settings, feedback, segmentation):
+def _sample_graphs(sentinel2_path: str, vhr_path: str, samples: Samples, device: str,
+                   amg_settings: Optional[dict[str, Any]], feedback: Feedback,
+                   segmentation: str) -> tuple[list[Optional[ObjectGraph]], dict[str, Any]]:
     """(one ObjectGraph per sample's footprint, None where it has no objects; the VHR stream's card). Made once
     per run (and shared with other runs through the graph cache)."""
     from osgeo import gdal
@@ -394,18 +435,21 @@ def _sample_graphs(sentinel2_path, vhr_path, samples, device, amg_settings, feed
     return graphs, card
 
 
-def _fit_gcn(setup, part, p_s2, seed, feedback):
+def _fit_gcn(setup: _Setup, part: dict[str, npt.NDArray[np.bool_]],
+             p_s2: dict[str, Any], seed: int,
+             feedback: Feedback) -> tuple[Any, float, Optional[npt.NDArray[np.float32]]]:
     """(GCN TrainingResult, α chosen on validation, test probabilities fused where a sample has a graph)."""
     from ..models.gcn import ObjectGCN
 
-    has = np.array([g is not None for g in setup.graphs], bool)
+    graphs = setup.graphs or []
+    has = np.array([g is not None for g in graphs], np.bool_)
     if not (part["train"] & has).any() or not (part["validation"] & has).any():
         from ..vhr.imagery import VHRError
         raise VHRError("The VHR imagery covers no training or no validation sample footprint; the GCN stream "
                        "cannot be trained. Leave VHR empty to train the Sentinel-2 stream only.")
 
-    def pick(mask):
-        return [g for g, m in zip(setup.graphs, mask & has) if m]
+    def pick(mask: npt.NDArray[np.bool_]) -> list[ObjectGraph]:
+        return [g for g, m in zip(graphs, mask & has) if m and g is not None]
 
     y, val = setup.labels, part["validation"]
     result = train_gcn(ObjectGCN(), pick(part["train"]), y[part["train"] & has], pick(val), y[val & has],
@@ -413,7 +457,7 @@ def _fit_gcn(setup, part, p_s2, seed, feedback):
     alpha = choose_alpha(p_s2["validation"][has[val]], gcn_probabilities(result.module, pick(val), setup.device),
                          y[val & has])
     feedback.info(f"Fusion weight chosen on validation: alpha = {alpha}")
-    p_test = None if p_s2["test"] is None else p_s2["test"].copy()
+    p_test: Any = None if p_s2["test"] is None else p_s2["test"].copy()  # on.any() implies test samples
     on = has[part["test"]]
     if on.any():
         p_test[on] = alpha * p_test[on] + (1 - alpha) * gcn_probabilities(result.module, pick(part["test"]),
@@ -421,14 +465,15 @@ def _fit_gcn(setup, part, p_s2, seed, feedback):
     return result, alpha, p_test
 
 
-def _lczc_graph(npz):
+def _lczc_graph(npz: Any) -> ObjectGraph:
     """ObjectGraph of an LCZC-GES2 graph file (``x`` (N, 5), ``a`` (N, N)) as the authors' loader reads it:
     A = (a > 0) as stored — a positive diagonal stays a self-loop, no symmetrisation — and Â = D^-1/2 A D^-1/2."""
     edge_index, edge_weight = normalised_edges(np.asarray(npz["a"]) > 0)
     return ObjectGraph(np.asarray(npz["x"], np.float32), edge_index, edge_weight)
 
 
-def _read_lczc(root, indices):
+def _read_lczc(root: Path, indices: Sequence[int]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64],
+                                                            list[ObjectGraph], npt.NDArray[np.int64], int]:
     """The listed LCZC-GES2 samples that have both files, and how many were skipped for a missing file.
 
     Returns (images float32 (n, 10, 32, 32), image labels int64 (n,) 0-based, graphs [ObjectGraph],
@@ -452,7 +497,8 @@ def _read_lczc(root, indices):
     return np.stack(images), np.array(labels), graphs, np.array(graph_labels), len(indices) - len(images)
 
 
-def lczc_ges2(root, split="random", epochs=100, device="cpu", seed=0, feedback=None, batch_size=64):
+def lczc_ges2(root: Union[str, Path], split: str = "random", epochs: int = 100, device: str = "cpu", seed: int = 0,
+              feedback: Optional[Feedback] = None, batch_size: int = 64) -> dict[str, Any]:
     """Train and evaluate the 3D ResNet11, the GCN and their fusion on LCZC-GES2 under one split protocol.
 
     As ctrlovefly/DF4LCZ: the 3D ResNet11 learns and is tested on the images' ``label``, the GCN on the graphs'
@@ -497,7 +543,7 @@ def lczc_ges2(root, split="random", epochs=100, device="cpu", seed=0, feedback=N
             "alpha": {"paper": PAPER_ALPHA, "validation": alpha}, "results": results}
 
 
-def paper_columns(metrics):
+def paper_columns(metrics: dict[str, Any]) -> dict[str, Any]:
     """The DF4LCZ paper's table columns from a ``lczc_ges2`` metrics dict: OA_B and OA_N both as fusion.py
     computes them (``*_paper``) and over the 17 fixed labels (``*_17_labels``); user's accuracy per LCZ 1–17."""
     return {"OA": metrics["OA"], "OA_B_paper": metrics["OA_B_paper"], "OA_N_paper": metrics["OA_N_paper"],
@@ -505,7 +551,7 @@ def paper_columns(metrics):
             "weighted_F1": metrics["weighted_F1"], "user_accuracy": metrics["user_accuracy"]}
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m df4lcz_plugin.training.train", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     lczc = sub.add_parser("lczc-ges2", help="train and evaluate on the DF4LCZ paper's LCZC-GES2 dataset")
@@ -527,4 +573,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
