@@ -1,13 +1,17 @@
 """What the DF4LCZ algorithms share: Toolbox metadata, the DEVICE choice, feedback adapter, dependency check and
 error translation."""
 
+from __future__ import annotations
+
 import contextlib
 import ctypes
 import functools
 import sys
 from pathlib import Path
+from typing import Any, Iterable, Iterator, Optional
 
-from qgis.core import QgsProcessingAlgorithm, QgsProcessingException, QgsProcessingParameterEnum
+from qgis.core import (QgsProcessingAlgorithm, QgsProcessingContext, QgsProcessingException, QgsProcessingFeedback,
+                       QgsProcessingParameterEnum, QgsRasterLayer)
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
@@ -22,13 +26,13 @@ TAGS = ("lcz", "local climate zones", "urban", "climate", "wudapt", "sentinel-2"
         "segment anything")
 
 
-def tr(text):
+def tr(text: str) -> str:
     """``text`` translated in the plugin's "DF4LCZ" context (unchanged until a translation is installed)."""
     return QCoreApplication.translate("DF4LCZ", text)
 
 
 @functools.lru_cache(maxsize=None)
-def cuda_devices():
+def cuda_devices() -> tuple[str, ...]:
     """Names of the CUDA GPUs of this machine, in PyTorch's order; empty without an NVIDIA driver or GPU.
 
     Asked of the NVIDIA driver through ctypes, once per process: importing PyTorch at provider load would be slow,
@@ -49,32 +53,33 @@ def cuda_devices():
     return tuple(names)
 
 
-def device_choices():
+def device_choices() -> list[str]:
     """DEVICE's choices: auto, cpu, then, with GPUs, cuda (the first, as PyTorch and the command line read it)
     and cuda:N for each."""
     gpus = [f"cuda:{index}" for index in range(len(cuda_devices()))]
     return ["auto", "cpu"] + (["cuda"] + gpus if gpus else [])
 
 
-def enum_parameter(name, description, options, default=None):
+def enum_parameter(name: str, description: str, options: Iterable[str],
+                   default: Optional[str] = None) -> QgsProcessingParameterEnum:
     """A list parameter stored as the chosen option's text (static strings), not its index: saved models, batch
     runs and ``qgis_process … NAME=option`` keep their choice when options are added or reordered. ``default``:
     an option (the first if None); read the value with ``parameterAsEnumString``."""
-    options = list(options)
-    parameter = QgsProcessingParameterEnum(name, description, options=options,
-                                           defaultValue=options[0] if default is None else default)
+    choices = list(options)
+    parameter = QgsProcessingParameterEnum(name, description, options=choices,
+                                           defaultValue=choices[0] if default is None else default)
     parameter.setUsesStaticStrings(True)
     return parameter
 
 
-def device_parameter(name):
+def device_parameter(name: str) -> QgsProcessingParameterEnum:
     """The DEVICE parameter: a list of the devices present, stored as its text (``cpu``, ``cuda:0``)."""
     gpus = "; ".join(f"cuda:{index} = {gpu}" for index, gpu in enumerate(cuda_devices()))
     description = tr("Device (auto: the first GPU if any, else the CPU)") + (f" — {gpus}" if gpus else "")
     return enum_parameter(name, description, device_choices(), "auto")
 
 
-def segmentation_parameter(name):
+def segmentation_parameter(name: str) -> QgsProcessingParameterEnum:
     """The advanced SEGMENTATION parameter, stored as its text: ``tiles`` (shared segmentation, SAM once per
     320 m tile; the default) or ``footprint`` (the paper's: SAM on each footprint)."""
     from ..df4lcz_plugin.models.registry import SEGMENTATIONS
@@ -86,37 +91,47 @@ def segmentation_parameter(name):
     return parameter
 
 
-def gdal_source(layer, parameter):
+def gdal_source(layer: Optional[QgsRasterLayer], parameter: str) -> str:
     """The file GDAL reads for a raster ``layer`` (its source without QGIS's ``|option`` suffixes).
 
     Raises QgsProcessingException when the layer is missing or not read by GDAL.
     """
     if layer is None or layer.providerType() != "gdal":
         raise QgsProcessingException(f"{parameter} must be a raster layer read by GDAL (GeoTIFF, VRT, JPEG2000…).")
-    return layer.source().split("|")[0]
+    return str(layer.source().split("|")[0])
+
+
+def write_filtered_output(output: str, filtered: Optional[str], palette_name: str, feedback: Feedback) -> None:
+    """FILTERED_OUTPUT of the classify algorithms, when asked for (``filtered`` a path): the LCZ map ``output``
+    filtered as the LCZ Generator does (``lcz.lcz_filter.write_filtered``: per-class Gaussian kernels), styled in
+    the map's palette ``palette_name``."""
+    from ..df4lcz_plugin.lcz.lcz_filter import write_filtered
+
+    if filtered:
+        write_filtered(output, filtered, palette_name, feedback)
 
 
 class ProcessingFeedback(Feedback):
     """Engine feedback over a ``QgsProcessingFeedback`` (progress in %, cancel, log)."""
 
-    def __init__(self, feedback):
+    def __init__(self, feedback: QgsProcessingFeedback) -> None:
         self._feedback = feedback
 
-    def progress(self, fraction):
+    def progress(self, fraction: float) -> None:
         self._feedback.setProgress(100.0 * fraction)
 
-    def canceled(self):
-        return self._feedback.isCanceled()
+    def canceled(self) -> bool:
+        return bool(self._feedback.isCanceled())
 
-    def info(self, text):
+    def info(self, text: str) -> None:
         self._feedback.pushInfo(text)
 
-    def warning(self, text):
+    def warning(self, text: str) -> None:
         self._feedback.pushWarning(text)
 
 
 @contextlib.contextmanager
-def engine_errors():
+def engine_errors() -> Iterator[None]:
     """Turn engine errors (bad input, cancel) into ``QgsProcessingException`` with the engine's message."""
     try:
         yield
@@ -136,29 +151,29 @@ class ToolboxMetadata:
     """
 
     description = ""
-    keywords = ()
+    keywords: tuple[str, ...] = ()
     help_anchor = ""
     icon_name = ""
 
-    def group(self):
+    def group(self) -> str:
         return tr("Local climate zones")
 
-    def groupId(self):  # noqa: N802 (QGIS API name)
+    def groupId(self) -> str:  # noqa: N802 (QGIS API name)
         return "lcz"
 
-    def tags(self):
+    def tags(self) -> list[str]:
         return list(TAGS + self.keywords)
 
-    def shortDescription(self):  # noqa: N802 (QGIS API name)
+    def shortDescription(self) -> str:  # noqa: N802 (QGIS API name)
         return tr(self.description)
 
-    def helpUrl(self):  # noqa: N802 (QGIS API name)
+    def helpUrl(self) -> str:  # noqa: N802 (QGIS API name)
         return f"{HELP_URL}#{self.help_anchor}"
 
-    def svgIconPath(self):  # noqa: N802 (QGIS API name)
+    def svgIconPath(self) -> str:  # noqa: N802 (QGIS API name)
         return str(RESOURCES / "icons" / f"{self.icon_name}.svg")
 
-    def icon(self):
+    def icon(self) -> QIcon:
         return QIcon(self.svgIconPath())
 
 
@@ -170,14 +185,15 @@ class DF4LCZAlgorithm(ToolboxMetadata, QgsProcessingAlgorithm):
     #: and GDAL suffice), "light" or "full"; ``needs_for`` may decide it from the parameters.
     needs = "full"
 
-    def createInstance(self):  # noqa: N802 (QGIS API name)
+    def createInstance(self) -> DF4LCZAlgorithm:  # noqa: N802 (QGIS API name)
         return type(self)()
 
-    def needs_for(self, parameters, context):
+    def needs_for(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str:
         """The dependency variant this run needs: the class's ``needs`` unless a subclass looks at the parameters."""
         return self.needs
 
-    def checkParameterValues(self, parameters, context):  # noqa: N802 (QGIS API name)
+    def checkParameterValues(self, parameters: dict[str, Any],  # noqa: N802 (QGIS API name)
+                             context: QgsProcessingContext) -> tuple[bool, str]:
         # Before the variant: DEVICE=cuda without a GPU is the user's mistake, not a missing PyTorch.
         device = parameters.get("DEVICE")
         if isinstance(device, str) and device and device not in device_choices():
@@ -186,9 +202,9 @@ class DF4LCZAlgorithm(ToolboxMetadata, QgsProcessingAlgorithm):
                            f"choose one of: {', '.join(device_choices())}.")
         for definition in self.parameterDefinitions():
             value = parameters.get(definition.name())
-            if (isinstance(definition, QgsProcessingParameterEnum) and definition.usesStaticStrings()
-                    and value not in (None, "") and not isinstance(value, list)
-                    and str(value) not in definition.options()):
+            named = isinstance(definition, QgsProcessingParameterEnum) and definition.usesStaticStrings()
+            if named and value not in (None, "") and not isinstance(value, list) and \
+                    str(value) not in definition.options():
                 # QGIS refuses an index too, with "Incorrect parameter value" alone.
                 return False, (f"{definition.name()}={value} is not one of its options; give the option's name: "
                                f"{', '.join(definition.options())}.")
