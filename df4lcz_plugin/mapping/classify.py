@@ -294,14 +294,12 @@ def classify(sentinel2_path: PathLike, output_path: PathLike, model: Union[Loade
     plan = _plan(sentinel2_path, card, settings, bounds, bool(probabilities_path),
                  stac_plan.light() if executor is not None and stac_plan is not None else None, feedback)
     results: Iterable[tuple[Tile, TileResult]]
-    fusion: Optional[_Fusion] = None
-    extra: dict[str, Any] = {}
     if executor is None:
         results, engine, fusion = _compute_here(plan, model, card, vhr_path, feedback)
+        extra: dict[str, Any] = {}
     else:
-        feedback.info(f"{_grid_text(plan)}, model {card.id}")
-        results = executor(plan.job, plan.tiles, feedback)  # every tile is computed before the map is written
-        engine, extra = "; ".join(executor.engines), executor.summary
+        results, engine, extra = _compute_on(executor, plan, card, feedback)
+        fusion = None
     metadata = {"DF4LCZ_MODEL": card.id, "DF4LCZ_SOURCE": _source_name(sentinel2_path, stac_plan),
                 "DF4LCZ_DEVICE": settings.device, "DF4LCZ_BACKEND": engine}
     writing = executor.writing(plan.job) if executor is not None else contextlib.nullcontext()
@@ -353,6 +351,14 @@ def _compute_here(plan: _Plan, model: Union[LoadedModel, ModelCard], card: Model
         fusion = _open_fusion(plan, model, card, vhr_path, feedback)
     feedback.info(f"{_grid_text(plan)}, {engine}, model {card.id}")
     return _in_process(plan, runner, fusion, feedback), engine, fusion
+
+
+def _compute_on(executor: TileExecutor, plan: _Plan, card: ModelCard,
+                feedback: Feedback) -> tuple[Iterable[tuple[Tile, TileResult]], str, dict[str, Any]]:
+    """(the tiles computed by ``executor``, the back-ends it used, its summary keys)."""
+    feedback.info(f"{_grid_text(plan)}, model {card.id}")
+    results = executor(plan.job, plan.tiles, feedback)  # DaskTiles: every tile is computed before the map is written
+    return results, "; ".join(executor.engines), executor.summary
 
 
 def _open_fusion(plan: _Plan, model: Union[LoadedModel, ModelCard], card: ModelCard, vhr_path: PathLike,
