@@ -48,7 +48,8 @@ class ClassifyDatesAlgorithm(ClassifyLCZAlgorithm):
                   "winner's); optional AGREEMENT: per cell, the percentage of the dates with data whose own winner "
                   "is the map's class (Byte, 0–100; 255 = no data, since 0 % is a real value: the average's winner "
                   "may be no date's own); optional FILTERED_OUTPUT, the map filtered as the LCZ Generator does. No "
-                  "output may be an input; a failed run leaves no partial file.\n\n"
+                  "output may be an input; a failed run leaves no partial file (the agreement raster is put in place "
+                  "only once the map is, so a failed run keeps a file you had there).\n\n"
                   "The summary adds the number of dates and the cells per number of dates with data "
                   "(cells_by_dates). Time: one classification per date.")
 
