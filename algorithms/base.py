@@ -67,9 +67,9 @@ def enum_parameter(name: str, description: str, options: Iterable[str],
     """A list parameter stored as the chosen option's text (static strings), not its index: saved models, batch
     runs and ``qgis_process … NAME=option`` keep their choice when options are added or reordered. ``default``:
     an option (the first if None); read the value with ``parameterAsEnumString``."""
-    options = list(options)
-    parameter = QgsProcessingParameterEnum(name, description, options=options,
-                                           defaultValue=options[0] if default is None else default)
+    choices = list(options)
+    parameter = QgsProcessingParameterEnum(name, description, options=choices,
+                                           defaultValue=choices[0] if default is None else default)
     parameter.setUsesStaticStrings(True)
     return parameter
 
@@ -100,7 +100,17 @@ def gdal_source(layer: QgsRasterLayer | None, parameter: str) -> str:
     """
     if layer is None or layer.providerType() != "gdal":
         raise QgsProcessingException(f"{parameter} must be a raster layer read by GDAL (GeoTIFF, VRT, JPEG2000…).")
-    return layer.source().split("|")[0]
+    return str(layer.source().split("|")[0])
+
+
+def write_filtered_output(output: str, filtered: str | None, palette_name: str, feedback: Feedback) -> None:
+    """FILTERED_OUTPUT of the classify algorithms, when asked for (``filtered`` a path): the LCZ map ``output``
+    filtered as the LCZ Generator does (``lcz.lcz_filter.write_filtered``: per-class Gaussian kernels), styled in
+    the map's palette ``palette_name``."""
+    from ..df4lcz_plugin.lcz.lcz_filter import write_filtered
+
+    if filtered:
+        write_filtered(output, filtered, palette_name, feedback)
 
 
 class ProcessingFeedback(Feedback):
@@ -113,7 +123,7 @@ class ProcessingFeedback(Feedback):
         self._feedback.setProgress(100.0 * fraction)
 
     def canceled(self) -> bool:
-        return self._feedback.isCanceled()
+        return bool(self._feedback.isCanceled())
 
     def info(self, text: str) -> None:
         self._feedback.pushInfo(text)
@@ -195,9 +205,9 @@ class DF4LCZAlgorithm(ToolboxMetadata, QgsProcessingAlgorithm):
                            f"choose one of: {', '.join(device_choices())}.")
         for definition in self.parameterDefinitions():
             value = parameters.get(definition.name())
-            if (isinstance(definition, QgsProcessingParameterEnum) and definition.usesStaticStrings()
-                    and value not in (None, "") and not isinstance(value, list)
-                    and str(value) not in definition.options()):
+            named = isinstance(definition, QgsProcessingParameterEnum) and definition.usesStaticStrings()
+            if named and value not in (None, "") and not isinstance(value, list) and \
+                    str(value) not in definition.options():
                 # QGIS refuses an index too, with "Incorrect parameter value" alone.
                 return False, (f"{definition.name()}={value} is not one of its options; give the option's name: "
                                f"{', '.join(definition.options())}.")

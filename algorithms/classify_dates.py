@@ -1,16 +1,18 @@
 """``df4lcz:classifydates``: classify LCZ from several Sentinel-2 stacks of one place (dates, seasonal composites),
 averaging the class probabilities over the dates that have data for a cell (``df4lcz_plugin.mapping.multidate``)."""
 
-import json
-from pathlib import Path
+from __future__ import annotations
 
-from qgis.core import (QgsProcessingException, QgsProcessingParameterExtent,
-                       QgsProcessingParameterMultipleLayers, QgsProcessingParameterRasterDestination)
+from typing import Any, Optional
+
+from qgis.core import (QgsProcessingContext, QgsProcessingException, QgsProcessingFeedback,
+                       QgsProcessingParameterExtent, QgsProcessingParameterMultipleLayers,
+                       QgsProcessingParameterRasterDestination, QgsRasterLayer)
 
 from ..df4lcz_plugin.models.registry import model_files, read_card
 from ..df4lcz_plugin.runtime.outputs import check_output_paths, geotiff_output
-from .base import ProcessingFeedback, engine_errors, gdal_source, tr
-from .classify_lcz import ClassifyLCZAlgorithm, _write_filtered
+from .base import ProcessingFeedback, engine_errors, gdal_source, tr, write_filtered_output
+from .classify_lcz import ClassifyLCZAlgorithm
 from .compat import SOURCE_RASTER
 from .styling import style_on_load
 
@@ -23,13 +25,13 @@ class ClassifyDatesAlgorithm(ClassifyLCZAlgorithm):
     keywords = ("map", "deep learning", "dates", "seasons", "seasonal", "multi-temporal", "average", "agreement")
     icon_name = "classify_dates"
 
-    def name(self):
+    def name(self) -> str:
         return "classifydates"
 
-    def displayName(self):  # noqa: N802 (QGIS API name)
+    def displayName(self) -> str:  # noqa: N802 (QGIS API name)
         return tr("Classify LCZ from several dates (average of probabilities)")
 
-    def shortHelpString(self):  # noqa: N802 (QGIS API name)
+    def shortHelpString(self) -> str:  # noqa: N802 (QGIS API name)
         return tr("Classifies Local Climate Zones from several Sentinel-2 stacks of the same place: dates, or "
                   "seasonal composites. Each stack is classified as 'Classify local climate zones' does (same "
                   "model, 320 m patch per cell, mask band honoured), and each cell's class probabilities are "
@@ -45,11 +47,12 @@ class ClassifyDatesAlgorithm(ClassifyLCZAlgorithm):
                   "winner's); optional AGREEMENT: per cell, the percentage of the dates with data whose own winner "
                   "is the map's class (Byte, 0–100; 255 = no data, since 0 % is a real value: the average's winner "
                   "may be no date's own); optional FILTERED_OUTPUT, the map filtered as the LCZ Generator does. No "
-                  "output may be an input; a failed run leaves no partial file.\n\n"
+                  "output may be an input; a failed run leaves no partial file (the agreement raster is put in place "
+                  "only once the map is, so a failed run keeps a file you had there).\n\n"
                   "The summary adds the number of dates and the cells per number of dates with data "
                   "(cells_by_dates). Time: one classification per date.")
 
-    def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
+    def initAlgorithm(self, config: Optional[dict[str, Any]] = None) -> None:  # noqa: N802 (QGIS API name)
         self.addParameter(QgsProcessingParameterMultipleLayers(
             self.SENTINEL2, tr("Sentinel-2 stacks (10 bands), one per date or season, on one pixel grid"),
             SOURCE_RASTER))
@@ -63,7 +66,7 @@ class ClassifyDatesAlgorithm(ClassifyLCZAlgorithm):
             self.AGREEMENT, tr("Agreement of the dates with the map (%)"), optional=True, createByDefault=False))
         self._add_filtered_and_summary()
 
-    def _stacks(self, parameters, context):
+    def _stacks(self, parameters: dict[str, Any], context: QgsProcessingContext) -> tuple[QgsRasterLayer, list[str]]:
         """(first layer, GDAL paths of the stacks). Raises QgsProcessingException with fewer than 2."""
         layers = self.parameterAsLayerList(parameters, self.SENTINEL2, context)
         if len(layers) < 2:
@@ -72,52 +75,34 @@ class ClassifyDatesAlgorithm(ClassifyLCZAlgorithm):
                                          "zones' (df4lcz:classifylcz).")
         return layers[0], [gdal_source(layer, self.SENTINEL2) for layer in layers]
 
-    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
+    def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,  # noqa: N802 (QGIS API)
+                         feedback: QgsProcessingFeedback) -> dict[str, Any]:
         from ..df4lcz_plugin.mapping.classify import classify
-        from ..df4lcz_plugin.runtime.device import resolve_device
         from ..df4lcz_plugin.mapping.multidate import DatesAverage
 
         layer, paths = self._stacks(parameters, context)
-        bounds = None
-        if parameters.get(self.EXTENT):
-            extent = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
-            bounds = (extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum())
-        outputs = {name: self.parameterAsOutputLayer(parameters, name, context) or None
-                   for name in (self.OUTPUT, self.PROBABILITIES, self.AGREEMENT, self.FILTERED_OUTPUT)}
+        bounds = self._bounds(parameters, context, layer)
+        output: str = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+        outputs = {self.OUTPUT: output, **{name: self.parameterAsOutputLayer(parameters, name, context) or None
+                                           for name in (self.PROBABILITIES, self.AGREEMENT, self.FILTERED_OUTPUT)}}
         model_path = self._model_path(parameters, context)
         with engine_errors():
             check_output_paths({self.SENTINEL2: paths, self.MODEL_FILE: model_files(model_path)},
                                {name: geotiff_output(path, style=name != self.AGREEMENT)
                                 for name, path in outputs.items()})
-        palette_name = self.parameterAsEnumString(parameters, self.PALETTE, context)
         engine_feedback = ProcessingFeedback(feedback)
         with engine_errors():
-            device = resolve_device(self.parameterAsEnumString(parameters, self.DEVICE, context))
+            settings = self._settings(parameters, context)
             card = read_card(model_path)
-            backend = self.parameterAsEnumString(parameters, self.BACKEND, context)
-            precision = self.parameterAsEnumString(parameters, self.PRECISION, context)
-            dates = DatesAverage(paths[1:], card, backend, device, precision, outputs[self.AGREEMENT])
-            try:
-                summary = classify(paths[0], outputs[self.OUTPUT], card, bounds=bounds,
-                                   resolution=self.parameterAsDouble(parameters, self.RESOLUTION, context),
-                                   device=device, batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE,
-                                                                                 context),
-                                   probabilities_path=outputs[self.PROBABILITIES], palette=palette_name,
-                                   feedback=engine_feedback,
-                                   max_cloud=self.parameterAsDouble(parameters, self.MAX_CLOUD, context),
-                                   backend=backend, precision=precision, executor=dates,
-                                   tta=self.parameterAsBoolean(parameters, self.TTA, context))
-            except BaseException:
-                if outputs[self.AGREEMENT]:  # complete once the last tile is done, but no map goes with it
-                    Path(outputs[self.AGREEMENT]).unlink(missing_ok=True)
-                raise
-            _write_filtered(outputs[self.OUTPUT], outputs[self.FILTERED_OUTPUT], palette_name, engine_feedback)
-        style_on_load(context, [(outputs[self.OUTPUT], True, tr("LCZ map")),
+            # The agreement raster is put in place only once the map is (DatesAverage.writing).
+            dates = DatesAverage(paths[1:], card, outputs[self.AGREEMENT])
+            summary = classify(paths[0], output, card, settings, bounds=bounds,
+                               probabilities_path=outputs[self.PROBABILITIES], feedback=engine_feedback,
+                               executor=dates)
+            write_filtered_output(output, outputs[self.FILTERED_OUTPUT], settings.palette, engine_feedback)
+        style_on_load(context, [(output, True, tr("LCZ map")),
                                 (outputs[self.PROBABILITIES], True, tr("LCZ probabilities")),
                                 (outputs[self.FILTERED_OUTPUT], True, tr("Filtered LCZ map")),
                                 (outputs[self.AGREEMENT], False, tr("Agreement of the dates"))],
                       f"{len(paths)} dates from {layer.name()}")
-        results = {name: path for name, path in outputs.items() if path}
-        results.update({self.SUMMARY: json.dumps(summary), self.CELLS_PER_SECOND: summary["cells_per_second"],
-                        self.DEVICE_USED: summary["device"]})
-        return results
+        return self._summary_results(summary, outputs)

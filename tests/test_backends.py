@@ -12,6 +12,7 @@ import pytest
 from osgeo import gdal
 
 from df4lcz_plugin.mapping.classify import TILE_PX, classify, predict_tile, tile_cells
+from df4lcz_plugin.mapping.settings import ClassifySettings
 from df4lcz_plugin.runtime.grid import make_grid
 from df4lcz_plugin.models import backends
 from df4lcz_plugin.models.registry import read_card
@@ -46,11 +47,11 @@ def test_converted_model_is_built_once_beside_the_model(s2_stack, tmp_path):
     for suffix in (".json", ".safetensors"):
         shutil.copy(MODEL_CARD.with_suffix(suffix), tmp_path / f"mine{suffix}")
     card = read_card(tmp_path / "mine.json")
-    summary = classify(s2_stack, tmp_path / "a.tif", card, bounds=FARMLAND_EXTENT, backend="openvino")
+    summary = classify(s2_stack, tmp_path / "a.tif", card, ClassifySettings(backend="openvino"), bounds=FARMLAND_EXTENT)
     xml = tmp_path / f"mine.openvino-{card.data['weights_sha256'][:16]}.xml"
     assert summary["backend"] == "openvino f32 on cpu" and xml.exists() and xml.with_suffix(".bin").exists()
     built = xml.stat().st_mtime_ns
-    classify(s2_stack, tmp_path / "b.tif", card, bounds=FARMLAND_EXTENT, backend="openvino")
+    classify(s2_stack, tmp_path / "b.tif", card, ClassifySettings(backend="openvino"), bounds=FARMLAND_EXTENT)
     assert xml.stat().st_mtime_ns == built  # reused, not rebuilt
     assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
 
@@ -66,7 +67,7 @@ def test_read_only_model_folder_converts_into_the_cache(s2_stack, tmp_path, monk
         card = read_card(folder / "mine.json")
         if os.access(folder, os.W_OK):
             pytest.skip("running as a user who can write into a read-only folder (root)")
-        classify(s2_stack, tmp_path / "a.tif", card, bounds=FARMLAND_EXTENT, backend="openvino")
+        classify(s2_stack, tmp_path / "a.tif", card, ClassifySettings(backend="openvino"), bounds=FARMLAND_EXTENT)
         assert list((tmp_path / "cache/df4lcz/openvino").glob("mine.openvino-*.xml"))
     finally:
         folder.chmod(0o755)
@@ -121,7 +122,8 @@ def test_memory_is_bounded_at_resolution_2000(s2_stack, tmp_path):
     script = ("import re, sys; sys.path.insert(0, sys.argv[1]);"
               "from df4lcz_plugin.mapping.classify import classify;"
               "from df4lcz_plugin.models.registry import read_card;"
-              "s = classify(sys.argv[2], sys.argv[3], read_card(sys.argv[4]), resolution=2000);"
+              "from df4lcz_plugin.mapping.settings import ClassifySettings;"
+              "s = classify(sys.argv[2], sys.argv[3], read_card(sys.argv[4]), ClassifySettings(resolution=2000));"
               "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1);"
               "print(s['classified_cells'], int(hwm) / 1024)")
     out = subprocess.run([sys.executable, "-c", script, str(ROOT), str(tmp_path / "mosaic.vrt"),

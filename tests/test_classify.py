@@ -10,6 +10,7 @@ from osgeo import gdal
 
 from df4lcz_plugin.lcz import legend
 from df4lcz_plugin.mapping.classify import classify, predict_tile
+from df4lcz_plugin.mapping.settings import ClassifySettings
 from df4lcz_plugin.cli import ConsoleFeedback
 from df4lcz_plugin.sentinel2.checks import InputError, open_sentinel2
 from df4lcz_plugin.runtime.device import DeviceError, resolve_device
@@ -123,15 +124,15 @@ def test_cancel_mid_run_leaves_nothing(s2_stack, model, tmp_path):
             return self.calls >= 2
 
     with pytest.raises(Canceled):
-        classify(s2_stack, tmp_path / "lcz.tif", model, bounds=FARMLAND_EXTENT, batch_size=64,
+        classify(s2_stack, tmp_path / "lcz.tif", model, ClassifySettings(batch_size=64), bounds=FARMLAND_EXTENT,
                  probabilities_path=tmp_path / "p.tif", feedback=CancelAfterTwoBatches())
     assert list(tmp_path.iterdir()) == []
 
 
 def test_one_progress_line_per_tile_and_tiling_does_not_change_the_map(s2_stack, model, tmp_path):
     log = io.StringIO()  # the command line's feedback, writing to a log (not a terminal): one line per tile
-    summary = classify(s2_stack, tmp_path / "small_tiles.tif", model, bounds=FARMLAND_EXTENT, tile_size=25,
-                       feedback=ConsoleFeedback(log))
+    summary = classify(s2_stack, tmp_path / "small_tiles.tif", model, ClassifySettings(tile_size=25),
+                       bounds=FARMLAND_EXTENT, feedback=ConsoleFeedback(log))
     classify(s2_stack, tmp_path / "one_tile.tif", model, bounds=FARMLAND_EXTENT)
     lines = [line for line in log.getvalue().splitlines() if line.startswith("Tile ")]
     assert summary["tiles"] == len(lines) == 4
@@ -139,7 +140,7 @@ def test_one_progress_line_per_tile_and_tiling_does_not_change_the_map(s2_stack,
     assert re.fullmatch(r"Tile 4/4: 625 cells, [\d,]+ cells/s, about 0 s left", lines[-1]), lines[-1]
     assert np.array_equal(_codes(tmp_path / "small_tiles.tif"), _codes(tmp_path / "one_tile.tif"))
     with pytest.raises(InputError, match="A tile of 65 × 65 cells is not possible at 100 m: give 1 to 64 cells"):
-        classify(s2_stack, tmp_path / "big_tiles.tif", model, bounds=FARMLAND_EXTENT, tile_size=65)
+        classify(s2_stack, tmp_path / "big_tiles.tif", model, ClassifySettings(tile_size=65), bounds=FARMLAND_EXTENT)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
@@ -159,8 +160,8 @@ def test_cuda_matches_cpu(s2_stack, tmp_path):
 
     cuda = load_model(MODEL_CARD, "cuda:0")
     cpu = load_model(MODEL_CARD, "cpu")
-    classify(s2_stack, tmp_path / "gpu.tif", cuda, bounds=FARMLAND_EXTENT, device=torch.device("cuda:0"),
-             probabilities_path=tmp_path / "pg.tif")
+    classify(s2_stack, tmp_path / "gpu.tif", cuda, ClassifySettings(device=torch.device("cuda:0")),
+             bounds=FARMLAND_EXTENT, probabilities_path=tmp_path / "pg.tif")
     classify(s2_stack, tmp_path / "cpu.tif", cpu, bounds=FARMLAND_EXTENT, probabilities_path=tmp_path / "pc.tif")
     gpu_p = gdal.Open(str(tmp_path / "pg.tif")).ReadAsArray().astype(int)
     cpu_p = gdal.Open(str(tmp_path / "pc.tif")).ReadAsArray().astype(int)

@@ -20,6 +20,7 @@ from osgeo import gdal
 
 from conftest import MODEL_CARD, ROOT, raster_copy, run_qgis_process
 from df4lcz_plugin.mapping.classify import TileJob, TileResult
+from df4lcz_plugin.mapping.settings import ClassifySettings
 from df4lcz_plugin.cli import ConsoleFeedback
 from df4lcz_plugin.runtime.feedback import Feedback
 from df4lcz_plugin.runtime.folder_lock import lock_path
@@ -156,8 +157,8 @@ def test_failing_tile_is_reported_by_its_extent(s2_stack, tmp_path):
 def test_changed_arguments_discard_the_tiles(s2_stack, reference, tmp_path):
     ds = gdal.Open(str(s2_stack))
     grid = make_grid(ds.GetGeoTransform(), (ds.RasterXSize, ds.RasterYSize), EXTENT, 100)
-    job = TileJob(str(s2_stack), ds.GetProjection(), grid, str(MODEL_CARD), "auto", "cpu", "f32", 128, 10000.0,
-                  (0.0,) * 10, True, 102, False)
+    settings = ClassifySettings(backend="auto", device="cpu", precision="f32", batch_size=128, max_cloud=10)
+    job = TileJob(str(s2_stack), ds.GetProjection(), grid, str(MODEL_CARD), settings, 10000.0, (0.0,) * 10, True, False)
     tile = (0, 0, 10, 10)
     result = TileResult(reference[0][:10, :10], None, None, 0)
     work = tmp_path / "work"

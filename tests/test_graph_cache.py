@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from df4lcz_plugin.mapping.classify import classify
+from df4lcz_plugin.mapping.settings import ClassifySettings
 from df4lcz_plugin.runtime.feedback import Canceled, Feedback
 from df4lcz_plugin.vhr.graph import ObjectGraph
 from df4lcz_plugin.vhr.graph_cache import GraphCache
@@ -154,7 +155,7 @@ def test_shared_segmentation_tiles_serve_the_object_graphs_and_any_classificatio
 
     log = Log()
     monkeypatch.setenv("DF4LCZ_GRAPH_CACHE", str(tmp_path / "cache"))
-    summary = classify(s2_stack, tmp_path / "lcz.tif", load_model(tiles_model), bounds=WIDE_EXTENT,
-                       resolution=50, vhr_path=vhr_fixture, feedback=log)
+    summary = classify(s2_stack, tmp_path / "lcz.tif", load_model(tiles_model), ClassifySettings(resolution=50),
+                       bounds=WIDE_EXTENT, vhr_path=vhr_fixture, feedback=log)
     assert summary["sam_runs"] == 0 and summary["graph_cache_hits"] == 0 and summary["fused_cells"] >= 2
     assert any("shared segmentation: up to" in line for line in log.lines)

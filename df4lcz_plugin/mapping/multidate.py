@@ -9,19 +9,24 @@ The stacks must share the first's CRS, pixel size and pixel grid (their extents 
 is then read from each, with no resampling.
 """
 
+from __future__ import annotations
+
 import contextlib
 import dataclasses
 import os
 import warnings
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import numpy.typing as npt
 from osgeo import gdal
 
-from .classify import check_level, compute_tile, tile_result
-from ..runtime.feedback import TileClock
+from .classify import Runner, Tile, TileJob, TileResult, check_level, compute_tile, tile_result
+from ..runtime.feedback import Feedback, TileClock
 from ..runtime.grid import PATCH_PX
 from ..models.backends import sentinel2_runner
+from ..models.registry import LoadedModel, ModelCard
 from ..runtime.outputs import atomic_output
 from ..sentinel2.checks import InputError, check_values, open_sentinel2, own_mask_band
 
@@ -40,12 +45,12 @@ _FIX = ("Warp it onto the first stack's grid (gdalwarp -t_srs <its CRS> -tr 10 1
 class _Stack:
     """One date: its job (grid shifted to its pixels, its nodata), open raster and mask band."""
 
-    job: object
+    job: TileJob
     ds: gdal.Dataset
-    mask: object
+    mask: Optional[gdal.Band]
 
 
-def _pixel_offset(first_gt, gt, path):
+def _pixel_offset(first_gt: Sequence[float], gt: Sequence[float], path: str) -> tuple[int, int]:
     """(rows, cols) to add to a pixel of the first stack to get the same pixel of the stack of geotransform ``gt``.
     Raises InputError when the pixel sizes or the grids' alignment differ."""
     if any(abs(gt[i] - first_gt[i]) > GRID_TOLERANCE * abs(first_gt[1]) for i in (1, 2, 4, 5)):
@@ -59,7 +64,7 @@ def _pixel_offset(first_gt, gt, path):
     return round(rows), round(cols)
 
 
-def _same_files(paths):
+def _same_files(paths: list[str]) -> None:
     """Refuse a stack given twice (the same file under two names too)."""
     for i, a in enumerate(paths):
         for b in paths[i + 1:]:
@@ -71,24 +76,29 @@ class DatesAverage:
     """A ``classify`` executor averaging the class probabilities of several stacks of the same grid.
 
     paths: the other stacks (the first is classify's ``sentinel2_path``), 10-band stacks as classify takes them.
-    model: the ``registry.ModelCard`` or ``LoadedModel`` of the run; backend, device, precision: as classify's.
+    model: the ``registry.ModelCard`` or ``LoadedModel`` of the run; back-end, device, precision and TTA are the
+    job's settings (``settings.ClassifySettings``).
     agreement_path: optional uint8 GeoTIFF, the map's grid: per cell, the percentage (0–100) of the stacks with
     data there whose own winner (argmax of their probabilities) is the map's class; ``AGREEMENT_NODATA`` where no
-    stack classified the cell.
+    stack classified the cell. It is written under a temporary name as the tiles go, and put in place only once
+    ``classify`` has written the map (``writing``): on any error it is removed and a file the user had is kept.
     After the call, ``engines`` holds the back-end used and ``summary`` the number of dates and the cells per
     number of dates with data (``cells_by_dates``, filled as the tiles are computed).
     """
 
-    def __init__(self, paths, model, backend="auto", device="cpu", precision="f32", agreement_path=None):
+    def __init__(self, paths: Sequence[Union[str, Path]], model: Union[ModelCard, LoadedModel],
+                 agreement_path: Optional[Union[str, Path]] = None) -> None:
         self.paths = [str(path) for path in paths]
-        self.model, self.backend, self.device, self.precision = model, backend, device, precision
+        self.model = model
         self.agreement_path = agreement_path
-        self.engines, self.summary = [], {}
+        self.engines: list[str] = []
+        self.summary: dict[str, Any] = {}
+        self._agreement: Optional[_AgreementWriter] = None
 
-    def _open(self, job, feedback):
+    def _open(self, job: TileJob, feedback: Feedback) -> list[_Stack]:
         """The stacks of the run, the first being ``job``'s. Raises InputError on a stack that is not usable or not
         on the first's grid."""
-        card = getattr(self.model, "card", self.model)
+        card = self.model.card if isinstance(self.model, LoadedModel) else self.model
         pixel = float(card.stream("sentinel2").get("pixel_size_m", 10))
         first = open_sentinel2(job.sentinel2_path, pixel)
         stacks = [_Stack(job, first, own_mask_band(first))]
@@ -112,42 +122,58 @@ class DatesAverage:
         _same_files([job.sentinel2_path] + self.paths)  # after opening them: they exist
         return stacks
 
-    def __call__(self, job, tiles, feedback):
-        """(tile, TileResult) of each of ``tiles`` in turn (a generator; the agreement raster is written as they
-        go and renamed into place after the last). Raises InputError before any tile is computed."""
+    def __call__(self, job: TileJob, tiles: list[Tile], feedback: Feedback) -> Iterator[tuple[Tile, TileResult]]:
+        """(tile, TileResult) of each of ``tiles`` in turn (a generator, run within ``writing``, which writes the
+        agreement raster). Raises InputError before any tile is computed."""
         stacks = self._open(job, feedback)
-        runner, engine = sentinel2_runner(self.model, self.backend, self.device, self.precision, tta=job.tta)
+        settings = job.settings
+        runner, engine = sentinel2_runner(self.model, settings.backend, settings.device, settings.precision,
+                                          settings.threads, settings.tta)
         self.engines = [engine]
         self.summary = {"dates": len(stacks), "cells_by_dates": {str(n): 0 for n in range(len(stacks) + 1)}}
         names = ", ".join(stack.job.sentinel2_path for stack in stacks)
         feedback.info(f"Averaging the probabilities of {len(stacks)} dates: {names}")
         return self._tiles(job, stacks, runner, tiles, feedback)
 
-    def _tiles(self, job, stacks, runner, tiles, feedback):
+    @contextlib.contextmanager
+    def writing(self, job: TileJob) -> Iterator[None]:
+        """The agreement raster (with ``agreement_path``) under a temporary name while ``classify`` writes the map;
+        renamed into place when the block ends without error, that is once the map is in place; removed on any
+        error."""
+        with _agreement_raster(self.agreement_path, job) as agreement:
+            self._agreement = agreement
+            try:
+                yield
+            finally:
+                self._agreement = None
+
+    def _tiles(self, job: TileJob, stacks: list[_Stack], runner: Runner, tiles: list[Tile],
+               feedback: Feedback) -> Iterator[tuple[Tile, TileResult]]:
+        """The tiles of ``__call__``, each averaged over ``stacks``, its agreement written as it goes."""
         total = job.grid.rows * job.grid.cols
         clock = TileClock(feedback, len(tiles), total)
         done = [0]
 
-        def on_batch(n):
+        def on_batch(n: int) -> None:
             done[0] += n
             feedback.progress(done[0] / (total * len(stacks)))
             feedback.check_canceled()
 
-        with _agreement_raster(self.agreement_path, job) as agreement:
-            for tile in tiles:
-                feedback.check_canceled()
-                dates = [compute_tile(stack.job, stack.ds, runner, tile, stack.mask, on_batch) for stack in stacks]
-                probs, counts, share = average_dates(np.stack([p for p, _ in dates]))
-                masked = np.any([m for _, m in dates], axis=0) & (counts == 0)
-                for n, cells in enumerate(np.bincount(counts.ravel(), minlength=len(stacks) + 1)):
-                    self.summary["cells_by_dates"][str(n)] += int(cells)
-                if agreement is not None:
-                    agreement.write(tile, share)
-                yield tile, tile_result(probs, masked, job.probabilities)
-                clock.tile_done(tile[2] * tile[3])
+        for tile in tiles:
+            feedback.check_canceled()
+            dates = [compute_tile(stack.job, stack.ds, runner, tile, stack.mask, on_batch) for stack in stacks]
+            probs, counts, share = average_dates(np.stack([p for p, _ in dates]))
+            masked = np.any([m for _, m in dates], axis=0) & (counts == 0)
+            for n, cells in enumerate(np.bincount(counts.ravel(), minlength=len(stacks) + 1)):
+                self.summary["cells_by_dates"][str(n)] += int(cells)
+            if self._agreement is not None:
+                self._agreement.write(tile, share)
+            yield tile, tile_result(probs, masked, job.probabilities)
+            clock.tile_done(tile[2] * tile[3])
 
 
-def average_dates(probs: npt.NDArray[np.float32]):
+def average_dates(probs: npt.NDArray[np.float32]
+                  ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int_], npt.NDArray[np.uint8]]:
     """Average the class probabilities of several dates.
 
     probs: float32 (dates, 17, rows, cols), NaN where a date did not classify the cell.
@@ -171,7 +197,7 @@ def average_dates(probs: npt.NDArray[np.float32]):
 class _AgreementWriter:
     """The agreement raster under a temporary name: uint8 GeoTIFF on the map's grid, nodata ``AGREEMENT_NODATA``."""
 
-    def __init__(self, path, job):
+    def __init__(self, path: str, job: TileJob) -> None:
         grid = job.grid
         self.ds = gdal.GetDriverByName("GTiff").Create(path, grid.cols, grid.rows, 1, gdal.GDT_Byte,
                                                        ["COMPRESS=DEFLATE", "TILED=YES"])
@@ -182,16 +208,17 @@ class _AgreementWriter:
         band.SetDescription("Agreement of the dates with the map's class (%)")
         band.Fill(AGREEMENT_NODATA)
 
-    def write(self, tile, share):
+    def write(self, tile: Tile, share: npt.NDArray[np.uint8]) -> None:
         """Write uint8 (rows, cols) ``share`` at ``tile`` (row, col, rows, cols)."""
         self.ds.GetRasterBand(1).WriteArray(share, tile[1], tile[0])
 
-    def close(self):
+    def close(self) -> None:
+        """Close the file (GDAL writes it out)."""
         self.ds = None
 
 
 @contextlib.contextmanager
-def _agreement_raster(path, job):
+def _agreement_raster(path: Optional[Union[str, Path]], job: TileJob) -> Iterator[Optional[_AgreementWriter]]:
     """An ``_AgreementWriter`` whose file is renamed to ``path`` when the block ends without error (removed on any
     error); None without ``path``."""
     if not path:
