@@ -37,12 +37,12 @@ import numpy as np
 import numpy.typing as npt
 from osgeo import gdal
 
+from ..runtime.grid import Bounds, GeoTransform
+from ..runtime.outputs import PathLike
+
 if TYPE_CHECKING:
     from ..runtime.feedback import Feedback
     from .stack import ProductInfo
-
-from ..runtime.grid import Bounds, GeoTransform
-from ..runtime.outputs import PathLike
 
 gdal.UseExceptions()
 
@@ -94,16 +94,14 @@ def _find(folder: PathLike, pattern: str) -> Optional[Path]:
     return matches[0] if matches else None
 
 
-def coarse_grid(bounds: Bounds, resolution: float
-                ) -> tuple[int, int, GeoTransform]:
+def coarse_grid(bounds: Bounds, resolution: float) -> tuple[int, int, GeoTransform]:
     """(width, height, geotransform) of the grid of ``resolution`` m from the top-left corner of ``bounds``."""
     width = math.ceil((bounds[2] - bounds[0]) / resolution - 1e-9)
     height = math.ceil((bounds[3] - bounds[1]) / resolution - 1e-9)
     return width, height, (bounds[0], resolution, 0.0, bounds[3], 0.0, -resolution)
 
 
-def _read_on(path: PathLike, bounds: Bounds, resolution: float, resample: str = "nearest"
-             ) -> npt.NDArray[np.float32]:
+def _read_on(path: PathLike, bounds: Bounds, resolution: float, resample: str = "nearest") -> npt.NDArray[np.float32]:
     """float32 (bands, H, W) of a raster read on the ``coarse_grid`` of ``bounds`` (GDAL resampling)."""
     width, height, gt = coarse_grid(bounds, resolution)
     grid_bounds = (gt[0], gt[3] - height * resolution, gt[0] + width * resolution, gt[3])
