@@ -1,12 +1,16 @@
 """``df4lcz:buildobjectgraphs`` ("Extract SAM objects"): SAM objects of VHR imagery as polygons, plus graphs."""
 
-import json
+from __future__ import annotations
 
-from qgis.core import (QgsCoordinateTransform, QgsFeature, QgsFeatureSink, QgsFields, QgsGeometry,
-                       QgsProcessingException, QgsProcessingOutputNumber, QgsProcessingParameterBoolean,
+import json
+from typing import TYPE_CHECKING, Any, Optional
+
+from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsFeature, QgsFeatureSink, QgsFields,
+                       QgsGeometry, QgsProcessingContext, QgsProcessingException, QgsProcessingFeedback,
+                       QgsProcessingOutputNumber, QgsProcessingParameterBoolean,
                        QgsProcessingParameterExtent, QgsProcessingParameterFeatureSink, QgsProcessingParameterFile,
                        QgsProcessingParameterFileDestination, QgsProcessingParameterNumber,
-                       QgsProcessingParameterRasterLayer)
+                       QgsProcessingParameterRasterLayer, QgsRasterLayer)
 from qgis.PyQt.QtCore import QMetaType
 
 from ..df4lcz_plugin.runtime.outputs import check_output_paths
@@ -15,6 +19,9 @@ from .base import (DF4LCZAlgorithm, ProcessingFeedback, device_parameter, engine
                    segmentation_parameter, tr)
 from .compat import FLAG_ADVANCED, NUMBER_DOUBLE, NUMBER_INTEGER, SOURCE_VECTOR_POLYGON, WKB_MULTIPOLYGON, field
 from .vhr_source import metric_crs, vhr_path, vhr_source_id
+
+if TYPE_CHECKING:
+    from ..df4lcz_plugin.vhr.objects import PatchObjects
 
 _AMG_PARAMETERS = {  # parameter name → (AMG argument, label, integer?, minimum)
     "POINTS_PER_SIDE": ("points_per_side", "Points per side", True, 1),
@@ -49,13 +56,13 @@ class BuildObjectGraphsAlgorithm(DF4LCZAlgorithm):
     keywords = ("sam", "segmentation", "objects", "graph", "vhr", "orthophoto", "graph cache")
     icon_name = "build_object_graphs"
 
-    def name(self):
+    def name(self) -> str:
         return "buildobjectgraphs"
 
-    def displayName(self):  # noqa: N802 (QGIS API name)
+    def displayName(self) -> str:  # noqa: N802 (QGIS API name)
         return tr("Extract SAM objects")
 
-    def shortHelpString(self):  # noqa: N802 (QGIS API name)
+    def shortHelpString(self) -> str:  # noqa: N802 (QGIS API name)
         return tr("Segments high-resolution imagery into objects (roofs, trees, lawns, roads) with Segment Anything, "
                 "as DF4LCZ's high-resolution stream sees them, and builds their graphs.\n\n"
                 "The extent is cut into 320 m patches, each resampled to 320 × 320 px (1 m) and segmented by "
@@ -80,7 +87,7 @@ class BuildObjectGraphsAlgorithm(DF4LCZAlgorithm):
                 "once per 320 m tile of a fixed grid and each footprint's objects are composed from its tiles, "
                 "so overlapping footprints share the work; footprint: the paper's, SAM on each footprint.")
 
-    def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
+    def initAlgorithm(self, config: Optional[dict[str, Any]] = None) -> None:  # noqa: N802 (QGIS API name)
         self.addParameter(QgsProcessingParameterRasterLayer(self.VHR, tr("High-resolution (VHR) imagery")))
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, tr("Extent"), optional=True))
         self.addParameter(QgsProcessingParameterFile(self.CHECKPOINT, tr("SAM checkpoint (default: MobileSAM)"),
@@ -88,8 +95,8 @@ class BuildObjectGraphsAlgorithm(DF4LCZAlgorithm):
         self.addParameter(device_parameter(self.DEVICE))
         advanced = [QgsProcessingParameterNumber(self.GRAPH_RADIUS, tr("Graph radius (fraction of the 320 m patch)"),
                                                  NUMBER_DOUBLE, 0.25, minValue=0.0),
-                    QgsProcessingParameterBoolean(self.FAST_SAM, tr("Fast SAM (bfloat16, pays on a GPU only; not the paper-exact masks)"),
-                                                  False)]
+                    QgsProcessingParameterBoolean(
+                        self.FAST_SAM, tr("Fast SAM (bfloat16, pays on a GPU only; not the paper-exact masks)"), False)]
         for name, (argument, label, integer, minimum) in _AMG_PARAMETERS.items():
             kind = NUMBER_INTEGER if integer else NUMBER_DOUBLE
             advanced.append(QgsProcessingParameterNumber(name, tr(label), kind, PAPER_AMG_SETTINGS[argument],
@@ -110,10 +117,11 @@ class BuildObjectGraphsAlgorithm(DF4LCZAlgorithm):
         self.addOutput(QgsProcessingOutputNumber(self.SAM_RUNS, tr("SAM runs (graph cache mode)")))
         self.addOutput(QgsProcessingOutputNumber(self.GRAPH_CACHE_HITS, tr("Graphs already cached (graph cache mode)")))
 
-    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
+    def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,  # noqa: N802 (QGIS API)
+                         feedback: QgsProcessingFeedback) -> dict[str, Any]:
         from ..df4lcz_plugin.runtime import assets
         from ..df4lcz_plugin.runtime.device import resolve_device
-        from ..df4lcz_plugin.vhr.objects import default_settings, extract_objects, mask_polygons, write_graph_file
+        from ..df4lcz_plugin.vhr.objects import default_settings, extract_objects, write_graph_file
 
         layer = self.parameterAsRasterLayer(parameters, self.VHR, context)
         amg = {argument: (self.parameterAsInt if integer else self.parameterAsDouble)(parameters, name, context)
@@ -121,26 +129,17 @@ class BuildObjectGraphsAlgorithm(DF4LCZAlgorithm):
         rule = {"rule": "radius", "radius": self.parameterAsDouble(parameters, self.GRAPH_RADIUS, context)}
         if parameters.get(self.CLASSIFICATION_GRID):
             return self._fill_cache(layer, parameters, context, feedback, amg, rule)
-        if parameters.get(self.EXTENT):
-            extent = self.parameterAsExtent(parameters, self.EXTENT, context)
-            extent_crs = self.parameterAsExtentCrs(parameters, self.EXTENT, context)
-        else:
-            extent, extent_crs = layer.extent(), layer.crs()
-        crs = metric_crs(extent_crs, extent.center(), context)
-        extent = QgsCoordinateTransform(extent_crs, crs, context.transformContext()).transformBoundingBox(extent)
-        bounds = (extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum())
+        bounds, crs = self._metric_bounds(layer, parameters, context)
         source = vhr_path(layer, bounds if parameters.get(self.EXTENT) else None, crs, context, feedback)
         graphs_path = self.parameterAsFileOutput(parameters, self.GRAPHS, context)
-        fields = QgsFields()
-        for name in ("patch_id", "object_id", "area_m2", "r", "g", "b", "cx", "cy", "pred_iou", "stability"):
-            fields.append(field(name, QMetaType.Type.Int if name.endswith("_id") else QMetaType.Type.Double))
+        fields = _object_fields()
         with engine_errors():
             check_output_paths(
                 {self.VHR: source, self.CHECKPOINT: self.parameterAsFile(parameters, self.CHECKPOINT, context)},
                 {self.OUTPUT: ([self.parameterAsOutputLayer(parameters, self.OUTPUT, context).split("|")[0]], None),
                  self.GRAPHS: ([graphs_path], (".npz",))})
-            checkpoint = (self.parameterAsFile(parameters, self.CHECKPOINT, context)
-                          or str(assets.fetch_member(assets.MOBILE_SAM)))
+            checkpoint = self.parameterAsFile(parameters, self.CHECKPOINT, context) or str(
+                assets.fetch_member(assets.MOBILE_SAM))
             device = resolve_device(self.parameterAsEnumString(parameters, self.DEVICE, context))
             patches = extract_objects(source, bounds, crs.toWkt(), checkpoint, device, amg,
                                       rule, ProcessingFeedback(feedback),
@@ -150,21 +149,7 @@ class BuildObjectGraphsAlgorithm(DF4LCZAlgorithm):
             if sink is None:
                 raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))
             srs_wkt = crs.toWkt()
-            objects = 0
-            for patch in patches:
-                pixel_m2 = ((patch.bounds[2] - patch.bounds[0]) / patch.masks.masks.shape[-1]) ** 2 \
-                    if len(patch.masks) else 0.0
-                for rank, mask in enumerate(patch.masks.masks):
-                    feature = QgsFeature(fields)
-                    geometry = QgsGeometry()
-                    geometry.fromWkb(bytes(mask_polygons(mask, patch.bounds, srs_wkt).ExportToWkb()))
-                    feature.setGeometry(geometry)
-                    x = patch.graph.x[rank]
-                    feature.setAttributes([patch.patch_id, rank, float(mask.sum() * pixel_m2)] +
-                                          [float(v) for v in x] +
-                                          [float(patch.masks.predicted_iou[rank]), float(patch.masks.stability[rank])])
-                    sink.addFeature(feature, QgsFeatureSink.Flag.FastInsert)
-                    objects += 1
+            objects = _add_objects(sink, fields, patches, srs_wkt)
             settings = default_settings(amg, rule, assets.sha256_of(checkpoint))
             if graphs_path:  # GRAPHS is optional: the polygons alone were asked for
                 write_graph_file(graphs_path, patches, srs_wkt, settings)
@@ -174,7 +159,21 @@ class BuildObjectGraphsAlgorithm(DF4LCZAlgorithm):
             results[self.GRAPHS] = graphs_path
         return results
 
-    def _fill_cache(self, layer, parameters, context, feedback, amg, rule):
+    def _metric_bounds(self, layer: QgsRasterLayer, parameters: dict[str, Any], context: QgsProcessingContext
+                       ) -> tuple[tuple[float, float, float, float], QgsCoordinateReferenceSystem]:
+        """(xmin, ymin, xmax, ymax) of EXTENT (default: the VHR layer's extent) in the metric CRS the work is done
+        in (``vhr_source.metric_crs``), and that CRS."""
+        if parameters.get(self.EXTENT):
+            extent = self.parameterAsExtent(parameters, self.EXTENT, context)
+            extent_crs = self.parameterAsExtentCrs(parameters, self.EXTENT, context)
+        else:
+            extent, extent_crs = layer.extent(), layer.crs()
+        crs = metric_crs(extent_crs, extent.center(), context)
+        extent = QgsCoordinateTransform(extent_crs, crs, context.transformContext()).transformBoundingBox(extent)
+        return (extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum()), crs
+
+    def _fill_cache(self, layer: QgsRasterLayer, parameters: dict[str, Any], context: QgsProcessingContext,
+                    feedback: QgsProcessingFeedback, amg: dict[str, float], rule: dict[str, Any]) -> dict[str, Any]:
         """Graph cache mode: SAM on exactly the footprints of 'Classify local climate zones' with the same
         SENTINEL2 (CLASSIFICATION_GRID), EXTENT and RESOLUTION; no polygons or graph file."""
         from ..df4lcz_plugin.runtime.device import resolve_device
@@ -197,3 +196,33 @@ class BuildObjectGraphsAlgorithm(DF4LCZAlgorithm):
         feedback.pushInfo(f"Graph cache: {summary['cells']} cells, {summary['sam_runs']} SAM runs, "
                           f"{summary['graph_cache_hits']} graphs were already cached.")
         return {self.SAM_RUNS: summary["sam_runs"], self.GRAPH_CACHE_HITS: summary["graph_cache_hits"]}
+
+
+def _object_fields() -> QgsFields:
+    """The fields of the SAM objects layer: patch and object ids, area in m², node features, SAM's scores."""
+    fields = QgsFields()
+    for name in ("patch_id", "object_id", "area_m2", "r", "g", "b", "cx", "cy", "pred_iou", "stability"):
+        fields.append(field(name, QMetaType.Type.Int if name.endswith("_id") else QMetaType.Type.Double))
+    return fields
+
+
+def _add_objects(sink: QgsFeatureSink, fields: QgsFields, patches: list[PatchObjects], srs_wkt: str) -> int:
+    """Add each patch's kept objects to ``sink`` as polygons (in ``srs_wkt``) with their attributes
+    (``_object_fields``); returns how many were added."""
+    from ..df4lcz_plugin.vhr.objects import mask_polygons
+
+    objects = 0
+    for patch in patches:
+        pixel_m2 = ((patch.bounds[2] - patch.bounds[0]) / patch.masks.masks.shape[-1]) ** 2 \
+            if len(patch.masks) else 0.0
+        for rank, mask in enumerate(patch.masks.masks):
+            feature = QgsFeature(fields)
+            geometry = QgsGeometry()
+            geometry.fromWkb(bytes(mask_polygons(mask, patch.bounds, srs_wkt).ExportToWkb()))
+            feature.setGeometry(geometry)
+            scores = [float(patch.masks.predicted_iou[rank]), float(patch.masks.stability[rank])]
+            feature.setAttributes([patch.patch_id, rank, float(mask.sum() * pixel_m2),
+                                   *(float(v) for v in patch.graph.x[rank]), *scores])
+            sink.addFeature(feature, QgsFeatureSink.Flag.FastInsert)
+            objects += 1
+    return objects

@@ -22,6 +22,8 @@ The result is a ``CloudMask``: uint8 classes on the coarse grid (``CLEAR``, ``CL
 snow is kept as its own flag and is not masked.
 """
 
+from __future__ import annotations
+
 import datetime
 import importlib.util
 import math
@@ -29,11 +31,23 @@ import re
 import xml.etree.ElementTree as ET  # nosec B405
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Mapping, Optional, cast
 
 import numpy as np
+import numpy.typing as npt
 from osgeo import gdal
 
+from ..runtime.grid import Bounds, GeoTransform
+from ..runtime.outputs import PathLike
+
+if TYPE_CHECKING:
+    from ..runtime.feedback import Feedback
+    from .stack import ProductInfo
+
 gdal.UseExceptions()
+
+#: (uint8 (H, W) classes CLEAR, CLOUD, SHADOW, SNOW; resolution of their grid in m; where they come from).
+Classes = tuple[npt.NDArray[np.uint8], float, str]
 
 CLEAR, CLOUD, SHADOW, SNOW = 0, 1, 2, 3
 MODES = ("auto", "product", "s2cloudless", "none")
@@ -62,11 +76,11 @@ class CloudMaskError(ValueError):
 class CloudMask:
     """Classes (uint8 (H, W): CLEAR, CLOUD, SHADOW, SNOW) on a grid of the tile; ``geotransform`` is GDAL's."""
 
-    classes: np.ndarray
-    geotransform: tuple
+    classes: npt.NDArray[np.uint8]
+    geotransform: GeoTransform
     source: str
 
-    def dataset(self, projection):
+    def dataset(self, projection: str) -> gdal.Dataset:
         """An in-memory GDAL dataset of the classes, to be resampled onto another grid."""
         ds = gdal.GetDriverByName("MEM").Create("", self.classes.shape[1], self.classes.shape[0], 1, gdal.GDT_Byte)
         ds.SetGeoTransform(self.geotransform)
@@ -75,19 +89,19 @@ class CloudMask:
         return ds
 
 
-def _find(folder, pattern):
+def _find(folder: PathLike, pattern: str) -> Optional[Path]:
     matches = sorted(p for p in Path(folder).rglob("*") if re.search(pattern, p.name, re.IGNORECASE))
     return matches[0] if matches else None
 
 
-def coarse_grid(bounds, resolution):
+def coarse_grid(bounds: Bounds, resolution: float) -> tuple[int, int, GeoTransform]:
     """(width, height, geotransform) of the grid of ``resolution`` m from the top-left corner of ``bounds``."""
     width = math.ceil((bounds[2] - bounds[0]) / resolution - 1e-9)
     height = math.ceil((bounds[3] - bounds[1]) / resolution - 1e-9)
     return width, height, (bounds[0], resolution, 0.0, bounds[3], 0.0, -resolution)
 
 
-def _read_on(path, bounds, resolution, resample="nearest"):
+def _read_on(path: PathLike, bounds: Bounds, resolution: float, resample: str = "nearest") -> npt.NDArray[np.float32]:
     """float32 (bands, H, W) of a raster read on the ``coarse_grid`` of ``bounds`` (GDAL resampling)."""
     width, height, gt = coarse_grid(bounds, resolution)
     grid_bounds = (gt[0], gt[3] - height * resolution, gt[0] + width * resolution, gt[3])
@@ -96,20 +110,20 @@ def _read_on(path, bounds, resolution, resample="nearest"):
     return ds.ReadAsArray().astype(np.float32).reshape(ds.RasterCount, height, width)
 
 
-def _pixel_size(path):
+def _pixel_size(path: PathLike) -> float:
     return abs(gdal.Open(str(path)).GetGeoTransform()[1])
 
 
-def scl_classes(values):
+def scl_classes(values: npt.ArrayLike) -> npt.NDArray[np.uint8]:
     """The mask classes (CLEAR, CLOUD, SHADOW, SNOW; uint8) of an array of L2A scene classification (SCL) values."""
-    values = np.asarray(values).astype(np.int16)
-    classes = np.zeros(values.shape, np.uint8)
+    scl = np.asarray(values).astype(np.int16)
+    classes = np.zeros(scl.shape, np.uint8)
     for value, cls in _SCL.items():
-        classes[values == value] = cls
+        classes[scl == value] = cls
     return classes
 
 
-def product_mask_classes(folder, bounds):
+def product_mask_classes(folder: PathLike, bounds: Bounds) -> Optional[Classes]:
     """(uint8 classes, resolution in m, source) from the product's own mask (SCL or MSK_CLASSI_B00) read at its
     own resolution, or None when it has none."""
     scl = _find(folder, r"_SCL(_\d+m)?\.(jp2|tif)$")
@@ -130,12 +144,13 @@ def product_mask_classes(folder, bounds):
     return None
 
 
-def _disk(radius):
+def _disk(radius: int) -> npt.NDArray[np.bool_]:
     y, x = np.ogrid[-radius:radius + 1, -radius:radius + 1]
     return x * x + y * y <= radius * radius
 
 
-def s2cloudless_classes(band_files, offsets, bounds, resolution, model_file):
+def s2cloudless_classes(band_files: Mapping[str, PathLike], offsets: Mapping[str, int], bounds: Bounds,
+                        resolution: float, model_file: PathLike) -> npt.NDArray[np.uint8]:
     """uint8 classes (CLOUD or CLEAR) by s2cloudless on ``bounds`` at ``resolution`` m (module docstring).
 
     band_files: band name → path (all of S2CLOUDLESS_BANDS); offsets: band → DN offset of baseline ≥ 04.00.
@@ -146,15 +161,15 @@ def s2cloudless_classes(band_files, offsets, bounds, resolution, model_file):
     reflectance = np.stack([(_read_on(band_files[b], bounds, resolution, "average")[0] + offsets.get(b, 0)) / 10000
                             for b in S2CLOUDLESS_BANDS])
     booster = lightgbm.Booster(model_file=str(model_file))
-    probability = booster.predict(reflectance.reshape(len(S2CLOUDLESS_BANDS), -1).T, num_threads=1)
-    probability = probability.reshape(reflectance.shape[1:]).astype(np.float32)
+    predicted = np.asarray(booster.predict(reflectance.reshape(len(S2CLOUDLESS_BANDS), -1).T, num_threads=1))
+    probability = predicted.reshape(reflectance.shape[1:]).astype(np.float32)
     disk = _disk(1).astype(np.float32)
     averaged = ndimage.convolve(probability, disk / disk.sum(), mode="reflect")
     cloud = ndimage.binary_dilation(averaged > S2CLOUDLESS_THRESHOLD, structure=_disk(1))
     return np.where(cloud, CLOUD, CLEAR).astype(np.uint8)
 
 
-def solar_position(when, lat, lon):
+def solar_position(when: datetime.datetime, lat: float, lon: float) -> tuple[float, float]:
     """(zenith, azimuth clockwise from north) in degrees of the sun at ``when`` (UTC datetime) seen from
     (lat, lon) in degrees: NOAA's general solar position equations (declination and equation of time in
     Spencer's 1971 Fourier form), good to about 0.5° — ample for placing a shadow within 60 m pixels."""
@@ -174,7 +189,8 @@ def solar_position(when, lat, lon):
     return math.degrees(zenith), azimuth % 360
 
 
-def sun_angles(folder, band_file, srs_wkt, bounds):
+def sun_angles(folder: PathLike, band_file: PathLike, srs_wkt: str, bounds: Bounds
+               ) -> tuple[Optional[tuple[float, float]], Optional[str]]:
     """(zenith, azimuth) in degrees and where they come from: the granule metadata ``MTD_TL.xml``, else the
     acquisition time in the band file name (``…_20170216T102101_B02.jp2``) at the centre of ``bounds``; None
     when neither is there."""
@@ -182,7 +198,7 @@ def sun_angles(folder, band_file, srs_wkt, bounds):
     if metadata is not None:
         for element in ET.parse(metadata).getroot().iter():  # nosec B314
             if element.tag.split("}")[-1] == "Mean_Sun_Angle":
-                values = {child.tag.split("}")[-1]: float(child.text) for child in element}
+                values = {child.tag.split("}")[-1]: float(cast(str, child.text)) for child in element}
                 return (values["ZENITH_ANGLE"], values["AZIMUTH_ANGLE"]), "the sun angles of MTD_TL.xml"
     stamp = re.search(r"_(\d{8}T\d{6})_", Path(band_file).name)
     if stamp is None:
@@ -200,7 +216,8 @@ def sun_angles(folder, band_file, srs_wkt, bounds):
     return solar_position(when, lat, lon), f"the sun position at {when:%Y-%m-%d %H:%M} UTC (from the file names)"
 
 
-def add_shadows(classes, b4, b8, resolution, angles):
+def add_shadows(classes: npt.NDArray[np.uint8], b4: npt.NDArray[np.float32], b8: npt.NDArray[np.float32],
+                resolution: float, angles: tuple[float, float]) -> npt.NDArray[np.uint8]:
     """Mark SHADOW in ``classes`` (in place): dark, non-water pixels where a cloud's shadow can fall.
 
     b4, b8: float32 DN (offset removed) on the same grid. angles: (sun zenith, azimuth) degrees: the cloud mask
@@ -220,7 +237,8 @@ def add_shadows(classes, b4, b8, resolution, angles):
     return classes
 
 
-def cloud_mask(info, folder, bounds, srs_wkt, mode="auto", model_file=None, feedback=None):
+def cloud_mask(info: ProductInfo, folder: PathLike, bounds: Bounds, srs_wkt: str, mode: str = "auto",
+               model_file: Optional[PathLike] = None, feedback: Optional[Feedback] = None) -> Optional[CloudMask]:
     """The CloudMask of a product on ``bounds`` (the 10 m tile, in ``srs_wkt``), or None for ``mode="none"`` or
     no source.
 
@@ -239,31 +257,52 @@ def cloud_mask(info, folder, bounds, srs_wkt, mode="auto", model_file=None, feed
         raise CloudMaskError(f"{folder} has no product cloud mask (SCL in L2A, MSK_CLASSI_B00 in L1C of baseline "
                              "04.00 or later); use CLOUD_MASK=s2cloudless or auto.")
     if found is None:
-        lacking = None
-        if not all(b in info.band_files for b in S2CLOUDLESS_BANDS):
-            lacking = f"lacks the bands s2cloudless needs ({', '.join(S2CLOUDLESS_BANDS)})"
-        elif importlib.util.find_spec("lightgbm") is None:
-            lacking = "lightgbm, which runs s2cloudless, is not installed (the plugin's dependencies)"
-        if lacking and mode == "auto":
-            feedback.warning(f"No cloud mask: the product has no mask of its own and {lacking}. Clouds will be "
-                             "classified as if they were ground; check the map against the imagery.")
+        found = _s2cloudless_mask(info, bounds, mode, model_file, feedback)
+        if found is None:
             return None
-        if lacking:
-            raise CloudMaskError(f"CLOUD_MASK=s2cloudless cannot run: {lacking}.")
-        if model_file is None:
-            from ..runtime import assets
-            model_file = assets.fetch_member(assets.S2CLOUDLESS_MODEL)
-        found = (s2cloudless_classes(info.band_files, info.offsets, bounds, S2CLOUDLESS_RESOLUTION_M, model_file),
-                 S2CLOUDLESS_RESOLUTION_M, "s2cloudless")
     classes, resolution, source = found
     if (classes == CLOUD).any() and not (classes == SHADOW).any():  # the source has clouds but no shadows
-        angles, origin = sun_angles(folder, info.band_files["B2"], srs_wkt, bounds)
-        if angles is None:
-            feedback.warning("No cloud-shadow mask: the product has no sun angles (MTD_TL.xml) and its file names no "
-                             "acquisition time. Cloud shadows will be classified as if they were ground.")
-        else:
-            b4, b8 = (_read_on(info.band_files[b], bounds, resolution, "average")[0] + info.offsets.get(b, 0)
-                      for b in ("B4", "B8"))
-            add_shadows(classes, b4, b8, resolution, angles)
-            source += f", shadows projected with {origin}"
+        source += _shadows(classes, info, folder, bounds, srs_wkt, resolution, feedback)
     return CloudMask(classes, coarse_grid(bounds, resolution)[2], source)
+
+
+def _s2cloudless_lacking(info: ProductInfo) -> Optional[str]:
+    """Why s2cloudless cannot run on the product (a band or lightgbm missing), or None when it can."""
+    if not all(b in info.band_files for b in S2CLOUDLESS_BANDS):
+        return f"lacks the bands s2cloudless needs ({', '.join(S2CLOUDLESS_BANDS)})"
+    if importlib.util.find_spec("lightgbm") is None:
+        return "lightgbm, which runs s2cloudless, is not installed (the plugin's dependencies)"
+    return None
+
+
+def _s2cloudless_mask(info: ProductInfo, bounds: Bounds, mode: str, model_file: Optional[PathLike],
+                      feedback: Feedback) -> Optional[Classes]:
+    """(uint8 classes, resolution in m, source) by s2cloudless; when it cannot run, None with a warning in
+    ``mode`` auto, else CloudMaskError."""
+    lacking = _s2cloudless_lacking(info)
+    if lacking and mode == "auto":
+        feedback.warning(f"No cloud mask: the product has no mask of its own and {lacking}. Clouds will be "
+                         "classified as if they were ground; check the map against the imagery.")
+        return None
+    if lacking:
+        raise CloudMaskError(f"CLOUD_MASK=s2cloudless cannot run: {lacking}.")
+    if model_file is None:
+        from ..runtime import assets
+        model_file = assets.fetch_member(assets.S2CLOUDLESS_MODEL)
+    return (s2cloudless_classes(info.band_files, info.offsets, bounds, S2CLOUDLESS_RESOLUTION_M, model_file),
+            S2CLOUDLESS_RESOLUTION_M, "s2cloudless")
+
+
+def _shadows(classes: npt.NDArray[np.uint8], info: ProductInfo, folder: PathLike, bounds: Bounds, srs_wkt: str,
+             resolution: float, feedback: Feedback) -> str:
+    """Mark SHADOW in ``classes`` (in place, ``add_shadows``) from the sun angles of the product; returns what to
+    add to the mask's source ("" with a warning when the product has no sun angles)."""
+    angles, origin = sun_angles(folder, info.band_files["B2"], srs_wkt, bounds)
+    if angles is None:
+        feedback.warning("No cloud-shadow mask: the product has no sun angles (MTD_TL.xml) and its file names no "
+                         "acquisition time. Cloud shadows will be classified as if they were ground.")
+        return ""
+    b4, b8 = (_read_on(info.band_files[b], bounds, resolution, "average")[0] + info.offsets.get(b, 0)
+              for b in ("B4", "B8"))
+    add_shadows(classes, b4, b8, resolution, angles)
+    return f", shadows projected with {origin}"

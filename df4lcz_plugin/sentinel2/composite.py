@@ -11,19 +11,24 @@ masked pixel arrives as no data.
 The composite is written in strips of ``STRIP_ROWS`` rows: memory is bounded by one strip of every input.
 """
 
+from __future__ import annotations
+
 import contextlib
 import math
 import os
 import warnings
 from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
+import numpy.typing as npt
 from osgeo import gdal
 
 from .bands import SO2SAT_BANDS
 from ..runtime.feedback import Feedback
+from ..runtime.grid import Bounds, GeoTransform
 from ..runtime.kill_points import kill_point
-from ..runtime.outputs import atomic_output, scratch_folder
+from ..runtime.outputs import PathLike, atomic_output, scratch_folder
 from .processing_level import combine_levels, stack_level
 from .stack import build_stack, create_stack_raster
 from .checks import check_values, open_sentinel2, own_mask_band
@@ -39,7 +44,7 @@ class CompositeError(ValueError):
     """The inputs cannot be composited (none, the same one twice, no overlap, too large a union)."""
 
 
-def _union_grid(datasets, names):
+def _union_grid(datasets: Sequence[gdal.Dataset], names: Sequence[str]) -> tuple[GeoTransform, int, int, str]:
     """(geotransform, width, height, wkt) of the first dataset's 10 m grid over the union of all extents.
 
     Raises CompositeError when an input overlaps no other input (different places, or a UTM zone far away), or
@@ -47,20 +52,8 @@ def _union_grid(datasets, names):
     """
     first = datasets[0]
     gt, wkt = first.GetGeoTransform(), first.GetProjection()
-    boxes = []
-    for ds in datasets:
-        try:
-            warped = gdal.Warp("", ds, format="VRT", dstSRS=wkt, xRes=gt[1], yRes=abs(gt[5]))
-        except RuntimeError as error:
-            raise CompositeError(f"An input cannot be put on the first input's grid ({error}); composite "
-                                 "products of the same or overlapping tiles.") from None
-        wgt = warped.GetGeoTransform()
-        boxes.append((wgt[0], wgt[3] + wgt[5] * warped.RasterYSize, wgt[0] + wgt[1] * warped.RasterXSize, wgt[3]))
-    for i, a in enumerate(boxes):
-        if len(boxes) > 1 and not any(a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
-                                      for j, b in enumerate(boxes) if j != i):
-            raise CompositeError(f"INPUTS {names[i]} overlaps none of the other inputs; a composite combines "
-                                 "acquisitions of the same or overlapping tiles.")
+    boxes = [_box_on(ds, gt, wkt) for ds in datasets]
+    _check_each_overlaps(boxes, names)
     xmin, ymin = min(b[0] for b in boxes), min(b[1] for b in boxes)
     xmax, ymax = max(b[2] for b in boxes), max(b[3] for b in boxes)
     # Snap to the first input's pixel grid, so that its pixels are taken as they are.
@@ -75,7 +68,28 @@ def _union_grid(datasets, names):
     return (gt[0] + col0 * gt[1], gt[1], 0.0, gt[3] - row0 * abs(gt[5]), 0.0, gt[5]), col1 - col0, row1 - row0, wkt
 
 
-def _source_nodata(ds):
+def _box_on(ds: gdal.Dataset, gt: GeoTransform, wkt: str) -> Bounds:
+    """(xmin, ymin, xmax, ymax) of ``ds`` warped to ``wkt`` at the pixel size of ``gt``; raises CompositeError
+    when GDAL cannot warp it there."""
+    try:
+        warped = gdal.Warp("", ds, format="VRT", dstSRS=wkt, xRes=gt[1], yRes=abs(gt[5]))
+    except RuntimeError as error:
+        raise CompositeError(f"An input cannot be put on the first input's grid ({error}); composite "
+                             "products of the same or overlapping tiles.") from None
+    wgt = warped.GetGeoTransform()
+    return (wgt[0], wgt[3] + wgt[5] * warped.RasterYSize, wgt[0] + wgt[1] * warped.RasterXSize, wgt[3])
+
+
+def _check_each_overlaps(boxes: Sequence[Bounds], names: Sequence[str]) -> None:
+    """Raise CompositeError naming the first input whose box overlaps none of the others' (of several)."""
+    for i, a in enumerate(boxes):
+        if len(boxes) > 1 and not any(a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+                                      for j, b in enumerate(boxes) if j != i):
+            raise CompositeError(f"INPUTS {names[i]} overlaps none of the other inputs; a composite combines "
+                                 "acquisitions of the same or overlapping tiles.")
+
+
+def _source_nodata(ds: gdal.Dataset) -> Optional[str]:
     """The warper's source nodata for ``ds``: "None" when it has its own mask band, else its nodata (default).
 
     Given both a per-dataset mask and a nodata value, GDAL before 3.12 honours both, GDAL 3.12 and later the
@@ -85,8 +99,9 @@ def _source_nodata(ds):
     return "None" if own_mask_band(ds) is not None else None
 
 
-def build_composite(inputs, output, observations_path=None, cloud_mask_mode="auto", feedback=None,
-                    extra_metadata=None):
+def build_composite(inputs: Sequence[PathLike], output: PathLike, observations_path: Optional[PathLike] = None,
+                    cloud_mask_mode: str = "auto", feedback: Optional[Feedback] = None,
+                    extra_metadata: Optional[Mapping[str, str]] = None) -> dict[str, Any]:
     """Write the median composite of ``inputs`` to ``output`` (10 bands, So2Sat order, UInt16, nodata 0) and,
     optionally, the number of clear observations per pixel to ``observations_path`` (Byte).
 
@@ -101,7 +116,7 @@ def build_composite(inputs, output, observations_path=None, cloud_mask_mode="aut
     if not inputs:
         raise CompositeError("Give at least one Sentinel-2 product or stack to composite.")
     with scratch_folder(output) as scratch:  # intermediate stacks, beside the output, never left behind
-        stacks = []
+        stacks: list[str] = []
         for index, path in enumerate(inputs):
             if Path(path).is_dir():
                 feedback.info(f"Stacking {path} with its cloud mask")
@@ -114,7 +129,7 @@ def build_composite(inputs, output, observations_path=None, cloud_mask_mode="aut
             for b in stacks[i + 1:]:
                 if os.path.samefile(a, b):
                     raise CompositeError(f"INPUTS holds {a} twice; a composite needs each acquisition once.")
-        datasets = []
+        datasets: list[gdal.Dataset] = []
         for name, path in zip(inputs, stacks):
             ds = open_sentinel2(path)
             feedback.info(f"Checking {name}")
@@ -140,14 +155,15 @@ def build_composite(inputs, output, observations_path=None, cloud_mask_mode="aut
             "processing_level": metadata["PROCESSING_LEVEL"]}
 
 
-def _write(views, gt, width, height, wkt, metadata, output, observations_path, feedback):
+def _write(views: list[gdal.Dataset], gt: GeoTransform, width: int, height: int, wkt: str, metadata: dict[str, str],
+           output: PathLike, observations_path: Optional[PathLike], feedback: Feedback) -> npt.NDArray[np.int64]:
     """Write the composite (and observation counts) strip by strip, with ``metadata``; returns the histogram of
     counts."""
     histogram = np.zeros(len(views) + 1, np.int64)
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(atomic_output(output))
         tmp_obs = stack.enter_context(atomic_output(observations_path)) if observations_path else None
-        datasets = {}
+        datasets: dict[str, gdal.Dataset] = {}
         # Runs first on exit: GDAL must close its files before they are renamed or removed.
         stack.callback(datasets.clear)
         out = datasets["composite"] = create_stack_raster(tmp, width, height, gt, wkt, metadata)

@@ -2,6 +2,8 @@
 temporary file; ``write_bootstrap_report`` for the bootstrapped training (median and IQR, boxplots, the averaged
 confusion matrix, the suspicious training areas)."""
 
+from __future__ import annotations
+
 import base64
 import csv
 import html
@@ -10,11 +12,22 @@ import json
 import math
 import textwrap
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from ..lcz import legend
-from ..runtime.outputs import atomic_output
+from ..runtime.outputs import PathLike, atomic_output
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from .training_areas import TrainingAreas
+
+#: The figures of an assessment (``metrics``): name → value, or per class (17 values, LCZ 1–10, A–G), and "n".
+Metrics = Mapping[str, Any]
 
 DEFINITIONS = {
     "OA": "overall accuracy",
@@ -31,7 +44,7 @@ DEFINITIONS = {
 }
 
 
-def _pyplot():
+def _pyplot() -> ModuleType:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -40,21 +53,21 @@ def _pyplot():
     return plt
 
 
-def _png(fig):
+def _png(fig: Figure) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     _pyplot().close(fig)
     return buffer.getvalue()
 
 
-def confusion_plot_png(cm, title):
+def confusion_plot_png(cm: npt.ArrayLike, title: str) -> bytes:
     """PNG bytes of the 17 × 17 confusion matrix (rows = reference, columns = map), classes present only.
     Counts or averaged counts (shown to 1 decimal)."""
     plt = _pyplot()
 
-    cm = np.asarray(cm)
-    present = np.nonzero(cm.sum(0) + cm.sum(1))[0]
-    sub = cm[np.ix_(present, present)]
+    matrix = np.asarray(cm)
+    present = np.nonzero(matrix.sum(0) + matrix.sum(1))[0]
+    sub = matrix[np.ix_(present, present)]
     labels = [legend.LABELS[i] for i in present]
     fig, ax = plt.subplots(figsize=(1.2 + 0.55 * len(present), 1.0 + 0.55 * len(present)))
     with np.errstate(invalid="ignore"):
@@ -73,7 +86,7 @@ def confusion_plot_png(cm, title):
     return _png(fig)
 
 
-def json_safe(value):
+def json_safe(value: Any) -> Any:
     """NaN → None, recursively, so the JSON file is strict JSON."""
     if isinstance(value, float) and math.isnan(value):
         return None
@@ -84,11 +97,11 @@ def json_safe(value):
     return value
 
 
-def _fmt(value):
+def _fmt(value: Optional[float]) -> str:
     return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 
 
-def report_files(html_path):
+def report_files(html_path: PathLike) -> list[Path]:
     """The files a training report writes: the HTML page, then its ``.csv``, ``.json``, ``.png`` (the confusion
     matrix), ``_boxplots.png`` and ``.bootstraps.jsonl`` (the finished bootstraps, ``bootstrap.BootstrapLog``)."""
     base = Path(html_path)
@@ -101,29 +114,31 @@ td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}
 .warning{background:#fff3cd;border:1px solid #e0b000;padding:8px}</style>"""
 
 
-def _write_page(html_path, title, body):
+def _write_page(html_path: PathLike, title: str, body: str) -> None:
     page = (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>\n{_STYLE}'
             f"</head><body>\n<h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n")
     with atomic_output(html_path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
         handle.write(page)
 
 
-def _img(png, alt):
+def _img(png: bytes, alt: str) -> str:
     return f'<img alt="{alt}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
-def _write_bytes(path, data):
+def _write_bytes(path: PathLike, data: bytes) -> None:
     with atomic_output(path) as tmp, open(tmp, "wb") as handle:
         handle.write(data)
 
 
-def _write_json(path, data):
+def _write_json(path: PathLike, data: Mapping[str, Any]) -> None:
     with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
         json.dump(json_safe(data), handle, indent=2, default=str, allow_nan=False)
 
 
-def write_report(html_path, metrics, cm, title, details=None, csv_path=None, json_path=None, png_path=None,
-                 warnings=(), filtered=None):
+def write_report(html_path: PathLike, metrics: Metrics, cm: npt.ArrayLike, title: str,
+                 details: Optional[Mapping[str, Any]] = None, csv_path: Optional[PathLike] = None,
+                 json_path: Optional[PathLike] = None, png_path: Optional[PathLike] = None,
+                 warnings: Sequence[str] = (), filtered: Optional[Metrics] = None) -> PathLike:
     """Write the HTML report (and optional CSV, JSON, PNG). ``details``: extra key → value rows to show;
     ``warnings``: texts shown in a box at the top (and kept in the JSON), such as a single training class;
     ``filtered``: the metrics of the map after the LCZ Generator's filter, shown beside the raw ones."""
@@ -132,32 +147,15 @@ def write_report(html_path, metrics, cm, title, details=None, csv_path=None, jso
         _write_bytes(png_path, png)
     overall = "".join(f"<tr><th>{k}</th><td>{_fmt(metrics[k])}</td><td>{html.escape(v)}</td></tr>"
                       for k, v in DEFINITIONS.items())
-    rows = "".join(
-        f"<tr><td>{html.escape(legend.label(code))}</td><td>{metrics['support'][code - 1]}</td>"
-        f"<td>{_fmt(metrics['producer_accuracy'][code - 1])}</td><td>{_fmt(metrics['user_accuracy'][code - 1])}</td>"
-        f"<td>{_fmt(metrics['F1'][code - 1])}</td></tr>"
-        for code in legend.CODES if metrics["support"][code - 1] or np.asarray(cm)[:, code - 1].sum())
     _write_page(html_path, title, f"""{_warnings(warnings)}<p>{metrics['n']} reference samples. Rows of the confusion
 matrix are the reference, columns the map.</p>
 <h2>Overall</h2><table><tr><th>metric</th><th>value</th><th>definition</th></tr>{overall}</table>
 <h2>Per class</h2><table><tr><th>class</th><th>reference samples</th><th>producer's accuracy</th>
-<th>user's accuracy</th><th>F1</th></tr>{rows}</table>
+<th>user's accuracy</th><th>F1</th></tr>{_class_rows(metrics, cm)}</table>
 {_filtered_section(metrics, filtered)}<h2>Confusion matrix</h2>{_img(png, "confusion matrix")}
 <h2>Details</h2>{_details(details)}""")
     if csv_path:
-        with atomic_output(csv_path) as tmp:
-            with open(tmp, "w", newline="", encoding="utf-8") as handle:
-                writer = csv.writer(handle)
-                writer.writerow(["metric", "class", "value"])
-                for key in DEFINITIONS:
-                    writer.writerow([key, "", metrics[key]])
-                for code in legend.CODES:
-                    for key in ("support", "producer_accuracy", "user_accuracy", "F1"):
-                        writer.writerow([key, legend.LABELS[code - 1], metrics[key][code - 1]])
-                for label, row in zip(legend.LABELS, np.asarray(cm)):
-                    writer.writerow(["confusion_row", label, " ".join(map(str, row))])
-                for key in DEFINITIONS if filtered else ():
-                    writer.writerow([f"filtered_{key}", "", filtered[key]])
+        _write_metrics_csv(csv_path, metrics, cm, filtered)
     if json_path:
         _write_json(json_path, {"title": title, "metrics": metrics, "definitions": DEFINITIONS,
                                 "confusion_matrix": np.asarray(cm).tolist(), "details": details or {},
@@ -165,7 +163,35 @@ matrix are the reference, columns the map.</p>
     return html_path
 
 
-def _filtered_section(metrics, filtered):
+def _class_rows(metrics: Metrics, cm: npt.ArrayLike) -> str:
+    """The HTML rows of the per-class table: each class present in the reference or the map (column of ``cm``)."""
+    return "".join(
+        f"<tr><td>{html.escape(legend.label(code))}</td><td>{metrics['support'][code - 1]}</td>"
+        f"<td>{_fmt(metrics['producer_accuracy'][code - 1])}</td><td>{_fmt(metrics['user_accuracy'][code - 1])}</td>"
+        f"<td>{_fmt(metrics['F1'][code - 1])}</td></tr>"
+        for code in legend.CODES if metrics["support"][code - 1] or np.asarray(cm)[:, code - 1].sum())
+
+
+def _write_metrics_csv(csv_path: PathLike, metrics: Metrics, cm: npt.ArrayLike, filtered: Optional[Metrics]) -> None:
+    """The report's CSV (metric, class, value): the overall figures, the per-class ones, the rows of the
+    confusion matrix (space-separated counts) and, with ``filtered``, the filtered map's overall figures."""
+    with atomic_output(csv_path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["metric", "class", "value"])
+            for key in DEFINITIONS:
+                writer.writerow([key, "", metrics[key]])
+            for code in legend.CODES:
+                for key in ("support", "producer_accuracy", "user_accuracy", "F1"):
+                    writer.writerow([key, legend.LABELS[code - 1], metrics[key][code - 1]])
+            for label, row in zip(legend.LABELS, np.asarray(cm)):
+                writer.writerow(["confusion_row", label, " ".join(map(str, row))])
+            if filtered:
+                for key in DEFINITIONS:
+                    writer.writerow([f"filtered_{key}", "", filtered[key]])
+
+
+def _filtered_section(metrics: Metrics, filtered: Optional[Metrics]) -> str:
     """The raw and the filtered map's overall figures side by side (none without ``filtered``)."""
     if not filtered:
         return ""
@@ -177,17 +203,17 @@ def _filtered_section(metrics, filtered):
             f"</tr>{rows}</table>")
 
 
-def _warnings(warnings):
+def _warnings(warnings: Sequence[str]) -> str:
     return "".join(f'<p class="warning">⚠ {html.escape(text)}</p>' for text in warnings)
 
 
-def _details(details):
+def _details(details: Optional[Mapping[str, Any]]) -> str:
     rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
                    for k, v in (details or {}).items())
     return f"<table>{rows}</table>"
 
 
-def boxplots_png(summary, title):
+def boxplots_png(summary: Mapping[str, Any], title: str) -> bytes:
     """PNG bytes of two boxplots over the bootstraps: the ``bootstrap.METRICS`` and the per-class F1."""
     from .bootstrap import METRICS
 
@@ -195,9 +221,9 @@ def boxplots_png(summary, title):
     per = summary["per_bootstrap"]
     f1_labels = list(summary["F1"])
 
-    def column(values):
-        values = np.asarray(values, np.float64)
-        return values[~np.isnan(values)]
+    def column(values: Sequence[float]) -> npt.NDArray[np.float64]:
+        array = np.asarray(values, np.float64)
+        return array[~np.isnan(array)]
 
     widths = {"width_ratios": [len(METRICS), len(f1_labels)]}
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw=widths)
@@ -216,14 +242,14 @@ def boxplots_png(summary, title):
     return _png(fig)
 
 
-def _suspicious_section(areas, oof):
+def _suspicious_section(areas: TrainingAreas, oof: Sequence[Mapping[str, Any]]) -> str:
     """The flagged training areas as an HTML table (polygon number, class, out-of-fold figures, attributes)."""
     from .bootstrap import SUSPICIOUS_MIN_HELD_OUT, SUSPICIOUS_SHARE
 
     flagged = [i for i, o in enumerate(oof) if o["suspicious"]]
     names = [name for name, _ in areas.fields]
 
-    def attributes(i):
+    def attributes(i: int) -> str:
         values = areas.attributes[i] if areas.attributes else []
         return html.escape(", ".join(f"{n}={v}" for n, v in zip(names, values) if v is not None))
 
@@ -242,7 +268,9 @@ def _suspicious_section(areas, oof):
             f"<th>held out (bootstraps)</th><th>fields</th></tr>{rows}</table>")
 
 
-def write_bootstrap_report(html_path, summary, requested, areas, oof, details=None, warnings=()):
+def write_bootstrap_report(html_path: PathLike, summary: Mapping[str, Any], requested: int, areas: TrainingAreas,
+                           oof: Sequence[Mapping[str, Any]], details: Optional[Mapping[str, Any]] = None,
+                           warnings: Sequence[str] = ()) -> PathLike:
     """Write the bootstrapped training's report: HTML, and beside it ``.csv`` (median, Q1, Q3, IQR per figure),
     ``.json`` (everything, with each bootstrap's metrics and each polygon's out-of-fold figures), ``.png`` (the
     averaged confusion matrix) and ``_boxplots.png`` (``report_files``).
