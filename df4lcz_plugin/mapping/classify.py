@@ -17,7 +17,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterable, Iterator, Optional, Protocol, Union
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterable, Iterator, Optional, Protocol, Sequence, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -94,7 +94,7 @@ def iter_tiles(grid: OutputGrid, size: int) -> Iterator[Tile]:
 
 
 def predict_tile(ds: gdal.Dataset, grid: OutputGrid, tile: Tile, runner: Runner, scale: float, batch_size: int,
-                 nodata_values: Iterable[Optional[float]], on_batch: Callable[[int], None], zero_is_nodata: bool = True,
+                 nodata_values: Sequence[Optional[float]], on_batch: Callable[[int], None], zero_is_nodata: bool = True,
                  mask_band: Optional[gdal.Band] = None,
                  max_masked_px: int = 0) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
     """Class probabilities (17, rows, cols) float32 of one tile, NaN where the cell is not classified, and bool

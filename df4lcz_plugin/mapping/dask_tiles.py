@@ -189,7 +189,7 @@ class DaskTiles:
         if failed:
             raise TileError(self._failures(job.grid, failed, len(tiles)))
         computed = sum(t[2] * t[3] for t in todo)
-        self.engines = sorted({tile_engine(store.tiles, tile) for tile in tiles})
+        self.engines = sorted({engine for tile in tiles if (engine := tile_engine(store.tiles, tile))})
         self.summary = {"workers": workers, "tiles_resumed": len(tiles) - len(todo), "model_loads": loads,
                         "computed_cells": computed}
         return ((tile, load_tile(store.tiles, tile)) for tile in tiles)

@@ -68,6 +68,8 @@ def find_band_files(folder: PathLike) -> dict[str, Path]:
         if not match or not path.is_file():
             continue
         band = normalise_band_name(match.group(1))
+        if band is None:  # never: _BAND_FILE matches band names only
+            continue
         resolution = int(match.group(2) or NATIVE_RESOLUTION_M[band])
         if band in found and resolution == found[band][0]:
             raise Sentinel2Error(f"{folder} holds two files for band {band}: {found[band][1]} and {path}. Keep one "

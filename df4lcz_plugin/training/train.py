@@ -125,7 +125,7 @@ def class_warnings(train_codes: npt.ArrayLike, test_codes: npt.ArrayLike) -> lis
     return warnings
 
 
-def _new_sentinel2_stream(base_model: Optional[str]) -> tuple[Any, dict[str, Any], dict[str, float]]:
+def _new_sentinel2_stream(base_model: Optional[str]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """(module, stream card, recipe): Sen2LCZ-Net fine-tuned from ``base_model``, or a fresh 3D ResNet11.
 
     recipe: ``train_sentinel2``'s lr and step_size — from scratch the authors' (0.002, step 5); fine-tuning
@@ -497,7 +497,7 @@ def _read_lczc(root: Path, indices: Sequence[int]) -> tuple[npt.NDArray[np.float
     return np.stack(images), np.array(labels), graphs, np.array(graph_labels), len(indices) - len(images)
 
 
-def lczc_ges2(root: Union[str, Path], split: str = "random", epochs: int = 100, device: str = "cpu", seed: int = 0,
+def lczc_ges2(root: Union[str, Path], split: str = "random", epochs: int = 100, device: Any = "cpu", seed: int = 0,
               feedback: Optional[Feedback] = None, batch_size: int = 64) -> dict[str, Any]:
     """Train and evaluate the 3D ResNet11, the GCN and their fusion on LCZC-GES2 under one split protocol.
 

@@ -213,7 +213,7 @@ class _OpenVINOEncoder:
         from ..models.backends import OpenVINORunner, convert
         from ..runtime.assets import cache_dir
 
-        size = encoder.img_size
+        size: int = getattr(encoder, "img_size")  # TinyViT and ImageEncoderViT: the square input side, px
         xml = cache_dir() / "openvino" / f"sam-image-encoder-{_weights_sha256(encoder)[:16]}.xml"
         if not xml.exists():
             convert(encoder, xml, (1, 3, size, size))  # batch 1: TinyViT's traced shapes are static
