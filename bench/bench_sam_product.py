@@ -73,6 +73,9 @@ FUNCTIONS = {
 }
 
 
+CACHE_IO = ("cache_write", "cache_read", "cache_contains", "cache_trim", "bit_pack", "bit_unpack")
+
+
 class _Temp:
     """Stands in for pytest's tmp_path_factory (``mktemp``) when the tests' fixtures are called from here."""
 
@@ -122,7 +125,8 @@ def _fused_model(folder):
                             "amg": PAPER_AMG_SETTINGS}}},
         "fusion": {"alpha": 0.6}, "classes": list(range(1, 18)), "licence": "bench fixture",
     }
-    return save_model(Path(folder) / "df4lcz_bench", card, {"sentinel2": ResNet11_3D().eval(), "vhr": ObjectGCN().eval()})
+    modules = {"sentinel2": ResNet11_3D().eval(), "vhr": ObjectGCN().eval()}
+    return save_model(Path(folder) / "df4lcz_bench", card, modules)
 
 
 def _cells(area_m):
@@ -185,8 +189,7 @@ def _breakdown(stats, total):
         "sam_load": found["sam_load"] + found["sam_generator_init"],
         "composition_seam_joins": found["composition"],
         "graph_building_node_features": found["graph_building"],
-        "cache_io_bitpacking_writes": sum(found[k] for k in ("cache_write", "cache_read", "cache_contains",
-                                                            "cache_trim", "bit_pack", "bit_unpack")),
+        "cache_io_bitpacking_writes": sum(found[k] for k in CACHE_IO),
         "vhr_reads_gdal_warp": found["vhr_reads"],
     }
     parts["other"] = total - sum(parts.values())
