@@ -251,13 +251,13 @@ def _product(env, algorithm, parameters, area_m, folder, timeout):
     files = list(cache.glob("*/*.npz"))
     section = {"area_m": area_m, "seconds": round(seconds, 1), "cache_files": len(files),
                "cache_mb": round(sum(f.stat().st_size for f in files) / 2**20, 1)}
+    cells = len(_cells(area_m))  # buildobjectgraphs: the cells whose footprint the imagery covers
     if "SAM_RUNS" in results:
         tiles = int(results["SAM_RUNS"])
     else:
         summary = json.loads(results["SUMMARY"])
         section["summary"] = summary
-        tiles = int(sam[0]) if sam else 0
-    cells = len(_cells(area_m))
+        tiles, cells = int(summary["sam_runs"]), int(summary["cells"])  # classifylcz: every cell of the grid
     section.update({"sam_tiles": tiles, "cells": cells, "seconds_per_tile": round(seconds / tiles, 2),
                     "seconds_per_cell": round(seconds / cells, 2)})
     if sam:
