@@ -134,24 +134,26 @@ def _shift_stability(exact, source, wkt, x_left, shifts):
     return rows
 
 
-def _mosaic(path):
-    """SYNTHETIC, timing only: AREA_M × AREA_M of the Zürich orthophoto tiled with its mirror images, on the
-    tile grid's edges (LV95), as a GeoTIFF at 0.5 m."""
+def _mosaic(path, area_m=AREA_M, top_left=(2679040.0, 1248000.0), srs_wkt=None):
+    """SYNTHETIC, timing only: area_m × area_m of the Zürich orthophoto tiled with its mirror images, as a GeoTIFF
+    at 0.5 m whose top-left corner is ``top_left`` (default: on the tile grid's edges in LV95, the orthophoto's
+    CRS) in ``srs_wkt`` (default: the orthophoto's)."""
     from osgeo import gdal
 
     from df4lcz_plugin.runtime import assets
 
     source = gdal.Open(str(assets.fetch(assets.ZURICH_ORTHO)))
     image = source.ReadAsArray()[:3]
+    side = int(area_m / 0.5)
     rows = []
-    for r in range(5):
-        row = [image[:, ::1 if r % 2 == 0 else -1, ::1 if c % 2 == 0 else -1] for c in range(3)]
+    for r in range(-(-side // image.shape[1])):
+        row = [image[:, ::1 if r % 2 == 0 else -1, ::1 if c % 2 == 0 else -1]
+               for c in range(-(-side // image.shape[2]))]
         rows.append(np.concatenate(row, axis=2))
-    side = int(AREA_M / 0.5)
     mosaic = np.concatenate(rows, axis=1)[:, :side, :side]
     out = gdal.GetDriverByName("GTiff").Create(str(path), side, side, 3, gdal.GDT_Byte)
-    out.SetGeoTransform((2679040.0, 0.5, 0.0, 1248000.0, 0.0, -0.5))
-    out.SetProjection(source.GetProjection())
+    out.SetGeoTransform((top_left[0], 0.5, 0.0, top_left[1], 0.0, -0.5))
+    out.SetProjection(srs_wkt or source.GetProjection())
     out.WriteRaster(0, 0, side, side, np.ascontiguousarray(mosaic).tobytes())
     out = None
     return path
