@@ -147,3 +147,22 @@ def test_test_time_augmentation_does_not_depend_on_the_patch_orientation(s2_stac
         np.testing.assert_allclose(runner(np.ascontiguousarray(turned)), tta, atol=2e-5)
     plain = runner.runner(patches)
     assert np.abs(plain - tta).max() > 0.01  # the model alone does depend on the orientation
+
+
+@pytest.mark.timeout(300)
+def test_pytorch_runner_threads_are_its_own(model):
+    """BACKEND=pytorch on the CPU runs the Sentinel-2 stream on TORCH_CPU_THREADS (1) during its own calls only; the
+    process's PyTorch threads, which SAM uses in a fused run, are as they were before and after (issue 28)."""
+    import torch
+
+    runner, _ = backends.sentinel2_runner(model, backend="pytorch", device="cpu")
+    seen = []
+    hook = runner.module.register_forward_hook(lambda *_: seen.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        runner(np.zeros((2, 10, 32, 32), np.float32))
+        assert seen == [backends.TORCH_CPU_THREADS] and torch.get_num_threads() == 2
+    finally:
+        hook.remove()
+        torch.set_num_threads(before)

@@ -106,14 +106,17 @@ class OpenVINORunner:
 
 
 class TorchRunner:
-    """A PyTorch Sentinel-2 stream with BatchNorm folded in, channels-last, on ``device``."""
+    """A PyTorch Sentinel-2 stream with BatchNorm folded in, channels-last, on ``device``. ``threads``: PyTorch's
+    CPU threads while this runner runs (restored after each call), so that the other stream's PyTorch work (SAM) in
+    the same process keeps its own; None leaves them as they are (CUDA)."""
 
-    def __init__(self, module: Any, device: Any) -> None:
+    def __init__(self, module: Any, device: Any, threads: Optional[int] = None) -> None:
         import torch
 
         from .inference import fuse_conv_bn
 
         self.device = device
+        self.threads = threads
         # channels_last lets oneDNN pick its faster convolution kernels on CPU (measured in bench/).
         is_3d = any(isinstance(m, torch.nn.Conv3d) for m in module.modules())
         self.memory_format = torch.channels_last_3d if is_3d else torch.channels_last
@@ -125,8 +128,14 @@ class TorchRunner:
         tensor = torch.from_numpy(batch).to(self.device)
         if tensor.dim() == 4:
             tensor = tensor.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            return np.asarray(self.module(tensor).float().cpu().numpy(), dtype=np.float32)
+        others = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            with torch.inference_mode():
+                return np.asarray(self.module(tensor).float().cpu().numpy(), dtype=np.float32)
+        finally:
+            torch.set_num_threads(others)
 
 
 class TTARunner:
@@ -220,12 +229,10 @@ def _torch_runner(model: Union["ModelCard", "LoadedModel"], card: "ModelCard", d
 
     if precision != "f32":
         raise BackendError("PRECISION=bf16 is offered with BACKEND=openvino only.")
-    if not str(device).startswith("cuda"):
-        import torch
-
-        torch.set_num_threads(threads or TORCH_CPU_THREADS)
+    # Threads are the runner's own, set around its calls only: the process's (SAM's) are left alone.
+    own_threads = None if str(device).startswith("cuda") else (threads or TORCH_CPU_THREADS)
     loaded = model if isinstance(model, LoadedModel) else load_model(card.path, device, members=False)
-    return TorchRunner(loaded.sentinel2, device), f"pytorch on {device}"
+    return TorchRunner(loaded.sentinel2, device, own_threads), f"pytorch on {device}"
 
 
 def ensure_converted(card_path: Union[str, Path]) -> Path:
