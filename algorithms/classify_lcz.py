@@ -16,7 +16,7 @@ from ..df4lcz_plugin.lcz import legend
 from ..df4lcz_plugin.mapping.settings import ClassifySettings
 from ..df4lcz_plugin.sentinel2.clouds import MAX_CLOUD_PERCENT
 from ..df4lcz_plugin.models.backends import BACKENDS, PRECISIONS, converted_path
-from ..df4lcz_plugin.models.registry import ModelCard, ModelError, list_models, model_files, read_card
+from ..df4lcz_plugin.models.registry import ModelCard, ModelError, ensemble_members, list_models, model_files, read_card
 from ..df4lcz_plugin.runtime.outputs import check_output_paths, geotiff_output
 from ..df4lcz_plugin.sentinel2.stack import built_from
 from .base import (DF4LCZAlgorithm, ProcessingFeedback, device_parameter, engine_errors, enum_parameter, gdal_source,
@@ -188,17 +188,19 @@ class ClassifyLCZAlgorithm(DF4LCZAlgorithm):
         return parameter
 
     def needs_for(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str:
-        """full (PyTorch) with a VHR layer, DEVICE=cuda…, BACKEND=pytorch, or a model whose OpenVINO form is still
-        to be converted (from its PyTorch module); else light."""
+        """full (PyTorch) with a VHR layer, DEVICE=cuda…, BACKEND=pytorch, or a model (or one of an ensemble's
+        members) whose OpenVINO form is still to be converted (from its PyTorch module); else light."""
         device = self.parameterAsEnumString(parameters, self.DEVICE, context)
         backend = self.parameterAsEnumString(parameters, self.BACKEND, context)
         if parameters.get(self.VHR) or device.startswith("cuda") or backend == "pytorch":
             return "full"
         try:
-            converted = converted_path(read_card(self._model_path(parameters, context))).exists()
+            card = read_card(self._model_path(parameters, context))
+            cards = [card] + ensemble_members(card)
         except (QgsProcessingException, ModelError, OSError):
             return self.needs  # no usable model: the run says why, whatever is installed
-        return self.needs if converted else "full"
+        # an ensemble runs on OpenVINO only when every member's form is converted too
+        return self.needs if all(converted_path(c).exists() for c in cards) else "full"
 
     def checkParameterValues(self, parameters: dict[str, Any],  # noqa: N802 (QGIS API name)
                              context: QgsProcessingContext) -> tuple[bool, str]:

@@ -15,7 +15,7 @@ import pytest
 from osgeo import gdal
 
 from conftest import FARMLAND_EXTENT, ROOT, run_qgis_process
-from df4lcz_plugin.models.backends import EnsembleRunner, TTARunner, sentinel2_runner
+from df4lcz_plugin.models.backends import EnsembleRunner, TTARunner, converted_path, ensure_converted, sentinel2_runner
 from df4lcz_plugin.models.registry import ModelError, ensemble_members, load_model, read_card
 from df4lcz_plugin.runtime.assets import sha256_of
 from df4lcz_plugin.training.bootstrap import BootstrapLog
@@ -184,3 +184,20 @@ def test_resume_keeps_only_bootstraps_with_their_member(ensemble: Path, tmp_path
     members.path(0).unlink()
     assert resumed() == []
     assert BootstrapLog(log_path, key).resume(2) != []  # without ENSEMBLE the records alone are enough
+
+
+@pytest.mark.timeout(300)
+def test_light_install_needs_every_member_converted(qgis_app: object, ensemble: Path) -> None:
+    """classifylcz asks for the light install (OpenVINO, no PyTorch) for an ensemble only when the OpenVINO form of
+    the model and of every member exists: one member unconverted needs PyTorch (full) to convert it."""
+    from qgis.core import QgsApplication, QgsProcessingContext
+
+    algorithm = QgsApplication.processingRegistry().algorithmById("df4lcz:classifylcz")
+    parameters = {"MODEL_FILE": str(ensemble)}
+    for card in (read_card(ensemble), *ensemble_members(read_card(ensemble))):
+        ensure_converted(card.path)
+    assert algorithm.needs_for(parameters, QgsProcessingContext()) == "light"
+    member = ensemble_members(read_card(ensemble))[1]
+    for path in (converted_path(member), converted_path(member).with_suffix(".bin")):
+        path.unlink()
+    assert algorithm.needs_for(parameters, QgsProcessingContext()) == "full"
