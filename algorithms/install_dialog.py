@@ -155,8 +155,8 @@ class InstallDialog(QDialog):
         self.remove_prompt.open()
 
     def _remove_answered(self, button: QAbstractButton) -> None:
-        assert self.remove_prompt is not None  # the prompt whose button was clicked
-        if self.remove_prompt.standardButton(button) == QMessageBox.StandardButton.Yes:
+        if self.remove_prompt is not None and \
+                self.remove_prompt.standardButton(button) == QMessageBox.StandardButton.Yes:
             self._start("remove", ["-m", "df4lcz_plugin.runtime.dependencies", "remove", "--target", str(self.target)])
 
     def cancel(self) -> None:
@@ -240,7 +240,8 @@ class InstallDialog(QDialog):
         self._update()
 
     def _read(self) -> None:
-        assert self.process is not None  # the signal's sender
+        if self.process is None:  # never: the signal's sender is the running process
+            return
         text = self._partial + bytes(self.process.readAllStandardOutput()).decode("utf-8", "replace")
         *lines, self._partial = text.split("\n")
         for line in lines:
@@ -256,8 +257,7 @@ class InstallDialog(QDialog):
             self._update()
 
     def _error(self, error: QProcess.ProcessError) -> None:
-        assert self.process is not None  # the signal's sender
-        if error == QProcess.ProcessError.FailedToStart:
+        if self.process is not None and error == QProcess.ProcessError.FailedToStart:
             self._report(f"Could not start {self.process.program()}: {self.process.errorString()}")
 
     def _finished(self, code: int, status: QProcess.ExitStatus) -> None:

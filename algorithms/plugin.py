@@ -36,12 +36,20 @@ class DF4LCZPlugin:
         self.provider = DF4LCZProvider()
         QgsApplication.processingRegistry().addProvider(self.provider)
 
+    def _desktop(self) -> QgisInterface:
+        """The desktop's interface: initGui, and what it added (menu action, notice), run in the desktop only.
+        Raises RuntimeError otherwise (a plugin started without an interface has no GUI; not an assert, which
+        Bandit refuses in a plugin and ``python -O`` drops)."""
+        if self.iface is None:
+            raise RuntimeError("DF4LCZ's menu and notices exist in the QGIS desktop only.")
+        return self.iface
+
     def initGui(self) -> None:  # noqa: N802 (QGIS API name)
-        assert self.iface is not None  # QGIS calls initGui in the desktop only
+        iface = self._desktop()
         self.initProcessing()
-        self.install_action = QAction(dependencies.INSTALL_ENTRY, self.iface.mainWindow())
+        self.install_action = QAction(dependencies.INSTALL_ENTRY, iface.mainWindow())
         self.install_action.triggered.connect(self.show_installer)
-        self.iface.addPluginToMenu(MENU, self.install_action)
+        iface.addPluginToMenu(MENU, self.install_action)
         try:
             lacking = dependencies.missing("light")
             more = f" and {len(lacking) - 1} more" if len(lacking) > 1 else ""
@@ -49,26 +57,24 @@ class DF4LCZPlugin:
         except dependencies.InstallError as error:  # no pinned set for this Python
             text = str(error)
         if text:
-            self.notice = self.iface.messageBar().createMessage("DF4LCZ", text)
+            self.notice = iface.messageBar().createMessage("DF4LCZ", text)
             button = QPushButton(dependencies.INSTALL_ENTRY, self.notice)
             button.clicked.connect(self.show_installer)
             self.notice.layout().addWidget(button)
-            self.iface.messageBar().pushWidget(self.notice, Qgis.MessageLevel.Warning)
+            iface.messageBar().pushWidget(self.notice, Qgis.MessageLevel.Warning)
 
     def show_installer(self) -> None:
         """Show the installer dialog (one per plugin, kept while a run goes on) and drop the notice."""
         self._drop_notice()
-        assert self.iface is not None  # called from what initGui added
         if self.dialog is None:
-            self.dialog = InstallDialog(parent=self.iface.mainWindow())
+            self.dialog = InstallDialog(parent=self._desktop().mainWindow())
         self.dialog.show()
         self.dialog.raise_()
         self.dialog.activateWindow()
 
     def _drop_notice(self) -> None:
         if self.notice is not None and not sip.isdeleted(self.notice):  # the user may have closed it
-            assert self.iface is not None  # initGui made the notice
-            self.iface.messageBar().popWidget(self.notice)
+            self._desktop().messageBar().popWidget(self.notice)
         self.notice = None
 
     def unload(self) -> None:
@@ -76,8 +82,7 @@ class DF4LCZPlugin:
             QgsApplication.processingRegistry().removeProvider(self.provider)
             self.provider = None
         if self.install_action is not None:
-            assert self.iface is not None  # initGui made the action
-            self.iface.removePluginMenu(MENU, self.install_action)
+            self._desktop().removePluginMenu(MENU, self.install_action)
             self.install_action.deleteLater()
             self.install_action = None
         self._drop_notice()
