@@ -54,9 +54,11 @@ def test_exact_fast_path_gives_the_reference_masks(mobile_sam):
         assert np.abs(reference.stability - fast.stability).max() < 1e-4
 
 
-def test_folded_transformer_equals_the_library_transformer(mobile_sam):
-    """``sam_decoder.PromptTransformer`` against segment-anything's TwoWayTransformer on a real patch's image
-    embedding and 6 one-point prompts: every token and image-token output within float32 rounding."""
+@pytest.fixture(scope="module")
+def decoded(mobile_sam):
+    """A real patch's image embedding and 6 one-point prompts through segment-anything's own TwoWayTransformer:
+    (image side with the dense no-mask embedding, its positional encoding, prompt tokens, library token outputs
+    hs (6, T, C), library image tokens (6, 4096, C))."""
     import torch
     from segment_anything import SamPredictor
 
@@ -73,13 +75,44 @@ def test_folded_transformer_equals_the_library_transformer(mobile_sam):
         image_pe = mobile_sam.prompt_encoder.get_dense_pe()
         hs, keys = decoder.transformer(predictor.features.expand(6, -1, -1, -1) + dense, image_pe.expand(6, -1, -1, -1),
                                        tokens)
-        folded = sam_decoder.PromptTransformer(decoder.transformer)
-        folded.prepare(predictor.features + dense[:1], image_pe)
+    return predictor.features + dense[:1], image_pe, tokens, hs, keys
+
+
+def test_folded_transformer_equals_the_library_transformer(mobile_sam, decoded):
+    """``sam_decoder.PromptTransformer`` against segment-anything's TwoWayTransformer on a real patch's image
+    embedding and 6 one-point prompts: every token and image-token output within float32 rounding."""
+    import torch
+
+    image, image_pe, tokens, hs, keys = decoded
+    with torch.inference_mode():
+        folded = sam_decoder.PromptTransformer(mobile_sam.mask_decoder.transformer)
+        folded.prepare(image, image_pe)
         queries, folded_keys = folded.layers(tokens)
         folded_hs = folded.final(queries, folded_keys, tokens, list(range(5)))
     assert folded_keys.shape == keys.shape and folded_hs.shape == hs[:, :5].shape
     assert (folded_keys - keys).abs().max() < 1e-4 and (folded_hs - hs[:, :5]).abs().max() < 1e-4
     assert keys.abs().mean() > 0.05 and hs.abs().mean() > 0.1  # real outputs, not zeros
+
+
+def test_per_token_upscaling_equals_the_library_upscaling(mobile_sam, decoded):
+    """``sam_decoder.MaskUpscaler`` against ``MaskDecoder.output_upscaling`` and the hypernetwork product as
+    ``MaskDecoder.predict_masks`` does them, on the library transformer's outputs for a real patch: the kept
+    rows' 256 × 256 logits within float32 rounding, the same sign everywhere; a non-SAM upscaling is refused."""
+    import torch
+
+    decoder, (_, _, _, hs, keys) = mobile_sam.mask_decoder, decoded
+    rows = torch.tensor([[True, False, True], [False, False, False], [False, True, False], [True, True, True],
+                         [False, False, True], [True, False, False]])
+    with torch.inference_mode():
+        hyper_in = torch.stack([decoder.output_hypernetworks_mlps[i](hs[:, 1 + i]) for i in range(1, 4)], dim=1)
+        upscaled = decoder.output_upscaling(keys.transpose(1, 2).reshape(6, -1, 64, 64))
+        library = (hyper_in @ upscaled.flatten(2)).view(6, 3, 256, 256)[rows]
+        per_token = sam_decoder.MaskUpscaler(decoder.output_upscaling)(keys, hyper_in, (64, 64), rows)
+    assert per_token.shape == library.shape == (8, 256, 256)
+    assert (per_token - library).abs().max() < 1e-4 < library.abs().mean()
+    assert torch.equal(per_token > 0, library > 0) and 0.01 < (library > 0).float().mean() < 0.99
+    with pytest.raises(ValueError, match="not SAM's"):
+        sam_decoder.MaskUpscaler(torch.nn.Sequential(*list(decoder.output_upscaling)[:3]))
 
 
 def test_the_sam_encoder_backend_is_checked(mobile_sam):

@@ -19,7 +19,12 @@ threshold could fall the other way; on the tested real patches every mask and bo
   values (its bias shared out over the heads, whose weights each sum to 1);
 - the final attention runs on the IoU token for every prompt and on the three multimask tokens only for the
   prompts kept; mask upscaling only for the prompts with a mask above the threshold, and upsampling
-  (``Sam.postprocess_masks``) only for those masks.
+  (``Sam.postprocess_masks``) only for those masks;
+- mask upscaling (``MaskDecoder.output_upscaling``: two 2 × 2 stride-2 transposed convolutions, LayerNorm2d and
+  GELU) mixes no pixels: each image token becomes its own 4 × 4 block of the 256 × 256 mask through a per-token
+  network. ``MaskUpscaler`` runs it as two matrix products on the tokens as the transformer leaves them
+  (channels last), the LayerNorm2d as ``layer_norm`` on the last dimension, and rearranges the blocks into the
+  mask once, after the hypernetwork's dot product: 2.4× faster than the library's modules on the development CPU.
 
 This cuts the transformer's work per prompt from the library's 2.7 GFLOP (ten 4096 × 256 → 128 projections of
 0.27 GFLOP each) to about 0.9 GFLOP; bench/bench_sam.py measures the seconds.
@@ -28,7 +33,7 @@ This cuts the transformer's work per prompt from the library's 2.7 GFLOP (ten 40
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     import numpy as np
@@ -36,6 +41,7 @@ if TYPE_CHECKING:
     import torch
     from segment_anything import SamAutomaticMaskGenerator
     from segment_anything.modeling import MaskDecoder, Sam, TwoWayTransformer
+    from segment_anything.modeling.common import LayerNorm2d
     from segment_anything.modeling.transformer import Attention, TwoWayAttentionBlock
     from torch import nn
 
@@ -200,6 +206,66 @@ class PromptTransformer:
         return transformer.norm_final_attn(q + out)
 
 
+def _sam_upscaling(upscaling: nn.Sequential) -> tuple[nn.ConvTranspose2d, LayerNorm2d, nn.ConvTranspose2d]:
+    """The two transposed convolutions and the LayerNorm2d of SAM's ``output_upscaling``. Raises ValueError for
+    any other layout (module docstring of ``MaskUpscaler``)."""
+    import torch
+    from segment_anything.modeling.common import LayerNorm2d
+
+    parts = list(upscaling)
+    kinds = (torch.nn.ConvTranspose2d, LayerNorm2d, torch.nn.GELU, torch.nn.ConvTranspose2d, torch.nn.GELU)
+    if len(parts) != len(kinds) or not all(isinstance(part, kind) for part, kind in zip(parts, kinds)):
+        raise ValueError("the mask upscaling is not SAM's (ConvTranspose2d, LayerNorm2d, GELU, ConvTranspose2d, "
+                         "GELU); the per-token path does not apply")
+    first, norm, gelu, second, last_gelu = parts
+    for conv in (first, second):
+        shape = (conv.kernel_size, conv.stride, conv.padding, conv.output_padding, conv.dilation, conv.groups)
+        if shape != ((2, 2), (2, 2), (0, 0), (0, 0), (1, 1), 1):
+            raise ValueError("the mask upscaling's transposed convolutions are not 2 × 2 with stride 2")
+    if (gelu.approximate, last_gelu.approximate) != ("none", "none"):
+        raise ValueError("the mask upscaling's GELU is not the exact one")
+    return cast("nn.ConvTranspose2d", first), cast("LayerNorm2d", norm), cast("nn.ConvTranspose2d", second)
+
+
+def _as_matrix(conv: nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """A 2 × 2 stride-2 transposed convolution as (weight (C_in, 4·C_out), bias (4·C_out,)), columns ordered
+    (row offset, column offset, output channel)."""
+    weight = conv.weight.detach()
+    bias = conv.bias.detach() if conv.bias is not None else weight.new_zeros(weight.shape[1])
+    return weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1).contiguous(), bias.repeat(4)
+
+
+class MaskUpscaler:
+    """SAM's ``output_upscaling`` and the hypernetwork's dot product, as per-token matrix products (module
+    docstring): the same low-resolution mask logits to float32 rounding.
+
+    Raises ValueError for an upscaling that is not SAM's (two kernel-2, stride-2 transposed convolutions with
+    LayerNorm2d and exact GELU), whose blocks would not be independent per token.
+    """
+
+    def __init__(self, upscaling: nn.Sequential) -> None:
+        first, norm, second = _sam_upscaling(upscaling)
+        (self.w1, self.b1), (self.w2, self.b2) = _as_matrix(first), _as_matrix(second)
+        self.c1, self.c2 = first.out_channels, second.out_channels
+        self.norm_weight, self.norm_bias = norm.weight.detach(), norm.bias.detach()
+        self.eps = float(norm.eps)
+
+    def __call__(self, keys: torch.Tensor, hyper_in: torch.Tensor, grid: tuple[int, ...],
+                 rows: torch.Tensor) -> torch.Tensor:
+        """Low-resolution mask logits (M, 4h, 4w) float32 for image tokens keys (K, h·w, C) (the transformer's
+        output, row-major over the h × w grid), hypernetwork outputs hyper_in (K, 3, c2), and the bool (K, 3)
+        ``rows`` to keep (M of them, prompt-major)."""
+        import torch
+        import torch.nn.functional as F
+
+        (h, w), k = grid, len(keys)
+        x = torch.addmm(self.b1, keys.reshape(-1, keys.shape[-1]), self.w1).view(-1, self.c1)
+        x = F.gelu(F.layer_norm(x, (self.c1,), self.norm_weight, self.norm_bias, self.eps))
+        x = F.gelu(torch.addmm(self.b2, x, self.w2).view(k, -1, self.c2))  # (K, h·w·16, c2)
+        logits = torch.bmm(hyper_in, x.transpose(1, 2))[rows]  # (M, h·w·16), order (y, x, dy, dx, ey, ex)
+        return logits.view(-1, h, w, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4, 6).reshape(-1, 4 * h, 4 * w)
+
+
 def exact_generator(sam_model: Sam, settings: dict[str, Any], decoder_batch: int) -> SamAutomaticMaskGenerator:
     """A ``SamAutomaticMaskGenerator`` with ``settings`` whose decoder is ``PromptTransformer`` and which
     upscales and upsamples only the masks above ``pred_iou_thresh``: the library's masks, in the library's order
@@ -214,6 +280,7 @@ def exact_generator(sam_model: Sam, settings: dict[str, Any], decoder_batch: int
 
     class ExactGenerator(SamAutomaticMaskGenerator):
         _transformer: PromptTransformer
+        _upscaler: MaskUpscaler
         _prepared: torch.Tensor | None
 
         def _decode(self, in_points: torch.Tensor,
@@ -239,12 +306,9 @@ def exact_generator(sam_model: Sam, settings: dict[str, Any], decoder_batch: int
             n_tokens = decoder.num_mask_tokens
             kept_keys = keys[kept]
             mask_tokens = self._transformer.final(queries[kept], kept_keys, tokens[kept], list(range(2, 1 + n_tokens)))
-            _, c, h, w = features.shape
-            upscaled = decoder.output_upscaling(kept_keys.transpose(1, 2).reshape(len(kept), c, h, w))
             hyper_in = torch.stack([decoder.output_hypernetworks_mlps[i](mask_tokens[:, i - 1])
                                     for i in range(1, n_tokens)], dim=1)
-            n, c_up, h_up, w_up = upscaled.shape
-            low_res = (hyper_in @ upscaled.view(n, c_up, h_up * w_up)).view(n, -1, h_up, w_up)[passed[kept]]
+            low_res = self._upscaler(kept_keys, hyper_in, features.shape[-2:], passed[kept])
             masks = model.postprocess_masks(low_res[:, None], self.predictor.input_size, self.predictor.original_size)
             return masks[:, 0], iou_preds[passed], rows[:, 0]
 
@@ -276,4 +340,5 @@ def exact_generator(sam_model: Sam, settings: dict[str, Any], decoder_batch: int
     generator = ExactGenerator(sam_model, **settings)
     generator.points_per_batch = decoder_batch
     generator._transformer, generator._prepared = PromptTransformer(sam_model.mask_decoder.transformer), None
+    generator._upscaler = MaskUpscaler(sam_model.mask_decoder.output_upscaling)
     return generator
