@@ -330,6 +330,27 @@ def _ratios(report):
                 ratios[f"{name}_sam_per_tile_over_bench_sam_per_tile"] = round(
                     report[name]["sam_seconds_per_tile_progress_message"] / bench, 2)
     report["ratios"] = ratios
+    report["city_scale"] = _city_scale(report)
+
+
+#: SAM tiles per 100 m cell at city scale, where edges do not count: (100 / 320)².
+TILES_PER_CELL_CITY = (100.0 / 320.0) ** 2
+
+
+def _city_scale(report):
+    """Seconds per 100 m cell and CPU-hours of a 10 × 10 km town (10,000 cells) at the product's seconds per SAM
+    tile, for each run of this report that has them."""
+    rows = {}
+    for name in ("bench_baseline", "profile_in_process", "product_buildobjectgraphs", "product_classifylcz"):
+        section = report.get(name, {})
+        per_tile = section.get("sam_seconds_per_tile_progress_message", section.get("seconds_per_tile"))
+        if name == "bench_baseline":
+            per_tile = section["sam_seconds_per_tile"]
+        if per_tile:
+            per_cell = per_tile * TILES_PER_CELL_CITY
+            rows[name] = {"sam_seconds_per_tile": per_tile, "sam_seconds_per_cell": round(per_cell, 2),
+                          "town_10x10_km_cpu_hours": round(per_cell * 10_000 / 3600, 2)}
+    return rows
 
 
 if __name__ == "__main__":
