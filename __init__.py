@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from .df4lcz_plugin.runtime import dependencies
+from .df4lcz_plugin.runtime import dependencies, torch_blas
 
 if TYPE_CHECKING:
     from qgis.gui import QgisInterface
@@ -13,6 +13,8 @@ if TYPE_CHECKING:
     from .algorithms.plugin import DF4LCZPlugin
 
 dependencies.activate(os.path.dirname(__file__))
+# QGIS on Linux loads the system BLAS globally; PyTorch's matrix products would run on it, 2× slower (torch_blas).
+torch_blas.keep_own_blas()
 
 
 def classFactory(iface: QgisInterface | None) -> DF4LCZPlugin:  # noqa: N802 (QGIS API name)
