@@ -30,6 +30,7 @@ faults: setup
 bench: setup
 	$(PY) bench/bench_sentinel2.py
 	$(PY) bench/bench_sam.py
+	$(PY) bench/bench_sam_decoder.py
 	QT_QPA_PLATFORM=offscreen $(PY) bench/bench_sam_product.py
 	$(PY) bench/bench_dask.py
 	$(PY) bench/bench_fetch.py

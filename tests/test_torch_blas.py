@@ -4,12 +4,15 @@
 ``libtorch_cpu.so``'s ``sgemm_`` goes."""
 
 import ctypes.util
+import os
 import re
 import subprocess
 import sys
 
 import pytest
 from conftest import FARMLAND_EXTENT, ROOT, run_qgis_process
+
+from df4lcz_plugin.runtime.torch_blas import SWITCH
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -32,7 +35,7 @@ def test_pytorch_keeps_its_own_blas_in_qgis_process(qgis_env, s2_stack, tmp_path
     QGIS loaded, as it did before; the map is the same."""
     log = tmp_path / "ld"
     log.mkdir()
-    env = dict(qgis_env, LD_DEBUG="bindings", LD_DEBUG_OUTPUT=str(log / "ld"), DF4LCZ_TORCH_DEEPBIND=switch)
+    env = dict(qgis_env, LD_DEBUG="bindings", LD_DEBUG_OUTPUT=str(log / "ld"), **{SWITCH: switch})
     x0, y0, x1, y1 = FARMLAND_EXTENT
     rc, _, text = run_qgis_process(env, "df4lcz:classifylcz", {
         "SENTINEL2": s2_stack, "EXTENT": f"{x0},{x1},{y0},{y1} [EPSG:32618]", "BACKEND": "pytorch",
@@ -63,8 +66,8 @@ def test_outside_qgis_nothing_changes_and_a_global_blas_is_handled(tmp_path):
     for name, preload in (("plain", ""), ("global", blas)):
         folder = tmp_path / name
         folder.mkdir()
-        env = {"LD_DEBUG": "bindings", "LD_DEBUG_OUTPUT": str(folder / "ld"), "PATH": "/usr/bin:/bin",
-               "HOME": str(tmp_path)}
+        env = dict(os.environ, LD_DEBUG="bindings", LD_DEBUG_OUTPUT=str(folder / "ld"))
+        env.pop(SWITCH, None)
         out = subprocess.run([sys.executable, "-c", script, str(ROOT), preload], env=env, capture_output=True,
                              text=True, timeout=240)
         assert out.returncode == 0, out.stderr[-2000:]
