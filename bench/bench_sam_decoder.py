@@ -11,7 +11,8 @@
 3. ``bf16``: whether the CPU exposes bf16 instructions (``/proc/cpuinfo``), and PyTorch bf16 against fp32 on the
    upscaling's matrix product; the OpenVINO image encoder in bf16 against fp32.
 
-Usage: ``python bench/bench_sam_decoder.py [--rounds 2]``. Prints each section to stderr, then a JSON report.
+Usage: ``python bench/bench_sam_decoder.py [--rounds 2] [--sections upscaling openvino_decoder bf16]``. Prints each
+section to stderr, then a JSON report.
 """
 
 import argparse
@@ -112,6 +113,10 @@ def _decoder_stages(model):
     upscaler = sam_decoder.MaskUpscaler(decoder.output_upscaling)
 
     class Layers(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.decoder = decoder  # its weights as parameters of the traced module, not constants
+
         def forward(self, tokens, keys, key_pe, k_image, v_image, q_image):
             folded._image = (keys, key_pe, k_image, v_image, q_image)
             queries, keys_out = folded.layers(tokens)
@@ -119,6 +124,10 @@ def _decoder_stages(model):
             return queries, keys_out, iou
 
     class Masks(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.decoder = decoder
+
         def forward(self, queries, keys, tokens, key_pe):
             folded._image = (keys, key_pe, None, None, None)
             mask_tokens = folded.final(queries, keys, tokens, [2, 3, 4])
@@ -208,14 +217,17 @@ def main():
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--sections", nargs="+", default=["upscaling", "openvino_decoder", "bf16"],
+                        choices=["upscaling", "openvino_decoder", "bf16"])
     args = parser.parse_args()
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "torch_threads": torch.get_num_threads(),
               "load_average_at_start": os.getloadavg()}
     model = sam.load_sam(assets.fetch_member(assets.MOBILE_SAM))
     rgbs = _footprints()
-    for name, run in (("upscaling", lambda: upscaling(model, rgbs, args.rounds)),
-                      ("openvino_decoder", lambda: openvino_decoder(model, rgbs[0])),
-                      ("bf16", lambda: bf16(model))):
+    sections = {"upscaling": lambda: upscaling(model, rgbs, args.rounds),
+                "openvino_decoder": lambda: openvino_decoder(model, rgbs[0]), "bf16": lambda: bf16(model)}
+    for name in args.sections:
+        run = sections[name]
         report[name] = run()
         _show(name, report[name])
     report["load_average_at_end"] = os.getloadavg()
