@@ -52,9 +52,11 @@ def global_blas() -> str | None:
     except AttributeError:
         return None
     info = _DlInfo()
-    if not scope.dladdr(address, ctypes.byref(info)) or not info.dli_fname:
-        return "an unknown library"
-    return os.fsdecode(info.dli_fname)
+    try:  # glibc < 2.34 keeps dladdr in libdl, which the process may not have loaded
+        found = scope.dladdr(address, ctypes.byref(info))
+    except AttributeError:
+        found = 0
+    return os.fsdecode(info.dli_fname) if found and info.dli_fname else "an unknown library"
 
 
 class _DeepBindLoader(importlib.abc.Loader):
