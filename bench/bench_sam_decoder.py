@@ -191,7 +191,6 @@ def bf16(model):
     import torch
 
     from df4lcz_plugin.models.backends import OpenVINORunner
-    from df4lcz_plugin.runtime.assets import cache_dir
     from df4lcz_plugin.vhr import sam
 
     flags = set(Path("/proc/cpuinfo").read_text().split()) if os.path.exists("/proc/cpuinfo") else set()
@@ -200,8 +199,7 @@ def bf16(model):
     for dtype in (torch.float32, torch.bfloat16):
         weight, x = torch.randn(256, 256, dtype=dtype), tokens.to(dtype)
         section[f"pytorch_{dtype}_upscaling_matmul_ms"] = _per_call_ms(lambda: x @ weight)
-    sam._OpenVINOEncoder(model.image_encoder)  # converts the encoder into the cache when it is not there
-    xml = sorted((cache_dir() / "openvino").glob("sam-image-encoder-*.xml"), key=lambda p: p.stat().st_mtime)[-1]
+    xml = sam._OpenVINOEncoder(model.image_encoder).xml  # this checkpoint's IR, converted when missing
     crop = np.random.default_rng(0).standard_normal((1, 3, 1024, 1024)).astype(np.float32)
     for precision in ("f32", "bf16"):
         runner = OpenVINORunner(xml, precision)

@@ -335,17 +335,18 @@ def _ratios(report):
 
 #: SAM tiles per 100 m cell at city scale, where edges do not count: (100 / 320)².
 TILES_PER_CELL_CITY = (100.0 / 320.0) ** 2
+#: The key of each section's SAM seconds per tile (the in-process profile has only its total under cProfile).
+SAM_PER_TILE = {"bench_baseline": "sam_seconds_per_tile",
+                "product_buildobjectgraphs": "sam_seconds_per_tile_progress_message",
+                "product_classifylcz": "sam_seconds_per_tile_progress_message"}
 
 
 def _city_scale(report):
-    """Seconds per 100 m cell and CPU-hours of a 10 × 10 km town (10,000 cells) at the product's seconds per SAM
-    tile, for each run of this report that has them."""
+    """Seconds of SAM per 100 m cell and CPU-hours of a 10 × 10 km town (10,000 cells) at each run's SAM seconds
+    per tile."""
     rows = {}
-    for name in ("bench_baseline", "profile_in_process", "product_buildobjectgraphs", "product_classifylcz"):
-        section = report.get(name, {})
-        per_tile = section.get("sam_seconds_per_tile_progress_message", section.get("seconds_per_tile"))
-        if name == "bench_baseline":
-            per_tile = section["sam_seconds_per_tile"]
+    for name, key in SAM_PER_TILE.items():
+        per_tile = report.get(name, {}).get(key)
         if per_tile:
             per_cell = per_tile * TILES_PER_CELL_CITY
             rows[name] = {"sam_seconds_per_tile": per_tile, "sam_seconds_per_cell": round(per_cell, 2),

@@ -6,9 +6,10 @@ start, before any plugin. PyTorch's ``libtorch_cpu.so`` defines its own ``sgemm_
 PLT, and a global definition that is already loaded wins: inside QGIS, PyTorch's ``addmm``, ``linear`` and
 ``bmm`` run on the system OpenBLAS, whose threads then compete with PyTorch's OpenMP threads. Measured on the
 development machine (2 cores, Debian bookworm's QGIS 3.22, MobileSAM, the paper's AMG settings; issue 28): SAM's
-decoder took 13–18 s a 320 m tile in ``qgis_process`` against 5.5–5.9 s in a Python process; with PyTorch loaded
-as this module does, 5.5 s, the same as in Python (``gdb`` showed ``at::native::cpublas::gemm`` calling
-``sgemm_`` in ``/lib/x86_64-linux-gnu/libblas.so.3`` before, ``LD_DEBUG=bindings`` shows libtorch's own after).
+mask generation after the image encoder (decoder and post-processing) took 13–18 s a 320 m tile in ``qgis_process``
+against 5.5–5.9 s in a Python process; with PyTorch loaded as this module does, 5.5 s, the same as in Python
+(``gdb`` showed ``at::native::cpublas::gemm`` calling ``sgemm_`` in ``/lib/x86_64-linux-gnu/libblas.so.3``
+before; ``LD_DEBUG=bindings`` shows libtorch's own after).
 
 ``keep_own_blas()`` puts a finder first on ``sys.meta_path`` that imports the top-level ``torch`` package with
 ``RTLD_DEEPBIND`` added to the dlopen flags (glibc: a library loaded so resolves its symbols in itself and its

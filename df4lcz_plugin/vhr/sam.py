@@ -214,10 +214,10 @@ class _OpenVINOEncoder:
         from ..runtime.assets import cache_dir
 
         size: int = getattr(encoder, "img_size")  # TinyViT and ImageEncoderViT: the square input side, px
-        xml = cache_dir() / "openvino" / f"sam-image-encoder-{_weights_sha256(encoder)[:16]}.xml"
-        if not xml.exists():
-            convert(encoder, xml, (1, 3, size, size))  # batch 1: TinyViT's traced shapes are static
-        self.runner = OpenVINORunner(xml, "f32")
+        self.xml = cache_dir() / "openvino" / f"sam-image-encoder-{_weights_sha256(encoder)[:16]}.xml"
+        if not self.xml.exists():
+            convert(encoder, self.xml, (1, 3, size, size))  # batch 1: TinyViT's traced shapes are static
+        self.runner = OpenVINORunner(self.xml, "f32")
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         import torch
