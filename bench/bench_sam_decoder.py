@@ -2,7 +2,8 @@
 (SWISSIMAGE © swisstopo), MobileSAM, the paper's AMG settings, each against its baseline in the same run.
 
 1. ``upscaling``: the exact fast path (``vhr.sam.MaskGenerator``) with its per-token mask upscaling
-   (``sam_decoder.MaskUpscaler``) against the same path with the library's ``output_upscaling`` modules; seconds
+   (``sam_decoder.MaskUpscaler``, ``UPSCALING_CHUNK`` image tokens a step) against the same path with the
+   library's ``output_upscaling`` modules and with the per-token network on the whole 64 × 64 grid at once; seconds
    per footprint, seconds of upscaling per footprint, and whether the masks are the same.
 2. ``openvino_decoder``: the folded decoder's two stages converted to OpenVINO (its transformer layers with the IoU
    head for a batch of prompts, and the kept prompts' final attention, hypernetworks and upscaling), fp32 and
@@ -10,9 +11,12 @@
    largest difference of the outputs.
 3. ``bf16``: whether the CPU exposes bf16 instructions (``/proc/cpuinfo``), and PyTorch bf16 against fp32 on the
    upscaling's matrix product; the OpenVINO image encoder in bf16 against fp32.
+4. ``floor``: the exact path's matrix products per footprint (PyTorch's ``FlopCounterMode``: the decoder and AMG as
+   they run, the image encoder once per crop), this CPU's float32 ``torch.mm`` rate (2048³), the seconds those
+   products would take at that rate, and the footprint's measured seconds: how far the path is from its floor.
 
-Usage: ``python bench/bench_sam_decoder.py [--rounds 2] [--sections upscaling openvino_decoder bf16]``. Prints each
-section to stderr, then a JSON report.
+Usage: ``python bench/bench_sam_decoder.py [--rounds 2] [--sections upscaling openvino_decoder bf16 floor]``.
+Prints each section to stderr, then a JSON report.
 """
 
 import argparse
@@ -66,8 +70,8 @@ def _library_upscaling(decoder):
 
 
 def upscaling(model, rgbs, rounds):
-    """Section 1, alternating the two upscalings round by round."""
-    from df4lcz_plugin.vhr import sam
+    """Section 1, alternating the upscalings round by round."""
+    from df4lcz_plugin.vhr import sam, sam_decoder
 
     generator = sam.MaskGenerator(model)
     exact = generator._generator
@@ -83,10 +87,18 @@ def upscaling(model, rgbs, rounds):
                 seconds[label] += time.perf_counter() - started
         return call
 
+    def whole_grid(*args):  # per token, all 64 × 64 tokens in one step (before UPSCALING_CHUNK)
+        chunk, sam_decoder.UPSCALING_CHUNK = sam_decoder.UPSCALING_CHUNK, 1 << 30
+        try:
+            return per_token(*args)
+        finally:
+            sam_decoder.UPSCALING_CHUNK = chunk
+
     generator.many(rgbs[:1])  # encoder compiled outside the timing
     masks = {}
     for _ in range(rounds):
-        for label, upscale in (("library", _library_upscaling(model.mask_decoder)), ("per_token", per_token)):
+        for label, upscale in (("library", _library_upscaling(model.mask_decoder)), ("whole_grid", whole_grid),
+                               ("per_token", per_token)):
             exact._upscaler = timed(upscale, f"{label}_upscaling")
             started = time.perf_counter()
             masks[label] = generator.many(rgbs)
@@ -95,10 +107,11 @@ def upscaling(model, rgbs, rounds):
     n = rounds * len(rgbs)
     section = {f"{key}_seconds_per_footprint": round(value / n, 3) for key, value in seconds.items()}
     for part in ("footprints", "upscaling"):
-        ratio = seconds[f"library_{part}"] / seconds[f"per_token_{part}"]
-        section[f"{part}_ratio_library_over_per_token"] = round(ratio, 3)
-    section["masks_identical"] = all(np.array_equal(a.masks, b.masks)
-                                     for a, b in zip(masks["library"], masks["per_token"]))
+        for baseline in ("library", "whole_grid"):
+            ratio = seconds[f"{baseline}_{part}"] / seconds[f"per_token_{part}"]
+            section[f"{part}_ratio_{baseline}_over_per_token"] = round(ratio, 3)
+    section["masks_identical"] = all(np.array_equal(a.masks, b.masks) and np.array_equal(a.masks, c.masks)
+                                     for a, b, c in zip(masks["library"], masks["whole_grid"], masks["per_token"]))
     return section
 
 
@@ -207,6 +220,51 @@ def bf16(model):
     return section
 
 
+def _matmul_rate(size=2048, calls=5):
+    """This CPU's float32 matrix-product rate, FLOP/s, on PyTorch's threads: a size³ ``torch.mm``."""
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    return 2 * size ** 3 / (_per_call_ms(lambda: a @ b, calls) / 1e3)
+
+
+def floor(model, rgbs):
+    """Section 4: the exact path against its matrix products' floor on this CPU."""
+    import torch
+    from segment_anything.utils.amg import generate_crop_boxes
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from df4lcz_plugin.vhr import sam
+
+    generator = sam.MaskGenerator(model)
+    amg = generator._generator
+    generator.many(rgbs[:1])  # encoder compiled outside the timing
+    started = time.perf_counter()
+    generator.many(rgbs)
+    footprint = (time.perf_counter() - started) / len(rgbs)
+    with torch.inference_mode():
+        started = time.perf_counter()
+        generator._encode(rgbs)
+        encoder = (time.perf_counter() - started) / len(rgbs)
+        with FlopCounterMode(display=False) as counter:  # the decoder and AMG only: embeddings are queued
+            for rgb in rgbs:
+                amg.generate(rgb)
+        decoder_flop = counter.get_total_flops() / len(rgbs)
+        with FlopCounterMode(display=False) as counter:
+            model.image_encoder(torch.zeros(1, 3, 1024, 1024))
+    crops = len(generate_crop_boxes(rgbs[0].shape[:2], amg.crop_n_layers, amg.crop_overlap_ratio)[0])
+    encoder_flop = counter.get_total_flops() * crops
+    rate = _matmul_rate()
+    return {"engine": generator.engine, "crops_per_footprint": crops,
+            "encoder_gflop_per_footprint": round(encoder_flop / 1e9, 1),
+            "decoder_gflop_per_footprint": round(decoder_flop / 1e9, 1),
+            "cpu_matmul_gflop_per_s": round(rate / 1e9, 1),
+            "matmul_floor_seconds_per_footprint": round((encoder_flop + decoder_flop) / rate, 2),
+            "seconds_per_footprint": round(footprint, 2), "encoder_seconds_per_footprint": round(encoder, 2),
+            "encoder_gflop_per_s": round(encoder_flop / encoder / 1e9, 1),
+            "decoder_and_amg_gflop_per_s": round(decoder_flop / (footprint - encoder) / 1e9, 1)}
+
+
 def main():
     import torch
 
@@ -215,15 +273,16 @@ def main():
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--sections", nargs="+", default=["upscaling", "openvino_decoder", "bf16"],
-                        choices=["upscaling", "openvino_decoder", "bf16"])
+    parser.add_argument("--sections", nargs="+", default=["upscaling", "openvino_decoder", "bf16", "floor"],
+                        choices=["upscaling", "openvino_decoder", "bf16", "floor"])
     args = parser.parse_args()
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "torch_threads": torch.get_num_threads(),
               "load_average_at_start": os.getloadavg()}
     model = sam.load_sam(assets.fetch_member(assets.MOBILE_SAM))
     rgbs = _footprints()
     sections = {"upscaling": lambda: upscaling(model, rgbs, args.rounds),
-                "openvino_decoder": lambda: openvino_decoder(model, rgbs[0]), "bf16": lambda: bf16(model)}
+                "openvino_decoder": lambda: openvino_decoder(model, rgbs[0]), "bf16": lambda: bf16(model),
+                "floor": lambda: floor(model, rgbs)}
     for name in args.sections:
         run = sections[name]
         report[name] = run()
