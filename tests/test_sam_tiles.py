@@ -94,10 +94,11 @@ def test_folded_transformer_equals_the_library_transformer(mobile_sam, decoded):
     assert keys.abs().mean() > 0.05 and hs.abs().mean() > 0.1  # real outputs, not zeros
 
 
-def test_per_token_upscaling_equals_the_library_upscaling(mobile_sam, decoded):
+def test_per_token_upscaling_equals_the_library_upscaling(mobile_sam, decoded, monkeypatch):
     """``sam_decoder.MaskUpscaler`` against ``MaskDecoder.output_upscaling`` and the hypernetwork product as
     ``MaskDecoder.predict_masks`` does them, on the library transformer's outputs for a real patch: the kept
-    rows' 256 × 256 logits within float32 rounding, the same sign everywhere; a non-SAM upscaling is refused."""
+    rows' 256 × 256 logits within float32 rounding, the same sign everywhere, and the same in steps of image tokens
+    that do not divide the grid; a non-SAM upscaling is refused."""
     import torch
 
     decoder, (_, _, _, hs, keys) = mobile_sam.mask_decoder, decoded
@@ -108,6 +109,10 @@ def test_per_token_upscaling_equals_the_library_upscaling(mobile_sam, decoded):
         upscaled = decoder.output_upscaling(keys.transpose(1, 2).reshape(6, -1, 64, 64))
         library = (hyper_in @ upscaled.flatten(2)).view(6, 3, 256, 256)[rows]
         per_token = sam_decoder.MaskUpscaler(decoder.output_upscaling)(keys, hyper_in, (64, 64), rows)
+        default_chunk = sam_decoder.UPSCALING_CHUNK
+        monkeypatch.setattr(sam_decoder, "UPSCALING_CHUNK", 1000)  # 4 steps of 1000 tokens and one of 96
+        uneven = sam_decoder.MaskUpscaler(decoder.output_upscaling)(keys, hyper_in, (64, 64), rows)
+    assert default_chunk < 64 * 64 and (uneven - per_token).abs().max() < 1e-5
     assert per_token.shape == library.shape == (8, 256, 256)
     assert (per_token - library).abs().max() < 1e-4 < library.abs().mean()
     assert torch.equal(per_token > 0, library > 0) and 0.01 < (library > 0).float().mean() < 0.99

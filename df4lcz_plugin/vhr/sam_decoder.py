@@ -272,12 +272,9 @@ class MaskUpscaler:
         through memory; each logit is computed by the same operations either way."""
         import torch
 
-        (h, w), (k, n, _) = grid, keys.shape
-        logits = keys.new_empty(k, hyper_in.shape[1], n * 16)  # (K, 3, h·w·16), order (y, x, dy, dx, ey, ex)
-        for start in range(0, n, UPSCALING_CHUNK):
-            stop = min(start + UPSCALING_CHUNK, n)
-            torch.bmm(hyper_in, self._blocks(keys[:, start:stop]).transpose(1, 2),
-                      out=logits[:, :, start * 16:stop * 16])
+        (h, w), n = grid, keys.shape[1]
+        logits = torch.cat([torch.bmm(hyper_in, self._blocks(keys[:, start:start + UPSCALING_CHUNK]).transpose(1, 2))
+                            for start in range(0, n, UPSCALING_CHUNK)], dim=2)  # (K, 3, h·w·16): (y, x, dy, dx, ey, ex)
         return logits[rows].view(-1, h, w, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4, 6).reshape(-1, 4 * h, 4 * w)
 
     def _blocks(self, keys: torch.Tensor) -> torch.Tensor:
