@@ -24,11 +24,14 @@ threshold could fall the other way; on the tested real patches every mask and bo
   GELU) mixes no pixels: each image token becomes its own 4 × 4 block of the 256 × 256 mask through a per-token
   network. ``MaskUpscaler`` runs it as two matrix products on the tokens as the transformer leaves them
   (channels last), the LayerNorm2d as ``layer_norm`` on the last dimension, and rearranges the blocks into the
-  mask once, after the hypernetwork's dot product: 1.23× faster than the library's modules on real footprints
-  (bench/bench_sam_decoder.py), the masks identical.
+  mask once, after the hypernetwork's dot product, ``UPSCALING_CHUNK`` image tokens at a time so that a chunk's
+  activations stay in the core's cache: 1.29–1.37× faster than the library's modules on real footprints
+  (bench/bench_sam_decoder.py), the masks identical;
+- the layers after the first form each prompt's ``keys + key_pe`` once, for both of their attentions.
 
 This cuts the transformer's work per prompt from the library's 2.7 GFLOP (ten 4096 × 256 → 128 projections of
-0.27 GFLOP each) to about 0.9 GFLOP; bench/bench_sam.py measures the seconds.
+0.27 GFLOP each) to about 0.8 GFLOP; bench/bench_sam.py measures the seconds, and bench/bench_sam_decoder.py's floor
+section the path's matrix products against this CPU's float32 rate.
 """
 
 from __future__ import annotations
