@@ -106,7 +106,7 @@ def _profile_fast(generator, model, rgb):
     undo = [stages.wrap(generator, "_encode", f"image encoder ({generator.engine})"),
             stages.wrap(transformer, "layers", "decoder transformer layers (folded)"),
             stages.wrap(transformer, "final", "decoder final attention (folded)"),
-            stages.wrap(model.mask_decoder.output_upscaling, "forward", "decoder mask upscaling"),
+            stages.wrap(generator._generator, "_upscaler", "decoder mask upscaling (per token)"),
             stages.wrap(model, "postprocess_masks", "mask upsampling 256 → 1024 → crop")]
     masks, seconds = _timed(lambda: generator.many([rgb], paper_filter=False)[0])
     for step in undo:
