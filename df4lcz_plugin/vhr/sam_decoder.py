@@ -56,8 +56,9 @@ if TYPE_CHECKING:
 #: 9.9 s a patch for 2, 4 and 8). The masks do not depend on it.
 DECODER_BATCH_CPU = 4
 
-#: Image tokens per step of ``MaskUpscaler``: the fastest of 64–1024 on the development CPU (issue 28), 1.6× faster
-#: than the whole 64 × 64 grid at once on 2 threads and 1.8× on 1, the logits bit for bit the same.
+#: Image tokens per step of ``MaskUpscaler``: the fastest of 64–1024 on the development CPU (issue 28). On real
+#: footprints the upscaling is 1.05–1.16× faster than with the whole 64 × 64 grid at once (bench_sam_decoder.py),
+#: the masks the same.
 UPSCALING_CHUNK = 256
 
 
@@ -271,8 +272,8 @@ class MaskUpscaler:
         ``rows`` to keep (M of them, prompt-major).
 
         Runs ``UPSCALING_CHUNK`` image tokens at a time: the per-token network's activations of a chunk (K × 256
-        tokens × 16 sub-pixels × 32 channels) stay in the core's L2 cache instead of streaming 33 MB a prompt
-        through memory; each logit is computed by the same operations either way."""
+        tokens × 16 sub-pixels × 32 channels, 2 MB for 4 prompts) stay in the caches instead of streaming 8.4 MB a
+        prompt through memory; each logit is computed by the same operations either way."""
         import torch
 
         (h, w), n = grid, keys.shape[1]
@@ -328,7 +329,7 @@ def exact_generator(sam_model: Sam, settings: dict[str, Any], decoder_batch: int
             if len(kept) == 0:
                 return iou_preds.new_zeros((0, *self.predictor.original_size)), iou_preds[passed], rows[:, 0]
             n_tokens = decoder.num_mask_tokens
-            if len(kept) < len(keys):  # most batches keep every prompt: no copy of their image tokens
+            if len(kept) < len(keys):  # about half the calls keep every prompt: no copy of their image tokens
                 queries, keys, tokens = queries[kept], keys[kept], tokens[kept]
             mask_tokens = self._transformer.final(queries, keys, tokens, list(range(2, 1 + n_tokens)))
             hyper_in = torch.stack([decoder.output_hypernetworks_mlps[i](mask_tokens[:, i - 1])
