@@ -20,7 +20,6 @@ Prints each section to stderr, then a JSON report.
 """
 
 import argparse
-import collections
 import json
 import os
 import sys
@@ -31,6 +30,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import bench_sam  # noqa: E402  (its stage timers)
 
 #: Lower-left corners (LV95) of the real footprints: the tests' and bench_sam's.
 FOOTPRINTS_X = (2679062.5, 2679180.0, 2679300.0)
@@ -76,16 +78,7 @@ def upscaling(model, rgbs, rounds):
     generator = sam.MaskGenerator(model)
     exact = generator._generator
     per_token = exact._upscaler
-    seconds = collections.defaultdict(float)
-
-    def timed(function, label):
-        def call(*args):
-            started = time.perf_counter()
-            try:
-                return function(*args)
-            finally:
-                seconds[label] += time.perf_counter() - started
-        return call
+    stages = bench_sam.Stages()
 
     def whole_grid(*args):  # per token, all 64 × 64 tokens in one step (before UPSCALING_CHUNK)
         chunk, sam_decoder.UPSCALING_CHUNK = sam_decoder.UPSCALING_CHUNK, 1 << 30
@@ -99,11 +92,13 @@ def upscaling(model, rgbs, rounds):
     for _ in range(rounds):
         for label, upscale in (("library", _library_upscaling(model.mask_decoder)), ("whole_grid", whole_grid),
                                ("per_token", per_token)):
-            exact._upscaler = timed(upscale, f"{label}_upscaling")
-            started = time.perf_counter()
-            masks[label] = generator.many(rgbs)
-            seconds[f"{label}_footprints"] += time.perf_counter() - started
+            exact._upscaler = upscale
+            undo = stages.wrap(exact, "_upscaler", f"{label}_upscaling")
+            masks[label], footprints = bench_sam._timed(lambda: generator.many(rgbs))
+            stages.seconds[f"{label}_footprints"] += footprints
+            undo()
     exact._upscaler = per_token
+    seconds = stages.seconds
     n = rounds * len(rgbs)
     section = {f"{key}_seconds_per_footprint": round(value / n, 3) for key, value in seconds.items()}
     for part in ("footprints", "upscaling"):

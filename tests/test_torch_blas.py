@@ -32,7 +32,7 @@ def _torch_sgemm_bindings(folder):
 def test_pytorch_keeps_its_own_blas_in_qgis_process(qgis_env, s2_stack, tmp_path, switch):
     """A classification on PyTorch through qgis_process.bin: libtorch_cpu.so's sgemm_ binds to libtorch_cpu.so
     itself; with DF4LCZ_TORCH_DEEPBIND=0 (the control, and the users' way out) it binds to the system BLAS that
-    QGIS loaded, as it did before; the map is the same."""
+    QGIS loaded, as it did before."""
     log = tmp_path / "ld"
     log.mkdir()
     env = dict(qgis_env, LD_DEBUG="bindings", LD_DEBUG_OUTPUT=str(log / "ld"), **{SWITCH: switch})

@@ -97,14 +97,18 @@ class OwnBLASFinder(importlib.abc.MetaPathFinder):
         return spec
 
 
+def _is_finder(finder: object) -> bool:
+    # By class name: a plugin reload brings a new class, and the earlier one's finder counts too.
+    return type(finder).__name__ == OwnBLASFinder.__name__
+
+
 def _remove_finders() -> None:
-    # By class name: a plugin reload brings a new class, and the earlier one's finder must go too.
-    sys.meta_path[:] = [f for f in sys.meta_path if type(f).__name__ != OwnBLASFinder.__name__]
+    sys.meta_path[:] = [f for f in sys.meta_path if not _is_finder(f)]
 
 
 def keep_own_blas() -> str:
     """Make the next ``import torch`` bind PyTorch's BLAS calls to its own library where a global BLAS would
-    take them (module docstring). Returns what it did, for the log: ``"not needed"``, ``"torch already
+    take them (module docstring). Returns what it did, for diagnostics and tests: ``"not needed"``, ``"torch already
     imported"`` (nothing can change then), ``"off"`` (``DF4LCZ_TORCH_DEEPBIND=0``) or ``"on"``. Never raises."""
     _remove_finders()
     if os.environ.get(SWITCH) == "0":
@@ -121,4 +125,4 @@ def keep_own_blas() -> str:
 def status() -> dict[str, Any]:
     """{global_blas: file or None, torch_imported: bool, finder_waiting: bool}: for diagnostics and tests."""
     return {"global_blas": global_blas(), "torch_imported": "torch" in sys.modules,
-            "finder_waiting": any(type(f).__name__ == OwnBLASFinder.__name__ for f in sys.meta_path)}
+            "finder_waiting": any(map(_is_finder, sys.meta_path))}
